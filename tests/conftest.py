@@ -1,0 +1,23 @@
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def assert_close(name, ref, out, ratio=1e-5, atol=0.0):
+    """fla-style check: relative RMSE of the difference against the reference, plus a max-abs bound."""
+    ref, out = ref.double(), out.double()
+    diff = (ref - out).flatten()
+    rmse = diff.square().mean().sqrt().item() if diff.numel() else 0.0
+    base = ref.flatten().square().mean().sqrt().item() if diff.numel() else 0.0
+    maxabs = diff.abs().max().item() if diff.numel() else 0.0
+    assert not torch.isnan(out).any(), f"{name}: NaN in output"
+    assert rmse <= ratio * base + atol, f"{name}: rel-RMSE {rmse / max(base, 1e-30):.3e} > {ratio:.1e} (max abs {maxabs:.3e})"
+    if atol:
+        assert maxabs <= atol * 10 + ratio * 10 * ref.abs().max().item(), f"{name}: max abs {maxabs:.3e}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from tost_edge import models
+from tost_edge.models import io
+
+LMS = ["tost_lm_tiny", "linear_lm_tiny", "gpt_lm_tiny"]
+
+
+@pytest.fixture(params=LMS)
+def lm(request):
+    return models.create(request.param).eval()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 17])
+def test_prefill_then_step_equals_forward(lm, cut):
+    idx = torch.randint(0, lm.config.vocab_size, (2, 30))
+    with torch.no_grad():
+        full = lm(idx)
+        logits, state = lm.prefill(idx[:, :cut])
+        outs = [logits]
+        for t in range(cut, 30):
+            step_logits, state = lm.step(idx[:, t], state)
+            outs.append(step_logits[:, None])
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-4, atol=1e-5)
+    assert int(state["pos"][0]) == 30
+    assert all(t.dtype == torch.float32 for n, t in state.items() if n != "pos")
+
+
+def test_batch_independence(lm):
+    idx = torch.randint(0, lm.config.vocab_size, (3, 12))
+    with torch.no_grad():
+        batch = lm(idx)
+        for i in range(3):
+            torch.testing.assert_close(batch[i:i + 1], lm(idx[i:i + 1]), rtol=1e-5, atol=1e-6)
+
+
+def test_state_names_are_per_layer_and_quantity():
+    m = models.create("tost_lm_tiny")
+    assert list(m.init_state(2)) == ["pos", "0.sum_wsq", "0.sum_pi_wsq", "0.sum_pi",
+                                     "1.sum_wsq", "1.sum_pi_wsq", "1.sum_pi"]
+    assert m.init_state(2)["0.sum_pi"].shape == (2, 4)
+
+
+def test_strict_load_of_fresh_state_dict(lm, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": lm.state_dict()}, path)
+    other = models.create(lm.registry_name)
+    io.load_checkpoint(other, path)
+    for (k, a), b in zip(lm.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_safetensors_round_trip(lm, tmp_path):
+    io.save(lm, tmp_path / "m")
+    back = io.load(tmp_path / "m").eval()
+    idx = torch.randint(0, lm.config.vocab_size, (1, 5))
+    torch.testing.assert_close(back(idx), lm(idx))
+
+
+def test_official_tost_lm_state_dict_names():
+    sd = models.create("tost_lm_tiny").state_dict()
+    for key in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+                "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias", "transformer.h.0.attn.temp",
+                "transformer.h.0.attn.denom_bias", "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.gamma1",
+                "transformer.ln_f.weight", "lm_head.weight"]:
+        assert key in sd, key
+    assert sd["transformer.h.0.attn.denom_bias"].shape == (4, 128, 1)
+    assert sd["transformer.h.0.attn.temp"].shape == (4, 1)
+    assert sd["transformer.h.0.attn.c_attn.weight"].shape == (64, 64)
+
+
+def test_checkpoint_mismatch_names_keys(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save(models.create("tost_lm_tiny").state_dict(), path)
+    with pytest.raises(ValueError, match=r"unexpected keys \['transformer.h.0.attn.denom_bias'"):
+        io.load_checkpoint(models.create("linear_lm_tiny"), path)
+
+
+def test_position_beyond_block_size_is_an_error():
+    m = models.create("tost_lm_tiny", block_size=8).eval()
+    _, state = m.prefill(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"position: a sequence would reach position 9, beyond block_size=8"):
+        m.step(torch.zeros(1, dtype=torch.long), state)
+
+
+def test_unbounded_model_streams_past_block_size():
+    m = models.create("tost_lm_tiny", block_size=8, unbounded=True).eval()
+    assert "transformer.wpe.weight" not in m.state_dict()
+    with torch.no_grad():
+        full = m(torch.arange(20)[None] % 7)
+        _, state = m.prefill(torch.arange(10)[None] % 7)
+        logits, state = m.step(torch.tensor([10 % 7]), state)
+    torch.testing.assert_close(logits, full[:, 10], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_state_is_named():
+    m = models.create("tost_lm_tiny")
+    state = m.init_state(2)
+    state["1.sum_pi"] = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match=r"state\['1.sum_pi'\]: expected torch.float32 shape \(2, 4\)"):
+        m.step(torch.zeros(2, dtype=torch.long), state)
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ValueError, match="did you mean tost_lm_tiny"):
+        models.create("tost_lm_tinny")
+
+
+def test_training_step_reduces_loss():
+    m = models.create("tost_lm_tiny")
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    idx = torch.randint(0, 256, (4, 33))
+    losses = []
+    for _ in range(5):
+        logits = m(idx[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), idx[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]

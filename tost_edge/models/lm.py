@@ -1,0 +1,301 @@
+"""Causal language models on one nanoGPT trunk: ToST (official `model_TSSA.py`, TSSA=True), causal linear
+attention, and the softmax GPT-2 baseline with a KV cache. State-dict names match the official code.
+
+Recurrent API (every model here):
+    state = model.init_state(B)                      # {"pos": [B] int64, "<layer>.<quantity>": fp32 tensors}
+    logits, state = model.prefill(idx [B, T], state) # logits [B, T, V]
+    logits, state = model.step(idx [B], state)       # logits [B, V]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa
+
+State = Dict[str, torch.Tensor]
+
+
+@dataclass
+class LMConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    bias: bool = True
+    dropout: float = 0.0
+    # No absolute position tables (wpe, denom_bias): streams of any length, at the price of the position
+    # signal the official models train with. Official checkpoints need unbounded=False.
+    unbounded: bool = False
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ToSTLMConfig = LMConfig
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (as nanoGPT)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class CausalTSSAAttention(nn.Module):
+    """The official CausalSelfAttention_TSSA: c_attn (C -> C), causal TSSA, c_proj."""
+    state_quantities = ("sum_wsq", "sum_pi_wsq", "sum_pi")
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.temp = nn.Parameter(torch.ones(config.n_head, 1))
+        if not config.unbounded:
+            self.denom_bias = nn.Parameter(torch.zeros(config.n_head, config.block_size, 1))
+        else:
+            self.denom_bias = None
+        self.backend = "torch"
+
+    def state_shapes(self, batch: int) -> Dict[str, Tuple[int, ...]]:
+        H, D = self.n_head, self.n_embd // self.n_head
+        return {"sum_wsq": (batch, H, D), "sum_pi_wsq": (batch, H, D), "sum_pi": (batch, H)}
+
+    def forward(self, x, state: Optional[State] = None, pos=0):
+        st = None if state is None else CausalTSSAState(*(state[q] for q in self.state_quantities))
+        y, st = causal_tssa(self.c_attn(x), self.temp, self.denom_bias, self.n_head, st, pos, backend=self.backend)
+        return self.resid_dropout(self.c_proj(y)), dict(zip(self.state_quantities, st))
+
+
+class CausalLinearAttention(nn.Module):
+    """Katharopoulos et al. linear attention on the same trunk: c_attn (C -> 3C), elu+1 features, c_proj."""
+    state_quantities = ("kv", "k_sum")
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.backend = "torch"
+
+    def state_shapes(self, batch: int) -> Dict[str, Tuple[int, ...]]:
+        H, D = self.n_head, self.n_embd // self.n_head
+        return {"kv": (batch, H, D, D), "k_sum": (batch, H, D)}
+
+    def forward(self, x, state: Optional[State] = None, pos=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)  # [B, T, H, D] each
+        st = None if state is None else LinearAttentionState(state["kv"], state["k_sum"])
+        y, st = causal_linear_attention(q, k, v, st, backend=self.backend)
+        return self.resid_dropout(self.c_proj(y.reshape(B, T, C))), dict(zip(self.state_quantities, st))
+
+
+class CausalSoftmaxAttention(nn.Module):
+    """GPT-2 attention (the baseline). Its state is a KV cache that grows by one entry per token."""
+    state_quantities = ("k", "v")
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout_p = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.backend = "torch"
+
+    def state_shapes(self, batch: int) -> Dict[str, Tuple[int, ...]]:
+        H, D = self.n_head, self.n_embd // self.n_head
+        return {"k": (batch, H, 0, D), "v": (batch, H, 0, D)}
+
+    def forward(self, x, state: Optional[State] = None, pos=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
+        past = 0
+        if state is not None:
+            past = state["k"].shape[2]
+            k = torch.cat([state["k"].to(k.dtype), k], 2)
+            v = torch.cat([state["v"].to(v.dtype), v], 2)
+        # query i (absolute past + i) sees keys j <= past + i
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        p = self.attn_dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), {"k": k.float(), "v": v.float()}
+
+
+class Block(nn.Module):
+    def __init__(self, config: LMConfig, attn_cls):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = attn_cls(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        eta = 1e-5  # the official layer-scale init
+        self.gamma1 = nn.Parameter(eta * torch.ones(config.n_embd))
+        self.gamma2 = nn.Parameter(eta * torch.ones(config.n_embd))
+
+    def forward(self, x, state: Optional[State] = None, pos=0):
+        a, state = self.attn(self.ln_1(x), state, pos)
+        x = x + self.gamma1 * a
+        x = x + self.gamma2 * self.mlp(self.ln_2(x))
+        return x, state
+
+
+class CausalLM(nn.Module):
+    """nanoGPT trunk shared by the causal LMs; subclasses pick the attention."""
+    attn_cls = CausalTSSAAttention
+    family = "tost"
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if not config.unbounded:
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(drop=nn.Dropout(config.dropout),
+                       h=nn.ModuleList([Block(config, self.attn_cls) for _ in range(config.n_layer)]),
+                       ln_f=LayerNorm(config.n_embd, bias=config.bias))
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # -- backends -----------------------------------------------------------------------------------
+    def set_backend(self, backend: str) -> "CausalLM":
+        """'torch' (reference) or 'triton' (fused kernels) for the attention cores."""
+        from ..ops import BACKENDS
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        for block in self.transformer.h:
+            block.attn.backend = backend
+        return self
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_spec(self, batch: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+        """Name -> (shape, dtype) of every state tensor, in a fixed order (ONNX/engine I/O follows it)."""
+        spec = {"pos": ((batch,), torch.int64)}
+        for i, block in enumerate(self.transformer.h):
+            for q, shape in block.attn.state_shapes(batch).items():
+                spec[f"{i}.{q}"] = (shape, torch.float32)
+        return spec
+
+    def init_state(self, batch_size: int, device=None) -> State:
+        device = device or self.lm_head.weight.device
+        return {n: torch.zeros(s, dtype=dt, device=device) for n, (s, dt) in self.state_spec(batch_size).items()}
+
+    def _check_state(self, state: State, batch: int) -> None:
+        spec = self.state_spec(batch)
+        missing = [n for n in spec if n not in state]
+        unexpected = [n for n in state if n not in spec]
+        if missing or unexpected:
+            raise ValueError(f"state: expected tensors {list(spec)}, missing {missing}, unexpected {unexpected}")
+        for n, (shape, dt) in spec.items():
+            t = state[n]
+            if self.attn_cls is CausalSoftmaxAttention and n.endswith((".k", ".v")):
+                ok = t.dim() == 4 and t.shape[:2] == shape[:2] and t.shape[3] == shape[3]
+            else:
+                ok = tuple(t.shape) == shape
+            if not ok or t.dtype != dt:
+                raise ValueError(f"state[{n!r}]: expected {dt} shape {shape}, got {t.dtype} shape {tuple(t.shape)}")
+
+    # -- forward ------------------------------------------------------------------------------------
+    def _trunk(self, idx: torch.Tensor, state: Optional[State]):
+        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        pos = torch.zeros(B, dtype=torch.long, device=idx.device) if state is None else state["pos"]
+        if state is not None:
+            self._check_state(state, B)
+        if not self.config.unbounded and B and int(pos.max()) + T > self.config.block_size:
+            raise ValueError(
+                f"position: a sequence would reach position {int(pos.max()) + T}, beyond block_size="
+                f"{self.config.block_size} (the end of the model's position tables); "
+                "use a model with unbounded=True for endless streams")
+        x = self.transformer.wte(idx)
+        if not self.config.unbounded:
+            x = x + self.transformer.wpe(pos[:, None] + torch.arange(T, device=idx.device))
+        x = self.transformer.drop(x)
+        new_state = {"pos": pos + T}
+        for i, block in enumerate(self.transformer.h):
+            layer_state = None if state is None else {q: state[f"{i}.{q}"] for q in block.attn.state_quantities}
+            x, st = block(x, layer_state, pos)
+            new_state.update({f"{i}.{q}": t for q, t in st.items()})
+        return self.lm_head(self.transformer.ln_f(x)), new_state
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: [B, T] int64 -> logits [B, T, V] at every position."""
+        return self._trunk(idx, None)[0]
+
+    def prefill(self, idx: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, State]:
+        """idx: [B, T] -> (logits [B, T, V], state after the block)."""
+        if state is None:
+            state = self.init_state(idx.shape[0], idx.device)
+        return self._trunk(idx, state)
+
+    def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """idx: [B] -> (logits [B, V], state after the token)."""
+        if idx.dim() != 1:
+            raise ValueError(f"idx: expected token ids of shape [B], got shape {tuple(idx.shape)}")
+        logits, state = self._trunk(idx[:, None], state)
+        return logits[:, 0], state
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class ToSTLM(CausalLM):
+    """Causal ToST language model (official nanoGPT-style `GPT` with TSSA=True)."""
+    attn_cls = CausalTSSAAttention
+    family = "tost"
+
+
+class LinearAttentionLM(CausalLM):
+    """Causal linear-attention LM (elu+1 features) on the ToST trunk."""
+    attn_cls = CausalLinearAttention
+    family = "linear"
+
+
+class GPTLM(CausalLM):
+    """Softmax GPT-2 baseline on the same trunk, with a KV cache as its recurrent state."""
+    attn_cls = CausalSoftmaxAttention
+    family = "softmax"

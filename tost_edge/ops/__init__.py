@@ -1,0 +1,70 @@
+"""The math of tost-edge. The fp32 torch references (`naive_*`) are the spec; every other form agrees with them.
+
+Public ops take `backend="torch"` (the parallel reference, differentiable, exportable to ONNX) or
+`backend="triton"` (fused kernels from `tost_edge.ops.triton`; a clear error where Triton cannot run).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .causal_tssa import (CausalTSSAState, chunk_causal_tssa, fused_recurrent_causal_tssa, naive_causal_tssa,
+                          step_causal_tssa)
+from .linear_attention import (LinearAttentionState, chunk_causal_linear_attention,
+                               fused_recurrent_causal_linear_attention, naive_causal_linear_attention,
+                               naive_linear_attention, step_linear_attention)
+from .tssa import naive_tssa
+
+BACKENDS = ("torch", "triton")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "torch") -> torch.Tensor:
+    """Bidirectional TSSA. w: [B, N, C] (C = H*D head-major), temp: [H] or [H, 1] -> y: [B, N, C]."""
+    _check_backend(backend)
+    if backend == "triton":
+        from .triton import triton_tssa
+        return triton_tssa(w, temp, num_heads)
+    return naive_tssa(w, temp, num_heads)
+
+
+def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.Tensor], num_heads: int,
+                state: Optional[CausalTSSAState] = None, pos0=0,
+                backend: str = "torch") -> Tuple[torch.Tensor, CausalTSSAState]:
+    """Causal TSSA. w: [B, T, C], temp: [H] or [H, 1], denom_bias: [H, Tmax(, 1)] or None,
+    state: (sum_wsq [B, H, D], sum_pi_wsq [B, H, D], sum_pi [B, H]) fp32, pos0: int or [B] int64.
+    Returns (y [B, T, C], state)."""
+    _check_backend(backend)
+    if backend == "triton":
+        from .triton import triton_causal_tssa
+        return triton_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)
+    return naive_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)
+
+
+def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            state: Optional[LinearAttentionState] = None, eps: float = 1e-6,
+                            backend: str = "torch") -> Tuple[torch.Tensor, LinearAttentionState]:
+    """Causal linear attention. q, k: [B, T, H, D], v: [B, T, H, M], state: (kv [B, H, D, M], k_sum [B, H, D]).
+    Returns (y [B, T, H, M], state)."""
+    _check_backend(backend)
+    if backend == "triton":
+        from .triton import triton_causal_linear_attention
+        return triton_causal_linear_attention(q, k, v, state, eps)
+    return naive_causal_linear_attention(q, k, v, state, eps)
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Non-causal linear attention. q, k: [B, T, H, D], v: [B, T, H, M] -> [B, T, H, M]."""
+    return naive_linear_attention(q, k, v, eps)
+
+
+__all__ = ["tssa", "causal_tssa", "causal_linear_attention", "linear_attention", "CausalTSSAState",
+           "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
+           "fused_recurrent_causal_tssa", "step_causal_tssa", "naive_causal_linear_attention",
+           "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
+           "naive_linear_attention"]

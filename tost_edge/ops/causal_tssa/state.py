@@ -1,0 +1,88 @@
+"""Recurrent state of causal TSSA and the argument checks shared by its forms."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from ..._checks import check_divisible, check_float, check_rank, fail
+from ..tssa.naive import check_temp
+
+DENOM_MIN = 1e-12  # clamp of the running sum of w^2
+PI_EPS = 1e-8      # added to the running sum of Pi
+
+
+class CausalTSSAState(NamedTuple):
+    """Running sums after the last token seen, always fp32 (fp64 for fp64 inputs).
+
+    sum_wsq:    [B, H, D]  sum_t w_t^2
+    sum_pi_wsq: [B, H, D]  sum_t Pi_t * w_t^2
+    sum_pi:     [B, H]     sum_t Pi_t
+    """
+    sum_wsq: torch.Tensor
+    sum_pi_wsq: torch.Tensor
+    sum_pi: torch.Tensor
+
+    @staticmethod
+    def zeros(batch: int, num_heads: int, head_dim: int, device=None, dtype=torch.float32) -> "CausalTSSAState":
+        z = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
+        return CausalTSSAState(z(batch, num_heads, head_dim), z(batch, num_heads, head_dim), z(batch, num_heads))
+
+
+PosLike = Union[int, torch.Tensor]
+
+
+def state_dtype(w: torch.Tensor) -> torch.dtype:
+    return torch.float64 if w.dtype == torch.float64 else torch.float32
+
+
+def prepare(w, temp, denom_bias, num_heads, state, pos0):
+    """Validate the arguments; return (B, T, H, D, temp [H], bias [H, Tmax] or None, state, pos0 [B] int64)."""
+    check_rank("w", w, 3, "[B, T, C]")
+    check_float("w", w)
+    B, T, C = w.shape
+    check_divisible("w.shape[-1] (C)", C, num_heads)
+    H, D = num_heads, C // num_heads
+    temp = check_temp(temp, H)
+    sdt = state_dtype(w)
+    if isinstance(pos0, torch.Tensor):
+        if pos0.dim() == 0:
+            pos0 = pos0.reshape(1).expand(B)
+        if pos0.shape != (B,) or pos0.dtype.is_floating_point:
+            fail("pos0", f"an int or an integer tensor of shape ({B},)", f"{pos0.dtype} shape {tuple(pos0.shape)}")
+        pos = pos0.to(device=w.device, dtype=torch.long)
+    else:
+        pos = torch.full((B,), int(pos0), dtype=torch.long, device=w.device)
+    if B and int(pos.min()) < 0:
+        fail("pos0", "positions >= 0", pos.tolist())
+    if denom_bias is not None:
+        if denom_bias.dim() == 3 and denom_bias.shape[2] == 1:
+            denom_bias = denom_bias[..., 0]
+        if denom_bias.dim() != 2 or denom_bias.shape[0] != H:
+            fail("denom_bias", f"shape ({H}, Tmax) or ({H}, Tmax, 1)", f"shape {tuple(denom_bias.shape)}")
+        tmax = denom_bias.shape[1]
+        end = int(pos.max()) + T if B else T
+        if end > tmax:
+            fail("pos0 + T", f"at most denom_bias.shape[1] = {tmax} (the model's position range)", end)
+    if state is None:
+        state = CausalTSSAState.zeros(B, H, D, device=w.device, dtype=sdt)
+    else:
+        state = CausalTSSAState(*state)
+        for name, t, shape in (("state.sum_wsq", state.sum_wsq, (B, H, D)),
+                               ("state.sum_pi_wsq", state.sum_pi_wsq, (B, H, D)),
+                               ("state.sum_pi", state.sum_pi, (B, H))):
+            if tuple(t.shape) != shape:
+                fail(name, f"shape {shape}", f"shape {tuple(t.shape)}")
+            if t.dtype not in (torch.float32, torch.float64):
+                fail(name, "float32 (recurrent state is always fp32)", t.dtype)
+        state = CausalTSSAState(*(t.to(sdt) for t in state))
+    return B, T, H, D, temp, denom_bias, state, pos
+
+
+def gather_bias(denom_bias: Optional[torch.Tensor], pos: torch.Tensor, T: int, H: int, dtype) -> torch.Tensor:
+    """denom_bias [H, Tmax] at positions pos[b] + t -> [B, T, H] (zeros when the model has no position table)."""
+    B = pos.shape[0]
+    if denom_bias is None:
+        return torch.zeros(B, T, H, dtype=dtype, device=pos.device)
+    idx = pos[:, None] + torch.arange(T, device=pos.device)      # [B, T]
+    return denom_bias.to(dtype)[:, idx].permute(1, 2, 0)         # [B, T, H]

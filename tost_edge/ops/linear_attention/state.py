@@ -1,0 +1,44 @@
+"""State of causal linear attention and the checks shared by its forms."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..._checks import check_float, check_rank, fail
+
+
+class LinearAttentionState(NamedTuple):
+    """kv: [B, H, D, M] = sum_j phi(k_j) v_j^T;  k_sum: [B, H, D] = sum_j phi(k_j). fp32."""
+    kv: torch.Tensor
+    k_sum: torch.Tensor
+
+
+def feature_map(x: torch.Tensor) -> torch.Tensor:
+    """phi(x) = elu(x) + 1 (Katharopoulos et al. 2020): positive, so the normaliser never vanishes."""
+    return F.elu(x) + 1.0
+
+
+def prepare(q, k, v, state: Optional[LinearAttentionState]):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_rank(name, t, 4, "[B, T, H, D]")
+        check_float(name, t)
+    if k.shape != q.shape:
+        fail("k", f"the shape of q {tuple(q.shape)}", f"shape {tuple(k.shape)}")
+    B, T, H, D = q.shape
+    if v.shape[:3] != (B, T, H):
+        fail("v", f"shape ({B}, {T}, {H}, M)", f"shape {tuple(v.shape)}")
+    M = v.shape[3]
+    sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if state is None:
+        state = LinearAttentionState(q.new_zeros(B, H, D, M, dtype=sdt), q.new_zeros(B, H, D, dtype=sdt))
+    else:
+        state = LinearAttentionState(*state)
+        for name, t, shape in (("state.kv", state.kv, (B, H, D, M)), ("state.k_sum", state.k_sum, (B, H, D))):
+            if tuple(t.shape) != shape:
+                fail(name, f"shape {shape}", f"shape {tuple(t.shape)}")
+            if t.dtype not in (torch.float32, torch.float64):
+                fail(name, "float32 (recurrent state is always fp32)", t.dtype)
+        state = LinearAttentionState(state.kv.to(sdt), state.k_sum.to(sdt))
+    return B, T, H, D, M, sdt, state

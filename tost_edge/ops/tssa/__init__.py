@@ -1,0 +1,3 @@
+from .naive import naive_tssa
+
+__all__ = ["naive_tssa"]
