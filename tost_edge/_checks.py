@@ -26,3 +26,10 @@ def check_shape(name: str, t, shape: Sequence[int]) -> None:
 def check_divisible(name: str, c: int, num_heads: int) -> None:
     if num_heads <= 0 or c % num_heads:
         fail(name, f"a channel count divisible by num_heads={num_heads}", c)
+
+
+def tracing() -> bool:
+    """True while torch traces or exports: value checks that read tensor data are skipped then."""
+    import torch
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or (hasattr(torch, "compiler") and torch.compiler.is_compiling()))

@@ -14,6 +14,7 @@ EPILOG = """examples:
   tost-edge models                                  list the registry with parameter counts
   tost-edge check-env                               what is installed and what that enables
   tost-edge quickstart                              export a small ToST LM and stream tokens on CPU
+  tost-edge export tost_lm_base --graph stream -o bundle/   ONNX stream bundle for the runtime
 """
 
 
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
     s = sub.add_parser("check-env", help="versions of Python, torch, onnx, onnxruntime, triton, tensorrt, CUDA")
     s.set_defaults(func=cmd_check_env)
-    from . import cli_stream
+    from . import cli_export, cli_stream
+    cli_export.add_commands(sub)
     cli_stream.add_commands(sub)
     return p
 
@@ -64,7 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        from rich.text import Text
+        err_console.print(Text("error: ", style="bold red") + Text(str(e)), soft_wrap=True)
         return 2
 
 

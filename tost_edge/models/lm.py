@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import tracing
 from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa
 
 State = Dict[str, torch.Tensor]
@@ -140,15 +141,21 @@ class CausalSoftmaxAttention(nn.Module):
     def forward(self, x, state: Optional[State] = None, pos=0):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
-        past = 0
         if state is not None:
-            past = state["k"].shape[2]
             k = torch.cat([state["k"].to(k.dtype), k], 2)
             v = torch.cat([state["v"].to(v.dtype), v], 2)
-        # query i (absolute past + i) sees keys j <= past + i
-        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        # query i sits at cache index past + i and sees keys j <= past + i; written with aranges of the
+        # tensors' own lengths so that exported graphs keep both lengths dynamic
+        offset = torch._shape_as_tensor(k)[2] - torch._shape_as_tensor(q)[2]
+        kpos = torch.arange(k.shape[2], device=x.device)
+        qpos = torch.arange(q.shape[2], device=x.device) + offset.to(x.device)
+        mask = kpos[None, :] <= qpos[:, None]
         p = self.attn_dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if tracing():  # explicit form: the exporter's SDPA lowering builds an fp32 mask that breaks fp16 graphs
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y)), {"k": k.float(), "v": v.float()}
 
@@ -246,7 +253,7 @@ class CausalLM(nn.Module):
         pos = torch.zeros(B, dtype=torch.long, device=idx.device) if state is None else state["pos"]
         if state is not None:
             self._check_state(state, B)
-        if not self.config.unbounded and B and int(pos.max()) + T > self.config.block_size:
+        if not self.config.unbounded and B and not tracing() and int(pos.max()) + T > self.config.block_size:
             raise ValueError(
                 f"position: a sequence would reach position {int(pos.max()) + T}, beyond block_size="
                 f"{self.config.block_size} (the end of the model's position tables); "

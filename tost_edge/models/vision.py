@@ -224,6 +224,10 @@ class ToSTVision(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @property
+    def family(self) -> str:
+        return "softmax" if self.config["attn"] == "softmax" else "tost"
+
     def set_backend(self, backend: str) -> "ToSTVision":
         from ..ops import BACKENDS
         if backend not in BACKENDS:

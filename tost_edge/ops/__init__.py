@@ -16,7 +16,7 @@ from .linear_attention import (LinearAttentionState, chunk_causal_linear_attenti
                                naive_linear_attention, step_linear_attention)
 from .tssa import naive_tssa
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "plugin")  # "plugin": one custom op per call, for ONNX export
 
 
 def _check_backend(backend: str) -> None:
@@ -30,6 +30,9 @@ def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "to
     if backend == "triton":
         from .triton import triton_tssa
         return triton_tssa(w, temp, num_heads)
+    if backend == "plugin":
+        from .custom import plugin_tssa
+        return plugin_tssa(w, temp, num_heads)
     return naive_tssa(w, temp, num_heads)
 
 
@@ -43,6 +46,9 @@ def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.
     if backend == "triton":
         from .triton import triton_causal_tssa
         return triton_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)
+    if backend == "plugin":
+        from .custom import plugin_causal_tssa
+        return plugin_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)
     return naive_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)
 
 
@@ -55,6 +61,9 @@ def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if backend == "triton":
         from .triton import triton_causal_linear_attention
         return triton_causal_linear_attention(q, k, v, state, eps)
+    if backend == "plugin":
+        from .custom import plugin_causal_linear_attention
+        return plugin_causal_linear_attention(q, k, v, state, eps)
     return naive_causal_linear_attention(q, k, v, state, eps)
 
 
@@ -67,4 +76,4 @@ __all__ = ["tssa", "causal_tssa", "causal_linear_attention", "linear_attention",
            "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
            "fused_recurrent_causal_tssa", "step_causal_tssa", "naive_causal_linear_attention",
            "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
-           "naive_linear_attention"]
+           "naive_linear_attention", "BACKENDS"]

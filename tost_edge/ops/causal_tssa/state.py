@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from ..._checks import check_divisible, check_float, check_rank, fail
+from ..._checks import check_divisible, check_float, check_rank, fail, tracing
 from ..tssa.naive import check_temp
 
 DENOM_MIN = 1e-12  # clamp of the running sum of w^2
@@ -53,7 +53,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         pos = pos0.to(device=w.device, dtype=torch.long)
     else:
         pos = torch.full((B,), int(pos0), dtype=torch.long, device=w.device)
-    if B and int(pos.min()) < 0:
+    if B and not tracing() and int(pos.min()) < 0:
         fail("pos0", "positions >= 0", pos.tolist())
     if denom_bias is not None:
         if denom_bias.dim() == 3 and denom_bias.shape[2] == 1:
@@ -61,8 +61,8 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         if denom_bias.dim() != 2 or denom_bias.shape[0] != H:
             fail("denom_bias", f"shape ({H}, Tmax) or ({H}, Tmax, 1)", f"shape {tuple(denom_bias.shape)}")
         tmax = denom_bias.shape[1]
-        end = int(pos.max()) + T if B else T
-        if end > tmax:
+        end = int(pos.max()) + T if B and not tracing() else T
+        if end > tmax and not tracing():
             fail("pos0 + T", f"at most denom_bias.shape[1] = {tmax} (the model's position range)", end)
     if state is None:
         state = CausalTSSAState.zeros(B, H, D, device=w.device, dtype=sdt)
