@@ -69,7 +69,7 @@ def example_state(model, batch: int, prefix: int, dtype) -> Dict[str, torch.Tens
     if prefix == 0:
         return model.init_state(batch)
     g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, model.config.vocab_size, (batch, prefix), generator=g)
+    idx = random_data(model, batch, prefix, step=False, generator=g)
     with torch.no_grad():
         return model.prefill(idx)[1]
 
@@ -85,20 +85,35 @@ def graph_spec(model, graph: str, batch: int = 2, seq: int = 3, prefix: int = 3)
         images = torch.randn(batch, 3, size, size, generator=g).to(next(model.parameters()).dtype)
         return GraphSpec(_Full(model), (images,), ["images"], ["logits"],
                          {"images": {0: "batch"}, "logits": {0: "batch"}})
-    V = model.config.vocab_size
+    name = data_name(model)
     if graph == "full":
-        tokens = torch.randint(0, V, (batch, seq), generator=g)
-        return GraphSpec(_Full(model), (tokens,), ["tokens"], ["logits"],
-                         {"tokens": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+        data = random_data(model, batch, seq, step=False, generator=g)
+        return GraphSpec(_Full(model), (data,), [name], ["logits"],
+                         {name: {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
     names = state_names(model)
     state = example_state(model, batch, prefix, None)
     step = graph == "step"
-    tokens = torch.randint(0, V, (batch,) if step else (batch, seq), generator=g)
-    ins = ["tokens", "pos"] + [f"state_in.{n}" for n in names]
+    data = random_data(model, batch, seq, step=step, generator=g)
+    ins = [name, "pos"] + [f"state_in.{n}" for n in names]
     outs = ["logits"] + [f"state_out.{n}" for n in names]
-    axes = {"tokens": {0: "batch"} if step else {0: "batch", 1: "seq"}, "pos": {0: "batch"},
+    axes = {name: {0: "batch"} if step else {0: "batch", 1: "seq"}, "pos": {0: "batch"},
             "logits": {0: "batch"} if step else {0: "batch", 1: "seq"}}
     for n in names:
         axes[f"state_in.{n}"] = {0: "batch", 2: "past"} if grows(model, n) else {0: "batch"}
         axes[f"state_out.{n}"] = {0: "batch", 2: "total"} if grows(model, n) else {0: "batch"}
-    return GraphSpec(_LMGraph(model, names, step), (tokens, state["pos"], *[state[n] for n in names]), ins, outs, axes)
+    return GraphSpec(_LMGraph(model, names, step), (data, state["pos"], *[state[n] for n in names]), ins, outs, axes)
+
+
+def data_name(model) -> str:
+    """The name of the graph input that carries the stream's data: token ids, or video frames."""
+    return "frames" if getattr(model, "kind", "lm") == "video" else "tokens"
+
+
+def random_data(model, batch: int, seq: int, step: bool, generator=None) -> torch.Tensor:
+    """Random stream data: token ids [B, T] ([B] for a step), or frames [B, T, 3, S, S] ([B, 3, S, S])."""
+    shape = (batch,) if step else (batch, seq)
+    if getattr(model, "kind", "lm") == "video":
+        s = model.img_size
+        dtype = next(model.parameters()).dtype
+        return torch.randn(shape + (3, s, s), generator=generator).to(dtype)
+    return torch.randint(0, model.config.vocab_size, shape, generator=generator)

@@ -121,9 +121,9 @@ def _graph_feeds(model, graph: str, batch: int, seq: int, prefix: int, seed: int
     g = torch.Generator().manual_seed(seed)
     feeds = {}
     for name, t in zip(spec.input_names, spec.args):
-        if name in ("tokens",):
+        if name == "tokens":
             t = torch.randint(0, model.config.vocab_size, t.shape, generator=g)
-        elif name == "images":
+        elif name in ("images", "frames"):
             t = torch.randn(t.shape, generator=g)
         feeds[name] = _np(t)
     return feeds
@@ -141,7 +141,7 @@ def _torch_outputs(model, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str,
 
 
 def _cast_feeds(feeds, dtype):
-    return {k: (v.astype(np.float16) if dtype == "fp16" and k == "images" else v) for k, v in feeds.items()}
+    return {k: (v.astype(np.float16) if dtype == "fp16" and k in ("images", "frames") else v) for k, v in feeds.items()}
 
 
 def _parity(model, graph: str, path: Path, flavor: str, dtype: str, golden: Optional[Path]) -> List[Parity]:
@@ -157,7 +157,9 @@ def _parity(model, graph: str, path: Path, flavor: str, dtype: str, golden: Opti
 def _step_vs_full(model, bundle: Path, flavor: str, dtype: str, steps: int) -> List[Parity]:
     """Drive the step graph token by token and compare with the fp32 PyTorch model over the whole sequence."""
     g = torch.Generator().manual_seed(7)
-    tokens = torch.randint(0, model.config.vocab_size, (2, steps), generator=g)
+    tokens = graphs.random_data(model, 2, steps, step=False, generator=g).float() \
+        if model.kind == "video" else graphs.random_data(model, 2, steps, step=False, generator=g)
+    data = graphs.data_name(model)
     with torch.no_grad():
         full = _np(model(tokens))
     st = {k: _np(v) for k, v in model.init_state(2).items()}
@@ -175,8 +177,8 @@ def _step_vs_full(model, bundle: Path, flavor: str, dtype: str, steps: int) -> L
         out_names = [o.name for o in sess.get_outputs()]
         call = lambda feeds: dict(zip(out_names, sess.run(None, feeds)))  # noqa: E731
     for t in range(steps):
-        feeds = {"tokens": _np(tokens[:, t]), "pos": st["pos"], **{f"state_in.{n}": st[n] for n in names}}
-        res = call(feeds)
+        feeds = {data: _np(tokens[:, t]), "pos": st["pos"], **{f"state_in.{n}": st[n] for n in names}}
+        res = call(_cast_feeds(feeds, dtype))
         outs.append(res["logits"])
         st = {"pos": st["pos"] + 1, **{n: res[f"state_out.{n}"] for n in names}}
     return compare(f"step x{steps}", {"logits": np.stack(outs, 1)}, {"logits": full}, TOLERANCE[dtype])
@@ -286,10 +288,11 @@ def manifest(model, flavor: str, dtype: str, opset: int, report: ExportReport) -
     return {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
         "model": {**model_config(model), "family": model.family, "config_hash": config_hash(model)},
-        "kind": "lm", "vocab_size": model.config.vocab_size,
+        "kind": model.kind, "vocab_size": model.config.vocab_size,
+        "frame_size": model.img_size if model.kind == "video" else None,
         "block_size": None if model.config.unbounded else model.config.block_size,
         "flavor": flavor, "dtype": dtype, "opset": opset,
         "graphs": {g.graph: {"file": g.file, "inputs": g.inputs, "outputs": g.outputs} for g in report.graphs},
-        "inputs": {"tokens": "tokens", "pos": "pos"}, "logits": "logits",
+        "inputs": {"data": graphs.data_name(model), "pos": "pos"}, "logits": "logits",
         "prefill_chunk": 64, "state": state,
     }

@@ -10,6 +10,7 @@ from typing import List
 
 from .lm import GPTLM, CausalLM, LinearAttentionLM, LMConfig, ToSTLM, ToSTLMConfig
 from .registry import REGISTRY
+from .video import ToSTVideo
 from .vision import ToSTVision
 
 
@@ -26,7 +27,9 @@ def create(name: str, **overrides):
         raise ValueError(f"model: expected a registry name (see `tost-edge models`), got {name!r}{hint}")
     entry = REGISTRY[name]
     cfg = {**entry.defaults, **overrides}
-    if entry.kind == "lm":
+    if entry.kind == "video":
+        model = entry.build(**cfg)
+    elif entry.kind == "lm":
         fields = set(LMConfig.__dataclass_fields__)
         bad = sorted(set(cfg) - fields)
         if bad:
@@ -39,4 +42,4 @@ def create(name: str, **overrides):
 
 
 __all__ = ["create", "list_models", "REGISTRY", "ToSTVision", "ToSTLM", "ToSTLMConfig", "LMConfig", "CausalLM",
-           "LinearAttentionLM", "GPTLM"]
+           "LinearAttentionLM", "GPTLM", "ToSTVideo"]

@@ -14,7 +14,10 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def model_config(model) -> dict:
-    cfg = model.config if isinstance(model.config, dict) else model.config.to_dict()
+    if hasattr(model, "config_dict"):
+        cfg = model.config_dict
+    else:
+        cfg = model.config if isinstance(model.config, dict) else model.config.to_dict()
     return {"name": getattr(model, "registry_name", None), "class": type(model).__name__, "config": dict(cfg)}
 
 

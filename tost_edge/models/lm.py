@@ -182,11 +182,13 @@ class CausalLM(nn.Module):
     """nanoGPT trunk shared by the causal LMs; subclasses pick the attention."""
     attn_cls = CausalTSSAAttention
     family = "tost"
+    kind = "lm"
+    step_input_rank = 1  # token ids [B]
 
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
-        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        modules = self._input_modules(config)
         if not config.unbounded:
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         modules.update(drop=nn.Dropout(config.dropout),
@@ -194,11 +196,22 @@ class CausalLM(nn.Module):
                        ln_f=LayerNorm(config.n_embd, bias=config.bias))
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
+        if "wte" in self.transformer:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _input_modules(self, config: LMConfig) -> dict:
+        return dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+
+    def _check_input(self, idx: torch.Tensor) -> None:
+        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} shape {tuple(idx.shape)}")
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.transformer.wte(idx)                                       # [B, T, C]
 
     @staticmethod
     def _init_weights(module):
@@ -247,9 +260,8 @@ class CausalLM(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def _trunk(self, idx: torch.Tensor, state: Optional[State]):
-        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"idx: expected int64 token ids of shape [B, T], got {idx.dtype} shape {tuple(idx.shape)}")
-        B, T = idx.shape
+        self._check_input(idx)
+        B, T = idx.shape[:2]
         pos = torch.zeros(B, dtype=torch.long, device=idx.device) if state is None else state["pos"]
         if state is not None:
             self._check_state(state, B)
@@ -258,7 +270,7 @@ class CausalLM(nn.Module):
                 f"position: a sequence would reach position {int(pos.max()) + T}, beyond block_size="
                 f"{self.config.block_size} (the end of the model's position tables); "
                 "use a model with unbounded=True for endless streams")
-        x = self.transformer.wte(idx)
+        x = self._embed(idx)
         if not self.config.unbounded:
             x = x + self.transformer.wpe(pos[:, None] + torch.arange(T, device=idx.device))
         x = self.transformer.drop(x)
@@ -281,8 +293,9 @@ class CausalLM(nn.Module):
 
     def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """idx: [B] -> (logits [B, V], state after the token)."""
-        if idx.dim() != 1:
-            raise ValueError(f"idx: expected token ids of shape [B], got shape {tuple(idx.shape)}")
+        if idx.dim() != self.step_input_rank:
+            raise ValueError(f"idx: expected one input per sequence, rank {self.step_input_rank}, "
+                             f"got shape {tuple(idx.shape)}")
         logits, state = self._trunk(idx[:, None], state)
         return logits[:, 0], state
 

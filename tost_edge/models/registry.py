@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Dict, NamedTuple
 
 from .lm import GPTLM, LinearAttentionLM, LMConfig, ToSTLM
+from .video import ToSTVideo
 from .vision import ToSTVision
 
 
@@ -50,3 +51,11 @@ for _prefix, (_cls, _desc) in _LM_FAMILIES.items():
              n_layer=2, n_head=4, n_embd=64, bias=True)
     register(f"{_prefix}_small", "lm", _cls, f"small {_desc} (demo size)", block_size=4096, vocab_size=256,
              n_layer=4, n_head=4, n_embd=128, bias=True)
+
+# Video: a ToST frame encoder + causal ToST over frame embeddings
+register("tost_video_test", "video", ToSTVideo, "tiny ToST video model (frame encoder + causal ToST) for tests",
+         encoder=dict(_TEST_VISION), num_classes=10, n_layer=2, n_head=4, n_embd=64, block_size=256)
+register("tost_video_small", "video", ToSTVideo, "small ToST video model, 64x64 frames, unbounded stream",
+         encoder=dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=2, qkv_bias=True,
+                      eta=1.0, tokens_norm=True, cls_attn_layers=1),
+         num_classes=10, n_layer=2, n_head=4, n_embd=128, block_size=1024, unbounded=True)

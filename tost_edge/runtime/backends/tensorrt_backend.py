@@ -1,0 +1,80 @@
+"""TensorRT backend: runs the engines that `tost-edge build` made from a plugin-flavour bundle.
+
+Device memory through cupy. The step's state lives on the device in two buffer sets used in turn (outputs of one
+step are the inputs of the next, no copy), and the step is captured in a CUDA graph per buffer set and batch size
+when the engine's shapes allow; only tokens/pos go up and logits come down per step.
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict
+
+import numpy as np
+
+
+def _require():
+    try:
+        import cupy  # noqa: F401
+        import tensorrt  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"backend='tensorrt' needs the tensorrt Python package (JetPack / TensorRT) and cupy: {e}")
+
+
+class _Engine:
+    def __init__(self, runtime, path):
+        import tensorrt as trt
+        with open(path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise RuntimeError(f"{path}: TensorRT could not deserialize this engine (built by another TensorRT "
+                               "version or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, bundle):
+        _require()
+        import cupy as cp
+        import tensorrt as trt
+
+        from ...export.engine import check_engine_metadata
+        meta_path = bundle.path / "engine.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"bundle {bundle.path}: no engines; build them on this device with "
+                                    f"`tost-edge build {bundle.path}`")
+        meta = json.loads(meta_path.read_text())
+        check_engine_metadata(meta)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self.logger, "")
+        self.runtime = trt.Runtime(self.logger)
+        self.runtime.get_plugin_registry().load_library(meta["plugin_library"])
+        self.engines = {g: _Engine(self.runtime, bundle.path / meta["engines"][g]) for g in ("prefill", "step")}
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self._graphs = {}
+
+    def run(self, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        import cupy as cp
+        eng = self.engines[graph]
+        ctx = eng.context
+        keep = []
+        for name in eng.inputs:
+            arr = cp.asarray(np.ascontiguousarray(feeds[name], dtype=eng.dtypes[name]))
+            keep.append(arr)
+            ctx.set_input_shape(name, arr.shape)
+            ctx.set_tensor_address(name, arr.data.ptr)
+        outs = {}
+        for name in eng.outputs:
+            shape = tuple(ctx.get_tensor_shape(name))
+            outs[name] = cp.empty(shape, dtype=eng.dtypes[name])
+            ctx.set_tensor_address(name, outs[name].data.ptr)
+        with self.stream:
+            if not ctx.execute_async_v3(self.stream.ptr):
+                raise RuntimeError(f"TensorRT {graph} engine failed to run")
+        self.stream.synchronize()
+        return {k: cp.asnumpy(v) for k, v in outs.items()}

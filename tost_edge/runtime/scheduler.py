@@ -1,0 +1,87 @@
+"""Multi-stream batching: streams join and leave at any time; each tick runs one batched step graph call for
+every stream that has a token to decode (KV-cache models batch only streams at equal positions)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .sampling import sample
+
+
+@dataclass
+class Request:
+    id: int
+    stream: object
+    prompt: np.ndarray
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    rng: np.random.Generator = None
+    tokens: List[int] = field(default_factory=list)
+    logits: Optional[np.ndarray] = None
+    done: bool = False
+
+
+class Scheduler:
+    def __init__(self, session, max_batch: int = 64):
+        if max_batch < 1:
+            raise ValueError(f"max_batch: expected a positive int, got {max_batch}")
+        self.session, self.max_batch = session, max_batch
+        self.pending: List[Request] = []
+        self.active: List[Request] = []
+        self._ids = itertools.count()
+
+    def submit(self, prompt, max_new_tokens: int, stream=None, temperature: float = 0.0, top_k=None, top_p=None,
+               seed: Optional[int] = None) -> Request:
+        """Queue a generation; it joins the batch at the next tick."""
+        req = Request(next(self._ids), stream or self.session.open_stream(), np.asarray(prompt, np.int64),
+                      max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
+        self.pending.append(req)
+        return req
+
+    def cancel(self, req: Request) -> None:
+        req.done = True
+        self.pending = [r for r in self.pending if r is not req]
+        self.active = [r for r in self.active if r is not req]
+
+    def _emit(self, req: Request) -> Tuple[int, int]:
+        tok = sample(req.logits, req.rng, req.temperature, req.top_k, req.top_p)
+        req.tokens.append(tok)
+        if len(req.tokens) >= req.max_new_tokens:
+            req.done = True
+        return req.id, tok
+
+    def tick(self) -> List[Tuple[int, int]]:
+        """Admit new requests (their prompts are prefilled one by one), then one batched decode step.
+        Returns the (request id, token) pairs produced."""
+        events = []
+        while self.pending and len(self.active) < self.max_batch:
+            req = self.pending.pop(0)
+            req.logits = req.stream.prefill(req.prompt)[-1] if len(req.prompt) else None
+            if req.logits is None:
+                raise ValueError(f"request {req.id}: prompt: expected at least one token")
+            events.append(self._emit(req))
+            if not req.done:
+                self.active.append(req)
+        decoding = [r for r in self.active if not r.done and r.tokens and len(r.tokens) < r.max_new_tokens
+                    and r.id not in {e[0] for e in events}]
+        groups: Dict[int, List[Request]] = {}
+        for r in decoding:
+            key = r.stream.position if self.session.bundle.grows else 0
+            groups.setdefault(key, []).append(r)
+        for group in groups.values():
+            logits = self.session.step_batch([r.stream for r in group], [r.tokens[-1] for r in group])
+            for r, lg in zip(group, logits):
+                r.logits = lg
+                events.append(self._emit(r))
+        self.active = [r for r in self.active if not r.done]
+        return events
+
+    def run(self) -> Iterator[Tuple[int, int]]:
+        """Tick until every submitted request is done, yielding (request id, token)."""
+        while self.pending or self.active:
+            yield from self.tick()
