@@ -4,6 +4,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+# Triton kernels run on the GPU when there is one, else in Triton's CPU interpreter (set before triton.jit runs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def assert_close(name, ref, out, ratio=1e-5, atol=0.0):
     """fla-style check: relative RMSE of the difference against the reference, plus a max-abs bound."""

@@ -17,8 +17,8 @@ def test_check_env_runs(capsys):
     assert "onnxruntime" in out and "tensorrt" in out
 
 
-def test_unknown_model_is_a_clear_error(capsys):
-    assert main(["quickstart", "--model", "nope", "--tokens", "2"]) == 2
+def test_unknown_model_is_a_clear_error(capsys, tmp_path):
+    assert main(["quickstart", "--model", "nope", "--tokens", "2", "--bundle", str(tmp_path / "q")]) == 2
     assert "expected a registry name" in capsys.readouterr().err
 
 

@@ -1,11 +1,23 @@
-"""Triton kernels for the ops (forward and backward)."""
+"""Triton kernels for the ops (forward and backward), selected with backend="triton".
+
+Kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; anything else is a clear error.
+"""
 from __future__ import annotations
 
+try:
+    import triton  # noqa: F401
+    _IMPORT_ERROR = None
+except ImportError as e:  # pragma: no cover - exercised where Triton is absent
+    _IMPORT_ERROR = e
 
-def _unavailable(*_a, **_k):
-    raise RuntimeError(
-        "backend='triton' needs Triton and a CUDA GPU, or TRITON_INTERPRET=1 to run the kernels on the CPU; "
-        "install with `pip install tost-edge[triton]`")
+if _IMPORT_ERROR is None:
+    from .causal_tssa import triton_causal_tssa
+    from .linear_attention import triton_causal_linear_attention
+    from .tssa import triton_tssa
+else:
+    def _unavailable(*_a, **_k):
+        raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
+    triton_tssa = triton_causal_tssa = triton_causal_linear_attention = _unavailable
 
-triton_tssa = triton_causal_tssa = triton_causal_linear_attention = _unavailable
+__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_linear_attention"]

@@ -1,0 +1,46 @@
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import DEVICE
+from tost_edge import models
+
+
+def train(model, batches, loss_fn, steps=3):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for i in range(steps):
+        loss = loss_fn(model, batches[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def lm_loss(model, idx):
+    logits = model(idx[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
+def test_lm_training_same_losses_as_torch(name):
+    torch.manual_seed(0)
+    ref = models.create(name, n_layer=1, n_embd=48, n_head=3).to(DEVICE)
+    fast = copy.deepcopy(ref).set_backend("triton")
+    batches = [torch.randint(0, 256, (2, 40), device=DEVICE) for _ in range(3)]
+    a, b = train(ref, batches, lm_loss), train(fast, batches, lm_loss)
+    assert a[-1] < a[0] + 1e-3
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-4 * abs(x)
+
+
+def test_vision_training_same_losses_as_torch():
+    torch.manual_seed(0)
+    ref = models.create("tost_cab_test", depth=1).to(DEVICE)
+    fast = copy.deepcopy(ref).set_backend("triton")
+    data = [(torch.randn(2, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (2,), device=DEVICE)) for _ in range(3)]
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    for x, y in zip(train(ref, data, loss), train(fast, data, loss)):
+        assert abs(x - y) <= 1e-4 * abs(x)

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from tests.conftest import DEVICE, assert_close
+from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa,
+                           naive_causal_linear_attention, naive_causal_tssa, naive_tssa, tssa)
+
+SIZES = [(1, 48, 3), (63, 64, 4), (130, 48, 2)]          # (T or N, D, H)
+IDS = [f"T{t}-D{d}-H{h}" for t, d, h in SIZES]
+
+
+def grads(outputs, inputs, seed=1):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    cot = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype) for o in outputs]
+    return torch.autograd.grad(outputs, inputs, cot), cot
+
+
+def leaf(*shape, scale=1.0, offset=0.0, rand=False):
+    x = (torch.rand(*shape, dtype=torch.float64) if rand else torch.randn(*shape, dtype=torch.float64))
+    return (x * scale + offset).to(DEVICE).float().requires_grad_()
+
+
+@pytest.mark.parametrize("N,D,H", SIZES, ids=IDS)
+def test_tssa_forward_and_gradients(N, D, H):
+    w, temp = leaf(2, N, H * D), leaf(H, 1, rand=True, offset=0.5)
+    y = tssa(w, temp, H, backend="triton")
+    yr = naive_tssa(w.double(), temp.double(), H)
+    assert_close("y", yr, y, 1e-5)
+    (dw, dt), cot = grads([y], [w, temp])
+    (dwr, dtr), _ = grads([yr], [w, temp])
+    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
+    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,D,H", SIZES, ids=IDS)
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
+def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state):
+    B = 2
+    w, temp, bias = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5), leaf(H, T + 9, 1, scale=0.1)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)] if with_state else None
+    pos = torch.tensor([0, 9], device=DEVICE) if with_state else 0
+    st = CausalTSSAState(*s0) if s0 else None
+    y, s = causal_tssa(w, temp, bias, H, st, pos, backend="triton")
+    st64 = CausalTSSAState(*[x.double() for x in s0]) if s0 else None
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H, st64, pos)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+        assert a.dtype == torch.float32
+        assert_close(f"state.{name}", b, a, 1e-5)
+    inputs = [w, temp, bias] + (s0 or [])
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for name, a, b in zip(["w", "temp", "denom_bias", "sum_wsq0", "sum_pi_wsq0", "sum_pi0"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,D,H", SIZES, ids=IDS)
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
+def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state):
+    B = 2
+    q, k, v = leaf(B, T, H, D), leaf(B, T, H, D), leaf(B, T, H, D)
+    s0 = [leaf(B, H, D, D, rand=True), leaf(B, H, D, rand=True)] if with_state else None
+    st = LinearAttentionState(*s0) if s0 else None
+    y, s = causal_linear_attention(q, k, v, st, backend="triton")
+    st64 = LinearAttentionState(*[x.double() for x in s0]) if s0 else None
+    yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double(), st64)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    inputs = [q, k, v] + (s0 or [])
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for name, a, b in zip(["q", "k", "v", "kv0", "k_sum0"], g, gr):
+        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_on_gpu(dtype):
+    B, T, H, D = 2, 257, 4, 64
+    w = torch.randn(B, T, H * D, device="cuda")
+    temp, bias = torch.rand(H, device="cuda") + 0.5, 0.1 * torch.randn(H, T, device="cuda")
+    y = tssa(w.to(dtype), temp, H, backend="triton")
+    assert y.dtype == dtype
+    assert_close("tssa", naive_tssa(w.to(dtype).double(), temp.double(), H), y, 5e-3)
+    y, s = causal_tssa(w.to(dtype), temp, bias, H, backend="triton")
+    yr, sr = naive_causal_tssa(w.to(dtype).double(), temp.double(), bias.double(), H)
+    assert_close("causal_tssa", yr, y, 5e-3)
+    assert all(t.dtype == torch.float32 for t in s)
+
+
+def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    w = torch.randn(1, 4, 8)
+    with pytest.raises(RuntimeError, match="set TRITON_INTERPRET=1"):
+        tssa(w, torch.ones(2), 2, backend="triton")

@@ -1,0 +1,55 @@
+"""Where Triton kernels can run, and allocation helpers shared by the kernels."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Tests set this to fill fresh allocations with NaN, so a kernel that reads memory it never wrote fails loudly.
+NAN_FILL = os.environ.get("TOST_EDGE_NAN_FILL", "0") == "1"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_available(*tensors: torch.Tensor) -> None:
+    """backend='triton' runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; never falls back."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])") from e
+    devices = {t.device.type for t in tensors}
+    if devices == {"cuda"}:
+        return
+    if devices == {"cpu"} and interpreting():
+        return
+    if devices == {"cpu"}:
+        raise RuntimeError("backend='triton': tensors are on the CPU; move them to a CUDA GPU, or set "
+                           "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) CPU interpreter")
+    raise RuntimeError(f"backend='triton': expected all tensors on one CUDA device, got devices {sorted(devices)}")
+
+
+def alloc(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    t = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
+    if NAN_FILL and t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    return t
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def cpu_timer(fn, quantiles=None, **_):
+    """A `do_bench` stand-in for triton.autotune under the interpreter (no GPU timer there)."""
+    import time
+    t0 = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - t0) * 1e3
+    return [ms] * len(quantiles) if quantiles else ms
+
+
+def ieee(dtype: torch.dtype) -> bool:
+    """fp32 inputs get IEEE fp32 dot products (no TF32), so they match the fp32 reference."""
+    return dtype == torch.float32
