@@ -83,3 +83,53 @@ def add_commands(sub) -> None:
     s.add_argument("--steps", type=int, default=50, help="tokens for the step-vs-full check of bundles (default 50)")
     s.add_argument("-o", "--output", required=True, help="output .onnx file, or folder for --graph stream")
     s.set_defaults(func=cmd_export)
+    add_build_command(sub)
+
+
+BUILD_EXAMPLES = """examples (on the Jetson, with TensorRT and the plugin library built there):
+  tost-edge export tost_lm_base --graph stream --flavor plugin --dtype fp16 -o bundle/
+  tost-edge build bundle/ --plugins build/libtost_edge_plugins.so --max-batch 8
+  tost-edge run bundle/ --backend tensorrt --prompt "Hello"
+  tost-edge build model.onnx -o model.engine --plugins build/libtost_edge_plugins.so
+"""
+
+
+def cmd_build(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .export.engine import build_bundle_engines, build_engine, rich_progress_monitor, write_engine_metadata
+    console = Console()
+    src = Path(args.source)
+    kwargs = dict(fp16=not args.fp32, max_batch=args.max_batch, workspace_mib=args.workspace_mib,
+                  timing_cache=args.timing_cache, progress=rich_progress_monitor(console))
+    if src.is_dir():
+        meta = build_bundle_engines(src, args.plugins, max_past=args.max_past, **kwargs)
+        console.print(f"[green]built[/] {', '.join(meta['engines'].values())} in {src} "
+                      f"(TensorRT {meta['tensorrt_version']}, {meta['gpu']} {meta['sm']}, {meta['precision']})")
+        return 0
+    if not args.output:
+        raise ValueError("-o/--output: expected the engine path when building a single ONNX file")
+    meta = build_engine(src, args.output, args.plugins, max_seq=args.max_seq, opt_seq=args.max_seq,
+                        max_past=args.max_past, **kwargs)
+    write_engine_metadata(args.output, meta)
+    console.print(f"[green]built[/] {args.output} (TensorRT {meta['tensorrt_version']}, {meta['gpu']} {meta['sm']})")
+    return 0
+
+
+def add_build_command(sub) -> None:
+    import argparse
+    s = sub.add_parser("build", help="build TensorRT engines from a plugin-flavour bundle or ONNX file",
+                       description="Build TensorRT engines (needs tensorrt; run it on the target device).",
+                       epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("source", help="stream bundle folder (builds prefill.engine + step.engine) or an .onnx file")
+    s.add_argument("-o", "--output", help="engine path (for a single .onnx)")
+    s.add_argument("--plugins", help="path to libtost_edge_plugins.so (needed for plugin-flavour graphs)")
+    s.add_argument("--fp32", action="store_true", help="no fp16 tactics for fp32 graphs (fp16 graphs stay fp16)")
+    s.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimisation profile (default 8)")
+    s.add_argument("--max-seq", type=int, default=64, help="largest token block for a single prefill graph")
+    s.add_argument("--max-past", type=int, default=1024, help="largest KV-cache length (softmax baselines)")
+    s.add_argument("--workspace-mib", type=int, default=1024)
+    s.add_argument("--timing-cache", help="timing-cache file, read if present and updated")
+    s.set_defaults(func=cmd_build)

@@ -53,7 +53,7 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         self.runtime = trt.Runtime(self.logger)
-        self.runtime.get_plugin_registry().load_library(meta["plugin_library"])
+        trt.get_plugin_registry().load_library(meta["plugin_library"])
         self.engines = {g: _Engine(self.runtime, bundle.path / meta["engines"][g]) for g in ("prefill", "step")}
         self.stream = cp.cuda.Stream(non_blocking=True)
         self._graphs = {}

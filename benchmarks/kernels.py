@@ -1,0 +1,180 @@
+"""Kernel benchmark (GPU): Triton TSSA / causal TSSA / causal linear attention against the official formula in
+eager PyTorch, torch.compile of it, and fla's chunk linear attention when importable.
+
+    python benchmarks/kernels.py                          # all shapes, bf16, forward and forward+backward
+    python benchmarks/kernels.py --quick --out benchmarks/results
+
+Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
+write y forward; also read w and dy and write dw backward) in GB/s and as a fraction of the card's HBM bandwidth,
+peak memory, and ratios against the Triton kernels measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
+
+HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
+
+
+def card_bandwidth(name: str) -> float:
+    for key, bw in HBM_GBPS.items():
+        if key in name:
+            return bw
+    return float("nan")
+
+
+# -- the official formulas, as eager PyTorch (the baseline users run today) ---------------------------------
+def official_tssa(w, temp, H):
+    B, N, C = w.shape
+    w = w.view(B, N, H, C // H).transpose(1, 2)
+    w_sq = F.normalize(w, dim=-2) ** 2
+    Pi = torch.softmax(torch.sum(w_sq, dim=-1) * temp, dim=1)
+    dots = torch.matmul((Pi / (Pi.sum(dim=-1, keepdim=True) + 1e-8)).unsqueeze(-2), w ** 2)
+    out = -torch.mul(w.mul(Pi.unsqueeze(-1)), 1.0 / (1 + dots))
+    return out.transpose(1, 2).reshape(B, N, C)
+
+
+def official_causal_tssa(w, temp, bias, H):
+    B, T, C = w.shape
+    w = w.view(B, T, H, C // H).transpose(1, 2)
+    w_sq = w ** 2
+    denom = torch.cumsum(w_sq, dim=-2).clamp_min(1e-12)
+    Pi = F.softmax(torch.sum(w_sq / denom + bias[:, :T, :], dim=-1) * temp, dim=1)
+    dots = torch.cumsum(w_sq * Pi.unsqueeze(-1), dim=-2) / (Pi.cumsum(dim=-1) + 1e-8).unsqueeze(-1)
+    y = -torch.mul(w.mul(Pi.unsqueeze(-1)), 1.0 / (1 + dots))
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+def bench(fn, backward: bool, inputs, out_grad=None):
+    """Median ms and peak extra memory (MiB) of fn (forward, or forward + backward)."""
+    from triton.testing import do_bench
+
+    def run():
+        out = fn()
+        if backward:
+            o = out[0] if isinstance(out, tuple) else out
+            o.backward(out_grad if out_grad is not None else torch.ones_like(o))
+    try:
+        run()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = do_bench(run, warmup=10, rep=50, grad_to_none=inputs if backward else None, return_mode="median")
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return ms, peak
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("nan"), float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (the targets' shapes)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/kernels.py needs a CUDA GPU")
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dev = "cuda"
+    name = torch.cuda.get_device_name()
+    bw = card_bandwidth(name)
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except Exception as e:  # fla is optional
+        print(f"fla not importable ({e}); its rows are skipped")
+        chunk_linear_attn = None
+    esize = torch.tensor([], dtype=dt).element_size()
+    rows = []
+
+    def record(op, shape, variant, mode, ms, peak, nbytes):
+        gbps = nbytes / (ms * 1e-3) / 1e9 if ms == ms else float("nan")
+        rows.append({"op": op, "shape": shape, "variant": variant, "mode": mode, "ms": ms, "GB/s": gbps,
+                     "roofline": gbps / bw, "peak_MiB": peak})
+        print(f"{op:22s} {shape:24s} {variant:12s} {mode:8s} {ms:9.3f} ms {gbps:8.0f} GB/s "
+              f"{100 * gbps / bw:5.1f}% peak {peak:8.0f} MiB", flush=True)
+
+    tssa_shapes = [(64, 196, 384, 8), (64, 1024, 384, 8), (64, 4096, 384, 8), (64, 16384, 384, 8),
+                   (8, 4096, 768, 16), (8, 65536, 768, 16)]
+    causal_shapes = [(T, H) for H in (12, 20) for T in (1024, 4096, 16384, 65536)]
+    if args.quick:
+        tssa_shapes = [(64, 4096, 384, 8), (8, 65536, 768, 16)]
+        causal_shapes = [(4096, 12), (16384, 12), (4096, 20)]
+    compile_tssa = torch.compile(official_tssa) if not args.no_compile else None
+    compile_causal = torch.compile(official_causal_tssa) if not args.no_compile else None
+
+    for B, N, C, H in tssa_shapes:
+        shape = f"B{B} N{N} C{C} H{H}"
+        w = torch.randn(B, N, C, device=dev, dtype=dt, requires_grad=True)
+        temp = (torch.rand(H, 1, device=dev) + 0.5).to(dt).requires_grad_()
+        nb = B * N * C * esize
+        variants = {"triton": lambda: tssa(w, temp, H, backend="triton"), "eager": lambda: official_tssa(w, temp, H)}
+        if compile_tssa is not None and (B, N) in ((64, 4096), (8, 4096)):
+            variants["compile"] = lambda: compile_tssa(w, temp, H)
+        for variant, fn in variants.items():
+            for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
+                with torch.set_grad_enabled(bwd):
+                    ms, peak = bench(fn, bwd, [w, temp])
+                record("tssa", shape, variant, mode, ms, peak, k * nb)
+        del w
+
+    for T, H in causal_shapes:
+        B, D = 8, 64
+        C = H * D
+        shape = f"B{B} T{T} H{H} D{D}"
+        w = torch.randn(B, T, C, device=dev, dtype=dt, requires_grad=True)
+        temp = (torch.rand(H, 1, device=dev) + 0.5).requires_grad_()
+        bias = (0.01 * torch.randn(H, T, 1, device=dev)).requires_grad_()
+        nb = B * T * C * esize
+        variants = {"triton": lambda: causal_tssa(w, temp, bias, H, backend="triton")[0],
+                    "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
+        if compile_causal is not None and T == 4096:
+            variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
+        for variant, fn in variants.items():
+            for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
+                with torch.set_grad_enabled(bwd):
+                    ms, peak = bench(fn, bwd, [w, temp, bias])
+                record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
+        del w
+        q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+        la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}
+        if chunk_linear_attn is not None:
+            la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
+                                                        normalize=True, output_final_state=True)[0]
+        for variant, fn in la.items():
+            for mode, bwd, kk in (("fwd", False, 4), ("fwd+bwd", True, 11)):
+                with torch.set_grad_enabled(bwd):
+                    ms, peak = bench(fn, bwd, [q, k_, v])
+                record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
+        del q, k_, v
+        torch.cuda.empty_cache()
+
+    # ratios against the Triton kernel of the same op, shape and mode (same run)
+    ref = {(r["op"], r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "triton"}
+    for r in rows:
+        r["speedup_of_triton"] = r["ms"] / ref[(r["op"], r["shape"], r["mode"])]
+    # causal TSSA against fla's chunk linear attention at the same B, T, H, D
+    fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "fla-chunk"}
+    for r in rows:
+        if r["op"] == "causal_tssa" and r["variant"] == "triton" and (r["shape"], r["mode"]) in fla:
+            r["fla_chunk_ms_same_shape"] = fla[(r["shape"], r["mode"])]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = name.replace(" ", "_")
+    (out / f"kernels_{tag}_{args.dtype}.json").write_text(json.dumps({"device": name, "hbm_GBps": bw,
+                                                                      "dtype": args.dtype, "rows": rows}, indent=2))
+    print(f"wrote {out / f'kernels_{tag}_{args.dtype}.json'}")
+
+
+if __name__ == "__main__":
+    main()
