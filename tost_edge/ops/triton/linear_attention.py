@@ -18,10 +18,10 @@ from .utils import alloc, check_available, next_pow2
 @triton.jit
 def _fwd(q, k, v, S0, o, S_T, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
          BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh = tl.program_id(0)
+    bh, iv = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)
+    vv = iv * BV + tl.arange(0, BV)
     S = tl.load(S0 + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
@@ -38,12 +38,12 @@ def _fwd(q, k, v, S0, o, S_T, T, H: tl.constexpr, K: tl.constexpr, V: tl.constex
 
 
 @triton.jit
-def _bwd_dq(k, v, do, S0, dq, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+def _bwd_dq(k, v, do, S0, dq, B, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
             BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh = tl.program_id(0)
+    bh, iv = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)
+    vv = iv * BV + tl.arange(0, BV)
     S = tl.load(S0 + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
@@ -54,17 +54,17 @@ def _bwd_dq(k, v, do, S0, dq, T, H: tl.constexpr, K: tl.constexpr, V: tl.constex
         M = tl.dot(dc, tl.trans(vc), input_precision=PREC)                    # [i, j] = do_i . v_j
         M = tl.where(t[:, None] >= t[None, :], M, 0.0)
         dqc = tl.dot(M, kc, input_precision=PREC) + tl.dot(dc, tl.trans(S), input_precision=PREC)
-        tl.store(dq + ((b * T + t[:, None]) * H + h) * K + kk[None, :], dqc, mask=tm[:, None] & (kk[None, :] < K))
+        tl.store(dq + (((iv * B + b) * T + t[:, None]) * H + h) * K + kk[None, :], dqc, mask=tm[:, None] & (kk[None, :] < K))
         S += tl.dot(tl.trans(kc), vc, input_precision=PREC)
 
 
 @triton.jit
-def _bwd_dkv(q, k, v, do, gS_T, dk, dv, dS0, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+def _bwd_dkv(q, k, v, do, gS_T, dk, dv, dS0, B, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
              BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh = tl.program_id(0)
+    bh, iv = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)
+    vv = iv * BV + tl.arange(0, BV)
     dS = tl.load(gS_T + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
@@ -79,15 +79,16 @@ def _bwd_dkv(q, k, v, do, gS_T, dk, dv, dS0, T, H: tl.constexpr, K: tl.constexpr
         N = tl.where(causal, tl.dot(qc, tl.trans(kc), input_precision=PREC), 0.0)   # [i, j] = q_i . k_j
         dkc = tl.dot(tl.trans(M), qc, input_precision=PREC) + tl.dot(vc, tl.trans(dS), input_precision=PREC)
         dvc = tl.dot(tl.trans(N), dc, input_precision=PREC) + tl.dot(kc, dS, input_precision=PREC)
-        tl.store(dk + ((b * T + t[:, None]) * H + h) * K + kk[None, :], dkc, mask=tm[:, None] & (kk[None, :] < K))
+        tl.store(dk + (((iv * B + b) * T + t[:, None]) * H + h) * K + kk[None, :], dkc, mask=tm[:, None] & (kk[None, :] < K))
         tl.store(dv + ((b * T + t[:, None]) * H + h) * V + vv[None, :], dvc, mask=tm[:, None] & (vv[None, :] < V))
         dS += tl.dot(tl.trans(qc), dc, input_precision=PREC)
     tl.store(dS0 + bh * K * V + kk[:, None] * V + vv[None, :], dS, mask=(kk[:, None] < K) & (vv[None, :] < V))
 
 
 def _cfg(T, K, V):
-    BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
-    BT = max(16, min(64, next_pow2(T), 16384 // max(BK, BV)))
+    # value columns in blocks of BV (one program each) keep the state tile and the chunk tiles in registers
+    BK, BV = max(16, next_pow2(K)), max(16, min(64, next_pow2(V)))
+    BT = max(16, min(64 if BK <= 64 else 32, next_pow2(T)))
     return BK, BV, BT
 
 
@@ -101,7 +102,7 @@ class ChunkLinearAttention(torch.autograd.Function):
         BK, BV, BT = _cfg(T, K, V)
         o = alloc(B, T, H, V, like=q)
         S_T = alloc(B, H, K, V, like=q)
-        _fwd[(B * H,)](q, k, v, S0, o, S_T, T, H, K, V, BK, BV, BT, "ieee")
+        _fwd[(B * H, triton.cdiv(V, BV))](q, k, v, S0, o, S_T, T, H, K, V, BK, BV, BT, "ieee")
         ctx.save_for_backward(q, k, v, S0)
         return o, S_T
 
@@ -113,10 +114,13 @@ class ChunkLinearAttention(torch.autograd.Function):
         BK, BV, BT = _cfg(T, K, V)
         do = torch.zeros_like(v) if do is None else do.contiguous()
         gS_T = torch.zeros_like(S0) if gS_T is None else gS_T.contiguous()
-        dq, dk, dv, dS0 = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=q), alloc(B, T, H, V, like=q), alloc(B, H, K, V, like=q)
-        _bwd_dq[(B * H,)](k, v, do, S0, dq, T, H, K, V, BK, BV, BT, "ieee")
-        _bwd_dkv[(B * H,)](q, k, v, do, gS_T, dk, dv, dS0, T, H, K, V, BK, BV, BT, "ieee")
-        return dq, dk, dv, dS0
+        NV = triton.cdiv(V, BV)
+        # dq and dk sum over value columns: one partial per value block, added up below
+        dq, dk = alloc(NV, B, T, H, K, like=q), alloc(NV, B, T, H, K, like=q)
+        dv, dS0 = alloc(B, T, H, V, like=q), alloc(B, H, K, V, like=q)
+        _bwd_dq[(B * H, NV)](k, v, do, S0, dq, B, T, H, K, V, BK, BV, BT, "ieee")
+        _bwd_dkv[(B * H, NV)](q, k, v, do, gS_T, dk, dv, dS0, B, T, H, K, V, BK, BV, BT, "ieee")
+        return dq.sum(0), dk.sum(0), dv, dS0
 
 
 def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):

@@ -1,8 +1,8 @@
 """TensorRT backend: runs the engines that `tost-edge build` made from a plugin-flavour bundle.
 
-Device memory through cupy. The step's state lives on the device in two buffer sets used in turn (outputs of one
-step are the inputs of the next, no copy), and the step is captured in a CUDA graph per buffer set and batch size
-when the engine's shapes allow; only tokens/pos go up and logits come down per step.
+Device memory through cupy. Each call copies the feeds (tokens, pos, state) to the device and the outputs back,
+so streams keep their state as host numpy arrays like every other backend; state kept resident on the device
+and CUDA-graph capture of the step are not implemented yet.
 """
 from __future__ import annotations
 
@@ -56,7 +56,6 @@ class TensorRTBackend:
         trt.get_plugin_registry().load_library(meta["plugin_library"])
         self.engines = {g: _Engine(self.runtime, bundle.path / meta["engines"][g]) for g in ("prefill", "step")}
         self.stream = cp.cuda.Stream(non_blocking=True)
-        self._graphs = {}
 
     def run(self, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import cupy as cp
