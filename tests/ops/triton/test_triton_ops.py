@@ -94,3 +94,28 @@ def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
     w = torch.randn(1, 4, 8)
     with pytest.raises(RuntimeError, match="set TRITON_INTERPRET=1"):
         tssa(w, torch.ones(2), 2, backend="triton")
+
+
+@pytest.mark.parametrize("programs", [1, 3], ids=lambda p: f"programs{p}")
+def test_long_slices_per_program(monkeypatch, programs):
+    """Few programs: each walks many chunks, carrying its running sums across them."""
+    from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    monkeypatch.setattr(tt, "PROGRAMS", programs)
+    B, T, H, D = 2, 150, 3, 16
+    w, temp, bias = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5), leaf(H, T + 4, 1, scale=0.1)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), 3, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
+                               CausalTSSAState(*[x.double() for x in s0]), 3)
+    assert_close("y", yr, y, 1e-5)
+    g, _ = grads([y, *s], [w, temp, bias, *s0])
+    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
+    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+    y2 = tssa(w, temp, H, backend="triton")
+    y2r = naive_tssa(w.double(), temp.double(), H)
+    assert_close("tssa y", y2r, y2, 1e-5)
+    (dw,), _ = grads([y2], [w])
+    (dwr,), _ = grads([y2r], [w])
+    assert_close("tssa dw", dwr, dw, 2e-5, atol=1e-6)

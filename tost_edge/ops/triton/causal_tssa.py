@@ -1,10 +1,16 @@
-"""Chunked causal TSSA forward and backward: cumulative sums inside a chunk, fp32 state carried across chunks.
+"""Chunked causal TSSA forward and backward, parallel over (sequence, chunk).
 
-Split in two scans so the softmax over heads (which couples the heads of a token) stays a small torch op:
-  energy scan   per (b, h): c = S0 + cumsum(w^2), e = sum_d w^2 / max(c, 1e-12)          -> e [B, T, H], S_T
-  (torch)       Pi = softmax_h(temp_h * (e + D * denom_bias[h, pos]))                    [B, T, H]
-  output scan   per (b, h): a = A0 + cumsum(Pi w^2), p = P0 + cumsum(Pi), y = -w Pi / (1 + a / (p + 1e-8))
-Backward runs both scans in reverse from the chunk-start states saved by the forward (one per chunk, not per token).
+Tiles are a chunk of whole token rows viewed as [tokens, heads, channels], so the softmax over heads stays in one
+program. Each program walks a slice of chunks of one sequence, carrying the running sums in registers; the sums carried
+into each slice come from an exclusive cumsum of per-slice totals (a tiny torch op), so all slices of all
+sequences run in parallel.
+
+Forward (w: [B, T, C]):
+  1. per slice: sum of w^2                                   -> S at each slice start (plus the initial state)
+  2. per chunk: c = S + cumsum(w^2), e = sum_d w^2 / max(c, 1e-12) + D * denom_bias[h, pos],
+     Pi = softmax_h(temp_h * e); per-slice sums of Pi w^2 and Pi   -> A, P at each slice start
+  3. per chunk: y = -w Pi / (1 + (A + cumsum(Pi w^2)) / (P + cumsum(Pi) + 1e-8))
+Backward recomputes Pi from the slice-start statistics; suffix sums are slice totals minus prefixes.
 """
 from __future__ import annotations
 
@@ -12,198 +18,258 @@ import torch
 import triton
 import triton.language as tl
 
-from ..causal_tssa.state import CausalTSSAState, gather_bias, prepare
+from ..causal_tssa.state import CausalTSSAState, prepare
 from .utils import alloc, check_available, next_pow2
 
-
-@triton.jit
-def _energy_fwd(w, S0, e, S_out, S_chunks, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                BD: tl.constexpr, BT: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    d = tl.arange(0, BD)
-    dm = d < D
-    S = tl.load(S0 + bh * D + d, mask=dm, other=0.0)
-    NT = tl.cdiv(T, BT)
-    for c in range(0, NT):
-        t = c * BT + tl.arange(0, BT)
-        m = (t[:, None] < T) & dm[None, :]
-        x = tl.load(w + b * T * C + t[:, None] * C + h * D + d[None, :], mask=m, other=0.0).to(tl.float32)
-        tl.store(S_chunks + (bh * NT + c) * D + d, S, mask=dm)
-        wsq = x * x
-        cs = S[None, :] + tl.cumsum(wsq, 0)
-        en = tl.sum(tl.where(m, wsq / tl.maximum(cs, 1e-12), 0.0), 1)
-        tl.store(e + (b * T + t) * H + h, en, mask=t < T)
-        S += tl.sum(wsq, 0)
-    tl.store(S_out + bh * D + d, S, mask=dm)
+PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 
 
 @triton.jit
-def _energy_bwd(w, ge, gS_T, S_chunks, dw, gS0, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                BD: tl.constexpr, BT: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    d = tl.arange(0, BD)
-    dm = d < D
-    G = tl.load(gS_T + bh * D + d, mask=dm, other=0.0)       # gradient carried from later tokens
-    NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
-        c = NT - 1 - i
-        t = c * BT + tl.arange(0, BT)
-        m = (t[:, None] < T) & dm[None, :]
-        off = b * T * C + t[:, None] * C + h * D + d[None, :]
+def _tile(b, c, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BT: tl.constexpr):
+    t = c * BT + tl.arange(0, BT)
+    h = tl.arange(0, HP)[None, :, None]
+    d = tl.arange(0, BD)[None, None, :]
+    off = b * T * C + t[:, None, None] * C + h * D + d
+    return off, (t[:, None, None] < T) & (h < H) & (d < D), t
+
+
+@triton.jit
+def _stat(H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
+    h = tl.arange(0, HP)[:, None]
+    d = tl.arange(0, BD)[None, :]
+    return h * D + d, (h < H) & (d < D)
+
+
+@triton.jit
+def _pi(x, S, temp, bias, pos, b, t, T, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+        BOUNDED: tl.constexpr):
+    """Running sums c, energy e [BT, HP] and Pi [BT, HP] of a chunk tile x [BT, HP, BD] from chunk-start S."""
+    wsq = x * x
+    cs = S[None, :, :] + tl.cumsum(wsq, 0)
+    den = tl.maximum(cs, 1e-12)
+    e = tl.sum(wsq / den, 2)
+    hc = tl.arange(0, HP)
+    if BOUNDED:
+        p0 = tl.load(pos + b)
+        bias_v = tl.load(bias + hc[None, :] * tmax + p0 + t[:, None], mask=(t[:, None] < T) & (hc[None, :] < H),
+                         other=0.0)
+        e = e + D * bias_v
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
+    z = z - tl.max(z, 1)[:, None]
+    p = tl.exp(z)
+    pi = p / tl.sum(p, 1)[:, None]
+    pi = tl.where(t[:, None] < T, pi, 0.0)
+    return cs, den, e, pi
+
+
+@triton.jit
+def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+            BD: tl.constexpr, BT: tl.constexpr):
+    b, s = tl.program_id(0), tl.program_id(1)
+    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
+        off, m, _ = _tile(b, c, T, C, D, H, HP, BD, BT)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(ge + (b * T + t) * H + h, mask=t < T, other=0.0)
-        S = tl.load(S_chunks + (bh * NT + c) * D + d, mask=dm, other=0.0)
-        wsq = x * x
-        cs = S[None, :] + tl.cumsum(wsq, 0)
-        den = tl.maximum(cs, 1e-12)
-        gc = tl.where(m & (cs > 1e-12), -g[:, None] * wsq / (den * den), 0.0)
-        rev = tl.sum(gc, 0)[None, :] - tl.cumsum(gc, 0) + gc + G[None, :]   # sum over t' >= t
-        grad = g[:, None] * 2.0 * x / den + 2.0 * x * rev
-        tl.store(dw + off, grad, mask=m)
-        G += tl.sum(gc, 0)
-    tl.store(gS0 + bh * D + d, G, mask=dm)
+        acc += tl.sum(x * x, 0)
+    so, sm = _stat(H, D, HP, BD)
+    tl.store(Wsum + (b * tl.num_programs(1) + s) * H * D + so, acc, mask=sm)
 
 
 @triton.jit
-def _out_fwd(w, pi, A0, P0, y, A_out, P_out, A_chunks, P_chunks, T, C: tl.constexpr, D: tl.constexpr,
-             H: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    d = tl.arange(0, BD)
-    dm = d < D
-    A = tl.load(A0 + bh * D + d, mask=dm, other=0.0)
-    P = tl.load(P0 + bh)
-    NT = tl.cdiv(T, BT)
-    for c in range(0, NT):
-        t = c * BT + tl.arange(0, BT)
-        m = (t[:, None] < T) & dm[None, :]
-        off = b * T * C + t[:, None] * C + h * D + d[None, :]
+def _f_pi(w, S_start, temp, bias, pos, pi_out, PW, Ps, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
+          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
+    b, s = tl.program_id(0), tl.program_id(1)
+    k = b * tl.num_programs(1) + s
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
+    A = tl.zeros([HP, BD], dtype=tl.float32)
+    P = tl.zeros([HP], dtype=tl.float32)
+    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
+        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        p = tl.load(pi + (b * T + t) * H + h, mask=t < T, other=0.0)
-        tl.store(A_chunks + (bh * NT + c) * D + d, A, mask=dm)
-        tl.store(P_chunks + bh * NT + c, P)
-        pw = p[:, None] * x * x
-        a = A[None, :] + tl.cumsum(pw, 0)
-        pc = P + tl.cumsum(p, 0)
-        out = -x * p[:, None] / (1.0 + a / (pc + 1e-8)[:, None])
+        _, _, _, pi = _pi(x, S, temp, bias, pos, b, t, T, tmax, D, H, HP, BOUNDED)
+        tl.store(pi_out + (b * T + t[:, None]) * H + hc[None, :], pi, mask=(t[:, None] < T) & (hc[None, :] < H))
+        S += tl.sum(x * x, 0)
+        A += tl.sum(pi[:, :, None] * x * x, 0)
+        P += tl.sum(pi, 0)
+    tl.store(PW + k * H * D + so, A, mask=sm)
+    tl.store(Ps + k * H + hc, P, mask=hc < H)
+
+
+@triton.jit
+def _f_out(w, pi_in, A_start, P_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    b, s = tl.program_id(0), tl.program_id(1)
+    k = b * tl.num_programs(1) + s
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    A = tl.load(A_start + k * H * D + so, mask=sm, other=0.0)
+    P = tl.load(P_start + k * H + hc, mask=hc < H, other=0.0)
+    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
+        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
+        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
+        pi = tl.load(pi_in + (b * T + t[:, None]) * H + hc[None, :], mask=(t[:, None] < T) & (hc[None, :] < H),
+                     other=0.0)
+        pw = pi[:, :, None] * x * x
+        a = A[None, :, :] + tl.cumsum(pw, 0)
+        p = P[None, :] + tl.cumsum(pi, 0)
+        out = -x * pi[:, :, None] / (1.0 + a / (p + 1e-8)[:, :, None])
         tl.store(y + off, out.to(y.dtype.element_ty), mask=m)
         A += tl.sum(pw, 0)
-        P += tl.sum(p, 0)
-    tl.store(A_out + bh * D + d, A, mask=dm)
-    tl.store(P_out + bh, P)
+        P += tl.sum(pi, 0)
 
 
 @triton.jit
-def _out_bwd(w, pi, gy, gA_T, gP_T, A_chunks, P_chunks, dw, gpi, gA0, gP0, T, C: tl.constexpr, D: tl.constexpr,
-             H: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    d = tl.arange(0, BD)
-    dm = d < D
-    Ga = tl.load(gA_T + bh * D + d, mask=dm, other=0.0)
-    Gp = tl.load(gP_T + bh)
-    NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
-        c = NT - 1 - i
-        t = c * BT + tl.arange(0, BT)
-        tm = t < T
-        m = tm[:, None] & dm[None, :]
-        off = b * T * C + t[:, None] * C + h * D + d[None, :]
+def _b_kernel(w, gy, S_start, A_start, P_start, temp, bias, pos, Ra_end, Rp_end, Rc_end, ge_io, GA, GP, GC, gtemp,
+              dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+              BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
+    # A program walks its slice of tokens forwards, carrying the forward sums (S, A, P) and the prefix sums of the
+    # gradients; a suffix sum is the slice total (from the previous stage) minus the prefix before the token.
+    # STAGE 1: slice totals of d a and d p.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals of d c.
+    # STAGE 3: dw.
+    b, s = tl.program_id(0), tl.program_id(1)
+    k = b * tl.num_programs(1) + s
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
+    A = tl.load(A_start + k * H * D + so, mask=sm, other=0.0)
+    P = tl.load(P_start + k * H + hc, mask=hc < H, other=0.0)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    GA_pre = tl.zeros([HP, BD], dtype=tl.float32)
+    GP_pre = tl.zeros([HP], dtype=tl.float32)
+    GC_pre = tl.zeros([HP, BD], dtype=tl.float32)
+    gt = tl.zeros([HP], dtype=tl.float32)
+    if STAGE >= 2:
+        Ra0 = tl.load(Ra_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GA + k * H * D + so, mask=sm, other=0.0)
+        Rp0 = tl.load(Rp_end + k * H + hc, mask=hc < H, other=0.0) + tl.load(GP + k * H + hc, mask=hc < H, other=0.0)
+    if STAGE == 3:
+        Rc0 = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
+    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
+        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
+        hm = (t[:, None] < T) & (hc[None, :] < H)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
         g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-        p = tl.load(pi + (b * T + t) * H + h, mask=tm, other=0.0)
-        A = tl.load(A_chunks + (bh * NT + c) * D + d, mask=dm, other=0.0)
-        P = tl.load(P_chunks + bh * NT + c)
-        a = A[None, :] + tl.cumsum(p[:, None] * x * x, 0)
-        pe = P + tl.cumsum(p, 0) + 1e-8
-        inv = 1.0 / (1.0 + a / pe[:, None])
-        gdots = g * x * p[:, None] * inv * inv
-        ga = tl.where(m, gdots / pe[:, None], 0.0)
-        gp = tl.where(tm, -tl.sum(gdots * a, 1) / (pe * pe), 0.0)
-        Ra = tl.sum(ga, 0)[None, :] - tl.cumsum(ga, 0) + ga + Ga[None, :]
-        Rp = tl.sum(gp, 0) - tl.cumsum(gp, 0) + gp + Gp
-        gpt = tl.sum(-x * g * inv + Ra * x * x, 1) + Rp
-        tl.store(gpi + (b * T + t) * H + h, gpt, mask=tm)
-        tl.store(dw + off, -p[:, None] * g * inv + 2.0 * Ra * p[:, None] * x, mask=m)
-        Ga += tl.sum(ga, 0)
-        Gp += tl.sum(gp, 0)
-    tl.store(gA0 + bh * D + d, Ga, mask=dm)
-    tl.store(gP0 + bh, Gp)
+        cs, den, e, pi = _pi(x, S, temp, bias, pos, b, t, T, tmax, D, H, HP, BOUNDED)
+        wsq = x * x
+        pw = pi[:, :, None] * wsq
+        a = A[None, :, :] + tl.cumsum(pw, 0)
+        pe = P[None, :] + tl.cumsum(pi, 0) + 1e-8
+        inv = 1.0 / (1.0 + a / pe[:, :, None])
+        gdots = g * x * pi[:, :, None] * inv * inv
+        ga = tl.where(m, gdots / pe[:, :, None], 0.0)
+        gp = tl.where(hm, -tl.sum(gdots * a, 2) / (pe * pe), 0.0)
+        if STAGE >= 2:
+            Ra = Ra0[None, :, :] - (GA_pre[None, :, :] + tl.cumsum(ga, 0) - ga)
+            Rp = Rp0[None, :] - (GP_pre[None, :] + tl.cumsum(gp, 0) - gp)
+            if STAGE == 2:
+                gpi = tl.sum(-x * g * inv + Ra * wsq, 2) + Rp
+                gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])             # softmax over heads
+                gz = tl.where(hm, gz, 0.0)
+                ge = gz * tv[None, :]
+                tl.store(ge_io + (b * T + t[:, None]) * H + hc[None, :], ge, mask=hm)
+                gt += tl.sum(gz * e, 0)
+            else:
+                ge = tl.load(ge_io + (b * T + t[:, None]) * H + hc[None, :], mask=hm, other=0.0)
+            gc = tl.where(m & (cs > 1e-12), -ge[:, :, None] * wsq / (den * den), 0.0)
+            if STAGE == 3:
+                Rc = Rc0[None, :, :] - (GC_pre[None, :, :] + tl.cumsum(gc, 0) - gc)
+                grad = -pi[:, :, None] * g * inv + 2.0 * Ra * pi[:, :, None] * x \
+                    + ge[:, :, None] * 2.0 * x / den + 2.0 * x * Rc
+                tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
+            GC_pre += tl.sum(gc, 0)
+        GA_pre += tl.sum(ga, 0)
+        GP_pre += tl.sum(gp, 0)
+        S += tl.sum(wsq, 0)
+        A += tl.sum(pw, 0)
+        P += tl.sum(pi, 0)
+    if STAGE == 1:
+        tl.store(GA + k * H * D + so, GA_pre, mask=sm)
+        tl.store(GP + k * H + hc, GP_pre, mask=hc < H)
+    if STAGE == 2:
+        tl.store(GC + k * H * D + so, GC_pre, mask=sm)
+        tl.store(gtemp + k * HP + hc, gt)
 
 
-def _bt(T: int, BD: int) -> int:
-    return max(16, min(64, next_pow2(T), 8192 // BD))
+def _cfg(T: int, B: int, H: int, D: int):
+    BD = max(2, next_pow2(D))
+    HP = max(2, next_pow2(H))
+    BT = max(2, min(64, next_pow2(T), 4096 // (HP * BD)))
+    NT = triton.cdiv(T, BT)
+    # slices of whole chunks, one program each: enough programs to fill a large GPU
+    slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
+    per = triton.cdiv(NT, slices) * BT
+    return BD, HP, BT, triton.cdiv(T, per), per
 
 
-class EnergyScan(torch.autograd.Function):
-    """(w [B, T, C], S0 [B, H, D]) -> (e [B, T, H], S_T [B, H, D]); e = sum_d w^2 / max(S0 + cumsum w^2, 1e-12)."""
+def _excl(x):
+    """Exclusive cumsum over chunks (dim 1)."""
+    return x.cumsum(1) - x
 
+
+def _suffix_excl(x):
+    """Sum over later chunks (dim 1)."""
+    return x.sum(1, keepdim=True) - x.cumsum(1)
+
+
+class CausalTSSAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, S0, H):
+    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded):
         B, T, C = w.shape
         D = C // H
-        BD = max(16, next_pow2(D))
-        BT = _bt(T, BD)
-        NT = triton.cdiv(T, BT)
-        e = alloc(B, T, H, like=w, dtype=torch.float32)
-        S_T = alloc(B, H, D, like=w, dtype=torch.float32)
-        S_chunks = alloc(B, H, NT, D, like=w, dtype=torch.float32)
-        _energy_fwd[(B * H,)](w, S0, e, S_T, S_chunks, T, C, D, H, BD, BT)
-        ctx.save_for_backward(w, S_chunks)
-        ctx.H, ctx.BD, ctx.BT = H, BD, BT
-        return e, S_T
-
-    @staticmethod
-    def backward(ctx, ge, gS_T):
-        w, S_chunks = ctx.saved_tensors
-        B, T, C = w.shape
-        H, BD, BT = ctx.H, ctx.BD, ctx.BT
-        D = C // H
-        ge = torch.zeros(B, T, H, device=w.device) if ge is None else ge.float().contiguous()
-        gS_T = torch.zeros(B, H, D, device=w.device) if gS_T is None else gS_T.float().contiguous()
-        dw = alloc(B, T, C, like=w, dtype=torch.float32)
-        gS0 = alloc(B, H, D, like=w, dtype=torch.float32)
-        _energy_bwd[(B * H,)](w, ge, gS_T, S_chunks, dw, gS0, T, C, D, H, BD, BT)
-        return dw.to(w.dtype), gS0, None
-
-
-class OutputScan(torch.autograd.Function):
-    """(w [B, T, C], Pi [B, T, H], A0 [B, H, D], P0 [B, H]) -> (y [B, T, C], A_T, P_T)."""
-
-    @staticmethod
-    def forward(ctx, w, pi, A0, P0, H):
-        B, T, C = w.shape
-        D = C // H
-        BD = max(16, next_pow2(D))
-        BT = _bt(T, BD)
-        NT = triton.cdiv(T, BT)
+        BD, HP, BT, NT, per = _cfg(T, B, H, D)
+        tmax = bias.shape[1]
+        Wsum = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        _f_wsum[(B, NT)](w, Wsum, T, per, C, D, H, HP, BD, BT)
+        S_start = (S0[:, None] + _excl(Wsum)).contiguous()
+        pi = alloc(B, T, H, like=w, dtype=torch.float32)
+        PW = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        Ps = alloc(B, NT, H, like=w, dtype=torch.float32)
+        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, PW, Ps, T, tmax, per, C, D, H, HP, BD, BT, bounded)
+        A_start = (A0[:, None] + _excl(PW)).contiguous()
+        P_start = (P0[:, None] + _excl(Ps)).contiguous()
         y = alloc(B, T, C, like=w)
-        A_T = alloc(B, H, D, like=w, dtype=torch.float32)
-        P_T = alloc(B, H, like=w, dtype=torch.float32)
-        A_chunks = alloc(B, H, NT, D, like=w, dtype=torch.float32)
-        P_chunks = alloc(B, H, NT, like=w, dtype=torch.float32)
-        _out_fwd[(B * H,)](w, pi, A0, P0, y, A_T, P_T, A_chunks, P_chunks, T, C, D, H, BD, BT)
-        ctx.save_for_backward(w, pi, A_chunks, P_chunks)
-        ctx.H, ctx.BD, ctx.BT = H, BD, BT
-        return y, A_T, P_T
+        _f_out[(B, NT)](w, pi, A_start, P_start, y, T, per, C, D, H, HP, BD, BT)
+        ctx.save_for_backward(w, temp, bias, pos, S_start, A_start, P_start)
+        ctx.H, ctx.bounded = H, bounded
+        return y, S0 + Wsum.sum(1), A0 + PW.sum(1), P0 + Ps.sum(1)
 
     @staticmethod
-    def backward(ctx, gy, gA_T, gP_T):
-        w, pi, A_chunks, P_chunks = ctx.saved_tensors
+    def backward(ctx, gy, gS_T, gA_T, gP_T):
+        w, temp, bias, pos, S_start, A_start, P_start = ctx.saved_tensors
+        H, bounded = ctx.H, ctx.bounded
         B, T, C = w.shape
-        H, BD, BT = ctx.H, ctx.BD, ctx.BT
         D = C // H
+        BD, HP, BT, NT, per = _cfg(T, B, H, D)
+        tmax = bias.shape[1]
+        dev = w.device
         gy = torch.zeros_like(w) if gy is None else gy.contiguous()
-        gA_T = torch.zeros(B, H, D, device=w.device) if gA_T is None else gA_T.float().contiguous()
-        gP_T = torch.zeros(B, H, device=w.device) if gP_T is None else gP_T.float().contiguous()
-        dw = alloc(B, T, C, like=w, dtype=torch.float32)
-        gpi = alloc(B, T, H, like=w, dtype=torch.float32)
-        gA0 = alloc(B, H, D, like=w, dtype=torch.float32)
-        gP0 = alloc(B, H, like=w, dtype=torch.float32)
-        _out_bwd[(B * H,)](w, pi, gy, gA_T, gP_T, A_chunks, P_chunks, dw, gpi, gA0, gP0, T, C, D, H, BD, BT)
-        return dw.to(w.dtype), gpi, gA0, gP0, None
+        gS_T = torch.zeros(B, H, D, device=dev) if gS_T is None else gS_T.float()
+        gA_T = torch.zeros(B, H, D, device=dev) if gA_T is None else gA_T.float()
+        gP_T = torch.zeros(B, H, device=dev) if gP_T is None else gP_T.float()
+        GA = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        GP = alloc(B, NT, H, like=w, dtype=torch.float32)
+        GC = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        ge = alloc(B, T, H, like=w, dtype=torch.float32)
+        gtemp = alloc(B, NT, HP, like=w, dtype=torch.float32)
+        dw = alloc(B, T, C, like=w)
+        args = (w, gy, S_start, A_start, P_start, temp, bias, pos)
+        tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
+        _b_kernel[(B, NT)](*args, GA, GP, GC, ge, GA, GP, GC, gtemp, dw, *tail, 1)
+        Ra_end = (gA_T[:, None] + _suffix_excl(GA)).contiguous()
+        Rp_end = (gP_T[:, None] + _suffix_excl(GP)).contiguous()
+        _b_kernel[(B, NT)](*args, Ra_end, Rp_end, GC, ge, GA, GP, GC, gtemp, dw, *tail, 2)
+        Rc_end = (gS_T[:, None] + _suffix_excl(GC)).contiguous()
+        _b_kernel[(B, NT)](*args, Ra_end, Rp_end, Rc_end, ge, GA, GP, GC, gtemp, dw, *tail, 3)
+        gS0, gA0, gP0 = gS_T + GC.sum(1), gA_T + GA.sum(1), gP_T + GP.sum(1)
+        gt = gtemp.sum((0, 1))[:H]
+        gbias = None
+        if bounded:
+            idx = (pos[:, None] + torch.arange(T, device=dev)).reshape(-1)              # [B*T]
+            gbias = torch.zeros_like(bias).index_add_(1, idx, (D * ge).reshape(-1, H).t())
+        return dw, gt, gbias, None, gS0, gA0, gP0, None, None
 
 
 def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
@@ -212,9 +278,10 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     check_available(w, temp)
     if T == 0:
         return w.clone(), state
-    w = w.contiguous()
-    e, S_T = EnergyScan.apply(w, state.sum_wsq.float().contiguous(), H)
-    e = e + D * gather_bias(bias, pos, T, H, torch.float32)                   # [B, T, H]
-    pi = torch.softmax(e * temp.float(), dim=-1).contiguous()
-    y, A_T, P_T = OutputScan.apply(w, pi, state.sum_pi_wsq.float().contiguous(), state.sum_pi.float().contiguous(), H)
-    return y, CausalTSSAState(S_T, A_T, P_T)
+    bounded = bias is not None
+    bias_t = bias.float() if bounded else torch.zeros(H, 1, device=w.device)
+    y, S, A, P = CausalTSSAFunction.apply(w.contiguous(), temp.float().contiguous(), bias_t.contiguous(),
+                                          pos.contiguous(), state.sum_wsq.float().contiguous(),
+                                          state.sum_pi_wsq.float().contiguous(), state.sum_pi.float().contiguous(),
+                                          H, bounded)
+    return y, CausalTSSAState(S, A, P)
