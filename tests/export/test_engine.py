@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tost_edge.export.engine import check_engine_metadata, file_sha256
+from tost_edge.runtime.engine_meta import check_engine_metadata, file_sha256
 
 
 def meta_for(tmp_path, **over):

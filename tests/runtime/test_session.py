@@ -140,7 +140,8 @@ def test_snapshot_of_another_model_is_refused(lm_bundles, tmp_path):
 
 
 def test_runtime_does_not_import_torch():
-    code = ("import sys, tost_edge.runtime, tost_edge.runtime.backends.onnxruntime_backend; "
+    code = ("import sys, tost_edge.runtime, tost_edge.runtime.backends.onnxruntime_backend, "
+            "tost_edge.runtime.backends.tensorrt_backend, tost_edge.runtime.engine_meta, tost_edge.runtime.video; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; print(bad); "
             "sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -153,3 +154,13 @@ def test_plugin_bundle_is_refused_by_onnxruntime(tmp_path):
     export_onnx(models.create("tost_lm_tiny"), tmp_path / "b", graph="stream", flavor="plugin", check=False)
     with pytest.raises(ValueError, match="onnxruntime runs portable bundles"):
         Session(tmp_path / "b")
+
+
+def test_cli_run_works_without_torch(lm_bundles):
+    """The device-side command path never needs torch: run it with torch made unimportable."""
+    _, path = lm_bundles["tost_lm_tiny"]
+    code = ("import sys; sys.modules['torch'] = None; from tost_edge.cli import main; "
+            f"sys.exit(main(['run', {str(path)!r}, '--prompt-ids', '1,2,3', '--max-new-tokens', '4', '--json']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"tokens"' in r.stdout

@@ -10,12 +10,14 @@ the plugins pin their state tensors to fp32 either way.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
+
+from ..runtime.engine_meta import check_engine_metadata, file_sha256  # noqa: F401  (re-exported)
+from ..runtime.engine_meta import current_gpu as _cupy_gpu
 
 ENGINE_META = "engine.json"
 
@@ -29,23 +31,11 @@ def _trt():
     return trt
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def current_gpu() -> Tuple[str, str]:
     """(name, 'sm_XY') of GPU 0, through cupy or torch (whichever is installed)."""
-    try:
-        import cupy
-        p = cupy.cuda.runtime.getDeviceProperties(0)
-        name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
-        return name, f"sm_{p['major']}{p['minor']}"
-    except Exception:
-        pass
+    name, sm = _cupy_gpu()
+    if name != "unknown":
+        return name, sm
     try:
         import torch
         if torch.cuda.is_available():
@@ -54,27 +44,6 @@ def current_gpu() -> Tuple[str, str]:
     except Exception:
         pass
     return "unknown", "unknown"
-
-
-def check_engine_metadata(meta: dict, trt_version: Optional[str] = None, gpu: Optional[Tuple[str, str]] = None) -> None:
-    """Refuse engines built by another TensorRT version or for another GPU, or with another plugin library."""
-    if trt_version is None:
-        trt_version = _trt().__version__
-    gpu = gpu or current_gpu()
-    problems = []
-    if meta.get("tensorrt_version") != trt_version:
-        problems.append(f"built with TensorRT {meta.get('tensorrt_version')}, this is TensorRT {trt_version}")
-    if meta.get("sm") != gpu[1] or meta.get("gpu") != gpu[0]:
-        problems.append(f"built for {meta.get('gpu')} ({meta.get('sm')}), this GPU is {gpu[0]} ({gpu[1]})")
-    lib = meta.get("plugin_library")
-    if lib:
-        if not Path(lib).is_file():
-            problems.append(f"plugin library {lib} is missing")
-        elif file_sha256(lib) != meta.get("plugin_library_sha256"):
-            problems.append(f"plugin library {lib} changed since the build (sha256 differs)")
-    if problems:
-        raise RuntimeError("engine refused: " + "; ".join(problems) + ". Rebuild it on this device with "
-                           "`tost-edge build`.")
 
 
 def _profile_shapes(onnx_path, max_batch: int, opt_batch: int, max_seq: int, opt_seq: int,

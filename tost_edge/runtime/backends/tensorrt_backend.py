@@ -43,7 +43,7 @@ class TensorRTBackend:
         import cupy as cp
         import tensorrt as trt
 
-        from ...export.engine import check_engine_metadata
+        from ..engine_meta import check_engine_metadata
         meta_path = bundle.path / "engine.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"bundle {bundle.path}: no engines; build them on this device with "
