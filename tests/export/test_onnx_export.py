@@ -165,3 +165,22 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert "missing keys ['transformer.h.0.attn.denom_bias'" in err
     assert "transformer.h.0.attn.c_attn.weight: checkpoint (192, 64) vs model (64, 64)" in err
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_external_data_is_gathered_into_one_file(tmp_path):
+    """What the exporter does for >2 GiB graphs (a file per tensor) ends as graph + one .data file."""
+    from onnx.external_data_helper import convert_model_to_external_data
+    from tost_edge.export.onnx_export import _consolidate_external_data
+    export_onnx(models.create("tost_lm_tiny"), tmp_path / "src.onnx", graph="step", check=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    m = onnx.load(str(tmp_path / "src.onnx"))
+    convert_model_to_external_data(m, all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save_model(m, str(work / "step.onnx"))
+    assert len(list(work.iterdir())) > 3
+    _consolidate_external_data(work / "step.onnx")
+    assert sorted(f.name for f in work.iterdir()) == ["step.onnx", "step.onnx.data"]
+    out = run(work / "step.onnx", {"tokens": np.array([1, 2]), "pos": np.zeros(2, np.int64),
+                                   **{f"state_in.{i}.{q}": np.zeros((2, 4, 16) if q != "sum_pi" else (2, 4), np.float32)
+                                      for i in range(2) for q in ("sum_wsq", "sum_pi_wsq", "sum_pi")}}, "portable")
+    assert out["logits"].shape == (2, 256)

@@ -107,7 +107,22 @@ def _export_graph(model, graph: str, path: Path, flavor: str, dtype: str, opset:
         torch.onnx.export(spec.module, spec.args, str(path), input_names=spec.input_names,
                           output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset,
                           do_constant_folding=True, dynamo=False, **kwargs)
+    _consolidate_external_data(path)
     check_model(path)
+
+
+def _consolidate_external_data(path: Path) -> None:
+    """Graphs over protobuf's 2 GiB (tost_lm_large in fp32) come out of the exporter with one external file per
+    tensor; gather them into one `<graph>.onnx.data` beside the graph."""
+    import onnx
+    strays = [f for f in path.parent.iterdir() if f != path]
+    if not strays:
+        return
+    model = onnx.load(str(path))  # reads the external tensors
+    for f in strays:
+        f.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
 
 
 # -- parity --------------------------------------------------------------------------------------------
