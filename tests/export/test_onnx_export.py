@@ -56,7 +56,7 @@ def test_dynamic_batch_and_sequence(tmp_path):
 
 
 @pytest.mark.parametrize("flavor", ["portable", "plugin"])
-@pytest.mark.parametrize("name", LMS)
+@pytest.mark.parametrize("name", LMS + ["tost_video_test"])
 def test_stream_bundle_step_equals_full_over_50_steps(tmp_path, name, flavor):
     report = export_onnx(models.create(name), tmp_path / "b", graph="stream", flavor=flavor, steps=50)
     assert report.ok

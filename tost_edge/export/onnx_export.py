@@ -123,6 +123,7 @@ def _consolidate_external_data(path: Path) -> None:
         f.unlink()
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
+    os.chmod(path.parent / (path.name + ".data"), 0o644)
 
 
 # -- parity --------------------------------------------------------------------------------------------
