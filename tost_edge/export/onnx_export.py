@@ -97,6 +97,18 @@ def _export_mode(model, flavor: str, dtype: str):
 
 
 def _export_graph(model, graph: str, path: Path, flavor: str, dtype: str, opset: int) -> None:
+    # a folder of its own, so that whatever the exporter writes beside the graph belongs to this graph alone
+    scratch = Path(tempfile.mkdtemp(prefix=f".{graph}.", dir=path.parent))
+    try:
+        _export_graph_into(model, graph, scratch / path.name, flavor, dtype, opset)
+        for f in scratch.iterdir():
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    check_model(path)
+
+
+def _export_graph_into(model, graph: str, path: Path, flavor: str, dtype: str, opset: int) -> None:
     spec = graphs.graph_spec(model, graph)
     kwargs = {}
     if flavor == "plugin" and getattr(model, "family", "tost") != "softmax":
@@ -108,12 +120,11 @@ def _export_graph(model, graph: str, path: Path, flavor: str, dtype: str, opset:
                           output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset,
                           do_constant_folding=True, dynamo=False, **kwargs)
     _consolidate_external_data(path)
-    check_model(path)
 
 
 def _consolidate_external_data(path: Path) -> None:
     """Graphs over protobuf's 2 GiB (tost_lm_large in fp32) come out of the exporter with one external file per
-    tensor; gather them into one `<graph>.onnx.data` beside the graph."""
+    tensor; gather them into one `<graph>.onnx.data` beside the graph. path's folder holds this graph alone."""
     import onnx
     strays = [f for f in path.parent.iterdir() if f != path]
     if not strays:
