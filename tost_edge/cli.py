@@ -15,6 +15,12 @@ EPILOG = """examples:
   tost-edge check-env                               what is installed and what that enables
   tost-edge quickstart                              export a small ToST LM and stream tokens on CPU
   tost-edge export tost_lm_base --graph stream -o bundle/   ONNX stream bundle for the runtime
+  tost-edge run bundle/ --prompt "Hello" --max-new-tokens 64  generate through the runtime (no torch needed)
+  tost-edge bench bundle/ --positions 16,256,1024           decode latency by position, state bytes
+  tost-edge build bundle/ --plugins build/libtost_edge_plugins.so   TensorRT engines (on the device)
+  tost-edge stream-video tost_video_small --frames 200     per-frame video model, FPS and latency
+
+`tost-edge COMMAND --help` explains each command. Docs: docs/export.md, docs/runtime.md, docs/plugins.md.
 """
 
 
