@@ -102,6 +102,9 @@ def bench_bundle(bundle, positions, steps: int, backend: str = "onnxruntime", ba
     from .runtime import Session
     session = Session(bundle, backend=backend)
     b = session.bundle
+    if b.kind != "lm":
+        raise ValueError(f"bundle: `bench` measures token streams; this bundle is a {b.kind} model "
+                         "(use `tost-edge stream-video`)")
     rng = np.random.default_rng(0)
     rows = []
     for p in positions:

@@ -89,3 +89,22 @@ def test_quickstart_command(tmp_path, capsys):
     assert main(["quickstart", "--model", "tost_lm_tiny", "--bundle", str(tmp_path / "q"), "--tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "tokens/s" in out and (tmp_path / "q" / "manifest.json").exists()
+
+
+def test_bench_refuses_a_video_bundle(video, capsys):
+    assert main(["bench", str(video[1]), "--positions", "0", "--steps", "1"]) == 2
+    assert "use `tost-edge stream-video`" in capsys.readouterr().err
+
+
+def test_fp16_bundle_streams_close_to_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("tost_lm_tiny").eval()
+    export_onnx(model, tmp_path / "b16", graph="stream", dtype="fp16", steps=8)
+    stream = Session(tmp_path / "b16").open_stream()
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    logits = np.concatenate([stream.prefill(tokens[:5]), np.stack([stream.step(t) for t in tokens[5:]])])
+    with torch.no_grad():
+        want = model(torch.tensor([tokens]))[0].numpy()
+    assert logits.dtype == np.float32
+    assert np.abs(logits - want).max() / np.abs(want).max() < 2e-2
+    assert all(v.dtype == np.float32 for k, v in stream.state.items())
