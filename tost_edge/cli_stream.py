@@ -31,16 +31,15 @@ def cmd_quickstart(args) -> int:
     from .runtime import Session
     console = Console()
     bundle = Path(args.bundle)
+    import torch
+    torch.manual_seed(args.seed)
     model = models.create(args.model)  # an unknown name fails here, before anything is written
     stale = True
     if (bundle / "manifest.json").exists() and not args.force:
         stale = json.loads((bundle / "manifest.json").read_text())["model"].get("name") != args.model
     if stale:
-        import torch
-        torch.manual_seed(args.seed)
         console.print(f"exporting {args.model} (random weights) to a portable ONNX stream bundle at {bundle} ...")
         t0 = time.perf_counter()
-        model = models.create(args.model)
         report = export_onnx(model, bundle, graph="stream", flavor="portable", steps=16)
         worst = max(p.rel for p in report.parity)
         console.print(f"  exported and checked in {time.perf_counter() - t0:.1f} s "

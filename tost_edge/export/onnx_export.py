@@ -3,7 +3,6 @@ dtypes fp32 / fp16, with validation on by default. Nothing half-written is ever 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import shutil
@@ -84,8 +83,7 @@ def _summarise(graph: str, path: Path, seconds: float) -> GraphReport:
                        io(m.graph.input), io(m.graph.output), seconds)
 
 
-@contextlib.contextmanager
-def _export_mode(model, flavor: str, dtype: str):
+def _export_copy(model, flavor: str, dtype: str):
     """A copy of the model in eval mode and the export dtype, with plugin custom ops when asked
     (a copy, so the caller's weights are never rounded to fp16)."""
     import copy
@@ -93,7 +91,7 @@ def _export_mode(model, flavor: str, dtype: str):
     for mod in m.modules():
         if hasattr(mod, "backend"):
             mod.backend = "plugin" if flavor == "plugin" else "torch"
-    yield m
+    return m
 
 
 def _export_graph(model, graph: str, path: Path, flavor: str, dtype: str, opset: int) -> None:
@@ -109,6 +107,7 @@ def _export_graph(model, graph: str, path: Path, flavor: str, dtype: str, opset:
 
 
 def _export_graph_into(model, graph: str, path: Path, flavor: str, dtype: str, opset: int) -> None:
+    model.eval()  # the TorchScript exporter can leave a module in training mode after an earlier export
     spec = graphs.graph_spec(model, graph)
     kwargs = {}
     if flavor == "plugin" and getattr(model, "family", "tost") != "softmax":
@@ -142,9 +141,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _graph_feeds(model, graph: str, batch: int, seq: int, prefix: int, seed: int) -> Dict[str, np.ndarray]:
-    """Inputs in the graph's layout (float inputs in the export dtype)."""
-    spec = graphs.graph_spec(model, graph, batch=batch, seq=seq, prefix=prefix)
+def _graph_feeds(model, spec: graphs.GraphSpec, seed: int) -> Dict[str, np.ndarray]:
+    """Fresh random data in the graph's layout; pos and state as the spec made them."""
     g = torch.Generator().manual_seed(seed)
     feeds = {}
     for name, t in zip(spec.input_names, spec.args):
@@ -156,11 +154,9 @@ def _graph_feeds(model, graph: str, batch: int, seq: int, prefix: int, seed: int
     return feeds
 
 
-def _torch_outputs(model, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def _torch_outputs(spec: graphs.GraphSpec, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The fp32 PyTorch model on the same inputs (the reference every export is held to)."""
-    spec = graphs.graph_spec(model, graph)
     args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
-    args = [a.float() if a.is_floating_point() and n != "pos" else a for a, n in zip(args, spec.input_names)]
     with torch.no_grad():
         out = spec.module(*args)
     out = out if isinstance(out, tuple) else (out,)
@@ -172,8 +168,9 @@ def _cast_feeds(feeds, dtype):
 
 
 def _parity(model, graph: str, path: Path, flavor: str, dtype: str, golden: Optional[Path]) -> List[Parity]:
-    feeds = _graph_feeds(model, graph, batch=2, seq=5, prefix=4, seed=123)
-    want = _torch_outputs(model, graph, feeds)
+    spec = graphs.graph_spec(model, graph, batch=2, seq=5, prefix=4)
+    feeds = _graph_feeds(model, spec, seed=123)
+    want = _torch_outputs(spec, feeds)
     got = run(path, _cast_feeds(feeds, dtype), flavor)
     if golden is not None:
         from .golden import save_golden
@@ -184,8 +181,7 @@ def _parity(model, graph: str, path: Path, flavor: str, dtype: str, golden: Opti
 def _step_vs_full(model, bundle: Path, flavor: str, dtype: str, steps: int) -> List[Parity]:
     """Drive the step graph token by token and compare with the fp32 PyTorch model over the whole sequence."""
     g = torch.Generator().manual_seed(7)
-    tokens = graphs.random_data(model, 2, steps, step=False, generator=g).float() \
-        if model.kind == "video" else graphs.random_data(model, 2, steps, step=False, generator=g)
+    tokens = graphs.random_data(model, 2, steps, step=False, generator=g)
     data = graphs.data_name(model)
     with torch.no_grad():
         full = _np(model(tokens))
@@ -244,21 +240,21 @@ def export_onnx(model, path, graph: str = "full", flavor: str = "portable", dtyp
     path = Path(path)
     name = getattr(model, "registry_name", type(model).__name__)
     report = ExportReport(str(path), name, flavor, dtype)
-    parent = path.parent if graph != "stream" else path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         todo = ["prefill", "step"] if graph == "stream" else [graph]
         golden = Path(save_golden) if save_golden else None
+        exported = _export_copy(model, flavor, dtype)  # one copy serves every graph
         for g in todo:
             say(f"exporting {g} graph ({flavor}, {dtype})")
             t1 = time.perf_counter()
-            with _export_mode(model, flavor, dtype) as m:
-                _export_graph(m, g, work / f"{g}.onnx", flavor, dtype, opset)
+            _export_graph(exported, g, work / f"{g}.onnx", flavor, dtype, opset)
             report.graphs.append(_summarise(g, work / f"{g}.onnx", time.perf_counter() - t1))
             if check:
                 say(f"checking {g} graph against PyTorch")
                 report.parity += _parity(model, g, work / f"{g}.onnx", flavor, dtype, golden)
+        del exported
         if graph == "stream":
             if check:
                 n = min(steps, model.config.block_size) if not model.config.unbounded else steps

@@ -45,6 +45,8 @@ class Session:
 
     # -- graph calls -------------------------------------------------------------------------------
     def _state_feeds(self, states: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        if len(states) == 1:  # one stream: hand its arrays over as they are (no copy of a KV cache per step)
+            return {s.input: states[0][s.name] for s in self.bundle.state}
         return {s.input: np.concatenate([st[s.name] for st in states], 0) for s in self.bundle.state}
 
     def _split_state(self, out: Dict[str, np.ndarray], n: int) -> List[Dict[str, np.ndarray]]:
