@@ -89,6 +89,26 @@ def test_half_precision_on_gpu(dtype):
     assert all(t.dtype == torch.float32 for t in s)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_linear_attention_on_gpu(dtype):
+    """Tensor-core dots in the input dtype (fp32 accumulation and state) against fp64 on the same rounded inputs."""
+    B, T, H, D = 2, 257, 3, 64
+    q, k, v = (torch.randn(B, T, H, D, device="cuda").to(dtype).requires_grad_() for _ in range(3))
+    y, s = causal_linear_attention(q, k, v, backend="triton")
+    assert y.dtype == dtype and all(t.dtype == torch.float32 for t in s)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    yr, sr = naive_causal_linear_attention(q64, k64, v64)
+    tol = 1e-2 if dtype == torch.bfloat16 else 3e-3
+    assert_close("y", yr, y, tol)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-3)
+    g, _ = grads([y, *s], [q, k, v])
+    gr, _ = grads([yr, *sr], [q64, k64, v64])
+    for name, a, b in zip("qkv", g, gr):
+        assert_close(f"d{name}", b, a, 2 * tol)
+
+
 def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     w = torch.randn(1, 4, 8)

@@ -1,13 +1,19 @@
-"""Chunked causal linear attention (fla-style chunk mode) forward and backward, with initial and final state.
+"""Chunked causal linear attention (fla-style chunk mode), forward and backward, with initial and final state.
 
-The kernels compute the plain recurrence o_i = q_i^T S_i, S_i = S_0 + sum_{j<=i} k_j v_j^T on feature-mapped
-inputs; the Katharopoulos normaliser rides along as an extra value column of ones (its output is phi(q)^T z_i),
-so the feature map elu+1 and the division stay ordinary torch ops with torch autograd.
+One program per (sequence, head) walks chunks of BT tokens, carrying the fp32 state S [K, V] and z [K] in registers.
+Inside a chunk everything is a tensor-core dot in the input dtype (fp32 accumulation; IEEE fp32 for fp32 inputs):
+
+    A   = causal(phi(q) phi(k)^T)                      [BT, BT]
+    o   = A v + phi(q) S                               y = o / (rowsum(A) + phi(q) z + eps)
+    S  += phi(k)^T v,  z += sum phi(k)
+
+The feature map phi = elu + 1 and the normaliser are fused: q, k, v are read raw, y is written once, and the
+normaliser den [B, T, H] (fp32, 1/D of the activations) is kept for the backward pass, which recomputes phi and
+rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -16,120 +22,182 @@ from .utils import alloc, check_available, next_pow2
 
 
 @triton.jit
-def _fwd(q, k, v, S0, o, S_T, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-         BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh, iv = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+def _rows(ptr, b, h, t, T, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """A [BT, BK] tile of a [B, T, H, K] tensor, zero outside; returns it (fp32), its offsets and mask."""
     kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    S = tl.load(S0 + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
+    off = ((b * T + t[:, None]) * H + h) * K + kk[None, :]
+    m = (t[:, None] < T) & (kk[None, :] < K)
+    return tl.load(ptr + off, mask=m, other=0.0).to(tl.float32), off, m
+
+
+@triton.jit
+def _phi(x, m):
+    """elu(x) + 1 and its derivative, zero where masked (padded tokens must add nothing to the state)."""
+    f = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
+    return tl.where(m, f, 0.0), tl.where(m, tl.where(x > 0, 1.0, f), 0.0)
+
+
+@triton.jit
+def _state_off(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    kk = tl.arange(0, BK)[:, None]
+    vv = tl.arange(0, BV)[None, :]
+    return bh * K * V + kk * V + vv, (kk < K) & (vv < V)
+
+
+@triton.jit
+def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+         BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    dt = v.dtype.element_ty
+    so, sm = _state_off(bh, K, V, BK, BV)
+    kk = tl.arange(0, BK)
+    S = tl.load(S0 + so, mask=sm, other=0.0)                                  # [BK, BV] fp32
+    z = tl.load(z0 + bh * K + kk, mask=kk < K, other=0.0)                    # [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        tm = t < T
-        qc = tl.load(q + ((b * T + t[:, None]) * H + h) * K + kk[None, :], mask=tm[:, None] & (kk[None, :] < K), other=0.0)
-        kc = tl.load(k + ((b * T + t[:, None]) * H + h) * K + kk[None, :], mask=tm[:, None] & (kk[None, :] < K), other=0.0)
-        vc = tl.load(v + ((b * T + t[:, None]) * H + h) * V + vv[None, :], mask=tm[:, None] & (vv[None, :] < V), other=0.0)
-        A = tl.dot(qc, tl.trans(kc), input_precision=PREC)
+        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
+        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
+        fq, _ = _phi(qr, qm)
+        fk, _ = _phi(kr, qm)
+        fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
+        A = tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC)              # [BT, BT]
         A = tl.where(t[:, None] >= t[None, :], A, 0.0)
-        oc = tl.dot(A, vc, input_precision=PREC) + tl.dot(qc, S, input_precision=PREC)
-        tl.store(o + ((b * T + t[:, None]) * H + h) * V + vv[None, :], oc, mask=tm[:, None] & (vv[None, :] < V))
-        S += tl.dot(tl.trans(kc), vc, input_precision=PREC)
-    tl.store(S_T + bh * K * V + kk[:, None] * V + vv[None, :], S, mask=(kk[:, None] < K) & (vv[None, :] < V))
+        o = tl.dot(A.to(dt), v_d, input_precision=PREC) + tl.dot(fq_d, S.to(dt), input_precision=PREC)
+        dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
+        tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
+        tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
+        S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
+        z += tl.sum(fk, 0)
+    tl.store(S_T + so, S, mask=sm)
+    tl.store(z_T + bh * K + kk, z, mask=kk < K)
 
 
 @triton.jit
-def _bwd_dq(k, v, do, S0, dq, B, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh, iv = tl.program_id(0), tl.program_id(1)
+def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
+    """do = dy / (den + eps) [BT, BV] and d den = -sum(dy * y) / (den + eps) [BT], zero outside."""
+    g, _, _ = _rows(dy, b, h, t, T, H, V, BV)
+    yv, _, _ = _rows(y, b, h, t, T, H, V, BV)
+    r = 1.0 / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)
+    return g * r[:, None], -tl.sum(g * yv, 1) * r
+
+
+@triton.jit
+def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
+    bh = tl.program_id(0)
     b, h = bh // H, bh % H
+    dt = v.dtype.element_ty
+    so, sm = _state_off(bh, K, V, BK, BV)
     kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    S = tl.load(S0 + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
+    S = tl.load(S0 + so, mask=sm, other=0.0)
+    z = tl.load(z0 + bh * K + kk, mask=kk < K, other=0.0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        tm = t < T
-        kc = tl.load(k + ((b * T + t[:, None]) * H + h) * K + kk[None, :], mask=tm[:, None] & (kk[None, :] < K), other=0.0)
-        vc = tl.load(v + ((b * T + t[:, None]) * H + h) * V + vv[None, :], mask=tm[:, None] & (vv[None, :] < V), other=0.0)
-        dc = tl.load(do + ((b * T + t[:, None]) * H + h) * V + vv[None, :], mask=tm[:, None] & (vv[None, :] < V), other=0.0)
-        M = tl.dot(dc, tl.trans(vc), input_precision=PREC)                    # [i, j] = do_i . v_j
-        M = tl.where(t[:, None] >= t[None, :], M, 0.0)
-        dqc = tl.dot(M, kc, input_precision=PREC) + tl.dot(dc, tl.trans(S), input_precision=PREC)
-        tl.store(dq + (((iv * B + b) * T + t[:, None]) * H + h) * K + kk[None, :], dqc, mask=tm[:, None] & (kk[None, :] < K))
-        S += tl.dot(tl.trans(kc), vc, input_precision=PREC)
+        qr, qo, qm = _rows(q, b, h, t, T, H, K, BK)
+        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+        vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
+        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        _, dphi = _phi(qr, qm)
+        fk, _ = _phi(kr, qm)
+        fk_d, v_d, do_d = fk.to(dt), vc.to(dt), do.to(dt)
+        M = tl.dot(do_d, tl.trans(v_d), input_precision=PREC) + dd[:, None]  # [i, j]
+        M = tl.where((t[:, None] >= t[None, :]) & (t[None, :] < T), M, 0.0)
+        dfq = tl.dot(M.to(dt), fk_d, input_precision=PREC) + tl.dot(do_d, tl.trans(S.to(dt)), input_precision=PREC)
+        dfq += dd[:, None] * z[None, :]
+        tl.store(dq + qo, (dfq * dphi).to(dq.dtype.element_ty), mask=qm)
+        S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
+        z += tl.sum(fk, 0)
 
 
 @triton.jit
-def _bwd_dkv(q, k, v, do, gS_T, dk, dv, dS0, B, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-             BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh, iv = tl.program_id(0), tl.program_id(1)
+def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.constexpr, K: tl.constexpr,
+             V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    # walking chunks backwards, dS / dz hold the gradient flowing into the state after the current chunk
+    bh = tl.program_id(0)
     b, h = bh // H, bh % H
+    dt = v.dtype.element_ty
+    so, sm = _state_off(bh, K, V, BK, BV)
     kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    dS = tl.load(gS_T + bh * K * V + kk[:, None] * V + vv[None, :], mask=(kk[:, None] < K) & (vv[None, :] < V), other=0.0)
+    dS = tl.load(gS_T + so, mask=sm, other=0.0)
+    dz = tl.load(gz_T + bh * K + kk, mask=kk < K, other=0.0)
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        tm = t < T
-        qc = tl.load(q + ((b * T + t[:, None]) * H + h) * K + kk[None, :], mask=tm[:, None] & (kk[None, :] < K), other=0.0)
-        kc = tl.load(k + ((b * T + t[:, None]) * H + h) * K + kk[None, :], mask=tm[:, None] & (kk[None, :] < K), other=0.0)
-        vc = tl.load(v + ((b * T + t[:, None]) * H + h) * V + vv[None, :], mask=tm[:, None] & (vv[None, :] < V), other=0.0)
-        dc = tl.load(do + ((b * T + t[:, None]) * H + h) * V + vv[None, :], mask=tm[:, None] & (vv[None, :] < V), other=0.0)
-        causal = t[:, None] >= t[None, :]
-        M = tl.where(causal, tl.dot(dc, tl.trans(vc), input_precision=PREC), 0.0)   # [i, j] = do_i . v_j
-        N = tl.where(causal, tl.dot(qc, tl.trans(kc), input_precision=PREC), 0.0)   # [i, j] = q_i . k_j
-        dkc = tl.dot(tl.trans(M), qc, input_precision=PREC) + tl.dot(vc, tl.trans(dS), input_precision=PREC)
-        dvc = tl.dot(tl.trans(N), dc, input_precision=PREC) + tl.dot(kc, dS, input_precision=PREC)
-        tl.store(dk + (((iv * B + b) * T + t[:, None]) * H + h) * K + kk[None, :], dkc, mask=tm[:, None] & (kk[None, :] < K))
-        tl.store(dv + ((b * T + t[:, None]) * H + h) * V + vv[None, :], dvc, mask=tm[:, None] & (vv[None, :] < V))
-        dS += tl.dot(tl.trans(qc), dc, input_precision=PREC)
-    tl.store(dS0 + bh * K * V + kk[:, None] * V + vv[None, :], dS, mask=(kk[:, None] < K) & (vv[None, :] < V))
+        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
+        kr, ko, _ = _rows(k, b, h, t, T, H, K, BK)
+        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
+        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        fq, _ = _phi(qr, qm)
+        fk, dphi = _phi(kr, qm)
+        fq_d, fk_d, v_d, do_d = fq.to(dt), fk.to(dt), vc.to(dt), do.to(dt)
+        causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)
+        M = tl.where(causal, tl.dot(do_d, tl.trans(v_d), input_precision=PREC) + dd[:, None], 0.0)  # [i, j]
+        A = tl.where(causal, tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC), 0.0)               # [i, j]
+        dfk = tl.dot(tl.trans(M.to(dt)), fq_d, input_precision=PREC) \
+            + tl.dot(v_d, tl.trans(dS.to(dt)), input_precision=PREC) + dz[None, :]
+        dvc = tl.dot(tl.trans(A.to(dt)), do_d, input_precision=PREC) + tl.dot(fk_d, dS.to(dt), input_precision=PREC)
+        tl.store(dk + ko, (dfk * dphi).to(dk.dtype.element_ty), mask=qm)
+        tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
+        dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
+        dz += tl.sum(fq * dd[:, None], 0)
+    tl.store(dS0 + so, dS, mask=sm)
+    tl.store(dz0 + bh * K + kk, dz, mask=kk < K)
 
 
-def _cfg(T, K, V):
-    # value columns in blocks of BV (one program each) keep the state tile and the chunk tiles in registers
-    BK, BV = max(16, next_pow2(K)), max(16, min(64, next_pow2(V)))
-    BT = max(16, min(64 if BK <= 64 else 32, next_pow2(T)))
-    return BK, BV, BT
+def _cfg(K: int, V: int, dtype: torch.dtype):
+    BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
+    BT = 64 if max(BK, BV) <= 64 else 32     # the [BT, BT] and [BK, BV] tiles and chunk rows stay in registers
+    warps = 4 if max(BK, BV) <= 64 else 8
+    return BK, BV, BT, warps, "ieee" if dtype == torch.float32 else "tf32"
 
 
 class ChunkLinearAttention(torch.autograd.Function):
-    """q, k: [B, T, H, K], v: [B, T, H, V], S0: [B, H, K, V] (fp32) -> o: [B, T, H, V], S_T: [B, H, K, V]."""
+    """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
+    -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, S0):
+    def forward(ctx, q, k, v, S0, z0, eps):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        BK, BV, BT = _cfg(T, K, V)
-        o = alloc(B, T, H, V, like=q)
-        S_T = alloc(B, H, K, V, like=q)
-        _fwd[(B * H, triton.cdiv(V, BV))](q, k, v, S0, o, S_T, T, H, K, V, BK, BV, BT, "ieee")
-        ctx.save_for_backward(q, k, v, S0)
-        return o, S_T
+        BK, BV, BT, warps, prec = _cfg(K, V, q.dtype)
+        y = alloc(B, T, H, V, like=v)
+        den = alloc(B, T, H, like=v, dtype=torch.float32)
+        S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+        _fwd[(B * H,)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV, BT, prec, num_warps=warps)
+        ctx.save_for_backward(q, k, v, S0, z0, y, den)
+        ctx.eps = eps
+        return y, S_T, z_T
 
     @staticmethod
-    def backward(ctx, do, gS_T):
-        q, k, v, S0 = ctx.saved_tensors
+    def backward(ctx, dy, gS_T, gz_T):
+        q, k, v, S0, z0, y, den = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
-        BK, BV, BT = _cfg(T, K, V)
-        do = torch.zeros_like(v) if do is None else do.contiguous()
-        gS_T = torch.zeros_like(S0) if gS_T is None else gS_T.contiguous()
-        NV = triton.cdiv(V, BV)
-        # dq and dk sum over value columns: one partial per value block, added up below
-        dq, dk = alloc(NV, B, T, H, K, like=q), alloc(NV, B, T, H, K, like=q)
-        dv, dS0 = alloc(B, T, H, V, like=q), alloc(B, H, K, V, like=q)
-        _bwd_dq[(B * H, NV)](k, v, do, S0, dq, B, T, H, K, V, BK, BV, BT, "ieee")
-        _bwd_dkv[(B * H, NV)](q, k, v, do, gS_T, dk, dv, dS0, B, T, H, K, V, BK, BV, BT, "ieee")
-        return dq.sum(0), dk.sum(0), dv, dS0
+        BK, BV, BT, warps, prec = _cfg(K, V, q.dtype)
+        dy = torch.zeros_like(v) if dy is None else dy.contiguous()
+        gS_T = torch.zeros_like(S0) if gS_T is None else gS_T.float().contiguous()
+        gz_T = torch.zeros_like(z0) if gz_T is None else gz_T.float().contiguous()
+        dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
+        dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+        _bwd_dq[(B * H,)](q, k, v, dy, y, den, S0, z0, dq, T, ctx.eps, H, K, V, BK, BV, BT, prec, num_warps=warps)
+        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, ctx.eps, H, K, V, BK, BV, BT,
+                           prec, num_warps=warps)
+        return dq, dk, dv, dS0, dz0, None
 
 
 def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
-    """Chunked causal linear attention; same contract as tost_edge.ops.causal_linear_attention."""
+    """Chunked causal linear attention; same contract as tost_edge.ops.causal_linear_attention.
+
+    q, k: [B, T, H, D], v: [B, T, H, M] (fp32/fp16/bf16, one dtype); state fp32 -> y [B, T, H, M] in q's dtype.
+    """
     B, T, H, D, M, sdt, state = prepare(q, k, v, state)
     check_available(q, k, v)
-    fq, fk = F.elu(q.float()) + 1.0, F.elu(k.float()) + 1.0
-    v_aug = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], -1)   # [B, T, H, M + 1]
-    S0 = torch.cat([state.kv.float(), state.k_sum.float().unsqueeze(-1)], -1)              # [B, H, D, M + 1]
-    o, S_T = ChunkLinearAttention.apply(fq.contiguous(), fk.contiguous(), v_aug.contiguous(), S0.contiguous())
-    y = o[..., :M] / (o[..., M:] + eps)
-    return y.to(q.dtype), LinearAttentionState(S_T[..., :M], S_T[..., M])
+    if T == 0:
+        return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
+    dt = q.dtype
+    y, S_T, z_T = ChunkLinearAttention.apply(q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),
+                                             state.kv.float().contiguous(), state.k_sum.float().contiguous(), eps)
+    return y, LinearAttentionState(S_T, z_T)

@@ -2,7 +2,8 @@
 
 Tiles are whole token rows viewed as [tokens, heads, channels] (w is [B, N, C], C = H*D head-major), so every
 load is contiguous and the softmax over heads stays inside one program. Each program owns a slice of tokens of
-one batch element; per-channel statistics are written as per-slice partials and summed.
+one batch element and adds its share of the per-channel statistics into one zeroed fp32 workspace with atomics,
+so the passes follow each other with no torch op in between.
 
 Forward, three passes over w:
   1. S = sum_n w^2                                                    (read w)
@@ -10,8 +11,9 @@ Forward, three passes over w:
   3. y = -w * Pi / (1 + A / (P + 1e-8))                               (read w and Pi, write y)
 Backward recomputes Pi from w and the per-channel statistics (no per-token tensor is kept between passes):
   1. G = sum_n dy w Pi / (1 + dots)^2                                  (read w, dy)
-  2. d temp and dS partials                                           (read w, dy)
+  2. d temp and dS                                                    (read w, dy)
   3. dw                                                               (read w, dy, write dw)
+Tile size and warps are autotuned on a GPU (one config under the interpreter).
 """
 from __future__ import annotations
 
@@ -20,12 +22,23 @@ import triton
 import triton.language as tl
 
 from ..tssa.naive import check_temp, check_w
-from .utils import alloc, check_available, next_pow2
+from .utils import alloc, check_available, interpreting, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 
 NORM_EPS_SQ = 1e-24   # (F.normalize's eps 1e-12)^2, applied to the sum of squares
 PI_EPS = 1e-8
+
+
+def _configs():
+    if interpreting():
+        return [triton.Config({"TILE": 4096}, num_warps=4)]
+    return [triton.Config({"TILE": t}, num_warps=nw) for t in (4096, 8192, 16384) for nw in (4, 8)
+            if t // (32 * nw) <= 64]   # at most 64 fp32 tile elements per thread
+
+
+def _tune(reset=None):
+    return triton.autotune(configs=_configs(), key=["N", "C", "H"], reset_to_zero=reset)
 
 
 @triton.jit
@@ -38,143 +51,146 @@ def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl
 
 
 @triton.jit
-def _stat_offsets(H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
-    h = tl.arange(0, HP)[:, None]
+def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
+    """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer, and of its [HP] ones in [B, H]."""
+    h = tl.arange(0, HP)
     d = tl.arange(0, BD)[None, :]
-    return h * D + d, (h < H) & (d < D)
+    return b * H * D + h[:, None] * D + d, (h[:, None] < H) & (d < D), b * H + h, h < H
 
 
 @triton.jit
-def _pi(x, S, temp_ptr, H: tl.constexpr, HP: tl.constexpr):
-    """x [BN, HP, BD], S [HP, BD] (clamped) -> Pi, energy [BN, HP] (softmax over heads)."""
-    e = tl.sum(x * x / S[None, :, :], 2)
+def _slice(N, BN: tl.constexpr):
+    """This program's token range: the batch element's tokens cut into num_programs(1) slices of whole tiles."""
+    s = tl.program_id(1)
+    per = tl.cdiv(tl.cdiv(N, tl.num_programs(1)), BN) * BN
+    return s * per, tl.minimum(s * per + per, N)
+
+
+@triton.jit
+def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
+    """x [BN, HP, BD], 1/S [HP, BD], temp [HP] -> Pi, energy [BN, HP] (softmax over heads)."""
+    e = tl.sum(x * x * invS[None, :, :], 2)
     hc = tl.arange(0, HP)
-    t = tl.load(temp_ptr + hc, mask=hc < H, other=0.0)
-    z = tl.where(hc[None, :] < H, e * t[None, :], float("-inf"))
+    z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
     z = z - tl.max(z, 1)[:, None]
     p = tl.exp(z)
     return p / tl.sum(p, 1)[:, None], e
 
 
 @triton.jit
-def _fwd_sumsq(w, S_part, N, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-               BD: tl.constexpr, BN: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
-    acc = tl.zeros([HP, BD], dtype=tl.float32)
-    for n0 in range(s * per, tl.minimum(s * per + per, N), BN):
-        off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(x * x, 0)
-    so, sm = _stat_offsets(H, D, HP, BD)
-    tl.store(S_part + (b * tl.num_programs(1) + s) * H * D + so, acc, mask=sm)
-
-
-@triton.jit
-def _fwd_pi(w, S, temp, pi_out, A_part, P_part, N, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-            HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
-    so, sm = _stat_offsets(H, D, HP, BD)
-    Sv = tl.maximum(tl.load(S + b * H * D + so, mask=sm, other=1.0), 1e-24)
-    A = tl.zeros([HP, BD], dtype=tl.float32)
-    P = tl.zeros([HP], dtype=tl.float32)
+def _fwd_stats(w, temp, S, A, P, pi_out, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+               BD: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
+    # PASS 1: S += sum w^2.  PASS 2: Pi (stored), A += sum Pi w^2, P += sum Pi.
+    BN: tl.constexpr = TILE // (HP * BD)
+    b = tl.program_id(0)
+    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    lo, hi = _slice(N, BN)
     hc = tl.arange(0, HP)
-    for n0 in range(s * per, tl.minimum(s * per + per, N), BN):
+    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    P_acc = tl.zeros([HP], dtype=tl.float32)
+    if PASS == 2:
+        invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0), NORM_EPS_SQ)
+        tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    for n0 in range(lo, hi, BN):
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        pi, _ = _pi(x, Sv, temp, H, HP)
-        n = n0 + tl.arange(0, BN)
-        pi = tl.where(n[:, None] < N, pi, 0.0)
-        tl.store(pi_out + (b * N + n[:, None]) * H + hc[None, :], pi, mask=(n[:, None] < N) & (hc[None, :] < H))
-        A += tl.sum(pi[:, :, None] * x * x, 0)
-        P += tl.sum(pi, 0)
-    k = b * tl.num_programs(1) + s
-    tl.store(A_part + k * H * D + so, A, mask=sm)
-    tl.store(P_part + k * H + hc, P, mask=hc < H)
+        if PASS == 1:
+            acc += tl.sum(x * x, 0)
+        else:
+            pi, _ = _pi(x, invS, tv, H, HP)
+            n = n0 + tl.arange(0, BN)
+            pi = tl.where(n[:, None] < N, pi, 0.0)
+            tl.store(pi_out + (b * N + n[:, None]) * H + hc[None, :], pi, mask=(n[:, None] < N) & (hc[None, :] < H))
+            acc += tl.sum(pi[:, :, None] * x * x, 0)
+            P_acc += tl.sum(pi, 0)
+    if PASS == 1:
+        tl.atomic_add(S + so, acc, mask=sm)
+    else:
+        tl.atomic_add(A + so, acc, mask=sm)
+        tl.atomic_add(P + ho, P_acc, mask=hm)
 
 
 @triton.jit
 def _fwd_out(w, pi, A, P, y, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-             BD: tl.constexpr, BN: tl.constexpr):
+             BD: tl.constexpr, TILE: tl.constexpr):
+    BN: tl.constexpr = TILE // (HP * BD)
     b, nb = tl.program_id(0), tl.program_id(1)
     n0 = nb * BN
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-    so, sm = _stat_offsets(H, D, HP, BD)
+    so, sm, ho, hm = _stat(b, H, D, HP, BD)
     hc = tl.arange(0, HP)
     n = n0 + tl.arange(0, BN)
+    inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0) / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)[:, None])
     x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
     p = tl.load(pi + (b * N + n[:, None]) * H + hc[None, :], mask=(n[:, None] < N) & (hc[None, :] < H), other=0.0)
-    dots = tl.load(A + b * H * D + so, mask=sm, other=0.0) / (tl.load(P + b * H + hc, mask=hc < H, other=0.0) + 1e-8)[:, None]
-    out = -x * p[:, :, None] / (1.0 + dots[None, :, :])
-    tl.store(y + off, out.to(y.dtype.element_ty), mask=m)
+    tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _bwd_g(w, gy, S, temp, A, P, G_part, N, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-           HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
-    so, sm = _stat_offsets(H, D, HP, BD)
+def _bwd(w, gy, temp, S, A, P, G, dS, gtemp, dw, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+         HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
+    # STAGE 1: G += sum dy w Pi / (1 + dots)^2.  STAGE 2: d temp, dS (atomics).  STAGE 3: dw.
+    BN: tl.constexpr = TILE // (HP * BD)
+    b = tl.program_id(0)
+    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    lo, hi = _slice(N, BN)
     hc = tl.arange(0, HP)
-    Sv = tl.maximum(tl.load(S + b * H * D + so, mask=sm, other=1.0), 1e-24)
-    Pe = tl.load(P + b * H + hc, mask=hc < H, other=0.0) + 1e-8
-    inv = 1.0 / (1.0 + tl.load(A + b * H * D + so, mask=sm, other=0.0) / Pe[:, None])
-    G = tl.zeros([HP, BD], dtype=tl.float32)
-    for n0 in range(s * per, tl.minimum(s * per + per, N), BN):
-        off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-        pi, _ = _pi(x, Sv, temp, H, HP)
-        G += tl.sum(g * x * pi[:, :, None] * (inv * inv)[None, :, :], 0)
-    tl.store(G_part + (b * tl.num_programs(1) + s) * H * D + so, G, mask=sm)
-
-
-@triton.jit
-def _bwd_dw(w, gy, S, temp, A, P, G, gP, dS, dw, gtemp_part, dS_part, N, per, C: tl.constexpr, D: tl.constexpr,
-            H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, FINAL: tl.constexpr):
-    # FINAL=False: partial sums of d temp and dS.  FINAL=True: dw, with dS known.
-    b, s = tl.program_id(0), tl.program_id(1)
-    so, sm = _stat_offsets(H, D, HP, BD)
-    hc = tl.arange(0, HP)
-    Sv = tl.maximum(tl.load(S + b * H * D + so, mask=sm, other=1.0), 1e-24)
-    Pe = tl.load(P + b * H + hc, mask=hc < H, other=0.0) + 1e-8
-    inv = 1.0 / (1.0 + tl.load(A + b * H * D + so, mask=sm, other=0.0) / Pe[:, None])
-    Gs = tl.load(G + b * H * D + so, mask=sm, other=0.0) / Pe[:, None]
-    gPv = tl.load(gP + b * H + hc, mask=hc < H, other=0.0)
-    t = tl.load(temp + hc, mask=hc < H, other=0.0)
-    dSv = tl.load(dS + b * H * D + so, mask=sm, other=0.0)
+    Sv = tl.load(S + so, mask=sm, other=1.0)
+    invS = 1.0 / tl.maximum(Sv, NORM_EPS_SQ)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
+    Av = tl.load(A + so, mask=sm, other=0.0)
+    inv = 1.0 / (1.0 + Av * invPe[:, None])
+    acc = tl.zeros([HP, BD], dtype=tl.float32)
     gt = tl.zeros([HP], dtype=tl.float32)
-    dSacc = tl.zeros([HP, BD], dtype=tl.float32)
-    for n0 in range(s * per, tl.minimum(s * per + per, N), BN):
+    if STAGE >= 2:
+        Gv = tl.load(G + so, mask=sm, other=0.0)
+        Gs = Gv * invPe[:, None]
+        gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                           # d loss / d P
+    if STAGE == 3:
+        dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0), 0.0)
+    for n0 in range(lo, hi, BN):
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
         g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-        pi, e = _pi(x, Sv, temp, H, HP)
-        gpi = tl.sum(-x * g * inv[None, :, :] + Gs[None, :, :] * x * x, 2) + gPv[None, :]
-        gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
-        n = n0 + tl.arange(0, BN)
-        gz = tl.where((n[:, None] < N) & (hc[None, :] < H), gz, 0.0)
-        ge = gz * t[None, :]
-        if FINAL:
-            grad = (-pi[:, :, None] * inv[None, :, :] * g + 2.0 * Gs[None, :, :] * pi[:, :, None] * x
-                    + ge[:, :, None] * 2.0 * x / Sv[None, :, :] + 2.0 * x * dSv[None, :, :])
-            tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
+        pi, e = _pi(x, invS, tv, H, HP)
+        if STAGE == 1:
+            acc += tl.sum(g * x * pi[:, :, None], 0)
         else:
-            gt += tl.sum(gz * e, 0)
-            dSacc += tl.sum(ge[:, :, None] * x * x, 0)
-    if not FINAL:
-        k = b * tl.num_programs(1) + s
-        tl.store(gtemp_part + k * HP + hc, gt)
-        tl.store(dS_part + k * H * D + so, -dSacc / (Sv * Sv), mask=sm)
+            gpi = tl.sum(-x * g * inv[None, :, :] + Gs[None, :, :] * x * x, 2) + gPv[None, :]
+            gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
+            n = n0 + tl.arange(0, BN)
+            gz = tl.where((n[:, None] < N) & (hc[None, :] < H), gz, 0.0)
+            ge = gz * tv[None, :]
+            if STAGE == 3:
+                grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
+                    + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+                tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
+            else:
+                gt += tl.sum(gz * e, 0)
+                acc += tl.sum(ge[:, :, None] * x * x, 0)
+    if STAGE == 1:
+        tl.atomic_add(G + so, acc * inv * inv, mask=sm)
+    if STAGE == 2:
+        tl.atomic_add(dS + so, -acc * invS * invS, mask=sm)
+        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
 
 
-def _cfg(B: int, N: int, H: int, D: int):
-    BD = max(2, next_pow2(D))
-    HP = max(2, next_pow2(H))
-    BN = max(2, min(64, next_pow2(N), 4096 // (HP * BD)))  # tiles of at most 4096 elements
-    # enough programs per batch element to fill a large GPU, each over a contiguous token slice
-    slices = max(1, min(triton.cdiv(N, BN), triton.cdiv(PROGRAMS, max(B, 1))))
-    per = triton.cdiv(triton.cdiv(N, slices), BN) * BN
-    slices = triton.cdiv(N, per)
-    return BD, HP, BN, slices, per
+# One autotuner per pass: each resets only the statistics its own pass accumulates while it times configs.
+_sumsq_kernel = _tune(reset=["S"])(_fwd_stats)
+_pi_kernel = _tune(reset=["A", "P"])(_fwd_stats)
+_out_kernel = _tune()(_fwd_out)
+_bwd_kernels = {1: _tune(reset=["G"])(_bwd), 2: _tune(reset=["dS", "gtemp"])(_bwd), 3: _tune()(_bwd)}
+
+
+def _blocks(H: int, D: int):
+    return max(2, next_pow2(H)), max(2, next_pow2(D))
+
+
+def _slices(B: int, N: int, HP: int, BD: int):
+    """Grid of the slice-walking passes: enough programs per batch element to fill a large GPU."""
+    return lambda meta: (B, max(1, min(triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))),
+                                       triton.cdiv(PROGRAMS, max(B, 1)))))
 
 
 class TSSAFunction(torch.autograd.Function):
@@ -184,17 +200,16 @@ class TSSAFunction(torch.autograd.Function):
         w = w.contiguous()
         C = H * D
         temp32 = temp.float().contiguous()
-        BD, HP, BN, slices, per = _cfg(B, N, H, D)
-        S_part = alloc(B, slices, H, D, like=w, dtype=torch.float32)
-        _fwd_sumsq[(B, slices)](w, S_part, N, per, C, D, H, HP, BD, BN)
-        S = S_part.sum(1)
+        HP, BD = _blocks(H, D)
+        ws = torch.zeros(B * (2 * C + H), device=w.device, dtype=torch.float32)   # one memset for all three
+        S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
-        A_part = alloc(B, slices, H, D, like=w, dtype=torch.float32)
-        P_part = alloc(B, slices, H, like=w, dtype=torch.float32)
-        _fwd_pi[(B, slices)](w, S, temp32, pi, A_part, P_part, N, per, C, D, H, HP, BD, BN)
-        A, P = A_part.sum(1), P_part.sum(1)
+        grid = _slices(B, N, HP, BD)
+        _sumsq_kernel[grid](w, temp32, S, A, P, pi, N, C, D, H, HP, BD, PASS=1)
+        _pi_kernel[grid](w, temp32, S, A, P, pi, N, C, D, H, HP, BD, PASS=2)
         y = alloc(B, N, C, like=w)
-        _fwd_out[(B, triton.cdiv(N, BN))](w, pi, A, P, y, N, C, D, H, HP, BD, BN)
+        _out_kernel[lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
+            w, pi, A, P, y, N, C, D, H, HP, BD)
         ctx.save_for_backward(w, temp32, S, A, P)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
@@ -206,22 +221,14 @@ class TSSAFunction(torch.autograd.Function):
         B, N, C = w.shape
         D = C // H
         gy = gy.contiguous()
-        BD, HP, BN, slices, per = _cfg(B, N, H, D)
-        G_part = alloc(B, slices, H, D, like=w, dtype=torch.float32)
-        _bwd_g[(B, slices)](w, gy, S, temp, A, P, G_part, N, per, C, D, H, HP, BD, BN)
-        G = G_part.sum(1)
-        gP = (-(G * A).sum(-1) / (P + PI_EPS) ** 2).contiguous()                # [B, H]
-        gtemp_part = alloc(B, slices, HP, like=w, dtype=torch.float32)
-        dS_part = alloc(B, slices, H, D, like=w, dtype=torch.float32)
-        zeros = torch.zeros_like(S)
-        _bwd_dw[(B, slices)](w, gy, S, temp, A, P, G, gP, zeros, w, gtemp_part, dS_part, N, per, C, D, H, HP, BD,
-                             BN, False)
-        dS = torch.where(S > NORM_EPS_SQ, dS_part.sum(1), zeros).contiguous()
+        HP, BD = _blocks(H, D)
+        ws = torch.zeros(2 * B * C + H, device=w.device, dtype=torch.float32)
+        G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:]
         dw = alloc(B, N, C, like=w)
-        _bwd_dw[(B, slices)](w, gy, S, temp, A, P, G, gP, dS, dw, gtemp_part, dS_part, N, per, C, D, H, HP, BD,
-                             BN, True)
-        gtemp = gtemp_part.sum((0, 1))[:H].to(ctx.temp_dtype)
-        return dw, gtemp, None
+        grid = _slices(B, N, HP, BD)
+        for stage in (1, 2, 3):
+            _bwd_kernels[stage][grid](w, gy, temp, S, A, P, G, dS, gtemp, dw, N, C, D, H, HP, BD, STAGE=stage)
+        return dw, gtemp.to(ctx.temp_dtype), None
 
 
 def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Tensor:
