@@ -2,8 +2,9 @@
 
 Tiles are a chunk of whole token rows viewed as [tokens, heads, channels], so the softmax over heads stays in one
 program. Each program walks a slice of chunks of one sequence, carrying the running sums in registers; the sums carried
-into each slice come from an exclusive cumsum of per-slice totals (a tiny torch op), so all slices of all
-sequences run in parallel.
+into each slice come from a scan over the per-slice totals (a small kernel that also yields the final state, or in
+the backward pass the gradient of the initial state), so all slices of all sequences run in parallel and no torch op
+sits between the passes.
 
 Forward (w: [B, T, C]):
   1. per slice: sum of w^2                                   -> S at each slice start (plus the initial state)
@@ -78,7 +79,7 @@ def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, 
 
 
 @triton.jit
-def _f_pi(w, S_start, temp, bias, pos, pi_out, PW, Ps, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
+def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
           H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
     b, s = tl.program_id(0), tl.program_id(1)
     k = b * tl.num_programs(1) + s
@@ -95,19 +96,19 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, PW, Ps, T, tmax, per, C: tl.const
         S += tl.sum(x * x, 0)
         A += tl.sum(pi[:, :, None] * x * x, 0)
         P += tl.sum(pi, 0)
-    tl.store(PW + k * H * D + so, A, mask=sm)
-    tl.store(Ps + k * H + hc, P, mask=hc < H)
+    tl.store(AP + k * (H * D + H) + so, A, mask=sm)
+    tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
 
 
 @triton.jit
-def _f_out(w, pi_in, A_start, P_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
            HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
     b, s = tl.program_id(0), tl.program_id(1)
     k = b * tl.num_programs(1) + s
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
-    A = tl.load(A_start + k * H * D + so, mask=sm, other=0.0)
-    P = tl.load(P_start + k * H + hc, mask=hc < H, other=0.0)
+    A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
+    P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
     for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
         off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
@@ -123,7 +124,7 @@ def _f_out(w, pi_in, A_start, P_start, y, T, per, C: tl.constexpr, D: tl.constex
 
 
 @triton.jit
-def _b_kernel(w, gy, S_start, A_start, P_start, temp, bias, pos, Ra_end, Rp_end, Rc_end, ge_io, GA, GP, GC, gtemp,
+def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
     # A program walks its slice of tokens forwards, carrying the forward sums (S, A, P) and the prefix sums of the
@@ -135,16 +136,18 @@ def _b_kernel(w, gy, S_start, A_start, P_start, temp, bias, pos, Ra_end, Rp_end,
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
-    A = tl.load(A_start + k * H * D + so, mask=sm, other=0.0)
-    P = tl.load(P_start + k * H + hc, mask=hc < H, other=0.0)
+    F: tl.constexpr = H * D + H                     # packed [.. | ..H] rows of the A|P and dA|dP buffers
+    A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
+    P = tl.load(AP_start + k * F + H * D + hc, mask=hc < H, other=0.0)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     GA_pre = tl.zeros([HP, BD], dtype=tl.float32)
     GP_pre = tl.zeros([HP], dtype=tl.float32)
     GC_pre = tl.zeros([HP, BD], dtype=tl.float32)
     gt = tl.zeros([HP], dtype=tl.float32)
     if STAGE >= 2:
-        Ra0 = tl.load(Ra_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GA + k * H * D + so, mask=sm, other=0.0)
-        Rp0 = tl.load(Rp_end + k * H + hc, mask=hc < H, other=0.0) + tl.load(GP + k * H + hc, mask=hc < H, other=0.0)
+        Ra0 = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
+        Rp0 = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
+            + tl.load(GAP + k * F + H * D + hc, mask=hc < H, other=0.0)
     if STAGE == 3:
         Rc0 = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
     for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
@@ -186,11 +189,42 @@ def _b_kernel(w, gy, S_start, A_start, P_start, temp, bias, pos, Ra_end, Rp_end,
         A += tl.sum(pw, 0)
         P += tl.sum(pi, 0)
     if STAGE == 1:
-        tl.store(GA + k * H * D + so, GA_pre, mask=sm)
-        tl.store(GP + k * H + hc, GP_pre, mask=hc < H)
+        tl.store(GAP + k * F + so, GA_pre, mask=sm)
+        tl.store(GAP + k * F + H * D + hc, GP_pre, mask=hc < H)
     if STAGE == 2:
         tl.store(GC + k * H * D + so, GC_pre, mask=sm)
         tl.store(gtemp + k * HP + hc, gt)
+
+
+@triton.jit
+def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl.constexpr, BF: tl.constexpr,
+                REVERSE: tl.constexpr):
+    """Per sequence, over the NS slice totals X [B, NS, F1 + F2]: start[s] = init + sum of the slices before s
+    (after s when REVERSE), and fin = init + all of them. init and fin are split in their F1 and F2 columns."""
+    b, j = tl.program_id(0), tl.program_id(1)
+    F: tl.constexpr = F1 + F2
+    f = j * BF + tl.arange(0, BF)
+    m1, m2 = f < F1, (f >= F1) & (f < F)
+    run = tl.load(init1 + b * F1 + f, mask=m1, other=0.0) + tl.load(init2 + b * F2 + (f - F1), mask=m2, other=0.0)
+    for i in range(0, NS):
+        s = NS - 1 - i if REVERSE else i
+        tl.store(start + (b * NS + s) * F + f, run, mask=f < F)
+        run += tl.load(X + (b * NS + s) * F + f, mask=f < F, other=0.0)
+    tl.store(fin1 + b * F1 + f, run, mask=m1)
+    tl.store(fin2 + b * F2 + (f - F1), run, mask=m2)
+
+
+def _scan(X, init1, init2, reverse=False):
+    """-> (start [B, NS, F], fin1 [B, F1], fin2 [B, F2]) of _slice_scan; init2 may be None (F2 = 0)."""
+    B, NS, F = X.shape
+    F1 = init1[0].numel()
+    F2 = F - F1
+    init2 = init1 if init2 is None else init2
+    start = alloc(B, NS, F, like=X)
+    fin1, fin2 = alloc(*init1.shape, like=init1), alloc(*init2.shape, like=init2) if F2 else init1
+    BF = min(1024, next_pow2(F))
+    _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, BF, reverse)
+    return start, fin1, fin2
 
 
 def _cfg(T: int, B: int, H: int, D: int):
@@ -204,16 +238,6 @@ def _cfg(T: int, B: int, H: int, D: int):
     return BD, HP, BT, triton.cdiv(T, per), per
 
 
-def _excl(x):
-    """Exclusive cumsum over chunks (dim 1)."""
-    return x.cumsum(1) - x
-
-
-def _suffix_excl(x):
-    """Sum over later chunks (dim 1)."""
-    return x.sum(1, keepdim=True) - x.cumsum(1)
-
-
 class CausalTSSAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded):
@@ -221,24 +245,23 @@ class CausalTSSAFunction(torch.autograd.Function):
         D = C // H
         BD, HP, BT, NT, per = _cfg(T, B, H, D)
         tmax = bias.shape[1]
-        Wsum = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        HD = H * D
+        Wsum = alloc(B, NT, HD, like=w, dtype=torch.float32)
         _f_wsum[(B, NT)](w, Wsum, T, per, C, D, H, HP, BD, BT)
-        S_start = (S0[:, None] + _excl(Wsum)).contiguous()
+        S_start, S_T, _ = _scan(Wsum, S0, None)
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
-        PW = alloc(B, NT, H, D, like=w, dtype=torch.float32)
-        Ps = alloc(B, NT, H, like=w, dtype=torch.float32)
-        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, PW, Ps, T, tmax, per, C, D, H, HP, BD, BT, bounded)
-        A_start = (A0[:, None] + _excl(PW)).contiguous()
-        P_start = (P0[:, None] + _excl(Ps)).contiguous()
+        AP = alloc(B, NT, HD + H, like=w, dtype=torch.float32)
+        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, AP, T, tmax, per, C, D, H, HP, BD, BT, bounded)
+        AP_start, A_T, P_T = _scan(AP, A0, P0)
         y = alloc(B, T, C, like=w)
-        _f_out[(B, NT)](w, pi, A_start, P_start, y, T, per, C, D, H, HP, BD, BT)
-        ctx.save_for_backward(w, temp, bias, pos, S_start, A_start, P_start)
+        _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT)
+        ctx.save_for_backward(w, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
-        return y, S0 + Wsum.sum(1), A0 + PW.sum(1), P0 + Ps.sum(1)
+        return y, S_T, A_T, P_T
 
     @staticmethod
     def backward(ctx, gy, gS_T, gA_T, gP_T):
-        w, temp, bias, pos, S_start, A_start, P_start = ctx.saved_tensors
+        w, temp, bias, pos, S_start, AP_start = ctx.saved_tensors
         H, bounded = ctx.H, ctx.bounded
         B, T, C = w.shape
         D = C // H
@@ -246,24 +269,21 @@ class CausalTSSAFunction(torch.autograd.Function):
         tmax = bias.shape[1]
         dev = w.device
         gy = torch.zeros_like(w) if gy is None else gy.contiguous()
-        gS_T = torch.zeros(B, H, D, device=dev) if gS_T is None else gS_T.float()
-        gA_T = torch.zeros(B, H, D, device=dev) if gA_T is None else gA_T.float()
-        gP_T = torch.zeros(B, H, device=dev) if gP_T is None else gP_T.float()
-        GA = alloc(B, NT, H, D, like=w, dtype=torch.float32)
-        GP = alloc(B, NT, H, like=w, dtype=torch.float32)
-        GC = alloc(B, NT, H, D, like=w, dtype=torch.float32)
+        gS_T = torch.zeros(B, H, D, device=dev) if gS_T is None else gS_T.float().contiguous()
+        gA_T = torch.zeros(B, H, D, device=dev) if gA_T is None else gA_T.float().contiguous()
+        gP_T = torch.zeros(B, H, device=dev) if gP_T is None else gP_T.float().contiguous()
+        GAP = alloc(B, NT, H * D + H, like=w, dtype=torch.float32)
+        GC = alloc(B, NT, H * D, like=w, dtype=torch.float32)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         gtemp = alloc(B, NT, HP, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
-        args = (w, gy, S_start, A_start, P_start, temp, bias, pos)
+        args = (w, gy, S_start, AP_start, temp, bias, pos)
         tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
-        _b_kernel[(B, NT)](*args, GA, GP, GC, ge, GA, GP, GC, gtemp, dw, *tail, 1)
-        Ra_end = (gA_T[:, None] + _suffix_excl(GA)).contiguous()
-        Rp_end = (gP_T[:, None] + _suffix_excl(GP)).contiguous()
-        _b_kernel[(B, NT)](*args, Ra_end, Rp_end, GC, ge, GA, GP, GC, gtemp, dw, *tail, 2)
-        Rc_end = (gS_T[:, None] + _suffix_excl(GC)).contiguous()
-        _b_kernel[(B, NT)](*args, Ra_end, Rp_end, Rc_end, ge, GA, GP, GC, gtemp, dw, *tail, 3)
-        gS0, gA0, gP0 = gS_T + GC.sum(1), gA_T + GA.sum(1), gP_T + GP.sum(1)
+        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, dw, *tail, 1)
+        R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice
+        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, dw, *tail, 2)
+        Rc_end, gS0, _ = _scan(GC, gS_T, None, reverse=True)
+        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, dw, *tail, 3)
         gt = gtemp.sum((0, 1))[:H]
         gbias = None
         if bounded:
