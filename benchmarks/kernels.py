@@ -3,6 +3,7 @@ eager PyTorch, torch.compile of it, and fla's chunk linear attention when import
 
     python benchmarks/kernels.py                          # all shapes, bf16, forward and forward+backward
     python benchmarks/kernels.py --quick --out benchmarks/results
+    python benchmarks/kernels.py --quick --no-compile --profile     # plus the time of each kernel launch
 
 Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
 write y forward; also read w and dy and write dw backward) in GB/s and as a fraction of the card's HBM bandwidth,
@@ -79,11 +80,54 @@ def bench(fn, backward: bool, inputs, out_grad=None):
         return float("nan"), float("nan")
 
 
+def copy_bandwidth(dev: str) -> float:
+    """The card's practical ceiling: GB/s of a 2 GiB device-to-device copy (bytes read plus bytes written)."""
+    from triton.testing import do_bench
+    src = torch.empty(2**30, dtype=torch.uint8, device=dev).random_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2**30 / (ms * 1e-3) / 1e9
+
+
+def profile(label: str, fn, inputs) -> list[dict]:
+    """Device time of every kernel in one forward+backward (mean of 5 after a warm-up), largest first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    def run():
+        out = fn()
+        o = out[0] if isinstance(out, tuple) else out
+        o.backward(torch.ones_like(o))
+        for t in inputs:
+            t.grad = None
+    run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            run()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        us = e.self_cuda_time_total if us is None else us
+        if us > 0:
+            rows.append({"kernel": e.key[:60], "calls": e.count // 5, "us": us / 5})
+    rows.sort(key=lambda r: -r["us"])
+    total = sum(r["us"] for r in rows)
+    print(f"-- {label}: {total:.1f} us of kernels per forward+backward")
+    for r in rows[:14]:
+        print(f"   {r['us']:9.1f} us  x{r['calls']:<3d} {r['kernel']}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true", help="fewer shapes (the targets' shapes)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -98,7 +142,10 @@ def main() -> None:
         print(f"fla not importable ({e}); its rows are skipped")
         chunk_linear_attn = None
     esize = torch.tensor([], dtype=dt).element_size()
-    rows = []
+    rows, profiles = [], {}
+    copy_gbps = copy_bandwidth(dev)
+    print(f"{name}: datasheet HBM {bw:.0f} GB/s; measured device-to-device copy {copy_gbps:.0f} GB/s "
+          f"({100 * copy_gbps / bw:.0f}% of the datasheet)", flush=True)
 
     def record(op, shape, variant, mode, ms, peak, nbytes):
         gbps = nbytes / (ms * 1e-3) / 1e9 if ms == ms else float("nan")
@@ -129,6 +176,8 @@ def main() -> None:
                 with torch.set_grad_enabled(bwd):
                     ms, peak = bench(fn, bwd, [w, temp])
                 record("tssa", shape, variant, mode, ms, peak, k * nb)
+        if args.profile:
+            profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
         del w
 
     for T, H in causal_shapes:
@@ -148,6 +197,8 @@ def main() -> None:
                 with torch.set_grad_enabled(bwd):
                     ms, peak = bench(fn, bwd, [w, temp, bias])
                 record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
+        if args.profile:
+            profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
         del w
         q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
         la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}
@@ -159,6 +210,9 @@ def main() -> None:
                 with torch.set_grad_enabled(bwd):
                     ms, peak = bench(fn, bwd, [q, k_, v])
                 record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
+        if args.profile:
+            for variant, fn in la.items():
+                profiles[f"linear_attn {variant} {shape}"] = profile(f"linear_attn {variant} {shape}", fn, [q, k_, v])
         del q, k_, v
         torch.cuda.empty_cache()
 
@@ -175,7 +229,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = name.replace(" ", "_")
     (out / f"kernels_{tag}_{args.dtype}.json").write_text(json.dumps({"device": name, "hbm_GBps": bw,
-                                                                      "dtype": args.dtype, "rows": rows}, indent=2))
+                                                                      "copy_GBps": copy_gbps, "dtype": args.dtype,
+                                                                      "rows": rows, "profiles": profiles}, indent=2))
     print(f"wrote {out / f'kernels_{tag}_{args.dtype}.json'}")
 
 

@@ -23,6 +23,9 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from .utils import alloc, check_available, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
+TILE = 4096      # elements of a [tokens, heads, channels] chunk tile
+WARPS = 4        # warps per program, forward passes
+BWD_WARPS = 4    # warps per program, backward passes
 
 
 @triton.jit
@@ -230,7 +233,7 @@ def _scan(X, init1, init2, reverse=False):
 def _cfg(T: int, B: int, H: int, D: int):
     BD = max(2, next_pow2(D))
     HP = max(2, next_pow2(H))
-    BT = max(2, min(64, next_pow2(T), 4096 // (HP * BD)))
+    BT = max(2, min(64, next_pow2(T), TILE // (HP * BD)))
     NT = triton.cdiv(T, BT)
     # slices of whole chunks, one program each: enough programs to fill a large GPU
     slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
@@ -247,14 +250,15 @@ class CausalTSSAFunction(torch.autograd.Function):
         tmax = bias.shape[1]
         HD = H * D
         Wsum = alloc(B, NT, HD, like=w, dtype=torch.float32)
-        _f_wsum[(B, NT)](w, Wsum, T, per, C, D, H, HP, BD, BT)
+        _f_wsum[(B, NT)](w, Wsum, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
         S_start, S_T, _ = _scan(Wsum, S0, None)
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         AP = alloc(B, NT, HD + H, like=w, dtype=torch.float32)
-        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, AP, T, tmax, per, C, D, H, HP, BD, BT, bounded)
+        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, AP, T, tmax, per, C, D, H, HP, BD, BT, bounded,
+                           num_warps=WARPS)
         AP_start, A_T, P_T = _scan(AP, A0, P0)
         y = alloc(B, T, C, like=w)
-        _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT)
+        _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
         ctx.save_for_backward(w, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         return y, S_T, A_T, P_T
@@ -279,11 +283,11 @@ class CausalTSSAFunction(torch.autograd.Function):
         dw = alloc(B, T, C, like=w)
         args = (w, gy, S_start, AP_start, temp, bias, pos)
         tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
-        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, dw, *tail, 1)
+        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, dw, *tail, 1, num_warps=BWD_WARPS)
         R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice
-        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, dw, *tail, 2)
+        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, dw, *tail, 2, num_warps=BWD_WARPS)
         Rc_end, gS0, _ = _scan(GC, gS_T, None, reverse=True)
-        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, dw, *tail, 3)
+        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, dw, *tail, 3, num_warps=BWD_WARPS)
         gt = gtemp.sum((0, 1))[:H]
         gbias = None
         if bounded:

@@ -1,0 +1,97 @@
+"""Launch-parameter sweep of the Triton kernels at the target shapes (GPU): which tile, warps and program count
+each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py come from this table.
+
+    python benchmarks/sweep.py --out benchmarks/results
+
+bf16, triton.testing.do_bench medians, forward and forward+backward; every variant is checked against the default
+configuration's output before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
+from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
+
+
+def timed(fn, inputs):
+    from triton.testing import do_bench
+
+    def both():
+        out = fn()
+        out.backward(torch.ones_like(out))
+    fwd = do_bench(lambda: fn(), warmup=5, rep=30, return_mode="median")
+    fb = do_bench(both, warmup=5, rep=30, grad_to_none=inputs, return_mode="median")
+    return fwd, fb
+
+
+def grid(**axes):
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def sweep(label, module, configs, fn, inputs, rows):
+    defaults = {k: getattr(module, k) for k in configs[0]}
+    with torch.no_grad():
+        ref = fn().float()
+    for cfg in configs:
+        for k, v in cfg.items():
+            setattr(module, k, v)
+        try:
+            with torch.no_grad():
+                err = ((fn().float() - ref).norm() / ref.norm()).item()
+            fwd, fb = timed(fn, inputs)
+        except Exception as e:  # a config that does not compile (registers, shared memory) is reported, not fatal
+            print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+            continue
+        finally:
+            for k, v in defaults.items():
+                setattr(module, k, v)
+        rows.append({"op": label, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "rel_err_vs_default": err})
+        print(f"{label:34s} {str(cfg):60s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  (bwd {fb - fwd:7.3f})  "
+              f"err {err:.1e}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/sweep.py needs a CUDA GPU")
+    dev, dt, rows = "cuda", torch.bfloat16, []
+
+    B, T, H, D = 8, 4096, 12, 64
+    w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
+    temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
+    bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
+    sweep("causal_tssa B8 T4096 H12 D64", ct,
+          grid(TILE=[4096, 8192], WARPS=[4, 8], BWD_WARPS=[4, 8]) + grid(PROGRAMS=[512, 2048, 4096]),
+          lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
+
+    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    sweep("linear_attn B8 T4096 H12 D64", la, grid(CHUNK=[32, 64], WARPS=[4, 8]) + [{"CHUNK": 128, "WARPS": 8}],
+          lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
+
+    w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
+    temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
+    sweep("tssa B64 N4096 C384 H8", tt, grid(PROGRAMS=[264, 528, 1024, 2048, 4096]),
+          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=2))
+    print("best (fwd+bwd):")
+    for op in dict.fromkeys(r["op"] for r in rows):
+        best = min((r for r in rows if r["op"] == op), key=lambda r: r["fwd_bwd_ms"])
+        print(f"  {op}: {best}")
+
+
+if __name__ == "__main__":
+    main()
