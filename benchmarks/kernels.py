@@ -127,11 +127,19 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true", help="fewer shapes (the targets' shapes)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    ap.add_argument("--tuned", help="sweep.json from benchmarks/sweep.py: run with its best launch settings")
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/kernels.py needs a CUDA GPU")
+    if args.tuned:
+        from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt
+        best = json.loads(Path(args.tuned).read_text())["best"]
+        for op, module in (("causal_tssa", ct), ("linear_attn", la), ("tssa", tt)):
+            for k, v in best.get(op, {}).items():
+                setattr(module, k, v)
+        print(f"launch settings from {args.tuned}: {best}")
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     dev = "cuda"
     name = torch.cuda.get_device_name()
@@ -164,62 +172,70 @@ def main() -> None:
     compile_causal = torch.compile(official_causal_tssa) if not args.no_compile else None
 
     for B, N, C, H in tssa_shapes:
-        shape = f"B{B} N{N} C{C} H{H}"
-        w = torch.randn(B, N, C, device=dev, dtype=dt, requires_grad=True)
-        temp = (torch.rand(H, 1, device=dev) + 0.5).to(dt).requires_grad_()
-        nb = B * N * C * esize
-        variants = {"triton": lambda: tssa(w, temp, H, backend="triton"), "eager": lambda: official_tssa(w, temp, H)}
-        if compile_tssa is not None and (B, N) == (64, 4096):
-            variants["compile"] = lambda: compile_tssa(w, temp, H)
-        for variant, fn in variants.items():
-            for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
-                with torch.set_grad_enabled(bwd):
-                    ms, peak = bench(fn, bwd, [w, temp])
-                record("tssa", shape, variant, mode, ms, peak, k * nb)
-        if args.profile:
-            profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
-        del w
+        try:
+            shape = f"B{B} N{N} C{C} H{H}"
+            w = torch.randn(B, N, C, device=dev, dtype=dt, requires_grad=True)
+            temp = (torch.rand(H, 1, device=dev) + 0.5).to(dt).requires_grad_()
+            nb = B * N * C * esize
+            variants = {"triton": lambda: tssa(w, temp, H, backend="triton"), "eager": lambda: official_tssa(w, temp, H)}
+            if compile_tssa is not None and (B, N) == (64, 4096):
+                variants["compile"] = lambda: compile_tssa(w, temp, H)
+            for variant, fn in variants.items():
+                for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
+                    with torch.set_grad_enabled(bwd):
+                        ms, peak = bench(fn, bwd, [w, temp])
+                    record("tssa", shape, variant, mode, ms, peak, k * nb)
+            if args.profile:
+                profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
+            del w
+        except Exception as e:  # one failing op or shape must not lose the rest of the run
+            print(f"tssa {B} {N} {C} {H} failed: {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
 
     for T, H in causal_shapes:
-        B, D = 8, 64
-        C = H * D
-        shape = f"B{B} T{T} H{H} D{D}"
-        w = torch.randn(B, T, C, device=dev, dtype=dt, requires_grad=True)
-        temp = (torch.rand(H, 1, device=dev) + 0.5).requires_grad_()
-        bias = (0.01 * torch.randn(H, T, 1, device=dev)).requires_grad_()
-        nb = B * T * C * esize
-        variants = {"triton": lambda: causal_tssa(w, temp, bias, H, backend="triton")[0],
-                    "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
-        if compile_causal is not None and (T, H) == (4096, 12):
-            variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
-        for variant, fn in variants.items():
-            for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
-                with torch.set_grad_enabled(bwd):
-                    ms, peak = bench(fn, bwd, [w, temp, bias])
-                record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
-        if args.profile:
-            profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
-        del w
-        q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-        la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}
-        if chunk_linear_attn is not None:
-            la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
-                                                        normalize=True, output_final_state=True)[0]
-        for variant, fn in la.items():
-            for mode, bwd, kk in (("fwd", False, 4), ("fwd+bwd", True, 11)):
-                with torch.set_grad_enabled(bwd):
-                    ms, peak = bench(fn, bwd, [q, k_, v])
-                record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
-        if args.profile:
+        try:
+            B, D = 8, 64
+            C = H * D
+            shape = f"B{B} T{T} H{H} D{D}"
+            w = torch.randn(B, T, C, device=dev, dtype=dt, requires_grad=True)
+            temp = (torch.rand(H, 1, device=dev) + 0.5).requires_grad_()
+            bias = (0.01 * torch.randn(H, T, 1, device=dev)).requires_grad_()
+            nb = B * T * C * esize
+            variants = {"triton": lambda: causal_tssa(w, temp, bias, H, backend="triton")[0],
+                        "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
+            if compile_causal is not None and (T, H) == (4096, 12):
+                variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
+            for variant, fn in variants.items():
+                for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
+                    with torch.set_grad_enabled(bwd):
+                        ms, peak = bench(fn, bwd, [w, temp, bias])
+                    record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
+            if args.profile:
+                profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
+            del w
+            q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+            la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}
+            if chunk_linear_attn is not None:
+                la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
+                                                            normalize=True, output_final_state=True)[0]
             for variant, fn in la.items():
-                profiles[f"linear_attn {variant} {shape}"] = profile(f"linear_attn {variant} {shape}", fn, [q, k_, v])
-        del q, k_, v
-        torch.cuda.empty_cache()
+                for mode, bwd, kk in (("fwd", False, 4), ("fwd+bwd", True, 11)):
+                    with torch.set_grad_enabled(bwd):
+                        ms, peak = bench(fn, bwd, [q, k_, v])
+                    record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
+            if args.profile:
+                for variant, fn in la.items():
+                    profiles[f"linear_attn {variant} {shape}"] = profile(f"linear_attn {variant} {shape}", fn, [q, k_, v])
+            del q, k_, v
+            torch.cuda.empty_cache()
+        except Exception as e:  # one failing op or shape must not lose the rest of the run
+            print(f"causal {T} {H} failed: {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
 
     # ratios against the Triton kernel of the same op, shape and mode (same run)
     ref = {(r["op"], r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "triton"}
     for r in rows:
-        r["speedup_of_triton"] = r["ms"] / ref[(r["op"], r["shape"], r["mode"])]
+        r["speedup_of_triton"] = r["ms"] / ref.get((r["op"], r["shape"], r["mode"]), float("nan"))
     # causal TSSA against fla's chunk linear attention at the same B, T, H, D
     fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "fla-chunk"}
     for r in rows:

@@ -4,7 +4,7 @@
 # official ToST code when TOST_OFFICIAL_DIR is set, then benchmarks/kernels.py and benchmarks/plugins.py.
 # Wheels in .whl/ (e.g. fla-core for the fla comparison) are installed first when present.
 #   ONLY_TRITON=1    Triton tests and kernel benchmark only (no plugin build, CUDA-kernel tests or plugin benchmark)
-#   SWEEP=1          also run benchmarks/sweep.py (tile / warps / program-count sweep)
+#   SWEEP=1          first run benchmarks/sweep.py (warps / unroll / program-count sweep); kernels.py then uses its best
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile"
 #   RESULTS          where logs and JSON go (default benchmarks/results)
 set -uo pipefail
@@ -24,11 +24,13 @@ if [ -z "${ONLY_TRITON:-}" ]; then
     && cmake --build build --target tost_kernels -j 16 > /dev/null && echo "built build/libtost_kernels.so (sm_$CAP)"
   TESTS="$TESTS tests/plugins/test_cuda_kernels.py tests/models/test_official_parity.py"
 fi
-python3 -m pytest -q -p no:cacheprovider -n 8 $TESTS 2>&1 | tail -25 | tee "$RESULTS/gpu_tests.log" || status=1
-python3 benchmarks/kernels.py ${KERNELS_ARGS:-} --out "$RESULTS" 2>&1 | tee "$RESULTS/kernels.log" || status=1
+python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS 2>&1 | tail -40 | tee "$RESULTS/gpu_tests.log" || status=1
+TUNED=""
 if [ -n "${SWEEP:-}" ]; then
   python3 benchmarks/sweep.py --out "$RESULTS" 2>&1 | tee "$RESULTS/sweep.log" || status=1
+  [ -f "$RESULTS/sweep.json" ] && TUNED="--tuned $RESULTS/sweep.json"
 fi
+python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $TUNED --out "$RESULTS" 2>&1 | tee "$RESULTS/kernels.log" || status=1
 if [ -z "${ONLY_TRITON:-}" ]; then
   python3 benchmarks/plugins.py --lib build/libtost_kernels.so --out "$RESULTS" 2>&1 | tee "$RESULTS/plugins.log" \
     || status=1

@@ -37,26 +37,37 @@ def grid(**axes):
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def sweep(label, module, configs, fn, inputs, rows):
-    defaults = {k: getattr(module, k) for k in configs[0]}
+def sweep(label, module, stages, fn, inputs, rows):
+    """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings."""
     with torch.no_grad():
         ref = fn().float()
-    for cfg in configs:
-        for k, v in cfg.items():
-            setattr(module, k, v)
-        try:
-            with torch.no_grad():
-                err = ((fn().float() - ref).norm() / ref.norm()).item()
-            fwd, fb = timed(fn, inputs)
-        except Exception as e:  # a config that does not compile (registers, shared memory) is reported, not fatal
-            print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
-            continue
-        finally:
-            for k, v in defaults.items():
+    best_cfg = {}
+    for configs in stages:
+        defaults = {k: getattr(module, k) for k in configs[0]}
+        timed_rows = []
+        for cfg in configs:
+            for k, v in cfg.items():
                 setattr(module, k, v)
-        rows.append({"op": label, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "rel_err_vs_default": err})
-        print(f"{label:34s} {str(cfg):60s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  (bwd {fb - fwd:7.3f})  "
-              f"err {err:.1e}", flush=True)
+            try:
+                with torch.no_grad():
+                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                fwd, fb = timed(fn, inputs)
+            except Exception as e:  # a config that does not compile (registers, shared memory) is reported
+                print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+                continue
+            finally:
+                for k, v in defaults.items():
+                    setattr(module, k, v)
+            row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "rel_err_vs_default": err}
+            rows.append(row)
+            timed_rows.append((fb, cfg))
+            print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
+                  f"(bwd {fb - fwd:7.3f})  err {err:.1e}", flush=True)
+        if timed_rows:
+            best_cfg.update(min(timed_rows, key=lambda r: r[0])[1])
+            for k, v in best_cfg.items():
+                setattr(module, k, v)
+    return best_cfg
 
 
 def main() -> None:
@@ -71,26 +82,26 @@ def main() -> None:
     w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
     temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
     bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
-    sweep("causal_tssa B8 T4096 H12 D64", ct,
-          grid(TILE=[4096, 8192], WARPS=[4, 8], BWD_WARPS=[4, 8]) + grid(PROGRAMS=[512, 2048, 4096]),
-          lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
+    best = {}
+    best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
+                                [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
+                                 grid(PROGRAMS=[512, 1024, 2048, 4096])],
+                                lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
 
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-    sweep("linear_attn B8 T4096 H12 D64", la, grid(CHUNK=[32, 64], WARPS=[4, 8]) + [{"CHUNK": 128, "WARPS": 8}],
-          lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
+    best["linear_attn"] = sweep("linear_attn B8 T4096 H12 D64", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
+                                lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
 
     w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
     temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
-    sweep("tssa B64 N4096 C384 H8", tt, grid(PROGRAMS=[264, 528, 1024, 2048, 4096]),
-          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
+    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096])],
+                         lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=2))
-    print("best (fwd+bwd):")
-    for op in dict.fromkeys(r["op"] for r in rows):
-        best = min((r for r in rows if r["op"] == op), key=lambda r: r["fwd_bwd_ms"])
-        print(f"  {op}: {best}")
+    (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "best": best, "rows": rows},
+                                               indent=2))
+    print("best settings (fwd+bwd):", json.dumps(best))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_half_precision_linear_attention_on_gpu(dtype):
     tol = 1e-2 if dtype == torch.bfloat16 else 3e-3
     assert_close("y", yr, y, tol)
     for name, a, b in zip(LinearAttentionState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-3)
+        assert_close(f"state.{name}", b, a, tol)          # phi(k) is rounded to the input dtype for the dot
     g, _ = grads([y, *s], [q, k, v])
     gr, _ = grads([yr, *sr], [q64, k64, v64])
     for name, a, b in zip("qkv", g, gr):

@@ -1,17 +1,19 @@
-"""Chunked causal TSSA forward and backward, parallel over (sequence, chunk).
+"""Chunked causal TSSA forward and backward, parallel over (sequence, slice of tokens).
 
-Tiles are a chunk of whole token rows viewed as [tokens, heads, channels], so the softmax over heads stays in one
-program. Each program walks a slice of chunks of one sequence, carrying the running sums in registers; the sums carried
-into each slice come from a scan over the per-slice totals (a small kernel that also yields the final state, or in
-the backward pass the gradient of the initial state), so all slices of all sequences run in parallel and no torch op
-sits between the passes.
+Each program walks a slice of one sequence token by token, carrying the running sums (fp32 [heads, channels]) in
+registers, exactly the recurrence of the step form; a token row [heads, channels] is one contiguous load and the
+softmax over heads stays inside the program. The sums carried into each slice come from a scan over the per-slice
+totals (a small kernel that also yields the final state, or in the backward pass the gradient of the initial
+state), so all slices of all sequences run in parallel and no torch op sits between the passes.
 
 Forward (w: [B, T, C]):
   1. per slice: sum of w^2                                   -> S at each slice start (plus the initial state)
-  2. per chunk: c = S + cumsum(w^2), e = sum_d w^2 / max(c, 1e-12) + D * denom_bias[h, pos],
-     Pi = softmax_h(temp_h * e); per-slice sums of Pi w^2 and Pi   -> A, P at each slice start
-  3. per chunk: y = -w Pi / (1 + (A + cumsum(Pi w^2)) / (P + cumsum(Pi) + 1e-8))
-Backward recomputes Pi from the slice-start statistics; suffix sums are slice totals minus prefixes.
+  2. per token: S += w^2, e = sum_d w^2 / max(S, 1e-12) + D * denom_bias[h, pos], Pi = softmax_h(temp_h * e)
+     (stored); per-slice sums of Pi w^2 and Pi               -> A, P at each slice start
+  3. per token: A += Pi w^2, P += Pi, y = -w Pi / (1 + A / (P + 1e-8))
+Backward, three passes that recompute the forward sums: (1) slice totals of the direct gradients of A and P;
+(2) their suffix sums give d Pi -> d energy (stored), d temp and slice totals of the direct gradient of S;
+(3) with the suffix sums of that, dw.
 """
 from __future__ import annotations
 
@@ -23,19 +25,9 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from .utils import alloc, check_available, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
-TILE = 4096      # elements of a [tokens, heads, channels] chunk tile
+UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
 WARPS = 4        # warps per program, forward passes
 BWD_WARPS = 4    # warps per program, backward passes
-
-
-@triton.jit
-def _tile(b, c, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BT: tl.constexpr):
-    t = c * BT + tl.arange(0, BT)
-    h = tl.arange(0, HP)[None, :, None]
-    d = tl.arange(0, BD)[None, None, :]
-    off = b * T * C + t[:, None, None] * C + h * D + d
-    return off, (t[:, None, None] < T) & (h < H) & (d < D), t
 
 
 @triton.jit
@@ -46,38 +38,48 @@ def _stat(H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _pi(x, S, temp, bias, pos, b, t, T, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-        BOUNDED: tl.constexpr):
-    """Running sums c, energy e [BT, HP] and Pi [BT, HP] of a chunk tile x [BT, HP, BD] from chunk-start S."""
-    wsq = x * x
-    cs = S[None, :, :] + tl.cumsum(wsq, 0)
-    den = tl.maximum(cs, 1e-12)
-    e = tl.sum(wsq / den, 2)
+def _valid(t, hi, HP: tl.constexpr):
+    """[HP] copies of t < hi (a per-head vector rather than a scalar, so it combines with every mask)."""
+    return (tl.zeros([HP], dtype=tl.int32) + t) < hi
+
+
+@triton.jit
+def _row(ptr, b, t, valid, T, C: tl.constexpr, so, sm):
+    """Token t of sequence b as [HP, BD] fp32, zeros when not valid."""
+    return tl.load(ptr + (b * T + t) * C + so, mask=sm & valid[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+           BOUNDED: tl.constexpr):
+    """One step of the recurrence: sums after token t (S, A, P), its energy e and Pi [HP], w^2 and 1/max(S, eps)."""
     hc = tl.arange(0, HP)
+    wsq = x * x
+    S = S + wsq
+    rden = 1.0 / tl.maximum(S, 1e-12)
+    e = tl.sum(wsq * rden, 1)
     if BOUNDED:
-        p0 = tl.load(pos + b)
-        bias_v = tl.load(bias + hc[None, :] * tmax + p0 + t[:, None], mask=(t[:, None] < T) & (hc[None, :] < H),
-                         other=0.0)
-        e = e + D * bias_v
-    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
-    z = z - tl.max(z, 1)[:, None]
-    p = tl.exp(z)
-    pi = p / tl.sum(p, 1)[:, None]
-    pi = tl.where(t[:, None] < T, pi, 0.0)
-    return cs, den, e, pi
+        e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
+    z = tl.where(hc < H, e * tv, float("-inf"))
+    p = tl.exp(z - tl.max(z, 0))
+    pi = tl.where(valid, p / tl.sum(p, 0), 0.0)
+    A = A + pi[:, None] * wsq
+    P = P + pi
+    return S, A, P, e, pi, wsq, rden
 
 
 @triton.jit
 def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
             BD: tl.constexpr, BT: tl.constexpr):
     b, s = tl.program_id(0), tl.program_id(1)
-    acc = tl.zeros([HP, BD], dtype=tl.float32)
-    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
-        off, m, _ = _tile(b, c, T, C, D, H, HP, BD, BT)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(x * x, 0)
     so, sm = _stat(H, D, HP, BD)
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    for t0 in range(lo, hi, BT):
+        for i in tl.static_range(BT):
+            x = _row(w, b, t0 + i, _valid(t0 + i, hi, HP), T, C, so, sm)
+            acc += x * x
     tl.store(Wsum + (b * tl.num_programs(1) + s) * H * D + so, acc, mask=sm)
 
 
@@ -91,14 +93,17 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
     A = tl.zeros([HP, BD], dtype=tl.float32)
     P = tl.zeros([HP], dtype=tl.float32)
-    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
-        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        _, _, _, pi = _pi(x, S, temp, bias, pos, b, t, T, tmax, D, H, HP, BOUNDED)
-        tl.store(pi_out + (b * T + t[:, None]) * H + hc[None, :], pi, mask=(t[:, None] < T) & (hc[None, :] < H))
-        S += tl.sum(x * x, 0)
-        A += tl.sum(pi[:, :, None] * x * x, 0)
-        P += tl.sum(pi, 0)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    p0 = tl.load(pos + b)
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    for t0 in range(lo, hi, BT):
+        for i in tl.static_range(BT):
+            t = t0 + i
+            valid = _valid(t, hi, HP)
+            x = _row(w, b, t, valid, T, C, so, sm)
+            S, A, P, _, pi, _, _ = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
+            tl.store(pi_out + (b * T + t) * H + hc, pi, mask=(hc < H) & valid)
     tl.store(AP + k * (H * D + H) + so, A, mask=sm)
     tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
 
@@ -112,90 +117,88 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
-    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
-        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        pi = tl.load(pi_in + (b * T + t[:, None]) * H + hc[None, :], mask=(t[:, None] < T) & (hc[None, :] < H),
-                     other=0.0)
-        pw = pi[:, :, None] * x * x
-        a = A[None, :, :] + tl.cumsum(pw, 0)
-        p = P[None, :] + tl.cumsum(pi, 0)
-        out = -x * pi[:, :, None] / (1.0 + a / (p + 1e-8)[:, :, None])
-        tl.store(y + off, out.to(y.dtype.element_ty), mask=m)
-        A += tl.sum(pw, 0)
-        P += tl.sum(pi, 0)
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    for t0 in range(lo, hi, BT):
+        for i in tl.static_range(BT):
+            t = t0 + i
+            valid = _valid(t, hi, HP)
+            x = _row(w, b, t, valid, T, C, so, sm)
+            pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
+            A += pi[:, None] * x * x
+            P += pi
+            out = -x * pi[:, None] / (1.0 + A * (1.0 / (P + 1e-8))[:, None])
+            tl.store(y + (b * T + t) * C + so, out.to(y.dtype.element_ty), mask=sm & valid[:, None])
 
 
 @triton.jit
 def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
-    # A program walks its slice of tokens forwards, carrying the forward sums (S, A, P) and the prefix sums of the
-    # gradients; a suffix sum is the slice total (from the previous stage) minus the prefix before the token.
-    # STAGE 1: slice totals of d a and d p.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals of d c.
-    # STAGE 3: dw.
+    # A program walks its slice forwards, recomputing the forward sums (S, A, P). Ra, Rp, Rc are the gradients
+    # flowing into A, P, S at the current token from it and every later token: the slice's value at its first
+    # token (from the previous stage's totals) minus what the tokens already walked contributed directly.
+    # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals
+    # of the direct d S.  STAGE 3: dw.
     b, s = tl.program_id(0), tl.program_id(1)
     k = b * tl.num_programs(1) + s
+    F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
-    F: tl.constexpr = H * D + H                     # packed [.. | ..H] rows of the A|P and dA|dP buffers
     A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * F + H * D + hc, mask=hc < H, other=0.0)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    GA_pre = tl.zeros([HP, BD], dtype=tl.float32)
-    GP_pre = tl.zeros([HP], dtype=tl.float32)
-    GC_pre = tl.zeros([HP, BD], dtype=tl.float32)
+    p0 = tl.load(pos + b)
+    GA = tl.zeros([HP, BD], dtype=tl.float32)
+    GP = tl.zeros([HP], dtype=tl.float32)
+    GCs = tl.zeros([HP, BD], dtype=tl.float32)
     gt = tl.zeros([HP], dtype=tl.float32)
     if STAGE >= 2:
-        Ra0 = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
-        Rp0 = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
+        Ra = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
+        Rp = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
             + tl.load(GAP + k * F + H * D + hc, mask=hc < H, other=0.0)
     if STAGE == 3:
-        Rc0 = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
-    for c in range(s * per // BT, tl.minimum((s + 1) * per, T + BT - 1) // BT):
-        off, m, t = _tile(b, c, T, C, D, H, HP, BD, BT)
-        hm = (t[:, None] < T) & (hc[None, :] < H)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-        cs, den, e, pi = _pi(x, S, temp, bias, pos, b, t, T, tmax, D, H, HP, BOUNDED)
-        wsq = x * x
-        pw = pi[:, :, None] * wsq
-        a = A[None, :, :] + tl.cumsum(pw, 0)
-        pe = P[None, :] + tl.cumsum(pi, 0) + 1e-8
-        inv = 1.0 / (1.0 + a / pe[:, :, None])
-        gdots = g * x * pi[:, :, None] * inv * inv
-        ga = tl.where(m, gdots / pe[:, :, None], 0.0)
-        gp = tl.where(hm, -tl.sum(gdots * a, 2) / (pe * pe), 0.0)
-        if STAGE >= 2:
-            Ra = Ra0[None, :, :] - (GA_pre[None, :, :] + tl.cumsum(ga, 0) - ga)
-            Rp = Rp0[None, :] - (GP_pre[None, :] + tl.cumsum(gp, 0) - gp)
-            if STAGE == 2:
-                gpi = tl.sum(-x * g * inv + Ra * wsq, 2) + Rp
-                gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])             # softmax over heads
-                gz = tl.where(hm, gz, 0.0)
-                ge = gz * tv[None, :]
-                tl.store(ge_io + (b * T + t[:, None]) * H + hc[None, :], ge, mask=hm)
-                gt += tl.sum(gz * e, 0)
-            else:
-                ge = tl.load(ge_io + (b * T + t[:, None]) * H + hc[None, :], mask=hm, other=0.0)
-            gc = tl.where(m & (cs > 1e-12), -ge[:, :, None] * wsq / (den * den), 0.0)
-            if STAGE == 3:
-                Rc = Rc0[None, :, :] - (GC_pre[None, :, :] + tl.cumsum(gc, 0) - gc)
-                grad = -pi[:, :, None] * g * inv + 2.0 * Ra * pi[:, :, None] * x \
-                    + ge[:, :, None] * 2.0 * x / den + 2.0 * x * Rc
-                tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
-            GC_pre += tl.sum(gc, 0)
-        GA_pre += tl.sum(ga, 0)
-        GP_pre += tl.sum(gp, 0)
-        S += tl.sum(wsq, 0)
-        A += tl.sum(pw, 0)
-        P += tl.sum(pi, 0)
+        Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    for t0 in range(lo, hi, BT):
+        for i in tl.static_range(BT):
+            t = t0 + i
+            valid = _valid(t, hi, HP)
+            x = _row(w, b, t, valid, T, C, so, sm)
+            g = _row(gy, b, t, valid, T, C, so, sm)
+            S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
+            rpe = 1.0 / (P + 1e-8)
+            inv = 1.0 / (1.0 + A * rpe[:, None])
+            gdots = g * x * pi[:, None] * inv * inv
+            ga = gdots * rpe[:, None]                                     # direct d loss / d A_t
+            gp = -tl.sum(gdots * A, 1) * rpe * rpe                        # direct d loss / d P_t
+            if STAGE >= 2:
+                if STAGE == 2:
+                    gpi = tl.sum(-x * g * inv + Ra * wsq, 1) + Rp
+                    gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
+                    gz = tl.where((hc < H) & valid, gz, 0.0)
+                    ge = gz * tv
+                    tl.store(ge_io + (b * T + t) * H + hc, ge, mask=(hc < H) & valid)
+                    gt += gz * e
+                else:
+                    ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
+                gc = tl.where(S > 1e-12, -ge[:, None] * wsq * rden * rden, 0.0)   # direct d loss / d S_t
+                if STAGE == 3:
+                    grad = pi[:, None] * (2.0 * Ra * x - g * inv) + 2.0 * x * (ge[:, None] * rden + Rc)
+                    tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
+                    Rc -= gc
+                GCs += gc
+                Ra -= ga
+                Rp -= gp
+            GA += ga
+            GP += gp
     if STAGE == 1:
-        tl.store(GAP + k * F + so, GA_pre, mask=sm)
-        tl.store(GAP + k * F + H * D + hc, GP_pre, mask=hc < H)
+        tl.store(GAP + k * F + so, GA, mask=sm)
+        tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
     if STAGE == 2:
-        tl.store(GC + k * H * D + so, GC_pre, mask=sm)
+        tl.store(GC + k * H * D + so, GCs, mask=sm)
         tl.store(gtemp + k * HP + hc, gt)
 
 
@@ -233,9 +236,9 @@ def _scan(X, init1, init2, reverse=False):
 def _cfg(T: int, B: int, H: int, D: int):
     BD = max(2, next_pow2(D))
     HP = max(2, next_pow2(H))
-    BT = max(2, min(64, next_pow2(T), TILE // (HP * BD)))
+    BT = max(1, min(UNROLL, next_pow2(T)))
     NT = triton.cdiv(T, BT)
-    # slices of whole chunks, one program each: enough programs to fill a large GPU
+    # slices of whole unrolled steps, one program each: enough programs to fill a large GPU
     slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
     per = triton.cdiv(NT, slices) * BT
     return BD, HP, BT, triton.cdiv(T, per), per

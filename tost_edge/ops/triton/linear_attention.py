@@ -148,13 +148,13 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
 
 
 CHUNK = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
-WARPS = None   # warps per program (None: 4, or 8 for head sizes over 64)
+WARPS = 8      # warps per program (4 spill the [BT, BT] and state tiles at head size 64)
 
 
 def _cfg(K: int, V: int, dtype: torch.dtype):
     BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
     BT = CHUNK or (64 if max(BK, BV) <= 64 else 32)   # the [BT, BT] and [BK, BV] tiles stay in registers
-    warps = WARPS or (4 if max(BK, BV) <= 64 else 8)
+    warps = WARPS
     return BK, BV, BT, warps, "ieee" if dtype == torch.float32 else "tf32"
 
 

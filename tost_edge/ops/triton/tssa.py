@@ -26,14 +26,14 @@ from .utils import alloc, check_available, interpreting, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 
-NORM_EPS_SQ = 1e-24   # (F.normalize's eps 1e-12)^2, applied to the sum of squares
-PI_EPS = 1e-8
+NORM_EPS_SQ = tl.constexpr(1e-24)  # (F.normalize's eps 1e-12)^2, applied to the sum of squares
+PI_EPS = tl.constexpr(1e-8)
 
 
 def _configs():
     if interpreting():
         return [triton.Config({"TILE": 4096}, num_warps=4)]
-    return [triton.Config({"TILE": t}, num_warps=nw) for t in (4096, 8192, 16384) for nw in (4, 8)
+    return [triton.Config({"TILE": t}, num_warps=nw) for t in (2048, 4096, 8192, 16384) for nw in (4, 8)
             if t // (32 * nw) <= 64]   # at most 64 fp32 tile elements per thread
 
 

@@ -1,0 +1,90 @@
+"""Compile the Triton kernels for a GPU target without a GPU and report what the compiler made of them:
+registers, spill (local memory) bytes, shared memory and SASS instruction counts, at the benchmark shapes.
+
+    python benchmarks/compile_report.py            # sm_90 (H100 / H200)
+    python benchmarks/compile_report.py --arch 87  # Orin
+
+Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def report(label, fn, sig, const, arch, num_warps=4):
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const)
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as d:
+        cubin = Path(d) / "k.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+        sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
+    grab = lambda key: int(m.group(1)) if (m := re.search(rf"{key}:(\d+)", usage)) else -1  # noqa: E731
+    instr = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
+    ops = {}
+    for ln in instr:
+        op = ln.split("*/", 1)[1].strip().split()[0].split(".")[0]
+        op = ln.split("*/", 1)[1].strip().split()[1].split(".")[0] if op.startswith("@") else op
+        ops[op] = ops.get(op, 0) + 1
+    top = ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda x: -x[1])[:8])
+    print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
+          f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  [{top}]", flush=True)
+    return k
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    a = args.arch
+    f32, bf = "*fp32", "*bf16"
+    # TSSA, B64 N4096 C384 H8 (D48)
+    tc = {"C": 384, "D": 48, "H": 8, "HP": 8, "BD": 64}
+    for tile, nw in ((2048, 8), (4096, 8)):
+        for p in (1, 2):
+            report(f"tssa pass{p} tile{tile}", tt._fwd_stats, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi_out=f32, N="i32"),
+                   {**tc, "TILE": tile, "PASS": p}, a, nw)
+        report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32"), {**tc, "TILE": tile}, a, nw)
+        for st in (1, 2, 3):
+            report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32,
+                   gtemp=f32, dw=bf, N="i32"), {**tc, "TILE": tile, "STAGE": st}, a, nw)
+    # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
+    cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
+    for nw in (2, 4):
+        report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
+        report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
+               T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)
+        report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), cc, a, nw)
+        for st in (1, 2, 3):
+            report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, S_start=f32, AP_start=f32, temp=f32, bias=f32,
+                   pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, dw=bf, T="i32", tmax="i32",
+                   per="i32"), {**cc, "BOUNDED": True, "STAGE": st}, a, nw)
+    # linear attention, D64
+    lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
+    report("slice scan", ct._slice_scan, dict(X=f32, init1=f32, init2=f32, start=f32, fin1=f32, fin2=f32, NS="i32"),
+           {"F1": 768, "F2": 12, "BF": 1024, "REVERSE": True}, a, 4)
+    report("linear fwd", la._fwd, dict(q=bf, k=bf, v=bf, S0=f32, z0=f32, y=bf, den=f32, S_T=f32, z_T=f32, T="i32",
+           eps="fp32"), lc, a, la.WARPS)
+    report("linear bwd dq", la._bwd_dq, dict(q=bf, k=bf, v=bf, dy=bf, y=bf, den=f32, S0=f32, z0=f32, dq=bf, T="i32",
+           eps="fp32"), lc, a, la.WARPS)
+    report("linear bwd dkv", la._bwd_dkv, dict(q=bf, k=bf, v=bf, dy=bf, y=bf, den=f32, gS_T=f32, gz_T=f32, dk=bf, dv=bf,
+           dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
+
+
+if __name__ == "__main__":
+    main()
