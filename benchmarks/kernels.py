@@ -78,6 +78,11 @@ def bench(fn, backward: bool, inputs, out_grad=None):
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return float("nan"), float("nan")
+    except Exception as e:  # e.g. a torch.compile baseline the compiler cannot build: reported, not fatal
+        print(f"   failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+        for t in inputs:
+            t.grad = None
+        return float("nan"), float("nan")
 
 
 def copy_bandwidth(dev: str) -> float:

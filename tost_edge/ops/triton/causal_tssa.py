@@ -203,19 +203,22 @@ def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, G
 
 
 @triton.jit
-def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl.constexpr, BF: tl.constexpr,
-                REVERSE: tl.constexpr):
+def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl.constexpr, NSP: tl.constexpr,
+                BF: tl.constexpr, REVERSE: tl.constexpr):
     """Per sequence, over the NS slice totals X [B, NS, F1 + F2]: start[s] = init + sum of the slices before s
-    (after s when REVERSE), and fin = init + all of them. init and fin are split in their F1 and F2 columns."""
+    (after s when REVERSE), and fin = init + all of them. init and fin are split in their F1 and F2 columns.
+    One program holds all NS slices of BF columns and scans them at once."""
     b, j = tl.program_id(0), tl.program_id(1)
     F: tl.constexpr = F1 + F2
     f = j * BF + tl.arange(0, BF)
+    sl = tl.arange(0, NSP)[:, None]
+    m = (sl < NS) & (f[None, :] < F)
+    x = tl.load(X + (b * NS + sl) * F + f[None, :], mask=m, other=0.0)
     m1, m2 = f < F1, (f >= F1) & (f < F)
-    run = tl.load(init1 + b * F1 + f, mask=m1, other=0.0) + tl.load(init2 + b * F2 + (f - F1), mask=m2, other=0.0)
-    for i in range(0, NS):
-        s = NS - 1 - i if REVERSE else i
-        tl.store(start + (b * NS + s) * F + f, run, mask=f < F)
-        run += tl.load(X + (b * NS + s) * F + f, mask=f < F, other=0.0)
+    init = tl.load(init1 + b * F1 + f, mask=m1, other=0.0) + tl.load(init2 + b * F2 + (f - F1), mask=m2, other=0.0)
+    excl = tl.cumsum(x, 0, reverse=REVERSE) - x
+    tl.store(start + (b * NS + sl) * F + f[None, :], init[None, :] + excl, mask=m)
+    run = init + tl.sum(x, 0)
     tl.store(fin1 + b * F1 + f, run, mask=m1)
     tl.store(fin2 + b * F2 + (f - F1), run, mask=m2)
 
@@ -228,8 +231,10 @@ def _scan(X, init1, init2, reverse=False):
     init2 = init1 if init2 is None else init2
     start = alloc(B, NS, F, like=X)
     fin1, fin2 = alloc(*init1.shape, like=init1), alloc(*init2.shape, like=init2) if F2 else init1
-    BF = min(1024, next_pow2(F))
-    _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, BF, reverse)
+    NSP = max(2, next_pow2(NS))
+    BF = max(16, min(next_pow2(F), 8192 // NSP))       # tiles of at most 8192 fp32
+    _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
+                                          num_warps=4)
     return start, fin1, fin2
 
 
