@@ -232,9 +232,9 @@ def _scan(X, init1, init2, reverse=False):
     start = alloc(B, NS, F, like=X)
     fin1, fin2 = alloc(*init1.shape, like=init1), alloc(*init2.shape, like=init2) if F2 else init1
     NSP = max(2, next_pow2(NS))
-    BF = max(16, min(next_pow2(F), 8192 // NSP))       # tiles of at most 8192 fp32
+    BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
     _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
-                                          num_warps=4)
+                                          num_warps=8)
     return start, fin1, fin2
 
 
