@@ -32,6 +32,31 @@ def test_tssa_forward_and_gradients(N, D, H):
     assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("N,D,H", [(5, 32, 32), (3, 128, 2), (17, 48, 12)], ids=["D32-H32", "D128-H2", "D48-H12"])
+def test_tssa_head_sizes_and_counts(N, D, H):
+    """The supported head sizes (32, 48, 64, 128) and up to 32 heads, including non-power-of-two counts."""
+    w, temp = leaf(1, N, H * D), leaf(H, rand=True, offset=0.5)
+    y = tssa(w, temp, H, backend="triton")
+    yr = naive_tssa(w.double(), temp.double(), H)
+    assert_close("y", yr, y, 1e-5)
+    (dw, dt), _ = grads([y], [w, temp])
+    (dwr, dtr), _ = grads([yr], [w, temp])
+    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
+    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,D,H", [(9, 32, 20), (6, 128, 3)], ids=["D32-H20", "D128-H3"])
+def test_causal_head_sizes_and_counts(T, D, H):
+    w, temp, bias = leaf(2, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T, scale=0.1)
+    y, s = causal_tssa(w, temp, bias, H, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H)
+    assert_close("y", yr, y, 1e-5)
+    g, _ = grads([y, *s], [w, temp, bias])
+    gr, _ = grads([yr, *sr], [w, temp, bias])
+    for name, a, b in zip(["w", "temp", "denom_bias"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("T,D,H", SIZES, ids=IDS)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
 def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state):

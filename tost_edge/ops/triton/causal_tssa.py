@@ -152,14 +152,17 @@ def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, G
     p0 = tl.load(pos + b)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GP = tl.zeros([HP], dtype=tl.float32)
-    GCs = tl.zeros([HP, BD], dtype=tl.float32)
+    # d S at the first tokens of a sequence is huge (-d e * w^2 / S^2 with S = w^2); the running suffix of d S
+    # is a slice total minus what was walked, so it is kept in fp64 or that difference would lose the later tokens
+    GCs = tl.zeros([HP, BD], dtype=tl.float64)
     gt = tl.zeros([HP], dtype=tl.float32)
     if STAGE >= 2:
         Ra = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
         Rp = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
             + tl.load(GAP + k * F + H * D + hc, mask=hc < H, other=0.0)
     if STAGE == 3:
-        Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0) + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
+        Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
+            + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
     lo = s * per
     hi = tl.minimum(lo + per, T)
     for t0 in range(lo, hi, BT):
@@ -186,10 +189,10 @@ def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, G
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
                 gc = tl.where(S > 1e-12, -ge[:, None] * wsq * rden * rden, 0.0)   # direct d loss / d S_t
                 if STAGE == 3:
-                    grad = pi[:, None] * (2.0 * Ra * x - g * inv) + 2.0 * x * (ge[:, None] * rden + Rc)
+                    grad = pi[:, None] * (2.0 * Ra * x - g * inv) + 2.0 * x * (ge[:, None] * rden + Rc.to(tl.float32))
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc -= gc
-                GCs += gc
+                    Rc -= gc.to(tl.float64)
+                GCs += gc.to(tl.float64)
                 Ra -= ga
                 Rp -= gp
             GA += ga
@@ -213,10 +216,15 @@ def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl
     f = j * BF + tl.arange(0, BF)
     sl = tl.arange(0, NSP)[:, None]
     m = (sl < NS) & (f[None, :] < F)
-    x = tl.load(X + (b * NS + sl) * F + f[None, :], mask=m, other=0.0)
+    x = tl.load(X + (b * NS + sl) * F + f[None, :], mask=m, other=0.0).to(tl.float32)
+    # the exclusive scan is the inclusive scan of the totals shifted by one slice, never inclusive minus own:
+    # a slice total can dwarf the others (d S at a sequence's first tokens) and the difference would lose them
+    sh = sl + 1 if REVERSE else sl - 1
+    xs = tl.load(X + (b * NS + sh) * F + f[None, :], mask=(sh >= 0) & (sh < NS) & (f[None, :] < F),
+                 other=0.0).to(tl.float32)
     m1, m2 = f < F1, (f >= F1) & (f < F)
     init = tl.load(init1 + b * F1 + f, mask=m1, other=0.0) + tl.load(init2 + b * F2 + (f - F1), mask=m2, other=0.0)
-    excl = tl.cumsum(x, 0, reverse=REVERSE) - x
+    excl = tl.cumsum(xs, 0, reverse=REVERSE)
     tl.store(start + (b * NS + sl) * F + f[None, :], init[None, :] + excl, mask=m)
     run = init + tl.sum(x, 0)
     tl.store(fin1 + b * F1 + f, run, mask=m1)
@@ -229,7 +237,7 @@ def _scan(X, init1, init2, reverse=False):
     F1 = init1[0].numel()
     F2 = F - F1
     init2 = init1 if init2 is None else init2
-    start = alloc(B, NS, F, like=X)
+    start = alloc(B, NS, F, like=X, dtype=torch.float32)
     fin1, fin2 = alloc(*init1.shape, like=init1), alloc(*init2.shape, like=init2) if F2 else init1
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
@@ -285,7 +293,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         gA_T = torch.zeros(B, H, D, device=dev) if gA_T is None else gA_T.float().contiguous()
         gP_T = torch.zeros(B, H, device=dev) if gP_T is None else gP_T.float().contiguous()
         GAP = alloc(B, NT, H * D + H, like=w, dtype=torch.float32)
-        GC = alloc(B, NT, H * D, like=w, dtype=torch.float32)
+        GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         gtemp = alloc(B, NT, HP, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
