@@ -5,7 +5,7 @@ from tests.conftest import DEVICE, assert_close
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa,
                            naive_causal_linear_attention, naive_causal_tssa, naive_tssa, tssa)
 
-SIZES = [(1, 48, 3), (63, 64, 4), (130, 48, 2)]          # (T or N, D, H)
+SIZES = [(1, 48, 3), (63, 64, 4), (130, 48, 2), (500, 64, 2)]          # (T or N, D, H)
 IDS = [f"T{t}-D{d}-H{h}" for t, d, h in SIZES]
 
 

@@ -50,10 +50,13 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
             pos0 = pos0.reshape(1).expand(B)
         if pos0.shape != (B,) or pos0.dtype.is_floating_point:
             fail("pos0", f"an int or an integer tensor of shape ({B},)", f"{pos0.dtype} shape {tuple(pos0.shape)}")
+        # per-sequence positions are range-checked on the host: free for a CPU tensor, one read back for a GPU one
+        lo, hi = (int(pos0.min()), int(pos0.max())) if B and not tracing() else (0, 0)
         pos = pos0.to(device=w.device, dtype=torch.long)
     else:
-        pos = torch.full((B,), int(pos0), dtype=torch.long, device=w.device)
-    if B and not tracing() and int(pos.min()) < 0:
+        lo = hi = int(pos0)               # an int is checked as it is: no device read back (a sync) per call
+        pos = torch.full((B,), lo, dtype=torch.long, device=w.device)
+    if B and not tracing() and lo < 0:
         fail("pos0", "positions >= 0", pos.tolist())
     if denom_bias is not None:
         if denom_bias.dim() == 3 and denom_bias.shape[2] == 1:
@@ -61,7 +64,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         if denom_bias.dim() != 2 or denom_bias.shape[0] != H:
             fail("denom_bias", f"shape ({H}, Tmax) or ({H}, Tmax, 1)", f"shape {tuple(denom_bias.shape)}")
         tmax = denom_bias.shape[1]
-        end = int(pos.max()) + T if B and not tracing() else T
+        end = hi + T if B and not tracing() else T
         if end > tmax and not tracing():
             fail("pos0 + T", f"at most denom_bias.shape[1] = {tmax} (the model's position range)", end)
     if state is None:
