@@ -3,12 +3,14 @@ registers, spill (local memory) bytes, shared memory and SASS instruction counts
 
     python benchmarks/compile_report.py            # sm_90 (H100 / H200)
     python benchmarks/compile_report.py --arch 87  # Orin
+    python benchmarks/compile_report.py --quick    # one launch setting per kernel (what the tests run)
 
 Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -50,22 +52,25 @@ def report(label, fn, sig, const, arch, num_warps=4):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--quick", action="store_true", help="one launch setting per kernel")
     args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        sys.exit("compile_report.py compiles for a GPU target: run it without TRITON_INTERPRET=1")
     a = args.arch
     f32, bf = "*fp32", "*bf16"
     # TSSA, B64 N4096 C384 H8 (D48)
     tc = {"C": 384, "D": 48, "H": 8, "HP": 8, "BD": 64}
-    for tile, nw in ((2048, 8), (4096, 8)):
+    for tile, nw in ((2048, 8),) if args.quick else ((2048, 8), (4096, 8)):
         for p in (1, 2):
-            report(f"tssa pass{p} tile{tile}", tt._fwd_stats, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi_out=f32, N="i32"),
+            report(f"tssa pass{p} tile{tile}", tt._fwd_stats, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi_out=f32, N="i32", NB="i32"),
                    {**tc, "TILE": tile, "PASS": p}, a, nw)
-        report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32"), {**tc, "TILE": tile}, a, nw)
+        report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32", NB="i32"), {**tc, "TILE": tile}, a, nw)
         for st in (1, 2, 3):
             report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32,
-                   gtemp=f32, dw=bf, N="i32"), {**tc, "TILE": tile, "STAGE": st}, a, nw)
+                   gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "TILE": tile, "STAGE": st}, a, nw)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
-    for nw in (2, 4):
+    for nw in (ct.WARPS,) if args.quick else (2, 4):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
                T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)

@@ -38,7 +38,8 @@ def _configs():
 
 
 def _tune(reset=None):
-    return triton.autotune(configs=_configs(), key=["N", "C", "H"], reset_to_zero=reset)
+    # keyed on NB, the power of two at or above N: settings are tuned once per length bucket, not per length
+    return triton.autotune(configs=_configs(), key=["NB", "C", "H"], reset_to_zero=reset)
 
 
 @triton.jit
@@ -78,7 +79,7 @@ def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_stats(w, temp, S, A, P, pi_out, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+def _fwd_stats(w, temp, S, A, P, pi_out, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
                BD: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
     # PASS 1: S += sum w^2.  PASS 2: Pi (stored), A += sum Pi w^2, P += sum Pi.
     BN: tl.constexpr = TILE // (HP * BD)
@@ -111,7 +112,7 @@ def _fwd_stats(w, temp, S, A, P, pi_out, N, C: tl.constexpr, D: tl.constexpr, H:
 
 
 @triton.jit
-def _fwd_out(w, pi, A, P, y, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+def _fwd_out(w, pi, A, P, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
              BD: tl.constexpr, TILE: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD)
     b, nb = tl.program_id(0), tl.program_id(1)
@@ -127,7 +128,7 @@ def _fwd_out(w, pi, A, P, y, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexp
 
 
 @triton.jit
-def _bwd(w, gy, temp, S, A, P, G, dS, gtemp, dw, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+def _bwd(w, gy, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
          HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
     # STAGE 1: G += sum dy w Pi / (1 + dots)^2.  STAGE 2: d temp, dS (atomics).  STAGE 3: dw.
     BN: tl.constexpr = TILE // (HP * BD)
@@ -205,11 +206,11 @@ class TSSAFunction(torch.autograd.Function):
         S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         grid = _slices(B, N, HP, BD)
-        _sumsq_kernel[grid](w, temp32, S, A, P, pi, N, C, D, H, HP, BD, PASS=1)
-        _pi_kernel[grid](w, temp32, S, A, P, pi, N, C, D, H, HP, BD, PASS=2)
+        _sumsq_kernel[grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=1)
+        _pi_kernel[grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=2)
         y = alloc(B, N, C, like=w)
         _out_kernel[lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
-            w, pi, A, P, y, N, C, D, H, HP, BD)
+            w, pi, A, P, y, N, next_pow2(N), C, D, H, HP, BD)
         ctx.save_for_backward(w, temp32, S, A, P)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
@@ -227,7 +228,7 @@ class TSSAFunction(torch.autograd.Function):
         dw = alloc(B, N, C, like=w)
         grid = _slices(B, N, HP, BD)
         for stage in (1, 2, 3):
-            _bwd_kernels[stage][grid](w, gy, temp, S, A, P, G, dS, gtemp, dw, N, C, D, H, HP, BD, STAGE=stage)
+            _bwd_kernels[stage][grid](w, gy, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C, D, H, HP, BD, STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
 
