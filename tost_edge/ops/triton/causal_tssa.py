@@ -11,7 +11,7 @@ Forward (w: [B, T, C]):
   2. per token: S += w^2, e = sum_d w^2 / max(S, 1e-12) + D * denom_bias[h, pos], Pi = softmax_h(temp_h * e)
      (stored); per-slice sums of Pi w^2 and Pi               -> A, P at each slice start
   3. per token: A += Pi w^2, P += Pi, y = -w Pi / (1 + A / (P + 1e-8))
-Backward, three passes that recompute the forward sums: (1) slice totals of the direct gradients of A and P;
+Backward, three passes that recompute the forward sums from w and the stored Pi: (1) slice totals of the direct gradients of A and P;
 (2) their suffix sums give d Pi -> d energy (stored), d temp and slice totals of the direct gradient of S;
 (3) with the suffix sums of that, dw.
 """
@@ -132,10 +132,11 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
-def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
+def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
-    # A program walks its slice forwards, recomputing the forward sums (S, A, P). Ra, Rp, Rc are the gradients
+    # A program walks its slice forwards, recomputing the forward sums (S, A, P) from w and the Pi stored by the
+    # forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients
     # flowing into A, P, S at the current token from it and every later token: the slice's value at its first
     # token (from the previous stage's totals) minus what the tokens already walked contributed directly.
     # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals
@@ -171,7 +172,13 @@ def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, G
             valid = _valid(t, hi, HP)
             x = _row(w, b, t, valid, T, C, so, sm)
             g = _row(gy, b, t, valid, T, C, so, sm)
-            S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
+            pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
+            wsq = x * x
+            A = A + pi[:, None] * wsq
+            P = P + pi
+            if STAGE >= 2:
+                S = S + wsq
+                rden = 1.0 / tl.maximum(S, 1e-12)
             rpe = 1.0 / (P + 1e-8)
             inv = 1.0 / (1.0 + A * rpe[:, None])
             gdots = g * x * pi[:, None] * inv * inv
@@ -179,6 +186,9 @@ def _b_kernel(w, gy, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, G
             gp = -tl.sum(gdots * A, 1) * rpe * rpe                        # direct d loss / d P_t
             if STAGE >= 2:
                 if STAGE == 2:
+                    e = tl.sum(wsq * rden, 1)                                   # the energy, for d temp
+                    if BOUNDED:
+                        e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
                     gpi = tl.sum(-x * g * inv + Ra * wsq, 1) + Rp
                     gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
                     gz = tl.where((hc < H) & valid, gz, 0.0)
@@ -275,13 +285,13 @@ class CausalTSSAFunction(torch.autograd.Function):
         AP_start, A_T, P_T = _scan(AP, A0, P0)
         y = alloc(B, T, C, like=w)
         _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
-        ctx.save_for_backward(w, temp, bias, pos, S_start, AP_start)
+        ctx.save_for_backward(w, pi, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         return y, S_T, A_T, P_T
 
     @staticmethod
     def backward(ctx, gy, gS_T, gA_T, gP_T):
-        w, temp, bias, pos, S_start, AP_start = ctx.saved_tensors
+        w, pi, temp, bias, pos, S_start, AP_start = ctx.saved_tensors
         H, bounded = ctx.H, ctx.bounded
         B, T, C = w.shape
         D = C // H
@@ -297,7 +307,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         gtemp = alloc(B, NT, HP, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
-        args = (w, gy, S_start, AP_start, temp, bias, pos)
+        args = (w, gy, pi, S_start, AP_start, temp, bias, pos)
         tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
         _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, dw, *tail, 1, num_warps=BWD_WARPS)
         R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice

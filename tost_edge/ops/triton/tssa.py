@@ -9,7 +9,8 @@ Forward, three passes over w:
   1. S = sum_n w^2                                                    (read w)
   2. Pi = softmax_h(temp_h * sum_d w^2 / S); A = sum_n Pi w^2; P = sum_n Pi   (read w, write Pi [B, N, H])
   3. y = -w * Pi / (1 + A / (P + 1e-8))                               (read w and Pi, write y)
-Backward recomputes Pi from w and the per-channel statistics (no per-token tensor is kept between passes):
+Backward reads the Pi the forward pass stored ([B, N, H] fp32: 2H/C of w's bytes in bf16) with the per-channel
+statistics, so only the d temp pass recomputes the energy:
   1. G = sum_n dy w Pi / (1 + dots)^2                                  (read w, dy)
   2. d temp and dS                                                    (read w, dy)
   3. dw                                                               (read w, dy, write dw)
@@ -128,7 +129,7 @@ def _fwd_out(w, pi, A, P, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.cons
 
 
 @triton.jit
-def _bwd(w, gy, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
          HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
     # STAGE 1: G += sum dy w Pi / (1 + dots)^2.  STAGE 2: d temp, dS (atomics).  STAGE 3: dw.
     BN: tl.constexpr = TILE // (HP * BD)
@@ -154,20 +155,22 @@ def _bwd(w, gy, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.c
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
         g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-        pi, e = _pi(x, invS, tv, H, HP)
+        n = n0 + tl.arange(0, BN)
+        nh = (n[:, None] < N) & (hc[None, :] < H)
+        pi = tl.load(pi_in + (b * N + n[:, None]) * H + hc[None, :], mask=nh, other=0.0)
         if STAGE == 1:
             acc += tl.sum(g * x * pi[:, :, None], 0)
         else:
             gpi = tl.sum(-x * g * inv[None, :, :] + Gs[None, :, :] * x * x, 2) + gPv[None, :]
             gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
-            n = n0 + tl.arange(0, BN)
-            gz = tl.where((n[:, None] < N) & (hc[None, :] < H), gz, 0.0)
+            gz = tl.where(nh, gz, 0.0)
             ge = gz * tv[None, :]
             if STAGE == 3:
                 grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
                     + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
                 tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
             else:
+                e = tl.sum(x * x * invS[None, :, :], 2)                     # the energy, for d temp
                 gt += tl.sum(gz * e, 0)
                 acc += tl.sum(ge[:, :, None] * x * x, 0)
     if STAGE == 1:
@@ -211,13 +214,13 @@ class TSSAFunction(torch.autograd.Function):
         y = alloc(B, N, C, like=w)
         _out_kernel[lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
             w, pi, A, P, y, N, next_pow2(N), C, D, H, HP, BD)
-        ctx.save_for_backward(w, temp32, S, A, P)
+        ctx.save_for_backward(w, temp32, S, A, P, pi)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        w, temp, S, A, P = ctx.saved_tensors
+        w, temp, S, A, P, pi = ctx.saved_tensors
         H = ctx.num_heads
         B, N, C = w.shape
         D = C // H
@@ -228,7 +231,8 @@ class TSSAFunction(torch.autograd.Function):
         dw = alloc(B, N, C, like=w)
         grid = _slices(B, N, HP, BD)
         for stage in (1, 2, 3):
-            _bwd_kernels[stage][grid](w, gy, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C, D, H, HP, BD, STAGE=stage)
+            _bwd_kernels[stage][grid](w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C, D, H, HP, BD,
+                                      STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
 
