@@ -77,7 +77,7 @@ def main() -> None:
         report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), cc, a, nw)
         for st in (1, 2, 3):
             report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32,
-                   pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, dw=bf, T="i32", tmax="i32",
+                   pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
                    per="i32"), {**cc, "BOUNDED": True, "STAGE": st}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}

@@ -25,8 +25,10 @@ class CausalTSSAState(NamedTuple):
 
     @staticmethod
     def zeros(batch: int, num_heads: int, head_dim: int, device=None, dtype=torch.float32) -> "CausalTSSAState":
-        z = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
-        return CausalTSSAState(z(batch, num_heads, head_dim), z(batch, num_heads, head_dim), z(batch, num_heads))
+        n, m = batch * num_heads * head_dim, batch * num_heads
+        buf = torch.zeros(2 * n + m, device=device, dtype=dtype)        # one allocation and memset for the three
+        return CausalTSSAState(buf[:n].view(batch, num_heads, head_dim), buf[n:2 * n].view(batch, num_heads, head_dim),
+                               buf[2 * n:].view(batch, num_heads))
 
 
 PosLike = Union[int, torch.Tensor]

@@ -133,7 +133,7 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 @triton.jit
 def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
-              dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+              gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
     # A program walks its slice forwards, recomputing the forward sums (S, A, P) from w and the Pi stored by the
     # forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients
@@ -194,6 +194,8 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
                     gz = tl.where((hc < H) & valid, gz, 0.0)
                     ge = gz * tv
                     tl.store(ge_io + (b * T + t) * H + hc, ge, mask=(hc < H) & valid)
+                    if BOUNDED:
+                        tl.atomic_add(gbias + hc * tmax + p0 + t, D * ge, mask=(hc < H) & valid)
                     gt += gz * e
                 else:
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
@@ -212,7 +214,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
         tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
     if STAGE == 2:
         tl.store(GC + k * H * D + so, GCs, mask=sm)
-        tl.store(gtemp + k * HP + hc, gt)
+        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
 
 
 @triton.jit
@@ -299,27 +301,29 @@ class CausalTSSAFunction(torch.autograd.Function):
         tmax = bias.shape[1]
         dev = w.device
         gy = torch.zeros_like(w) if gy is None else gy.contiguous()
-        gS_T = torch.zeros(B, H, D, device=dev) if gS_T is None else gS_T.float().contiguous()
-        gA_T = torch.zeros(B, H, D, device=dev) if gA_T is None else gA_T.float().contiguous()
-        gP_T = torch.zeros(B, H, device=dev) if gP_T is None else gP_T.float().contiguous()
+        # one zeroed workspace: d temp and d denom_bias (accumulated with atomics) and the absent state gradients
+        n, m = B * H * D, B * H
+        ws = torch.zeros(H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
+        gtemp, gbias = ws[:H], ws[H:H + bias.numel()].view(bias.shape)
+        zS, zA, zP = ws[H + bias.numel():].split([n, n, m])
+        gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
+        gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
+        gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
         GAP = alloc(B, NT, H * D + H, like=w, dtype=torch.float32)
         GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
-        gtemp = alloc(B, NT, HP, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
         args = (w, gy, pi, S_start, AP_start, temp, bias, pos)
         tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
-        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, dw, *tail, 1, num_warps=BWD_WARPS)
+        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, gbias, dw, *tail, 1,
+                           num_warps=BWD_WARPS)
         R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice
-        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, dw, *tail, 2, num_warps=BWD_WARPS)
+        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, gbias, dw, *tail, 2,
+                           num_warps=BWD_WARPS)
         Rc_end, gS0, _ = _scan(GC, gS_T, None, reverse=True)
-        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, dw, *tail, 3, num_warps=BWD_WARPS)
-        gt = gtemp.sum((0, 1))[:H]
-        gbias = None
-        if bounded:
-            idx = (pos[:, None] + torch.arange(T, device=dev)).reshape(-1)              # [B*T]
-            gbias = torch.zeros_like(bias).index_add_(1, idx, (D * ge).reshape(-1, H).t())
-        return dw, gt, gbias, None, gS0, gA0, gP0, None, None
+        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, gbias, dw, *tail, 3,
+                           num_warps=BWD_WARPS)
+        return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
 
 
 def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
