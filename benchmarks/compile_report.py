@@ -67,7 +67,7 @@ def main() -> None:
         report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32", NB="i32"), {**tc, "TILE": tile}, a, nw)
         for st in (1, 2, 3):
             report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32,
-                   gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "TILE": tile, "STAGE": st}, a, nw)
+                   gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "PI_STORED": True, "TILE": tile, "STAGE": st}, a, nw)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
     for nw in (ct.WARPS,) if args.quick else (2, 4):
@@ -78,7 +78,7 @@ def main() -> None:
         for st in (1, 2, 3):
             report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32,
                    pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
-                   per="i32"), {**cc, "BOUNDED": True, "STAGE": st}, a, nw)
+                   per="i32"), {**cc, "BOUNDED": True, "PI_STORED": True, "STAGE": st}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     report("slice scan", ct._slice_scan, dict(X=f32, init1=f32, init2=f32, start=f32, fin1=f32, fin2=f32, NS="i32"),

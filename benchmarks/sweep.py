@@ -85,7 +85,7 @@ def main() -> None:
     best = {}
     best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
-                                 grid(PROGRAMS=[512, 1024, 2048, 4096])],
+                                 grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False])],
                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
 
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
@@ -94,7 +94,7 @@ def main() -> None:
 
     w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
     temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
-    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096])],
+    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False])],
                          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
 
     out = Path(args.out)

@@ -141,12 +141,16 @@ def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
         tssa(w, torch.ones(2), 2, backend="triton")
 
 
+@pytest.mark.parametrize("save_pi", [True, False], ids=["stored-pi", "recomputed-pi"])
 @pytest.mark.parametrize("programs", [1, 3], ids=lambda p: f"programs{p}")
-def test_long_slices_per_program(monkeypatch, programs):
-    """Few programs: each walks many chunks, carrying its running sums across them."""
+def test_long_slices_per_program(monkeypatch, programs, save_pi):
+    """Few programs: each walks many chunks, carrying its running sums across them. The backward passes read the
+    forward's Pi, or recompute it."""
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
     monkeypatch.setattr(ct, "PROGRAMS", programs)
     monkeypatch.setattr(tt, "PROGRAMS", programs)
+    monkeypatch.setattr(ct, "SAVE_PI", save_pi)
+    monkeypatch.setattr(tt, "SAVE_PI", save_pi)
     B, T, H, D = 2, 150, 3, 16
     w, temp, bias = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5), leaf(H, T + 4, 1, scale=0.1)
     s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]

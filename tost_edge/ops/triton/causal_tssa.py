@@ -28,6 +28,7 @@ PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
 WARPS = 4        # warps per program, forward passes
 BWD_WARPS = 4    # warps per program, backward passes
+SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes the softmax over heads)
 
 
 @triton.jit
@@ -134,7 +135,8 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 @triton.jit
 def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-              BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, STAGE: tl.constexpr):
+              BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
+              STAGE: tl.constexpr):
     # A program walks its slice forwards, recomputing the forward sums (S, A, P) from w and the Pi stored by the
     # forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients
     # flowing into A, P, S at the current token from it and every later token: the slice's value at its first
@@ -172,13 +174,16 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
             valid = _valid(t, hi, HP)
             x = _row(w, b, t, valid, T, C, so, sm)
             g = _row(gy, b, t, valid, T, C, so, sm)
-            pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
-            wsq = x * x
-            A = A + pi[:, None] * wsq
-            P = P + pi
-            if STAGE >= 2:
-                S = S + wsq
-                rden = 1.0 / tl.maximum(S, 1e-12)
+            if PI_STORED:
+                pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
+                wsq = x * x
+                A = A + pi[:, None] * wsq
+                P = P + pi
+                if STAGE >= 2:
+                    S = S + wsq
+                    rden = 1.0 / tl.maximum(S, 1e-12)
+            else:
+                S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
             rpe = 1.0 / (P + 1e-8)
             inv = 1.0 / (1.0 + A * rpe[:, None])
             gdots = g * x * pi[:, None] * inv * inv
@@ -186,9 +191,10 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
             gp = -tl.sum(gdots * A, 1) * rpe * rpe                        # direct d loss / d P_t
             if STAGE >= 2:
                 if STAGE == 2:
-                    e = tl.sum(wsq * rden, 1)                                   # the energy, for d temp
-                    if BOUNDED:
-                        e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
+                    if PI_STORED:
+                        e = tl.sum(wsq * rden, 1)                               # the energy, for d temp
+                        if BOUNDED:
+                            e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
                     gpi = tl.sum(-x * g * inv + Ra * wsq, 1) + Rp
                     gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
                     gz = tl.where((hc < H) & valid, gz, 0.0)
@@ -287,7 +293,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         AP_start, A_T, P_T = _scan(AP, A0, P0)
         y = alloc(B, T, C, like=w)
         _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
-        ctx.save_for_backward(w, pi, temp, bias, pos, S_start, AP_start)
+        ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         return y, S_T, A_T, P_T
 
@@ -313,8 +319,8 @@ class CausalTSSAFunction(torch.autograd.Function):
         GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
-        args = (w, gy, pi, S_start, AP_start, temp, bias, pos)
-        tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded)
+        args = (w, gy, w if pi is None else pi, S_start, AP_start, temp, bias, pos)
+        tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded, pi is not None)
         _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, gbias, dw, *tail, 1,
                            num_warps=BWD_WARPS)
         R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice

@@ -9,8 +9,9 @@ Forward, three passes over w:
   1. S = sum_n w^2                                                    (read w)
   2. Pi = softmax_h(temp_h * sum_d w^2 / S); A = sum_n Pi w^2; P = sum_n Pi   (read w, write Pi [B, N, H])
   3. y = -w * Pi / (1 + A / (P + 1e-8))                               (read w and Pi, write y)
-Backward reads the Pi the forward pass stored ([B, N, H] fp32: 2H/C of w's bytes in bf16) with the per-channel
-statistics, so only the d temp pass recomputes the energy:
+Backward reads the Pi the forward pass stored ([B, N, H] fp32: 2H/C of w's bytes in bf16, 4% at C384 H8) with the
+per-channel statistics, since recomputing the softmax over heads is most of the passes' arithmetic; SAVE_PI = False
+recomputes it instead and keeps no per-token tensor:
   1. G = sum_n dy w Pi / (1 + dots)^2                                  (read w, dy)
   2. d temp and dS                                                    (read w, dy)
   3. dw                                                               (read w, dy, write dw)
@@ -26,6 +27,7 @@ from ..tssa.naive import check_temp, check_w
 from .utils import alloc, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
+SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
 
 NORM_EPS_SQ = tl.constexpr(1e-24)  # (F.normalize's eps 1e-12)^2, applied to the sum of squares
 PI_EPS = tl.constexpr(1e-8)
@@ -130,7 +132,7 @@ def _fwd_out(w, pi, A, P, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.cons
 
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-         HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
+         HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
     # STAGE 1: G += sum dy w Pi / (1 + dots)^2.  STAGE 2: d temp, dS (atomics).  STAGE 3: dw.
     BN: tl.constexpr = TILE // (HP * BD)
     b = tl.program_id(0)
@@ -157,7 +159,10 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, 
         g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
-        pi = tl.load(pi_in + (b * N + n[:, None]) * H + hc[None, :], mask=nh, other=0.0)
+        if PI_STORED:
+            pi = tl.load(pi_in + (b * N + n[:, None]) * H + hc[None, :], mask=nh, other=0.0)
+        else:
+            pi, e = _pi(x, invS, tv, H, HP)
         if STAGE == 1:
             acc += tl.sum(g * x * pi[:, :, None], 0)
         else:
@@ -170,7 +175,8 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, 
                     + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
                 tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
             else:
-                e = tl.sum(x * x * invS[None, :, :], 2)                     # the energy, for d temp
+                if PI_STORED:
+                    e = tl.sum(x * x * invS[None, :, :], 2)                 # the energy, for d temp
                 gt += tl.sum(gz * e, 0)
                 acc += tl.sum(ge[:, :, None] * x * x, 0)
     if STAGE == 1:
@@ -214,7 +220,7 @@ class TSSAFunction(torch.autograd.Function):
         y = alloc(B, N, C, like=w)
         _out_kernel[lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
             w, pi, A, P, y, N, next_pow2(N), C, D, H, HP, BD)
-        ctx.save_for_backward(w, temp32, S, A, P, pi)
+        ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
 
@@ -230,9 +236,10 @@ class TSSAFunction(torch.autograd.Function):
         G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:]
         dw = alloc(B, N, C, like=w)
         grid = _slices(B, N, HP, BD)
+        stored = pi is not None
         for stage in (1, 2, 3):
-            _bwd_kernels[stage][grid](w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C, D, H, HP, BD,
-                                      STAGE=stage)
+            _bwd_kernels[stage][grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C,
+                                      D, H, HP, BD, stored, STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
 
