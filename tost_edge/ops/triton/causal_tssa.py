@@ -11,9 +11,12 @@ Forward (w: [B, T, C]):
   2. per token: S += w^2, e = sum_d w^2 / max(S, 1e-12) + D * denom_bias[h, pos], Pi = softmax_h(temp_h * e)
      (stored); per-slice sums of Pi w^2 and Pi               -> A, P at each slice start
   3. per token: A += Pi w^2, P += Pi, y = -w Pi / (1 + A / (P + 1e-8))
-Backward, three passes that recompute the forward sums from w and the stored Pi: (1) slice totals of the direct gradients of A and P;
-(2) their suffix sums give d Pi -> d energy (stored), d temp and slice totals of the direct gradient of S;
-(3) with the suffix sums of that, dw.
+Backward, three passes that recompute the forward sums from w and the stored Pi (SAVE_PI = False: recomputed):
+  1. slice totals of the direct gradients of A and P;
+  2. their suffix sums give d Pi -> d energy (stored), d temp, d denom_bias and slice totals of the direct d S;
+  3. with the suffix sums of that, dw.
+The suffix sum of d S is a slice total minus what the walk has passed, kept in fp64: at a sequence's first tokens
+d S is huge (-d e w^2 / S^2 with S = w^2) and in fp32 the difference would lose every later token.
 """
 from __future__ import annotations
 
@@ -155,9 +158,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     p0 = tl.load(pos + b)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GP = tl.zeros([HP], dtype=tl.float32)
-    # d S at the first tokens of a sequence is huge (-d e * w^2 / S^2 with S = w^2); the running suffix of d S
-    # is a slice total minus what was walked, so it is kept in fp64 or that difference would lose the later tokens
-    GCs = tl.zeros([HP, BD], dtype=tl.float64)
+    GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
     gt = tl.zeros([HP], dtype=tl.float32)
     if STAGE >= 2:
         Ra = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
