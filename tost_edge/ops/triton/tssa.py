@@ -19,6 +19,8 @@ Tile size and warps are autotuned on a GPU (one config under the interpreter).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -41,8 +43,10 @@ def _configs():
 
 
 def _tune(reset=None):
-    # keyed on NB, the power of two at or above N: settings are tuned once per length bucket, not per length
-    return triton.autotune(configs=_configs(), key=["NB", "C", "H"], reset_to_zero=reset)
+    # keyed on NB, the power of two at or above N: settings are tuned once per length bucket, not per length;
+    # where Triton can, the choice is cached on disk so a new process does not time the configs again
+    disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs=_configs(), key=["NB", "C", "H"], reset_to_zero=reset, **disk)
 
 
 @triton.jit
