@@ -168,3 +168,22 @@ def test_long_slices_per_program(monkeypatch, programs, save_pi):
     (dw,), _ = grads([y2], [w])
     (dwr,), _ = grads([y2r], [w])
     assert_close("tssa dw", dwr, dw, 2e-5, atol=1e-6)
+
+
+def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
+    """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
+    statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""
+    import triton
+    from tost_edge.ops.triton import tssa as tt
+    from tost_edge.ops.triton.utils import cpu_timer
+
+    configs = [triton.Config({"TILE": t}, num_warps=4) for t in (2048, 4096)]
+    monkeypatch.setattr(tt, "KERNELS", tt.autotuned(configs, do_bench=cpu_timer))
+    w, temp = leaf(2, 37, 4 * 16), leaf(4, rand=True, offset=0.5)
+    y = tssa(w, temp, 4, backend="triton")
+    yr = naive_tssa(w.double(), temp.double(), 4)
+    assert_close("y", yr, y, 1e-5)
+    (dw, dt), _ = grads([y], [w, temp])
+    (dwr, dtr), _ = grads([yr], [w, temp])
+    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
+    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)

@@ -42,13 +42,6 @@ def _configs():
             if t // (32 * nw) <= 64]   # at most 64 fp32 tile elements per thread
 
 
-def _tune(reset=None):
-    # keyed on NB, the power of two at or above N: settings are tuned once per length bucket, not per length;
-    # where Triton can, the choice is cached on disk so a new process does not time the configs again
-    disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
-    return triton.autotune(configs=_configs(), key=["NB", "C", "H"], reset_to_zero=reset, **disk)
-
-
 @triton.jit
 def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
              BN: tl.constexpr):
@@ -190,11 +183,22 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, 
         tl.atomic_add(gtemp + hc, gt, mask=hc < H)
 
 
-# One autotuner per pass: each resets only the statistics its own pass accumulates while it times configs.
-_sumsq_kernel = _tune(reset=["S"])(_fwd_stats)
-_pi_kernel = _tune(reset=["A", "P"])(_fwd_stats)
-_out_kernel = _tune()(_fwd_out)
-_bwd_kernels = {1: _tune(reset=["G"])(_bwd), 2: _tune(reset=["dS", "gtemp"])(_bwd), 3: _tune()(_bwd)}
+def autotuned(configs=None, do_bench=None) -> dict:
+    """The autotuned passes: one autotuner each, resetting only the statistics its own pass accumulates while it
+    times configs (never what an earlier pass produced). Keyed on NB, the power of two at or above N (settings are
+    tuned once per length bucket), and on PASS / STAGE (the passes share a kernel source); where Triton can, the
+    choice is cached on disk so a new process does not time the configs again."""
+    disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+    def tune(fn, reset=None, variant=None):
+        return triton.autotune(configs=configs or _configs(), key=["NB", "C", "H"] + ([variant] if variant else []),
+                               reset_to_zero=reset, do_bench=do_bench, **disk)(fn)
+    return {"sumsq": tune(_fwd_stats, ["S"], "PASS"), "pi": tune(_fwd_stats, ["A", "P"], "PASS"),
+            "out": tune(_fwd_out), 1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"),
+            3: tune(_bwd, None, "STAGE")}
+
+
+KERNELS = autotuned()
 
 
 def _blocks(H: int, D: int):
@@ -219,10 +223,10 @@ class TSSAFunction(torch.autograd.Function):
         S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         grid = _slices(B, N, HP, BD)
-        _sumsq_kernel[grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=1)
-        _pi_kernel[grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=2)
+        KERNELS["sumsq"][grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=1)
+        KERNELS["pi"][grid](w, temp32, S, A, P, pi, N, next_pow2(N), C, D, H, HP, BD, PASS=2)
         y = alloc(B, N, C, like=w)
-        _out_kernel[lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
+        KERNELS["out"][lambda meta: (B, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
             w, pi, A, P, y, N, next_pow2(N), C, D, H, HP, BD)
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
@@ -242,7 +246,7 @@ class TSSAFunction(torch.autograd.Function):
         grid = _slices(B, N, HP, BD)
         stored = pi is not None
         for stage in (1, 2, 3):
-            _bwd_kernels[stage][grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C,
+            KERNELS[stage][grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C,
                                       D, H, HP, BD, stored, STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
