@@ -81,14 +81,13 @@ def main() -> None:
                    per="i32"), {**cc, "BOUNDED": True, "PI_STORED": True, "STAGE": st}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
-    report("slice scan", ct._slice_scan, dict(X=f32, init1=f32, init2=f32, start=f32, fin1=f32, fin2=f32, NS="i32"),
-           {"F1": 768, "F2": 12, "NSP": 128, "BF": 32, "REVERSE": True}, a, 8)
-    report("linear fwd", la._fwd, dict(q=bf, k=bf, v=bf, S0=f32, z0=f32, y=bf, den=f32, S_T=f32, z_T=f32, T="i32",
-           eps="fp32"), lc, a, la.WARPS)
-    report("linear bwd dq", la._bwd_dq, dict(q=bf, k=bf, v=bf, dy=bf, y=bf, den=f32, S0=f32, z0=f32, dq=bf, T="i32",
-           eps="fp32"), lc, a, la.WARPS)
-    report("linear bwd dkv", la._bwd_dkv, dict(q=bf, k=bf, v=bf, dy=bf, y=bf, den=f32, gS_T=f32, gz_T=f32, dk=bf, dv=bf,
-           dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
+    for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)
+        report(f"linear fwd {name}", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32, S_T=f32, z_T=f32,
+               T="i32", eps="fp32"), lc, a, la.WARPS)
+        report(f"linear bwd dq {name}", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32, z0=f32, dq=t,
+               T="i32", eps="fp32"), lc, a, la.WARPS)
+        report(f"linear bwd dkv {name}", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32, gz_T=f32,
+               dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,26 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
     for name, ref, t32, tri in zip(names, results["ref"], results["torch32"], results["triton"]):
         err, base = _rel(tri, ref), _rel(t32, ref)
         assert err <= 10 * base + 1e-5, f"{name}: triton rel err {err:.1e}, fp32 torch {base:.1e}"
+
+
+def test_linear_attention_fp16_state_past_fp16_range():
+    """A long fp16 stream whose state passes 65504 (fp16's largest value): the state dots run as fp32, so the
+    output and the gradients stay finite and close to fp64."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 1, 2300, 1, 16
+    q, k, v = ((torch.randn(B, T, H, D, generator=g) * sd + m).to(DEVICE, torch.float16).requires_grad_()
+               for m, sd in ((0.0, 1.0), (5.0, 0.5), (5.0, 3.0)))
+    y, s = causal_linear_attention(q, k, v, backend="triton")
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    yr, sr = naive_causal_linear_attention(q64, k64, v64)
+    assert sr.kv.abs().max() > 65504
+    assert_close("y", yr, y, 3e-3)
+    assert_close("state.kv", sr.kv, s.kv, 3e-3)
+    cot = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    g16 = torch.autograd.grad(y, [q, k, v], cot.to(DEVICE, torch.float16))
+    g64 = torch.autograd.grad(yr, [q64, k64, v64], cot.to(DEVICE))
+    # dq = sum_j (do_i . (v_j - y_i)) phi(k_j) phi'(q_i), and y_i is the phi(k)-weighted mean of the v_j: the sum
+    # cancels to ~1/100 of its terms here, so its error is that of 10-bit-mantissa dots scaled up accordingly
+    for name, a, b in zip("qkv", g16, g64):
+        assert torch.isfinite(a).all(), f"d{name} not finite"
+        assert_close(f"d{name}", b, a, 0.15 if name == "q" else 1e-2)

@@ -7,6 +7,10 @@ Inside a chunk everything is a tensor-core dot in the input dtype (fp32 accumula
     o   = A v + phi(q) S                               y = o / (rowsum(A) + phi(q) z + eps)
     S  += phi(k)^T v,  z += sum phi(k)
 
+The state and the scores grow with the sequence (the state sums every token) and pass fp16's 65504 on long streams,
+while the output gradient do = dy / den shrinks with it below fp16's normal range; so with fp16 inputs the dots that
+take a state, the scores or do run as fp32 (TF32: fp16's 10-bit mantissa, fp32's range). bf16 has fp32's range.
+
 The feature map phi = elu + 1 and the normaliser are fused: q, k, v are read raw, y is written once, and the
 normaliser den [B, T, H] (fp32, 1/D of the activations) is kept for the backward pass, which recomputes phi and
 rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly.
@@ -50,6 +54,7 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     so, sm = _state_off(bh, K, V, BK, BV)
     kk = tl.arange(0, BK)
     S = tl.load(S0 + so, mask=sm, other=0.0)                                  # [BK, BV] fp32
@@ -64,7 +69,7 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
         fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
         A = tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC)              # [BT, BT]
         A = tl.where(t[:, None] >= t[None, :], A, 0.0)
-        o = tl.dot(A.to(dt), v_d, input_precision=PREC) + tl.dot(fq_d, S.to(dt), input_precision=PREC)
+        o = tl.dot(A.to(wt), vc.to(wt), input_precision=PREC) + tl.dot(fq.to(wt), S.to(wt), input_precision=PREC)
         dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
         tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
         tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
@@ -90,6 +95,7 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     so, sm = _state_off(bh, K, V, BK, BV)
     kk = tl.arange(0, BK)
     S = tl.load(S0 + so, mask=sm, other=0.0)
@@ -102,10 +108,11 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
         do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
         _, dphi = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
-        fk_d, v_d, do_d = fk.to(dt), vc.to(dt), do.to(dt)
+        fk_d, v_d, do_d = fk.to(wt), vc.to(wt), do.to(wt)
         M = tl.dot(do_d, tl.trans(v_d), input_precision=PREC) + dd[:, None]  # [i, j]
         M = tl.where((t[:, None] >= t[None, :]) & (t[None, :] < T), M, 0.0)
-        dfq = tl.dot(M.to(dt), fk_d, input_precision=PREC) + tl.dot(do_d, tl.trans(S.to(dt)), input_precision=PREC)
+        dfq = tl.dot(M.to(wt), fk_d, input_precision=PREC) \
+            + tl.dot(do.to(wt), tl.trans(S.to(wt)), input_precision=PREC)
         dfq += dd[:, None] * z[None, :]
         tl.store(dq + qo, (dfq * dphi).to(dq.dtype.element_ty), mask=qm)
         S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
@@ -119,6 +126,7 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     so, sm = _state_off(bh, K, V, BK, BV)
     kk = tl.arange(0, BK)
     dS = tl.load(gS_T + so, mask=sm, other=0.0)
@@ -132,13 +140,14 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
         do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
         fq, _ = _phi(qr, qm)
         fk, dphi = _phi(kr, qm)
-        fq_d, fk_d, v_d, do_d = fq.to(dt), fk.to(dt), vc.to(dt), do.to(dt)
+        fq_d, fk_d, v_d, do_d = fq.to(wt), fk.to(wt), vc.to(wt), do.to(wt)
         causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)
         M = tl.where(causal, tl.dot(do_d, tl.trans(v_d), input_precision=PREC) + dd[:, None], 0.0)  # [i, j]
         A = tl.where(causal, tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC), 0.0)               # [i, j]
-        dfk = tl.dot(tl.trans(M.to(dt)), fq_d, input_precision=PREC) \
-            + tl.dot(v_d, tl.trans(dS.to(dt)), input_precision=PREC) + dz[None, :]
-        dvc = tl.dot(tl.trans(A.to(dt)), do_d, input_precision=PREC) + tl.dot(fk_d, dS.to(dt), input_precision=PREC)
+        dfk = tl.dot(tl.trans(M.to(wt)), fq_d, input_precision=PREC) \
+            + tl.dot(vc.to(wt), tl.trans(dS.to(wt)), input_precision=PREC) + dz[None, :]
+        dvc = tl.dot(tl.trans(A.to(wt)), do.to(wt), input_precision=PREC) \
+            + tl.dot(fk.to(wt), dS.to(wt), input_precision=PREC)
         tl.store(dk + ko, (dfk * dphi).to(dk.dtype.element_ty), mask=qm)
         tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
         dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
