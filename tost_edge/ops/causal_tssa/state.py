@@ -53,7 +53,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         if pos0.shape != (B,) or pos0.dtype.is_floating_point:
             fail("pos0", f"an int or an integer tensor of shape ({B},)", f"{pos0.dtype} shape {tuple(pos0.shape)}")
         # per-sequence positions are range-checked on the host: free for a CPU tensor, one read back for a GPU one
-        lo, hi = (int(pos0.min()), int(pos0.max())) if B and not tracing() else (0, 0)
+        lo, hi = torch.stack(pos0.aminmax()).tolist() if B and not tracing() else (0, 0)
         pos = pos0.to(device=w.device, dtype=torch.long)
     else:
         lo = hi = int(pos0)               # an int is checked as it is: no device read back (a sync) per call
