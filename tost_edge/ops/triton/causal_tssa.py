@@ -42,6 +42,25 @@ def _stat(H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _slice(T, per):
+    """This program's sequence b, flat slice index k and token range [lo, hi)."""
+    b, s = tl.program_id(0), tl.program_id(1)
+    lo = s * per
+    return b, b * tl.num_programs(1) + s, lo, tl.minimum(lo + per, T)
+
+
+@triton.jit
+def _energy(wsq, rden, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+            BOUNDED: tl.constexpr):
+    """e [HP] = sum_d w^2 / max(S, eps) + D * denom_bias[h, pos0 + t]."""
+    hc = tl.arange(0, HP)
+    e = tl.sum(wsq * rden, 1)
+    if BOUNDED:
+        e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
+    return e
+
+
+@triton.jit
 def _valid(t, hi, HP: tl.constexpr):
     """[HP] copies of t < hi (a per-head vector rather than a scalar, so it combines with every mask)."""
     return (tl.zeros([HP], dtype=tl.int32) + t) < hi
@@ -61,9 +80,7 @@ def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.cons
     wsq = x * x
     S = S + wsq
     rden = 1.0 / tl.maximum(S, 1e-12)
-    e = tl.sum(wsq * rden, 1)
-    if BOUNDED:
-        e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
+    e = _energy(wsq, rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
     z = tl.where(hc < H, e * tv, float("-inf"))
     p = tl.exp(z - tl.max(z, 0))
     pi = tl.where(valid, p / tl.sum(p, 0), 0.0)
@@ -75,23 +92,20 @@ def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.cons
 @triton.jit
 def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
             BD: tl.constexpr, BT: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
+    b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
     acc = tl.zeros([HP, BD], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             x = _row(w, b, t0 + i, _valid(t0 + i, hi, HP), T, C, so, sm)
             acc += x * x
-    tl.store(Wsum + (b * tl.num_programs(1) + s) * H * D + so, acc, mask=sm)
+    tl.store(Wsum + k * H * D + so, acc, mask=sm)
 
 
 @triton.jit
 def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
           H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
-    k = b * tl.num_programs(1) + s
+    b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
@@ -99,8 +113,6 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
     P = tl.zeros([HP], dtype=tl.float32)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     p0 = tl.load(pos + b)
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -115,14 +127,11 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
 @triton.jit
 def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
            HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    b, s = tl.program_id(0), tl.program_id(1)
-    k = b * tl.num_programs(1) + s
+    b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -146,8 +155,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     # token (from the previous stage's totals) minus what the tokens already walked contributed directly.
     # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals
     # of the direct d S.  STAGE 3: dw.
-    b, s = tl.program_id(0), tl.program_id(1)
-    k = b * tl.num_programs(1) + s
+    b, k, lo, hi = _slice(T, per)
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
@@ -167,8 +175,6 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     if STAGE == 3:
         Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
             + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -193,9 +199,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
             if STAGE >= 2:
                 if STAGE == 2:
                     if PI_STORED:
-                        e = tl.sum(wsq * rden, 1)                               # the energy, for d temp
-                        if BOUNDED:
-                            e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
+                        e = _energy(wsq, rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
                     gpi = tl.sum(-x * g * inv + Ra * wsq, 1) + Rp
                     gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
                     gz = tl.where((hc < H) & valid, gz, 0.0)

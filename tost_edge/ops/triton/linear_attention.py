@@ -42,10 +42,24 @@ def _phi(x, m):
 
 
 @triton.jit
-def _state_off(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    kk = tl.arange(0, BK)[:, None]
+def _state_at(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of (sequence, head) bh's S [K, V] in a [B, H, K, V] buffer and z [K] in a [B, H, K] one."""
+    kk = tl.arange(0, BK)
     vv = tl.arange(0, BV)[None, :]
-    return bh * K * V + kk * V + vv, (kk < K) & (vv < V)
+    return bh * K * V + kk[:, None] * V + vv, (kk[:, None] < K) & (vv < V), bh * K + kk, kk < K
+
+
+@triton.jit
+def _load_state(S_ptr, z_ptr, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    so, sm, zo, zm = _state_at(bh, K, V, BK, BV)
+    return tl.load(S_ptr + so, mask=sm, other=0.0), tl.load(z_ptr + zo, mask=zm, other=0.0)
+
+
+@triton.jit
+def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    so, sm, zo, zm = _state_at(bh, K, V, BK, BV)
+    tl.store(S_ptr + so, S, mask=sm)
+    tl.store(z_ptr + zo, z, mask=zm)
 
 
 @triton.jit
@@ -55,10 +69,7 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    so, sm = _state_off(bh, K, V, BK, BV)
-    kk = tl.arange(0, BK)
-    S = tl.load(S0 + so, mask=sm, other=0.0)                                  # [BK, BV] fp32
-    z = tl.load(z0 + bh * K + kk, mask=kk < K, other=0.0)                    # [BK] fp32
+    S, z = _load_state(S0, z0, bh, K, V, BK, BV)                            # [BK, BV], [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
         qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
@@ -75,8 +86,7 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
         tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
         S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
         z += tl.sum(fk, 0)
-    tl.store(S_T + so, S, mask=sm)
-    tl.store(z_T + bh * K + kk, z, mask=kk < K)
+    _store_state(S_T, z_T, S, z, bh, K, V, BK, BV)
 
 
 @triton.jit
@@ -96,10 +106,7 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    so, sm = _state_off(bh, K, V, BK, BV)
-    kk = tl.arange(0, BK)
-    S = tl.load(S0 + so, mask=sm, other=0.0)
-    z = tl.load(z0 + bh * K + kk, mask=kk < K, other=0.0)
+    S, z = _load_state(S0, z0, bh, K, V, BK, BV)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
         qr, qo, qm = _rows(q, b, h, t, T, H, K, BK)
@@ -127,10 +134,7 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    so, sm = _state_off(bh, K, V, BK, BV)
-    kk = tl.arange(0, BK)
-    dS = tl.load(gS_T + so, mask=sm, other=0.0)
-    dz = tl.load(gz_T + bh * K + kk, mask=kk < K, other=0.0)
+    dS, dz = _load_state(gS_T, gz_T, bh, K, V, BK, BV)
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
@@ -152,8 +156,7 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
         tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
         dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
         dz += tl.sum(fq * dd[:, None], 0)
-    tl.store(dS0 + so, dS, mask=sm)
-    tl.store(dz0 + bh * K + kk, dz, mask=kk < K)
+    _store_state(dS0, dz0, dS, dz, bh, K, V, BK, BV)
 
 
 CHUNK = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
