@@ -66,7 +66,7 @@ def main() -> None:
                    {**tc, "TILE": tile, "PASS": p}, a, nw)
         report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32", NB="i32"), {**tc, "TILE": tile}, a, nw)
         for st in (1, 2, 3):
-            report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32,
+            report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32,
                    gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "PI_STORED": True, "TILE": tile, "STAGE": st}, a, nw)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}

@@ -4,10 +4,13 @@ eager PyTorch, torch.compile of it, and fla's chunk linear attention when import
     python benchmarks/kernels.py                          # all shapes, bf16, forward and forward+backward
     python benchmarks/kernels.py --quick --out benchmarks/results
     python benchmarks/kernels.py --quick --no-compile --profile     # plus the time of each kernel launch
+    python benchmarks/kernels.py --quick --graph          # also time Triton and fla replayed from a CUDA graph
 
 Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
 write y forward; also read w and dy and write dw backward) in GB/s and as a fraction of the card's HBM bandwidth,
-peak memory, and ratios against the Triton kernels measured in the same run.
+peak memory, and ratios against the Triton kernels measured in the same run. With --graph the Triton kernels (and
+fla's) are also timed replayed from a CUDA graph (triton.testing.do_bench_cudagraph), as a captured training step
+runs them: the difference to the plain timing is the host's launch overhead.
 """
 from __future__ import annotations
 
@@ -55,9 +58,10 @@ def official_causal_tssa(w, temp, bias, H):
     return y.transpose(1, 2).reshape(B, T, C)
 
 
-def bench(fn, backward: bool, inputs, out_grad=None):
-    """Median ms and peak extra memory (MiB) of fn (forward, or forward + backward)."""
-    from triton.testing import do_bench
+def bench(fn, backward: bool, inputs, out_grad=None, graph=False):
+    """Median ms and peak extra memory (MiB) of fn (forward, or forward + backward); graph: replayed from a CUDA
+    graph (no host time; the peak memory is not measured then)."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
     def run():
         out = fn()
@@ -65,6 +69,12 @@ def bench(fn, backward: bool, inputs, out_grad=None):
             o = out[0] if isinstance(out, tuple) else out
             o.backward(out_grad if out_grad is not None else torch.ones_like(o))
     try:
+        if graph:
+            run()   # autotuning and compilation happen outside the capture
+            ms = do_bench_cudagraph(run, rep=50, grad_to_none=inputs if backward else None, return_mode="median")
+            for t in inputs:
+                t.grad = None
+            return ms, float("nan")
         ms = do_bench(run, warmup=10, rep=50, grad_to_none=inputs if backward else None, return_mode="median")
         for t in inputs:
             t.grad = None
@@ -83,6 +93,16 @@ def bench(fn, backward: bool, inputs, out_grad=None):
         for t in inputs:
             t.grad = None
         return float("nan"), float("nan")
+
+
+def with_graphs(variants: dict, graph: bool):
+    """(name, fn, replayed from a CUDA graph?) for every variant, plus "<name>-graph" for Triton's and fla's."""
+    for name, fn in variants.items():
+        yield name, fn, False
+    if graph:
+        for name, fn in variants.items():
+            if name in ("triton", "fla-chunk"):
+                yield f"{name}-graph", fn, True
 
 
 def copy_bandwidth(dev: str) -> float:
@@ -134,6 +154,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
     ap.add_argument("--tuned", help="sweep.json from benchmarks/sweep.py: run with its best launch settings")
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
+    ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -185,10 +206,10 @@ def main() -> None:
             variants = {"triton": lambda: tssa(w, temp, H, backend="triton"), "eager": lambda: official_tssa(w, temp, H)}
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
-            for variant, fn in variants.items():
+            for variant, fn, graph in with_graphs(variants, args.graph):
                 for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
                     with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [w, temp])
+                        ms, peak = bench(fn, bwd, [w, temp], graph=graph)
                     record("tssa", shape, variant, mode, ms, peak, k * nb)
             if args.profile:
                 profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
@@ -210,10 +231,10 @@ def main() -> None:
                         "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
-            for variant, fn in variants.items():
+            for variant, fn, graph in with_graphs(variants, args.graph):
                 for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
                     with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [w, temp, bias])
+                        ms, peak = bench(fn, bwd, [w, temp, bias], graph=graph)
                     record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
@@ -223,10 +244,10 @@ def main() -> None:
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]
-            for variant, fn in la.items():
+            for variant, fn, graph in with_graphs(la, args.graph):
                 for mode, bwd, kk in (("fwd", False, 4), ("fwd+bwd", True, 11)):
                     with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [q, k_, v])
+                        ms, peak = bench(fn, bwd, [q, k_, v], graph=graph)
                     record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
             if args.profile:
                 for variant, fn in la.items():
@@ -242,10 +263,11 @@ def main() -> None:
     for r in rows:
         r["speedup_of_triton"] = r["ms"] / ref.get((r["op"], r["shape"], r["mode"]), float("nan"))
     # causal TSSA against fla's chunk linear attention at the same B, T, H, D
-    fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "fla-chunk"}
-    for r in rows:
-        if r["op"] == "causal_tssa" and r["variant"] == "triton" and (r["shape"], r["mode"]) in fla:
-            r["fla_chunk_ms_same_shape"] = fla[(r["shape"], r["mode"])]
+    for ours, theirs in (("triton", "fla-chunk"), ("triton-graph", "fla-chunk-graph")):
+        fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == theirs}
+        for r in rows:
+            if r["op"] == "causal_tssa" and r["variant"] == ours and (r["shape"], r["mode"]) in fla:
+                r["fla_chunk_ms_same_shape"] = fla[(r["shape"], r["mode"])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = name.replace(" ", "_")

@@ -11,10 +11,13 @@ Forward, three passes over w:
   3. y = -w * Pi / (1 + A / (P + 1e-8))                               (read w and Pi, write y)
 Backward reads the Pi the forward pass stored ([B, N, H] fp32: 2H/C of w's bytes in bf16, 4% at C384 H8) with the
 per-channel statistics, since recomputing the softmax over heads is most of the passes' arithmetic; SAVE_PI = False
-recomputes it instead and keeps no per-token tensor:
-  1. G = sum_n dy w Pi / (1 + dots)^2                                  (read w, dy)
-  2. d temp and dS                                                    (read w, dy)
-  3. dw                                                               (read w, dy, write dw)
+recomputes it instead and keeps no per-token tensor between the two. Within the backward, two per-token [B, N, H]
+scalars pass between stages so that the middle stage does not read dy and the last does no softmax backward:
+  1. G = sum_n dy w Pi / (1 + dots)^2; r = sum_d dy w / (1 + dots)     (read w, dy; write r)
+  2. d energy (from r), d temp and dS                                 (read w; write d energy)
+  3. dw                                                               (read w, dy, d energy; write dw)
+Forward and backward move 10 units of w's size (4 + 6) against the 5 that reading w and dy, and writing y and dw,
+need.
 Tile size and warps are autotuned on a GPU (one config under the interpreter).
 """
 from __future__ import annotations
@@ -128,9 +131,12 @@ def _fwd_out(w, pi, A, P, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.cons
 
 
 @triton.jit
-def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-         HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
-    # STAGE 1: G += sum dy w Pi / (1 + dots)^2.  STAGE 2: d temp, dS (atomics).  STAGE 3: dw.
+def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
+         H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr,
+         STAGE: tl.constexpr):
+    # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
+    # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
+    # STAGE 3: dw from the stored d energy (no softmax backward).
     BN: tl.constexpr = TILE // (HP * BD)
     b = tl.program_id(0)
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
@@ -147,35 +153,41 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, N, NB, C: tl.constexpr, 
     if STAGE >= 2:
         Gv = tl.load(G + so, mask=sm, other=0.0)
         Gs = Gv * invPe[:, None]
+    if STAGE == 2:
         gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                           # d loss / d P
     if STAGE == 3:
         dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0), 0.0)
     for n0 in range(lo, hi, BN):
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
+        tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
         if PI_STORED:
-            pi = tl.load(pi_in + (b * N + n[:, None]) * H + hc[None, :], mask=nh, other=0.0)
+            pi = tl.load(pi_in + tok, mask=nh, other=0.0)
         else:
             pi, e = _pi(x, invS, tv, H, HP)
         if STAGE == 1:
+            g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
             acc += tl.sum(g * x * pi[:, :, None], 0)
-        else:
-            gpi = tl.sum(-x * g * inv[None, :, :] + Gs[None, :, :] * x * x, 2) + gPv[None, :]
+            tl.store(r_io + tok, tl.sum(g * x * inv[None, :, :], 2), mask=nh)
+        if STAGE == 2:
+            r = tl.load(r_io + tok, mask=nh, other=0.0)
+            gpi = tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :]
             gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
             gz = tl.where(nh, gz, 0.0)
             ge = gz * tv[None, :]
-            if STAGE == 3:
-                grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
-                    + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
-                tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
-            else:
-                if PI_STORED:
-                    e = tl.sum(x * x * invS[None, :, :], 2)                 # the energy, for d temp
-                gt += tl.sum(gz * e, 0)
-                acc += tl.sum(ge[:, :, None] * x * x, 0)
+            tl.store(ge_io + tok, ge, mask=nh)
+            if PI_STORED:
+                e = tl.sum(x * x * invS[None, :, :], 2)                     # the energy, for d temp
+            gt += tl.sum(gz * e, 0)
+            acc += tl.sum(ge[:, :, None] * x * x, 0)
+        if STAGE == 3:
+            g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
+            ge = tl.load(ge_io + tok, mask=nh, other=0.0)
+            grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
+                + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+            tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
     if STAGE == 1:
         tl.atomic_add(G + so, acc * inv * inv, mask=sm)
     if STAGE == 2:
@@ -242,12 +254,13 @@ class TSSAFunction(torch.autograd.Function):
         HP, BD = _blocks(H, D)
         ws = torch.zeros(2 * B * C + H, device=w.device, dtype=torch.float32)
         G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:]
+        r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         dw = alloc(B, N, C, like=w)
         grid = _slices(B, N, HP, BD)
         stored = pi is not None
         for stage in (1, 2, 3):
-            KERNELS[stage][grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw, N, next_pow2(N), C,
-                                      D, H, HP, BD, stored, STAGE=stage)
+            KERNELS[stage][grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw, N, next_pow2(N),
+                                 C, D, H, HP, BD, stored, STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
 
