@@ -3,8 +3,9 @@ each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py com
 
     python benchmarks/sweep.py --out benchmarks/results
 
-bf16, triton.testing.do_bench medians, forward and forward+backward; every variant is checked against the default
-configuration's output before it is timed.
+bf16, triton.testing.do_bench medians, forward and forward+backward, and forward+backward replayed from a CUDA graph
+(do_bench_cudagraph: what a captured training step pays, without the host's launch time); the plain forward+backward
+chooses. Every variant is checked against the default configuration's output before it is timed.
 """
 from __future__ import annotations
 
@@ -23,14 +24,22 @@ from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa
 
 
 def timed(fn, inputs):
-    from triton.testing import do_bench
+    """Forward and forward+backward medians (ms), and forward+backward replayed from a CUDA graph (no host time)."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
     def both():
         out = fn()
         out.backward(torch.ones_like(out))
     fwd = do_bench(lambda: fn(), warmup=5, rep=30, return_mode="median")
     fb = do_bench(both, warmup=5, rep=30, grad_to_none=inputs, return_mode="median")
-    return fwd, fb
+    try:
+        graph = do_bench_cudagraph(both, rep=30, grad_to_none=inputs, return_mode="median")
+    except Exception as e:  # reported, not fatal: the plain timings still choose
+        print(f"   graph capture failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+        graph = float("nan")
+    for t in inputs:
+        t.grad = None
+    return fwd, fb, graph
 
 
 def grid(**axes):
@@ -51,18 +60,19 @@ def sweep(label, module, stages, fn, inputs, rows):
             try:
                 with torch.no_grad():
                     err = ((fn().float() - ref).norm() / ref.norm()).item()
-                fwd, fb = timed(fn, inputs)
+                fwd, fb, graph = timed(fn, inputs)
             except Exception as e:  # a config that does not compile (registers, shared memory) is reported
                 print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
                 continue
             finally:
                 for k, v in defaults.items():
                     setattr(module, k, v)
-            row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "rel_err_vs_default": err}
+            row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_graph_ms": graph,
+                   "rel_err_vs_default": err}
             rows.append(row)
             timed_rows.append((fb, cfg))
             print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
-                  f"(bwd {fb - fwd:7.3f})  err {err:.1e}", flush=True)
+                  f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}", flush=True)
         if timed_rows:
             best_cfg.update(min(timed_rows, key=lambda r: r[0])[1])
             for k, v in best_cfg.items():
@@ -94,7 +104,8 @@ def main() -> None:
 
     w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
     temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
-    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False])],
+    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
+                                                      grid(L2_GROUP=[0, 2, 4, 8, 16])],
                          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
 
     out = Path(args.out)

@@ -172,6 +172,22 @@ def test_long_slices_per_program(monkeypatch, programs, save_pi):
     assert_close("tssa dw", dwr, dw, 2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("group", [1, 2], ids=lambda g: f"group{g}")
+def test_tssa_l2_groups(monkeypatch, group):
+    """Passes run group by group over the batch (the last group shorter): the same output and gradients, and no
+    group reads or writes another's statistics."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "L2_GROUP", group)
+    w, temp = leaf(5, 21, 3 * 16), leaf(3, rand=True, offset=0.5)
+    y = tssa(w, temp, 3, backend="triton")
+    yr = naive_tssa(w.double(), temp.double(), 3)
+    assert_close("y", yr, y, 1e-5)
+    (dw, dt), _ = grads([y], [w, temp])
+    (dwr, dtr), _ = grads([yr], [w, temp])
+    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
+    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""
