@@ -95,7 +95,8 @@ def main() -> None:
     best = {}
     best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
-                                 grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False])],
+                                 grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
+                                 grid(L2_GROUP=[0, 2, 4])],
                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
 
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))

@@ -173,19 +173,33 @@ def test_long_slices_per_program(monkeypatch, programs, save_pi):
 
 
 @pytest.mark.parametrize("group", [1, 2], ids=lambda g: f"group{g}")
-def test_tssa_l2_groups(monkeypatch, group):
-    """Passes run group by group over the batch (the last group shorter): the same output and gradients, and no
-    group reads or writes another's statistics."""
-    from tost_edge.ops.triton import tssa as tt
+def test_l2_groups(monkeypatch, group):
+    """Passes run group by group over the batch (the last group shorter): the same outputs, final states and
+    gradients, and no group reads or writes another's statistics."""
+    from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
     monkeypatch.setattr(tt, "L2_GROUP", group)
-    w, temp = leaf(5, 21, 3 * 16), leaf(3, rand=True, offset=0.5)
-    y = tssa(w, temp, 3, backend="triton")
-    yr = naive_tssa(w.double(), temp.double(), 3)
+    monkeypatch.setattr(ct, "L2_GROUP", group)
+    B, T, H, D = 5, 21, 3, 16
+    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 4, scale=0.1)
+    y = tssa(w, temp, H, backend="triton")
+    yr = naive_tssa(w.double(), temp.double(), H)
     assert_close("y", yr, y, 1e-5)
     (dw, dt), _ = grads([y], [w, temp])
     (dwr, dtr), _ = grads([yr], [w, temp])
     assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
     assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    pos = torch.tensor([0, 4, 1, 2, 3], device=DEVICE)
+    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
+                               CausalTSSAState(*[x.double() for x in s0]), pos)
+    assert_close("causal y", yr, y, 1e-5)
+    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    g, _ = grads([y, *s], [w, temp, bias, *s0])
+    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
+    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
+        assert_close(f"causal d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
 
 
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):

@@ -25,13 +25,14 @@ import triton
 import triton.language as tl
 
 from ..causal_tssa.state import CausalTSSAState, prepare
-from .utils import alloc, check_available, next_pow2
+from .utils import alloc, batch_groups, check_available, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
 WARPS = 4        # warps per program, forward passes
 BWD_WARPS = 4    # warps per program, backward passes
 SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes the softmax over heads)
+L2_GROUP = 0     # >0: run all passes on this many sequences before the next ones (see _groups); 0: whole batch
 
 
 @triton.jit
@@ -254,22 +255,29 @@ def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl
     tl.store(fin2 + b * F2 + (f - F1), run, mask=m2)
 
 
-def _scan(X, init1, init2, reverse=False):
-    """-> (start [B, NS, F], fin1 [B, F1], fin2 [B, F2]) of _slice_scan; init2 may be None (F2 = 0)."""
+def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
+    """_slice_scan of X [B, NS, F] into start [B, NS, F], fin1 [B, F1] and fin2 [B, F2]; init2 / fin2 may be None
+    (F2 = 0)."""
     B, NS, F = X.shape
     F1 = init1[0].numel()
     F2 = F - F1
     init2 = init1 if init2 is None else init2
-    start = alloc(B, NS, F, like=X, dtype=torch.float32)
-    fin1, fin2 = alloc(*init1.shape, like=init1), alloc(*init2.shape, like=init2) if F2 else init1
+    fin2 = fin1 if fin2 is None else fin2
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
     _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
                                           num_warps=8)
-    return start, fin1, fin2
+
+
+def _groups(B: int):
+    """(sequences, view of a [B, ...] tensor) per group the passes run over one after another (tssa.batch_groups):
+    with L2_GROUP = g > 0 every pass runs on g sequences before the next g start, so that what a later pass reads
+    again can still be in L2."""
+    return batch_groups(B, L2_GROUP)
 
 
 def _cfg(T: int, B: int, H: int, D: int):
+    B = min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
     BD = max(2, next_pow2(D))
     HP = max(2, next_pow2(H))
     BT = max(1, min(UNROLL, next_pow2(T)))
@@ -288,16 +296,19 @@ class CausalTSSAFunction(torch.autograd.Function):
         BD, HP, BT, NT, per = _cfg(T, B, H, D)
         tmax = bias.shape[1]
         HD = H * D
-        Wsum = alloc(B, NT, HD, like=w, dtype=torch.float32)
-        _f_wsum[(B, NT)](w, Wsum, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
-        S_start, S_T, _ = _scan(Wsum, S0, None)
+        Wsum, S_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD, like=w, dtype=torch.float32)
+        AP, AP_start = (alloc(B, NT, HD + H, like=w, dtype=torch.float32) for _ in range(2))
+        S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
-        AP = alloc(B, NT, HD + H, like=w, dtype=torch.float32)
-        _f_pi[(B, NT)](w, S_start, temp, bias, pos, pi, AP, T, tmax, per, C, D, H, HP, BD, BT, bounded,
-                           num_warps=WARPS)
-        AP_start, A_T, P_T = _scan(AP, A0, P0)
         y = alloc(B, T, C, like=w)
-        _f_out[(B, NT)](w, pi, AP_start, y, T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
+        for nb, g in _groups(B):
+            grid = (nb, NT)
+            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
+            _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
+            _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
+                        bounded, num_warps=WARPS)
+            _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
+            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         return y, S_T, A_T, P_T
@@ -320,20 +331,22 @@ class CausalTSSAFunction(torch.autograd.Function):
         gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
         gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
         gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
-        GAP = alloc(B, NT, H * D + H, like=w, dtype=torch.float32)
-        GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
+        GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
+        GC, Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float64), alloc(B, NT, H * D, like=w, dtype=torch.float32)
+        gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
+            alloc(B, H, like=w, dtype=torch.float32)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
-        args = (w, gy, w if pi is None else pi, S_start, AP_start, temp, bias, pos)
-        tail = (T, tmax, per, C, D, H, HP, BD, BT, bounded, pi is not None)
-        _b_kernel[(B, NT)](*args, GAP, GC, ge, GAP, GC, gtemp, gbias, dw, *tail, 1,
-                           num_warps=BWD_WARPS)
-        R_end, gA0, gP0 = _scan(GAP, gA_T, gP_T, reverse=True)        # gradients flowing in after each slice
-        _b_kernel[(B, NT)](*args, R_end, GC, ge, GAP, GC, gtemp, gbias, dw, *tail, 2,
-                           num_warps=BWD_WARPS)
-        Rc_end, gS0, _ = _scan(GC, gS_T, None, reverse=True)
-        _b_kernel[(B, NT)](*args, R_end, Rc_end, ge, GAP, GC, gtemp, gbias, dw, *tail, 3,
-                           num_warps=BWD_WARPS)
+        stored = pi is not None
+        for nb, g in _groups(B):
+            grid = (nb, NT)
+            args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
+            tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
+            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, num_warps=BWD_WARPS)
+            _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
+            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, num_warps=BWD_WARPS)
+            _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
+            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, num_warps=BWD_WARPS)
         return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
 
 

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..tssa.naive import check_temp, check_w
-from .utils import alloc, check_available, interpreting, next_pow2
+from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -225,12 +225,12 @@ def _slices(B: int, N: int, HP: int, BD: int):
 
 
 def _groups(B: int):
-    """Batch ranges the passes run over one after another. With L2_GROUP = g > 0 every pass runs on g batch elements
-    before the next g start, so the w (and dy) a later pass reads again is still in the L2 cache (50 MB on an
-    H100 / H200: g * N * C * 2 bytes, forward; twice that backward) instead of coming from HBM again; it costs
-    3 launches per group, which a CUDA-graph-captured training step does not pay on the host."""
-    g = L2_GROUP if L2_GROUP > 0 else B
-    return [(b0, min(b0 + g, B)) for b0 in range(0, B, g)] or [(0, 0)]
+    """(batch elements, view of a [B, ...] tensor) per group the passes run over one after another. With
+    L2_GROUP = g > 0 every pass runs on g batch elements before the next g start, so the w (and dy) a later pass
+    reads again is still in the L2 cache (50 MB on an H100 / H200: g * N * C * 2 bytes forward, twice that
+    backward) instead of coming from HBM again; it costs 3 launches per group, which a CUDA-graph-captured training
+    step does not pay on the host."""
+    return batch_groups(B, L2_GROUP)
 
 
 class TSSAFunction(torch.autograd.Function):
@@ -245,14 +245,13 @@ class TSSAFunction(torch.autograd.Function):
         S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
-        for b0, b1 in _groups(B):
-            g = slice(b0, b1)
-            grid = _slices(b1 - b0, N, HP, BD)
-            stats = (w[g], temp32, S[g], A[g], P[g], pi[g], N, next_pow2(N), C, D, H, HP, BD)
+        for nb, g in _groups(B):
+            grid = _slices(nb, N, HP, BD)
+            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), N, next_pow2(N), C, D, H, HP, BD)
             KERNELS["sumsq"][grid](*stats, PASS=1)
             KERNELS["pi"][grid](*stats, PASS=2)
-            KERNELS["out"][lambda meta: (b1 - b0, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
-                w[g], pi[g], A[g], P[g], y[g], N, next_pow2(N), C, D, H, HP, BD)
+            KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
+                g(w), g(pi), g(A), g(P), g(y), N, next_pow2(N), C, D, H, HP, BD)
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
@@ -270,12 +269,11 @@ class TSSAFunction(torch.autograd.Function):
         r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         dw = alloc(B, N, C, like=w)
         stored = pi is not None
-        for b0, b1 in _groups(B):
-            g = slice(b0, b1)
-            grid = _slices(b1 - b0, N, HP, BD)
+        for nb, g in _groups(B):
+            grid = _slices(nb, N, HP, BD)
             for stage in (1, 2, 3):
-                KERNELS[stage][grid](w[g], gy[g], pi[g] if stored else w[g], temp, S[g], A[g], P[g], G[g], dS[g],
-                                     gtemp, r[g], ge[g], dw[g], N, next_pow2(N), C, D, H, HP, BD, stored,
+                KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
+                                     gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, BD, stored,
                                      STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 

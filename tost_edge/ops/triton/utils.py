@@ -37,6 +37,14 @@ def alloc(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     return t
 
 
+def batch_groups(B: int, group: int):
+    """[(size, part)]: the whole batch as one group (part returns a tensor as it is: no view to build per launch)
+    when group <= 0 or group >= B, else groups of `group` along dim 0 (the last one shorter)."""
+    if group <= 0 or group >= B:
+        return [(B, lambda t: t)]
+    return [(min(group, B - b0), lambda t, s=slice(b0, b0 + group): t[s]) for b0 in range(0, B, group)]
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
