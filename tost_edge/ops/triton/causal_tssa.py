@@ -91,29 +91,23 @@ def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.cons
 
 
 @triton.jit
-def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-            BD: tl.constexpr, BT: tl.constexpr):
-    b, k, lo, hi = _slice(T, per)
-    so, sm = _stat(H, D, HP, BD)
+def _walk_wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, so, sm):
+    """sum of w^2 over tokens [lo, hi) of sequence b -> [HP, BD]."""
     acc = tl.zeros([HP, BD], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             x = _row(w, b, t0 + i, _valid(t0 + i, hi, HP), T, C, so, sm)
             acc += x * x
-    tl.store(Wsum + k * H * D + so, acc, mask=sm)
+    return acc
 
 
 @triton.jit
-def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
-          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
-    b, k, lo, hi = _slice(T, per)
-    so, sm = _stat(H, D, HP, BD)
+def _walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+             HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, so, sm):
+    """From S at token lo: Pi of tokens [lo, hi) (stored) and their sums of Pi w^2 [HP, BD] and Pi [HP]."""
     hc = tl.arange(0, HP)
-    S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
     A = tl.zeros([HP, BD], dtype=tl.float32)
     P = tl.zeros([HP], dtype=tl.float32)
-    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    p0 = tl.load(pos + b)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -121,18 +115,14 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
             x = _row(w, b, t, valid, T, C, so, sm)
             S, A, P, _, pi, _, _ = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
             tl.store(pi_out + (b * T + t) * H + hc, pi, mask=(hc < H) & valid)
-    tl.store(AP + k * (H * D + H) + so, A, mask=sm)
-    tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
+    return A, P
 
 
 @triton.jit
-def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    b, k, lo, hi = _slice(T, per)
-    so, sm = _stat(H, D, HP, BD)
+def _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+              BT: tl.constexpr, so, sm):
+    """From the sums A, P at token lo: y of tokens [lo, hi)."""
     hc = tl.arange(0, HP)
-    A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
-    P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -146,36 +136,53 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
-def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
-              gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-              BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-              STAGE: tl.constexpr):
-    # A program walks its slice forwards, recomputing the forward sums (S, A, P) from w and the Pi stored by the
-    # forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients
-    # flowing into A, P, S at the current token from it and every later token: the slice's value at its first
-    # token (from the previous stage's totals) minus what the tokens already walked contributed directly.
-    # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp, slice totals
-    # of the direct d S.  STAGE 3: dw.
+def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+            BD: tl.constexpr, BT: tl.constexpr):
     b, k, lo, hi = _slice(T, per)
-    F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
+    so, sm = _stat(H, D, HP, BD)
+    tl.store(Wsum + k * H * D + so, _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm), mask=sm)
+
+
+@triton.jit
+def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
+          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
+    b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
-    A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
-    P = tl.load(AP_start + k * F + H * D + hc, mask=hc < H, other=0.0)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    p0 = tl.load(pos + b)
+    A, P = _walk_pi(w, S, tv, bias, tl.load(pos + b), pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
+                    so, sm)
+    tl.store(AP + k * (H * D + H) + so, A, mask=sm)
+    tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
+
+
+@triton.jit
+def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    b, k, lo, hi = _slice(T, per)
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
+    P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
+    _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+
+
+@triton.jit
+def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
+            C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+            BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, so, sm):
+    # Walks tokens [lo, hi) forwards, recomputing the forward sums (S, A, P) from their values at token lo, w and
+    # the Pi stored by the forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients flowing
+    # into A, P, S at the current token from it and every later token: their value at token lo (what flows in
+    # after the slice plus the slice's own direct total) minus what the tokens already walked contributed.
+    # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp and d denom_bias
+    # (atomics), slice totals of the direct d S (fp64).  STAGE 3: dw.
+    hc = tl.arange(0, HP)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GP = tl.zeros([HP], dtype=tl.float32)
     GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
     gt = tl.zeros([HP], dtype=tl.float32)
-    if STAGE >= 2:
-        Ra = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
-        Rp = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
-            + tl.load(GAP + k * F + H * D + hc, mask=hc < H, other=0.0)
-    if STAGE == 3:
-        Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
-            + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
     for t0 in range(lo, hi, BT):
         for i in tl.static_range(BT):
             t = t0 + i
@@ -221,12 +228,42 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
                 Rp -= gp
             GA += ga
             GP += gp
+    if STAGE == 2:
+        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
+    return GA, GP, GCs
+
+
+@triton.jit
+def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
+              gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+              BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
+              STAGE: tl.constexpr):
+    # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
+    b, k, lo, hi = _slice(T, per)
+    F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
+    A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
+    P = tl.load(AP_start + k * F + H * D + hc, mask=hc < H, other=0.0)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    Ra = tl.zeros([HP, BD], dtype=tl.float32)
+    Rp = tl.zeros([HP], dtype=tl.float32)
+    Rc = tl.zeros([HP, BD], dtype=tl.float64)
+    if STAGE >= 2:
+        Ra = tl.load(R_end + k * F + so, mask=sm, other=0.0) + tl.load(GAP + k * F + so, mask=sm, other=0.0)
+        Rp = tl.load(R_end + k * F + H * D + hc, mask=hc < H, other=0.0) \
+            + tl.load(GAP + k * F + H * D + hc, mask=hc < H, other=0.0)
+    if STAGE == 3:
+        Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
+            + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
+    GA, GP, GCs = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, tl.load(pos + b), b,
+                          lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
     if STAGE == 1:
         tl.store(GAP + k * F + so, GA, mask=sm)
         tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
     if STAGE == 2:
         tl.store(GC + k * H * D + so, GCs, mask=sm)
-        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
 
 
 @triton.jit
