@@ -79,6 +79,14 @@ def main() -> None:
             report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32,
                    pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
                    per="i32"), {**cc, "BOUNDED": True, "PI_STORED": True, "STAGE": st}, a, nw)
+    for nw in (ct.WARPS,) if args.quick else (2, 4):
+        report("causal fused fwd", ct._f_fused, dict(w=bf, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32,
+               pi=f32, y=bf, S_start=f32, AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32",
+               tmax="i32", per="i32", NS="i32"), {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)
+        report("causal fused bwd", ct._b_fused, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
+               bias=f32, pos="*i64", gS_T=f32, gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32,
+               gA0=f32, gP0=f32, sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32"),
+               {**cc, "BOUNDED": True, "PI_STORED": True, "PREFIX": True}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)

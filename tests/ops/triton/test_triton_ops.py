@@ -48,7 +48,7 @@ def test_tssa_head_sizes_and_counts(N, D, H):
 
 
 @pytest.mark.parametrize("T,D,H", [(9, 32, 20), (6, 128, 3)], ids=["D32-H20", "D128-H3"])
-def test_causal_head_sizes_and_counts(T, D, H):
+def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
     w, temp, bias = leaf(2, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T, scale=0.1)
     y, s = causal_tssa(w, temp, bias, H, backend="triton")
     yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H)
@@ -59,9 +59,18 @@ def test_causal_head_sizes_and_counts(T, D, H):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
+@pytest.fixture(params=[False, True], ids=["three-passes", "fused"])
+def causal_launch(request, monkeypatch):
+    """The causal TSSA kernels one launch per pass (slices chained by a scan kernel) or fused into one launch per
+    direction (slices chained by look-back)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "FUSED", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("T,D,H", SIZES, ids=IDS)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
-def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state):
+def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_launch):
     B = 2
     w, temp, bias = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5), leaf(H, T + 9, 1, scale=0.1)
     s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)] if with_state else None
@@ -103,7 +112,7 @@ def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_on_gpu(dtype):
+def test_half_precision_on_gpu(dtype, causal_launch):
     B, T, H, D = 2, 257, 4, 64
     w = torch.randn(B, T, H * D, device="cuda")
     temp, bias = torch.rand(H, device="cuda") + 0.5, 0.1 * torch.randn(H, T, device="cuda")
@@ -114,6 +123,35 @@ def test_half_precision_on_gpu(dtype):
     yr, sr = naive_causal_tssa(w.to(dtype).double(), temp.double(), bias.double(), H)
     assert_close("causal_tssa", yr, y, 5e-3)
     assert all(t.dtype == torch.float32 for t in s)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="thousands of programs chained by look-back run concurrently on a GPU only")
+@pytest.mark.parametrize("programs,prefix", [(1024, True), (4096, True), (1024, False)],
+                         ids=["1024-programs", "4096-programs", "1024-programs-totals-only"])
+def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix):
+    """At a benchmark shape the fused kernels' slices run concurrently and wait on each other's sums: outputs, final
+    state and every gradient equal the three-pass kernels' (the same arithmetic, summed in another order)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    monkeypatch.setattr(ct, "LOOKBACK_PREFIX", prefix)
+    B, T, H, D = 8, 4096, 12, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(B, T, H * D, device="cuda", generator=g).to(torch.bfloat16)
+    temp, bias = torch.rand(H, device="cuda", generator=g) + 0.5, 0.01 * torch.randn(H, T + 3, device="cuda", generator=g)
+    s0 = [torch.rand(B, H, D, device="cuda", generator=g), torch.rand(B, H, D, device="cuda", generator=g),
+          torch.rand(B, H, device="cuda", generator=g)]
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(ct, "FUSED", fused)
+        leaves = [x.clone().requires_grad_() for x in (w, temp, bias, *s0)]
+        y, s = causal_tssa(*leaves[:3], H, CausalTSSAState(*leaves[3:]), 3, backend="triton")
+        cot = [torch.randn(o.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(i)).to(o.dtype)
+               for i, o in enumerate([y, *s])]
+        results.append([y, *s, *torch.autograd.grad([y, *s], leaves, cot)])
+        torch.cuda.synchronize()
+    names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
+    for name, a, b in zip(names, *results):
+        assert_close(name, a.float(), b.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
@@ -145,7 +183,7 @@ def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("save_pi", [True, False], ids=["stored-pi", "recomputed-pi"])
 @pytest.mark.parametrize("programs", [1, 3], ids=lambda p: f"programs{p}")
-def test_long_slices_per_program(monkeypatch, programs, save_pi):
+def test_long_slices_per_program(monkeypatch, programs, save_pi, causal_launch):
     """Few programs: each walks many chunks, carrying its running sums across them. The backward passes read the
     forward's Pi, or recompute it."""
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
@@ -173,7 +211,7 @@ def test_long_slices_per_program(monkeypatch, programs, save_pi):
 
 
 @pytest.mark.parametrize("group", [1, 2], ids=lambda g: f"group{g}")
-def test_l2_groups(monkeypatch, group):
+def test_l2_groups(monkeypatch, group, causal_launch):
     """Passes run group by group over the batch (the last group shorter): the same outputs, final states and
     gradients, and no group reads or writes another's statistics."""
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
@@ -202,6 +240,29 @@ def test_l2_groups(monkeypatch, group):
         assert_close(f"causal d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("programs", [2, 7], ids=lambda p: f"programs{p}")
+def test_fused_causal_lookback_from_totals_only(monkeypatch, programs):
+    """The fused kernels' look-back when no slice has published its inclusive sums yet (on a GPU, the slices still
+    running): every program adds the totals of all slices before it (after it, backward) and the initial state."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "FUSED", True)
+    monkeypatch.setattr(ct, "LOOKBACK_PREFIX", False)
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    B, T, H, D = 3, 29, 2, 32
+    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 2, scale=0.1)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), 2, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
+                               CausalTSSAState(*[x.double() for x in s0]), 2)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    g, _ = grads([y, *s], [w, temp, bias, *s0])
+    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
+    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""
@@ -228,8 +289,8 @@ def _rel(a, b):
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(B=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 17, 40]), H=st.integers(1, 5),
        D=st.sampled_from([32, 48, 64]), programs=st.sampled_from([1, 3, 7, 1024]), unroll=st.sampled_from([1, 2, 4, 8]),
-       with_state=st.booleans(), seed=st.integers(0, 2**16))
-def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, programs, unroll, with_state, seed):
+       with_state=st.booleans(), fused=st.booleans(), seed=st.integers(0, 2**16))
+def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, programs, unroll, with_state, fused, seed):
     """Random shapes, slicings, unrolls and start positions: every output and gradient of the kernels is as close to
     fp64 as fp32 PyTorch's own (dtemp and dbias are ill-conditioned in fp32 at some inputs, for both)."""
     from tost_edge.ops.triton import causal_tssa as ct
@@ -241,8 +302,8 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
           torch.rand(B, H, generator=g, dtype=torch.float64)] if with_state else []
     pos = torch.randint(0, 5, (B,), generator=g)
     results = {}
-    old = (ct.PROGRAMS, ct.UNROLL)
-    ct.PROGRAMS, ct.UNROLL = programs, unroll
+    old = (ct.PROGRAMS, ct.UNROLL, ct.FUSED)
+    ct.PROGRAMS, ct.UNROLL, ct.FUSED = programs, unroll, fused
     try:
         for name, dt, backend in (("ref", torch.float64, "torch"), ("torch32", torch.float32, "torch"),
                                   ("triton", torch.float32, "triton")):
@@ -253,7 +314,7 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
             cot = [torch.randn(o.shape, generator=cg, dtype=torch.float64).to(DEVICE, dt) for o in [y, *s]]
             results[name] = [y, *s, *torch.autograd.grad([y, *s], leaves, cot)]
     finally:
-        ct.PROGRAMS, ct.UNROLL = old
+        ct.PROGRAMS, ct.UNROLL, ct.FUSED = old
     names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
     for name, ref, t32, tri in zip(names, results["ref"], results["torch32"], results["triton"]):
         err, base = _rel(tri, ref), _rel(t32, ref)

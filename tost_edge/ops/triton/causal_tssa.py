@@ -33,6 +33,8 @@ WARPS = 4        # warps per program, forward passes
 BWD_WARPS = 4    # warps per program, backward passes
 SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes the softmax over heads)
 L2_GROUP = 0     # >0: run all passes on this many sequences before the next ones (see _groups); 0: whole batch
+FUSED = False    # one launch per direction (slices chained by _lookback) instead of three kernels and two scans
+LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
 
 
 @triton.jit
@@ -292,6 +294,146 @@ def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl
     tl.store(fin2 + b * F2 + (f - F1), run, mask=m2)
 
 
+@triton.jit
+def _lookback(flags, part, b, s, NS, mat, vec, init_mat, init_vec, so, sm, hc, H: tl.constexpr, HD: tl.constexpr,
+              HAS_VEC: tl.constexpr, REVERSE: tl.constexpr, PREFIX: tl.constexpr):
+    """Decoupled look-back over the slices of sequence b: publishes this slice's totals (mat [HP, BD], vec [HP]) and
+    returns init + the totals of the slices before it (after it when REVERSE), with no pass of its own.
+
+    part holds two rows of F = HD + H per slice (its totals; init + its totals and all before it), flags one int
+    per slice (1: totals published, 2: the inclusive row too). Walking towards the sequence's start, a program adds
+    the totals it finds until a slice has published its inclusive row. Programs take slices in the order they
+    start (the caller's ticket), so every slice waited on belongs to a running or finished program."""
+    F: tl.constexpr = HD + H
+    row = part + (b * NS + s) * 2 * F
+    tl.store(row + so, mat, mask=sm)
+    if HAS_VEC:
+        tl.store(row + HD + hc, vec, mask=hc < H)
+    tl.debug_barrier()                                   # every thread's stores before the flag
+    tl.atomic_xchg(flags + b * NS + s, 1, sem="release")
+    acc_m = tl.zeros_like(mat)
+    acc_v = tl.zeros_like(vec)
+    base_m = init_mat
+    base_v = init_vec
+    j = s + 1 if REVERSE else s - 1
+    go = j < NS if REVERSE else j >= 0
+    while go:
+        f = tl.atomic_add(flags + b * NS + j, 0, sem="acquire")
+        while f == 0:
+            f = tl.atomic_add(flags + b * NS + j, 0, sem="acquire")
+        other = part + (b * NS + j) * 2 * F
+        if f == 2:
+            base_m = tl.load(other + F + so, mask=sm, other=0.0, cache_modifier=".cg")
+            if HAS_VEC:
+                base_v = tl.load(other + F + HD + hc, mask=hc < H, other=0.0, cache_modifier=".cg")
+            go = False
+        else:
+            acc_m += tl.load(other + so, mask=sm, other=0.0, cache_modifier=".cg")
+            if HAS_VEC:
+                acc_v += tl.load(other + HD + hc, mask=hc < H, other=0.0, cache_modifier=".cg")
+            j = j + 1 if REVERSE else j - 1
+            go = j < NS if REVERSE else j >= 0
+    excl_m = base_m + acc_m
+    excl_v = base_v + acc_v
+    if PREFIX:
+        tl.store(row + F + so, excl_m + mat, mask=sm)
+        if HAS_VEC:
+            tl.store(row + F + HD + hc, excl_v + vec, mask=hc < H)
+        tl.debug_barrier()
+        tl.atomic_xchg(flags + b * NS + s, 2, sem="release")
+    return excl_m, excl_v
+
+
+@triton.jit
+def _ticket(sync, NS, REVERSE: tl.constexpr):
+    """(sequence b, slice s) of this program, in the order programs start: all sequences' first slices (last when
+    REVERSE), then their second, ..."""
+    B = tl.num_programs(0) // NS
+    k = tl.atomic_add(sync, 1)
+    s = k // B
+    return k % B, NS - 1 - s if REVERSE else s
+
+
+@triton.jit
+def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T, P_T, sync, part, T, tmax, per, NS,
+             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+             BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr):
+    # The three forward passes in one program per slice: the sums carried into the slice come from _lookback
+    # instead of a scan kernel between launches; the slice is read three times, the last two soon after the first.
+    HD: tl.constexpr = H * D
+    F: tl.constexpr = HD + H
+    b, s = _ticket(sync, NS, False)
+    k = b * NS + s
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    zv = tl.zeros([HP], dtype=tl.float32)
+    nB = tl.num_programs(0) // NS
+    Sown = _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
+    S, _ = _lookback(sync + 1, part, b, s, NS, Sown, zv, tl.load(S0 + b * HD + so, mask=sm, other=0.0), zv, so, sm,
+                     hc, H, HD, False, False, PREFIX)
+    tl.store(S_start + k * HD + so, S, mask=sm)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    Aown, Pown = _walk_pi(w, S, tv, bias, tl.load(pos + b), pi, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
+                          so, sm)
+    A, P = _lookback(sync + 1 + nB * NS, part + nB * NS * 2 * F, b, s, NS, Aown, Pown,
+                     tl.load(A0 + b * HD + so, mask=sm, other=0.0), tl.load(P0 + b * H + hc, mask=hc < H, other=0.0),
+                     so, sm, hc, H, HD, True, False, PREFIX)
+    tl.store(AP_start + k * F + so, A, mask=sm)
+    tl.store(AP_start + k * F + HD + hc, P, mask=hc < H)
+    if s == NS - 1:                                      # the final state
+        tl.store(S_T + b * HD + so, S + Sown, mask=sm)
+        tl.store(A_T + b * HD + so, A + Aown, mask=sm)
+        tl.store(P_T + b * H + hc, P + Pown, mask=hc < H)
+    _walk_out(w, pi, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+
+
+@triton.jit
+def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gtemp, gbias, dw, gS0,
+             gA0, gP0, sync, part, part64, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+             HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
+             PREFIX: tl.constexpr):
+    # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
+    # the slice comes from _lookback over the later slices.
+    HD: tl.constexpr = H * D
+    F: tl.constexpr = HD + H
+    b, s = _ticket(sync, NS, True)
+    k = b * NS + s
+    lo = s * per
+    hi = tl.minimum(lo + per, T)
+    so, sm = _stat(H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    nB = tl.num_programs(0) // NS
+    S = tl.load(S_start + k * HD + so, mask=sm, other=0.0)
+    A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
+    P = tl.load(AP_start + k * F + HD + hc, mask=hc < H, other=0.0)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    p0 = tl.load(pos + b)
+    zm = tl.zeros([HP, BD], dtype=tl.float32)
+    zv = tl.zeros([HP], dtype=tl.float32)
+    z64 = tl.zeros([HP, BD], dtype=tl.float64)
+    GA, GP, _ = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo, hi, T,
+                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, so, sm)
+    Ra, Rp = _lookback(sync + 1, part, b, s, NS, GA, GP, tl.load(gA_T + b * HD + so, mask=sm, other=0.0),
+                       tl.load(gP_T + b * H + hc, mask=hc < H, other=0.0), so, sm, hc, H, HD, True, True, PREFIX)
+    Ra += GA
+    Rp += GP
+    if s == 0:                                           # the initial state's gradients
+        tl.store(gA0 + b * HD + so, Ra, mask=sm)
+        tl.store(gP0 + b * H + hc, Rp, mask=hc < H)
+    _, _, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo, hi, T,
+                       tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, so, sm)
+    Rc, _ = _lookback(sync + 1 + nB * NS, part64, b, s, NS, GC, zv.to(tl.float64),
+                      tl.load(gS_T + b * HD + so, mask=sm, other=0.0).to(tl.float64), zv.to(tl.float64), so, sm, hc,
+                      H, HD, False, True, PREFIX)
+    Rc += GC
+    if s == 0:
+        tl.store(gS0 + b * HD + so, Rc.to(tl.float32), mask=sm)
+    _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C, D, H,
+            HP, BD, BT, BOUNDED, PI_STORED, 3, so, sm)
+
+
 def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
     """_slice_scan of X [B, NS, F] into start [B, NS, F], fin1 [B, F1] and fin2 [B, F2]; init2 / fin2 may be None
     (F2 = 0)."""
@@ -339,6 +481,13 @@ class CausalTSSAFunction(torch.autograd.Function):
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         y = alloc(B, T, C, like=w)
         for nb, g in _groups(B):
+            if FUSED:
+                sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
+                part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
+                _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
+                                     g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
+                                     BD, BT, bounded, LOOKBACK_PREFIX, num_warps=WARPS)
+                continue
             grid = (nb, NT)
             _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
             _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
@@ -376,6 +525,15 @@ class CausalTSSAFunction(torch.autograd.Function):
         dw = alloc(B, T, C, like=w)
         stored = pi is not None
         for nb, g in _groups(B):
+            if FUSED:
+                sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
+                part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
+                part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
+                _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
+                                     g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
+                                     g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
+                                     stored, LOOKBACK_PREFIX, num_warps=BWD_WARPS)
+                continue
             grid = (nb, NT)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
             tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
