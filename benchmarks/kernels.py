@@ -25,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
+from tost_edge.ops.triton import causal_tssa as ct  # noqa: E402
 
 HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
 
@@ -95,13 +96,23 @@ def bench(fn, backward: bool, inputs, out_grad=None, graph=False):
         return float("nan"), float("nan")
 
 
+def with_setting(module, name, value, fn):
+    """fn() with module.name = value (the backward pass keeps what its forward pass ran with)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        return fn()
+    finally:
+        setattr(module, name, old)
+
+
 def with_graphs(variants: dict, graph: bool):
     """(name, fn, replayed from a CUDA graph?) for every variant, plus "<name>-graph" for Triton's and fla's."""
     for name, fn in variants.items():
         yield name, fn, False
     if graph:
         for name, fn in variants.items():
-            if name in ("triton", "fla-chunk"):
+            if name.startswith("triton") or name == "fla-chunk":
                 yield f"{name}-graph", fn, True
 
 
@@ -160,7 +171,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("benchmarks/kernels.py needs a CUDA GPU")
     if args.tuned:
-        from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt
+        from tost_edge.ops.triton import linear_attention as la, tssa as tt
         best = json.loads(Path(args.tuned).read_text())["best"]
         for op, module in (("causal_tssa", ct), ("linear_attn", la), ("tssa", tt)):
             for k, v in best.get(op, {}).items():
@@ -227,7 +238,10 @@ def main() -> None:
             temp = (torch.rand(H, 1, device=dev) + 0.5).requires_grad_()
             bias = (0.01 * torch.randn(H, T, 1, device=dev)).requires_grad_()
             nb = B * T * C * esize
+            other = "three-pass" if ct.FUSED else "fused"       # the launch scheme the settings did not choose
             variants = {"triton": lambda: causal_tssa(w, temp, bias, H, backend="triton")[0],
+                        f"triton-{other}": lambda: with_setting(ct, "FUSED", not ct.FUSED,
+                                                                lambda: causal_tssa(w, temp, bias, H, backend="triton")[0]),
                         "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)

@@ -7,9 +7,13 @@
 #   SWEEP=1          first run benchmarks/sweep.py (warps / unroll / program-count sweep); kernels.py then uses its best
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile"
 #   RESULTS          where logs and JSON go (default benchmarks/results)
+#   STEP_LIMIT       seconds the sweep or the benchmark may take (default 420), TEST_LIMIT the tests (default 240):
+#                    a step past its limit is stopped and the next one runs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmarks/results}
+LIMIT=${STEP_LIMIT:-420}
+TEST_LIMIT=${TEST_LIMIT:-240}
 mkdir -p "$RESULTS"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -24,13 +28,13 @@ if [ -z "${ONLY_TRITON:-}" ]; then
     && cmake --build build --target tost_kernels -j 16 > /dev/null && echo "built build/libtost_kernels.so (sm_$CAP)"
   TESTS="$TESTS tests/plugins/test_cuda_kernels.py tests/models/test_official_parity.py"
 fi
-python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS 2>&1 | tail -40 | tee "$RESULTS/gpu_tests.log" || status=1
+timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS 2>&1 | tail -40 | tee "$RESULTS/gpu_tests.log" || status=1
 TUNED=""
 if [ -n "${SWEEP:-}" ]; then
-  python3 benchmarks/sweep.py --out "$RESULTS" 2>&1 | tee "$RESULTS/sweep.log" || status=1
+  timeout "$LIMIT" python3 benchmarks/sweep.py --out "$RESULTS" 2>&1 | tee "$RESULTS/sweep.log" || status=1
   [ -f "$RESULTS/sweep.json" ] && TUNED="--tuned $RESULTS/sweep.json"
 fi
-python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $TUNED --out "$RESULTS" 2>&1 | tee "$RESULTS/kernels.log" || status=1
+timeout "$LIMIT" python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $TUNED --out "$RESULTS" 2>&1 | tee "$RESULTS/kernels.log" || status=1
 if [ -z "${ONLY_TRITON:-}" ]; then
   python3 benchmarks/plugins.py --lib build/libtost_kernels.so --out "$RESULTS" 2>&1 | tee "$RESULTS/plugins.log" \
     || status=1

@@ -87,21 +87,30 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("benchmarks/sweep.py needs a CUDA GPU")
     dev, dt, rows = "cuda", torch.bfloat16, []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = {}
+
+    def save():  # after every op, so a run stopped part-way keeps what it measured
+        (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "best": best,
+                                                   "rows": rows}, indent=2))
 
     B, T, H, D = 8, 4096, 12, 64
     w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
     temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
     bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
-    best = {}
     best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
                                  grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
+                                 grid(FUSED=[False, True], BWD_WARPS=[4, 8], PROGRAMS=[1024, 4096]),
                                  grid(L2_GROUP=[0, 2, 4])],
                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
+    save()
 
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     best["linear_attn"] = sweep("linear_attn B8 T4096 H12 D64", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
                                 lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
+    save()
 
     w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
     temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
@@ -109,10 +118,7 @@ def main() -> None:
                                                       grid(L2_GROUP=[0, 2, 4, 8, 16])],
                          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "best": best, "rows": rows},
-                                               indent=2))
+    save()
     print("best settings (fwd+bwd):", json.dumps(best))
 
 

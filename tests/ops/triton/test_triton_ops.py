@@ -263,6 +263,25 @@ def test_fused_causal_lookback_from_totals_only(monkeypatch, programs):
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
 
 
+def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
+    """The backward pass slices the sequences as its forward pass did, even if the launch settings change between
+    the two (a benchmark or a sweep switching them)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "FUSED", True)
+    monkeypatch.setattr(ct, "PROGRAMS", 3)
+    B, T, H, D = 2, 19, 2, 16
+    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T, scale=0.1)
+    y, s = causal_tssa(w, temp, bias, H, backend="triton")
+    monkeypatch.setattr(ct, "FUSED", False)
+    monkeypatch.setattr(ct, "PROGRAMS", 1024)
+    monkeypatch.setattr(ct, "L2_GROUP", 1)
+    g, _ = grads([y, *s], [w, temp, bias])
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H)
+    gr, _ = grads([yr, *sr], [w, temp, bias])
+    for name, a, b in zip(["w", "temp", "bias"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""

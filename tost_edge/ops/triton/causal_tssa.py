@@ -497,6 +497,8 @@ class CausalTSSAFunction(torch.autograd.Function):
             _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
+        # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
+        ctx.cfg, ctx.groups, ctx.fused = (BD, HP, BT, NT, per), _groups(B), FUSED
         return y, S_T, A_T, P_T
 
     @staticmethod
@@ -505,7 +507,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         H, bounded = ctx.H, ctx.bounded
         B, T, C = w.shape
         D = C // H
-        BD, HP, BT, NT, per = _cfg(T, B, H, D)
+        BD, HP, BT, NT, per = ctx.cfg
         tmax = bias.shape[1]
         dev = w.device
         gy = torch.zeros_like(w) if gy is None else gy.contiguous()
@@ -524,8 +526,8 @@ class CausalTSSAFunction(torch.autograd.Function):
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
         dw = alloc(B, T, C, like=w)
         stored = pi is not None
-        for nb, g in _groups(B):
-            if FUSED:
+        for nb, g in ctx.groups:
+            if ctx.fused:
                 sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
                 part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
                 part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
