@@ -102,7 +102,7 @@ def main() -> None:
     best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
                                  grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
-                                 grid(FUSED=[False, True], BWD_WARPS=[4, 8], PROGRAMS=[1024, 4096]),
+                                 grid(FUSED=[False, True], WARPS=[4, 8], BWD_WARPS=[4, 8], PROGRAMS=[1024, 4096]),
                                  grid(L2_GROUP=[0, 2, 4])],
                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
     save()

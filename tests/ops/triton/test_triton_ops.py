@@ -22,22 +22,8 @@ def leaf(*shape, scale=1.0, offset=0.0, rand=False):
     return (x * scale + offset).to(DEVICE).float().requires_grad_()
 
 
-@pytest.mark.parametrize("N,D,H", SIZES, ids=IDS)
-def test_tssa_forward_and_gradients(N, D, H):
-    w, temp = leaf(2, N, H * D), leaf(H, 1, rand=True, offset=0.5)
-    y = tssa(w, temp, H, backend="triton")
-    yr = naive_tssa(w.double(), temp.double(), H)
-    assert_close("y", yr, y, 1e-5)
-    (dw, dt), cot = grads([y], [w, temp])
-    (dwr, dtr), _ = grads([yr], [w, temp])
-    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
-    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
-
-
-@pytest.mark.parametrize("N,D,H", [(5, 32, 32), (3, 128, 2), (17, 48, 12)], ids=["D32-H32", "D128-H2", "D48-H12"])
-def test_tssa_head_sizes_and_counts(N, D, H):
-    """The supported head sizes (32, 48, 64, 128) and up to 32 heads, including non-power-of-two counts."""
-    w, temp = leaf(1, N, H * D), leaf(H, rand=True, offset=0.5)
+def check_tssa(w, temp, H):
+    """Triton TSSA output, dw and dtemp against the fp64 reference."""
     y = tssa(w, temp, H, backend="triton")
     yr = naive_tssa(w.double(), temp.double(), H)
     assert_close("y", yr, y, 1e-5)
@@ -45,6 +31,34 @@ def test_tssa_head_sizes_and_counts(N, D, H):
     (dwr, dtr), _ = grads([yr], [w, temp])
     assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
     assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+
+
+def check_causal_with_state(B, T, H, D, pos):
+    """Triton causal TSSA from a random initial state at positions pos: output, final state and every gradient
+    (w, temp, denom_bias, initial state) against the fp64 reference."""
+    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 5, scale=0.1)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
+                               CausalTSSAState(*[x.double() for x in s0]), pos)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    g, _ = grads([y, *s], [w, temp, bias, *s0])
+    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
+    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("N,D,H", SIZES, ids=IDS)
+def test_tssa_forward_and_gradients(N, D, H):
+    check_tssa(leaf(2, N, H * D), leaf(H, 1, rand=True, offset=0.5), H)
+
+
+@pytest.mark.parametrize("N,D,H", [(5, 32, 32), (3, 128, 2), (17, 48, 12)], ids=["D32-H32", "D128-H2", "D48-H12"])
+def test_tssa_head_sizes_and_counts(N, D, H):
+    """The supported head sizes (32, 48, 64, 128) and up to 32 heads, including non-power-of-two counts."""
+    check_tssa(leaf(1, N, H * D), leaf(H, rand=True, offset=0.5), H)
 
 
 @pytest.mark.parametrize("T,D,H", [(9, 32, 20), (6, 128, 3)], ids=["D32-H20", "D128-H3"])
@@ -191,23 +205,8 @@ def test_long_slices_per_program(monkeypatch, programs, save_pi, causal_launch):
     monkeypatch.setattr(tt, "PROGRAMS", programs)
     monkeypatch.setattr(ct, "SAVE_PI", save_pi)
     monkeypatch.setattr(tt, "SAVE_PI", save_pi)
-    B, T, H, D = 2, 150, 3, 16
-    w, temp, bias = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5), leaf(H, T + 4, 1, scale=0.1)
-    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
-    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), 3, backend="triton")
-    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
-                               CausalTSSAState(*[x.double() for x in s0]), 3)
-    assert_close("y", yr, y, 1e-5)
-    g, _ = grads([y, *s], [w, temp, bias, *s0])
-    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
-    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
-        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
-    y2 = tssa(w, temp, H, backend="triton")
-    y2r = naive_tssa(w.double(), temp.double(), H)
-    assert_close("tssa y", y2r, y2, 1e-5)
-    (dw,), _ = grads([y2], [w])
-    (dwr,), _ = grads([y2r], [w])
-    assert_close("tssa dw", dwr, dw, 2e-5, atol=1e-6)
+    check_causal_with_state(2, 150, 3, 16, 3)
+    check_tssa(leaf(2, 150, 3 * 16), leaf(3, 1, rand=True, offset=0.5), 3)
 
 
 @pytest.mark.parametrize("group", [1, 2], ids=lambda g: f"group{g}")
@@ -217,27 +216,8 @@ def test_l2_groups(monkeypatch, group, causal_launch):
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
     monkeypatch.setattr(tt, "L2_GROUP", group)
     monkeypatch.setattr(ct, "L2_GROUP", group)
-    B, T, H, D = 5, 21, 3, 16
-    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 4, scale=0.1)
-    y = tssa(w, temp, H, backend="triton")
-    yr = naive_tssa(w.double(), temp.double(), H)
-    assert_close("y", yr, y, 1e-5)
-    (dw, dt), _ = grads([y], [w, temp])
-    (dwr, dtr), _ = grads([yr], [w, temp])
-    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
-    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
-    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
-    pos = torch.tensor([0, 4, 1, 2, 3], device=DEVICE)
-    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos, backend="triton")
-    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
-                               CausalTSSAState(*[x.double() for x in s0]), pos)
-    assert_close("causal y", yr, y, 1e-5)
-    for name, a, b in zip(CausalTSSAState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
-    g, _ = grads([y, *s], [w, temp, bias, *s0])
-    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
-    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
-        assert_close(f"causal d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+    check_tssa(leaf(5, 21, 3 * 16), leaf(3, rand=True, offset=0.5), 3)
+    check_causal_with_state(5, 21, 3, 16, torch.tensor([0, 4, 1, 2, 3], device=DEVICE))
 
 
 @pytest.mark.parametrize("programs", [2, 7], ids=lambda p: f"programs{p}")
@@ -248,19 +228,7 @@ def test_fused_causal_lookback_from_totals_only(monkeypatch, programs):
     monkeypatch.setattr(ct, "FUSED", True)
     monkeypatch.setattr(ct, "LOOKBACK_PREFIX", False)
     monkeypatch.setattr(ct, "PROGRAMS", programs)
-    B, T, H, D = 3, 29, 2, 32
-    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 2, scale=0.1)
-    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
-    y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), 2, backend="triton")
-    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
-                               CausalTSSAState(*[x.double() for x in s0]), 2)
-    assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(CausalTSSAState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
-    g, _ = grads([y, *s], [w, temp, bias, *s0])
-    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
-    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
-        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+    check_causal_with_state(3, 29, 2, 32, 2)
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
@@ -291,14 +259,7 @@ def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
 
     configs = [triton.Config({"TILE": t}, num_warps=4) for t in (2048, 4096)]
     monkeypatch.setattr(tt, "KERNELS", tt.autotuned(configs, do_bench=cpu_timer))
-    w, temp = leaf(2, 37, 4 * 16), leaf(4, rand=True, offset=0.5)
-    y = tssa(w, temp, 4, backend="triton")
-    yr = naive_tssa(w.double(), temp.double(), 4)
-    assert_close("y", yr, y, 1e-5)
-    (dw, dt), _ = grads([y], [w, temp])
-    (dwr, dtr), _ = grads([yr], [w, temp])
-    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
-    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+    check_tssa(leaf(2, 37, 4 * 16), leaf(4, rand=True, offset=0.5), 4)
 
 
 def _rel(a, b):

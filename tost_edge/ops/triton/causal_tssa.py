@@ -345,13 +345,16 @@ def _lookback(flags, part, b, s, NS, mat, vec, init_mat, init_vec, so, sm, hc, H
 
 
 @triton.jit
-def _ticket(sync, NS, REVERSE: tl.constexpr):
-    """(sequence b, slice s) of this program, in the order programs start: all sequences' first slices (last when
-    REVERSE), then their second, ..."""
+def _ticket(sync, NS, per, T, REVERSE: tl.constexpr):
+    """Sequence b, slice s, flat slice index, token range [lo, hi) and the number of sequences of this program,
+    slices taken in the order programs start: all sequences' first slices (last when REVERSE), then their second,
+    ... (sync[0] counts the programs started)."""
     B = tl.num_programs(0) // NS
     k = tl.atomic_add(sync, 1)
-    s = k // B
-    return k % B, NS - 1 - s if REVERSE else s
+    b = k % B
+    s = NS - 1 - k // B if REVERSE else k // B
+    lo = s * per
+    return b, s, b * NS + s, lo, tl.minimum(lo + per, T), B
 
 
 @triton.jit
@@ -362,14 +365,10 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
     # instead of a scan kernel between launches; the slice is read three times, the last two soon after the first.
     HD: tl.constexpr = H * D
     F: tl.constexpr = HD + H
-    b, s = _ticket(sync, NS, False)
-    k = b * NS + s
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
+    b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, False)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     zv = tl.zeros([HP], dtype=tl.float32)
-    nB = tl.num_programs(0) // NS
     Sown = _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
     S, _ = _lookback(sync + 1, part, b, s, NS, Sown, zv, tl.load(S0 + b * HD + so, mask=sm, other=0.0), zv, so, sm,
                      hc, H, HD, False, False, PREFIX)
@@ -398,13 +397,9 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     # the slice comes from _lookback over the later slices.
     HD: tl.constexpr = H * D
     F: tl.constexpr = HD + H
-    b, s = _ticket(sync, NS, True)
-    k = b * NS + s
-    lo = s * per
-    hi = tl.minimum(lo + per, T)
+    b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, True)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
-    nB = tl.num_programs(0) // NS
     S = tl.load(S_start + k * HD + so, mask=sm, other=0.0)
     A = tl.load(AP_start + k * F + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * F + HD + hc, mask=hc < H, other=0.0)
