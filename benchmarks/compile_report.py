@@ -61,13 +61,18 @@ def main() -> None:
     # TSSA, B64 N4096 C384 H8 (D48)
     tc = {"C": 384, "D": 48, "H": 8, "HP": 8, "BD": 64}
     for tile, nw in ((2048, 8),) if args.quick else ((2048, 8), (4096, 8)):
-        for p in (1, 2):
-            report(f"tssa pass{p} tile{tile}", tt._fwd_stats, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi_out=f32, N="i32", NB="i32"),
-                   {**tc, "TILE": tile, "PASS": p}, a, nw)
-        report(f"tssa out tile{tile}", tt._fwd_out, dict(w=bf, pi=f32, A=f32, P=f32, y=bf, N="i32", NB="i32"), {**tc, "TILE": tile}, a, nw)
+        for p in (1, 2, 3):
+            report(f"tssa pass{p} tile{tile}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf, N="i32",
+                   NB="i32"), {**tc, "TILE": tile, "PASS": p}, a, nw)
         for st in (1, 2, 3):
             report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32,
                    gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "PI_STORED": True, "TILE": tile, "STAGE": st}, a, nw)
+    report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
+           sync="*i32", N="i32", B="i32", NI="i32", per="i32"), {**tc, "TILE": tt.QUEUE_TILE, "LAG": 2}, a,
+           tt.QUEUE_WARPS)
+    report("tssa persistent bwd", tt._bwd_persistent, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32,
+           G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
+           {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
     for nw in (ct.WARPS,) if args.quick else (2, 4):

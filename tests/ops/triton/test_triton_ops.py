@@ -51,12 +51,12 @@ def check_causal_with_state(B, T, H, D, pos):
 
 
 @pytest.mark.parametrize("N,D,H", SIZES, ids=IDS)
-def test_tssa_forward_and_gradients(N, D, H):
+def test_tssa_forward_and_gradients(N, D, H, tssa_launch):
     check_tssa(leaf(2, N, H * D), leaf(H, 1, rand=True, offset=0.5), H)
 
 
 @pytest.mark.parametrize("N,D,H", [(5, 32, 32), (3, 128, 2), (17, 48, 12)], ids=["D32-H32", "D128-H2", "D48-H12"])
-def test_tssa_head_sizes_and_counts(N, D, H):
+def test_tssa_head_sizes_and_counts(N, D, H, tssa_launch):
     """The supported head sizes (32, 48, 64, 128) and up to 32 heads, including non-power-of-two counts."""
     check_tssa(leaf(1, N, H * D), leaf(H, rand=True, offset=0.5), H)
 
@@ -71,6 +71,14 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
     gr, _ = grads([yr, *sr], [w, temp, bias])
     for name, a, b in zip(["w", "temp", "denom_bias"], g, gr):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
+@pytest.fixture(params=[False, True], ids=["launch-per-pass", "persistent"])
+def tssa_launch(request, monkeypatch):
+    """TSSA one launch per pass, or all passes in one launch of resident programs taking work items by ticket."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "PERSISTENT", request.param)
+    return request.param
 
 
 @pytest.fixture(params=[False, True], ids=["three-passes", "fused"])
@@ -137,6 +145,28 @@ def test_half_precision_on_gpu(dtype, causal_launch):
     yr, sr = naive_causal_tssa(w.to(dtype).double(), temp.double(), bias.double(), H)
     assert_close("causal_tssa", yr, y, 5e-3)
     assert all(t.dtype == torch.float32 for t in s)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="resident programs waiting on each other run concurrently on a GPU only")
+@pytest.mark.parametrize("lag", [0, 2], ids=["lag0", "lag2"])
+def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
+    """At the benchmark shape the persistent kernels' programs wait on each other's passes: output and gradients
+    equal the launch-per-pass kernels' (the same arithmetic, summed in another order)."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "QUEUE_LAG", lag)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(64, 4096, 384, device="cuda", generator=g).to(torch.bfloat16)
+    temp = torch.rand(8, device="cuda", generator=g) + 0.5
+    cot = torch.randn(w.shape, device="cuda", generator=g).to(torch.bfloat16)
+    results = []
+    for persistent in (False, True):
+        monkeypatch.setattr(tt, "PERSISTENT", persistent)
+        leaves = [w.clone().requires_grad_(), temp.clone().requires_grad_()]
+        y = tssa(*leaves, 8, backend="triton")
+        results.append([y, *torch.autograd.grad(y, leaves, cot)])
+        torch.cuda.synchronize()
+    for name, a, b in zip(["y", "dw", "dtemp"], *results):
+        assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="thousands of programs chained by look-back run concurrently on a GPU only")
@@ -229,6 +259,17 @@ def test_fused_causal_lookback_from_totals_only(monkeypatch, programs):
     monkeypatch.setattr(ct, "LOOKBACK_PREFIX", False)
     monkeypatch.setattr(ct, "PROGRAMS", programs)
     check_causal_with_state(3, 29, 2, 32, 2)
+
+
+@pytest.mark.parametrize("tokens,lag", [(4, 0), (8, 1), (64, 3)], ids=["items4-lag0", "items8-lag1", "items64-lag3"])
+def test_tssa_persistent_work_items(monkeypatch, tokens, lag):
+    """The persistent kernels with items of a few tokens (many per batch element and pass, the last one short) and
+    the passes of a batch element 0 to 3 waves apart."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "PERSISTENT", True)
+    monkeypatch.setattr(tt, "QUEUE_TOKENS", tokens)
+    monkeypatch.setattr(tt, "QUEUE_LAG", lag)
+    check_tssa(leaf(3, 37, 4 * 16), leaf(4, rand=True, offset=0.5), 4)
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):

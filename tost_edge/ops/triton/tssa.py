@@ -34,6 +34,12 @@ from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
 L2_GROUP = 0     # >0: run all passes on this many batch elements before the next ones (see _groups); 0: whole batch
+PERSISTENT = False  # one launch per direction: resident programs take the passes' work items by ticket
+QUEUE_TOKENS = 64   # persistent: tokens per work item
+QUEUE_LAG = 2       # persistent: waves of other work between a batch element's passes (see _item)
+QUEUE_PER_SM = 4    # persistent: programs per SM
+QUEUE_TILE = 2048   # persistent: elements per tile
+QUEUE_WARPS = 8     # persistent: warps per program
 
 NORM_EPS_SQ = tl.constexpr(1e-24)  # (F.normalize's eps 1e-12)^2, applied to the sum of squares
 PI_EPS = tl.constexpr(1e-8)
@@ -83,65 +89,61 @@ def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_stats(w, temp, S, A, P, pi_out, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-               BD: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
-    # PASS 1: S += sum w^2.  PASS 2: Pi (stored), A += sum Pi w^2, P += sum Pi.
-    BN: tl.constexpr = TILE // (HP * BD)
-    b = tl.program_id(0)
+def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+              HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr):
+    """Forward pass PASS over tokens [lo, hi) of batch element b. 1: S += sum w^2.  2: Pi (stored), A += sum Pi w^2,
+    P += sum Pi.  3: y. Statistics and Pi are read from L2 (.cg): in the persistent kernel other programs wrote them."""
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
-    lo, hi = _slice(N, BN)
     hc = tl.arange(0, HP)
     acc = tl.zeros([HP, BD], dtype=tl.float32)
     P_acc = tl.zeros([HP], dtype=tl.float32)
     if PASS == 2:
-        invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0), NORM_EPS_SQ)
+        invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
         tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    if PASS == 3:
+        Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
+        inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
     for n0 in range(lo, hi, BN):
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
+        n = n0 + tl.arange(0, BN)
+        nh = (n[:, None] < N) & (hc[None, :] < H)
+        tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
         if PASS == 1:
             acc += tl.sum(x * x, 0)
-        else:
-            pi, _ = _pi(x, invS, tv, H, HP)
-            n = n0 + tl.arange(0, BN)
-            pi = tl.where(n[:, None] < N, pi, 0.0)
-            tl.store(pi_out + (b * N + n[:, None]) * H + hc[None, :], pi, mask=(n[:, None] < N) & (hc[None, :] < H))
-            acc += tl.sum(pi[:, :, None] * x * x, 0)
-            P_acc += tl.sum(pi, 0)
+        if PASS == 2:
+            p, _ = _pi(x, invS, tv, H, HP)
+            p = tl.where(n[:, None] < N, p, 0.0)
+            tl.store(pi + tok, p, mask=nh)
+            acc += tl.sum(p[:, :, None] * x * x, 0)
+            P_acc += tl.sum(p, 0)
+        if PASS == 3:
+            p = tl.load(pi + tok, mask=nh, other=0.0, cache_modifier=".cg")
+            tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
     if PASS == 1:
         tl.atomic_add(S + so, acc, mask=sm)
-    else:
+    if PASS == 2:
         tl.atomic_add(A + so, acc, mask=sm)
         tl.atomic_add(P + ho, P_acc, mask=hm)
 
 
 @triton.jit
-def _fwd_out(w, pi, A, P, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-             BD: tl.constexpr, TILE: tl.constexpr):
+def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+         BD: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD)
-    b, nb = tl.program_id(0), tl.program_id(1)
-    n0 = nb * BN
-    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-    so, sm, ho, hm = _stat(b, H, D, HP, BD)
-    hc = tl.arange(0, HP)
-    n = n0 + tl.arange(0, BN)
-    inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0) / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)[:, None])
-    x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
-    p = tl.load(pi + (b * N + n[:, None]) * H + hc[None, :], mask=(n[:, None] < N) & (hc[None, :] < H), other=0.0)
-    tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
+    lo, hi = _slice(N, BN)
+    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS)
 
 
 @triton.jit
-def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
-         H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr,
-         STAGE: tl.constexpr):
+def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
+              D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+              PI_STORED: tl.constexpr, STAGE: tl.constexpr):
+    # Backward stage STAGE over tokens [lo, hi) of batch element b.
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
     # STAGE 3: dw from the stored d energy (no softmax backward).
-    BN: tl.constexpr = TILE // (HP * BD)
-    b = tl.program_id(0)
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
-    lo, hi = _slice(N, BN)
     hc = tl.arange(0, HP)
     Sv = tl.load(S + so, mask=sm, other=1.0)
     invS = 1.0 / tl.maximum(Sv, NORM_EPS_SQ)
@@ -152,12 +154,12 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
     acc = tl.zeros([HP, BD], dtype=tl.float32)
     gt = tl.zeros([HP], dtype=tl.float32)
     if STAGE >= 2:
-        Gv = tl.load(G + so, mask=sm, other=0.0)
+        Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
         Gs = Gv * invPe[:, None]
     if STAGE == 2:
         gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                           # d loss / d P
     if STAGE == 3:
-        dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0), 0.0)
+        dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     for n0 in range(lo, hi, BN):
         off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
         x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
@@ -173,7 +175,7 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
             acc += tl.sum(g * x * pi[:, :, None], 0)
             tl.store(r_io + tok, tl.sum(g * x * inv[None, :, :], 2), mask=nh)
         if STAGE == 2:
-            r = tl.load(r_io + tok, mask=nh, other=0.0)
+            r = tl.load(r_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
             gpi = tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :]
             gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
             gz = tl.where(nh, gz, 0.0)
@@ -185,7 +187,7 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
             acc += tl.sum(ge[:, :, None] * x * x, 0)
         if STAGE == 3:
             g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-            ge = tl.load(ge_io + tok, mask=nh, other=0.0)
+            ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
             grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
                 + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
             tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
@@ -194,6 +196,97 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
     if STAGE == 2:
         tl.atomic_add(dS + so, -acc * invS * invS, mask=sm)
         tl.atomic_add(gtemp + hc, gt, mask=hc < H)
+
+
+@triton.jit
+def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
+         H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr,
+         STAGE: tl.constexpr):
+    BN: tl.constexpr = TILE // (HP * BD)
+    lo, hi = _slice(N, BN)
+    _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
+              BD, BN, PI_STORED, STAGE)
+
+
+@triton.jit
+def _item(sync, total, B, NI, per, N, LAG: tl.constexpr):
+    """The next work item of a persistent program: (ticket, batch element, pass 0-2, token range). Items run in
+    waves: wave v holds pass 0 of batch element v, pass 1 of v - LAG and pass 2 of v - 2 LAG (NI items each), so
+    a pass's items follow the previous pass of their batch element by LAG waves of other work; b >= B marks an
+    item outside the batch (the first and last waves)."""
+    k = tl.atomic_add(sync, 1)
+    v = k // (3 * NI)
+    r = k % (3 * NI)
+    ps = r // NI
+    b = v - ps * LAG
+    b = tl.where((b >= 0) & (k < total), b, B)
+    lo = (r % NI) * per
+    return k, b, ps, lo, tl.minimum(lo + per, N)
+
+
+@triton.jit
+def _wait(counter, target):
+    """Spin until counter >= target (acquire: what was written before it was raised is visible after)."""
+    c = tl.atomic_add(counter, 0, sem="acquire")
+    while c < target:
+        c = tl.atomic_add(counter, 0, sem="acquire")
+
+
+@triton.jit
+def _signal(counter):
+    tl.debug_barrier()                                   # every thread's writes of the item before the count
+    tl.atomic_add(counter, 1, sem="release")
+
+
+@triton.jit
+def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+                    HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
+    # All three forward passes in one launch of resident programs that take work items by ticket (_item). An item
+    # of pass p waits until every item of pass p - 1 of its batch element is done: those hold lower tickets, so
+    # they belong to programs already running and nothing waits on a program that has not started. A batch
+    # element's w is read three times within a few waves, while it can still be in L2.
+    BN: tl.constexpr = TILE // (HP * BD)
+    total = (B + 2 * LAG) * 3 * NI
+    k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
+    while k < total:
+        if b < B:
+            done = sync + 1 + b * 3
+            if ps == 0:
+                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 1)
+            elif ps == 1:
+                _wait(done, NI)
+                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 2)
+            else:
+                _wait(done + 1, NI)
+                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 3)
+            _signal(done + ps)
+        k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
+
+
+@triton.jit
+def _bwd_persistent(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, sync, N, B, NI, per,
+                    C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+                    PI_STORED: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
+    # The three backward stages in one launch, scheduled as _fwd_persistent schedules the forward passes.
+    BN: tl.constexpr = TILE // (HP * BD)
+    total = (B + 2 * LAG) * 3 * NI
+    k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
+    while k < total:
+        if b < B:
+            done = sync + 1 + b * 3
+            if ps == 0:
+                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
+                          BN, PI_STORED, 1)
+            elif ps == 1:
+                _wait(done, NI)
+                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
+                          BN, PI_STORED, 2)
+            else:
+                _wait(done + 1, NI)
+                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
+                          BN, PI_STORED, 3)
+            _signal(done + ps)
+        k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
 
 
 def autotuned(configs=None, do_bench=None) -> dict:
@@ -206,9 +299,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
     def tune(fn, reset=None, variant=None):
         return triton.autotune(configs=configs or _configs(), key=["NB", "C", "H"] + ([variant] if variant else []),
                                reset_to_zero=reset, do_bench=do_bench, **disk)(fn)
-    return {"sumsq": tune(_fwd_stats, ["S"], "PASS"), "pi": tune(_fwd_stats, ["A", "P"], "PASS"),
-            "out": tune(_fwd_out), 1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"),
-            3: tune(_bwd, None, "STAGE")}
+    return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
+            1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}
 
 
 KERNELS = autotuned()
@@ -233,6 +325,15 @@ def _groups(B: int):
     return batch_groups(B, L2_GROUP)
 
 
+def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
+    """(grid, tokens per item, items per pass and batch element) of the persistent kernels."""
+    BN = max(1, QUEUE_TILE // (HP * BD))
+    per = triton.cdiv(max(QUEUE_TOKENS, 1), BN) * BN
+    NI = triton.cdiv(N, per)
+    resident = 3 if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count * QUEUE_PER_SM
+    return (max(1, min(resident, (B + 2 * QUEUE_LAG) * 3 * NI)),), per, NI
+
+
 class TSSAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, temp, num_heads):
@@ -241,17 +342,21 @@ class TSSAFunction(torch.autograd.Function):
         C = H * D
         temp32 = temp.float().contiguous()
         HP, BD = _blocks(H, D)
-        ws = torch.zeros(B * (2 * C + H), device=w.device, dtype=torch.float32)   # one memset for all three
-        S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:].view(B, H)
+        n = B * (2 * C + H)
+        ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)   # one memset for all of them
+        S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
-        for nb, g in _groups(B):
+        if PERSISTENT:
+            grid, per, NI = _persistent(B, N, HP, BD, w.device)
+            _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
+                                  BD, QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
+        for nb, g in [] if PERSISTENT else _groups(B):
             grid = _slices(nb, N, HP, BD)
-            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), N, next_pow2(N), C, D, H, HP, BD)
+            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, BD)
             KERNELS["sumsq"][grid](*stats, PASS=1)
             KERNELS["pi"][grid](*stats, PASS=2)
-            KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](
-                g(w), g(pi), g(A), g(P), g(y), N, next_pow2(N), C, D, H, HP, BD)
+            KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         return y
@@ -264,12 +369,18 @@ class TSSAFunction(torch.autograd.Function):
         D = C // H
         gy = gy.contiguous()
         HP, BD = _blocks(H, D)
-        ws = torch.zeros(2 * B * C + H, device=w.device, dtype=torch.float32)
-        G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:]
+        n = 2 * B * C + H
+        ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)
+        G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n]
         r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         dw = alloc(B, N, C, like=w)
         stored = pi is not None
-        for nb, g in _groups(B):
+        if PERSISTENT:
+            grid, per, NI = _persistent(B, N, HP, BD, w.device)
+            _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
+                                  ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, BD, stored, QUEUE_TILE,
+                                  QUEUE_LAG, num_warps=QUEUE_WARPS)
+        for nb, g in [] if PERSISTENT else _groups(B):
             grid = _slices(nb, N, HP, BD)
             for stage in (1, 2, 3):
                 KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
