@@ -52,7 +52,7 @@ def sweep(label, module, stages, fn, inputs, rows):
         ref = fn().float()
     best_cfg = {}
     for configs in stages:
-        defaults = {k: getattr(module, k) for k in configs[0]}
+        defaults = {k: getattr(module, k) for cfg in configs for k in cfg}
         timed_rows = []
         for cfg in configs:
             for k, v in cfg.items():
@@ -102,7 +102,7 @@ def main() -> None:
     best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
                                  grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
-                                 grid(FUSED=[False, True], WARPS=[4, 8], BWD_WARPS=[4, 8], PROGRAMS=[1024, 4096]),
+                                 [{"FUSED": False}] + grid(FUSED=[True], WARPS=[4, 8], BWD_WARPS=[4, 8]),
                                  grid(L2_GROUP=[0, 2, 4])],
                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
     save()
@@ -114,8 +114,11 @@ def main() -> None:
 
     w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
     temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
-    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt, [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
-                                                      grid(L2_GROUP=[0, 2, 4, 8, 16])],
+    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt,
+                         [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
+                          grid(L2_GROUP=[0, 2, 4, 8, 16]),
+                          [{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256], QUEUE_LAG=[1, 3]),
+                          grid(QUEUE_PER_SM=[2, 4, 8])],
                          lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
 
     save()
