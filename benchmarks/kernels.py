@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
-from tost_edge.ops.triton import causal_tssa as ct  # noqa: E402
+from tost_edge.ops.triton import causal_tssa as ct, tssa as tt  # noqa: E402
 
 HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
 
@@ -171,7 +171,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("benchmarks/kernels.py needs a CUDA GPU")
     if args.tuned:
-        from tost_edge.ops.triton import linear_attention as la, tssa as tt
+        from tost_edge.ops.triton import linear_attention as la
         best = json.loads(Path(args.tuned).read_text())["best"]
         for op, module in (("causal_tssa", ct), ("linear_attn", la), ("tssa", tt)):
             for k, v in best.get(op, {}).items():
@@ -214,7 +214,11 @@ def main() -> None:
             w = torch.randn(B, N, C, device=dev, dtype=dt, requires_grad=True)
             temp = (torch.rand(H, 1, device=dev) + 0.5).to(dt).requires_grad_()
             nb = B * N * C * esize
-            variants = {"triton": lambda: tssa(w, temp, H, backend="triton"), "eager": lambda: official_tssa(w, temp, H)}
+            other = "launch-per-pass" if tt.PERSISTENT else "persistent"   # the scheme the settings did not choose
+            variants = {"triton": lambda: tssa(w, temp, H, backend="triton"),
+                        f"triton-{other}": lambda: with_setting(tt, "PERSISTENT", not tt.PERSISTENT,
+                                                                lambda: tssa(w, temp, H, backend="triton")),
+                        "eager": lambda: official_tssa(w, temp, H)}
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             for variant, fn, graph in with_graphs(variants, args.graph):

@@ -359,6 +359,7 @@ class TSSAFunction(torch.autograd.Function):
             KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
+        ctx.persistent, ctx.groups = PERSISTENT, _groups(B)     # the backward pass runs as its forward pass did
         return y
 
     @staticmethod
@@ -375,12 +376,12 @@ class TSSAFunction(torch.autograd.Function):
         r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         dw = alloc(B, N, C, like=w)
         stored = pi is not None
-        if PERSISTENT:
+        if ctx.persistent:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
                                   ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, BD, stored, QUEUE_TILE,
                                   QUEUE_LAG, num_warps=QUEUE_WARPS)
-        for nb, g in [] if PERSISTENT else _groups(B):
+        for nb, g in [] if ctx.persistent else ctx.groups:
             grid = _slices(nb, N, HP, BD)
             for stage in (1, 2, 3):
                 KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
