@@ -5,7 +5,9 @@
 # Wheels in .whl/ (e.g. fla-core for the fla comparison) are installed first when present.
 #   ONLY_TRITON=1    Triton tests and kernel benchmark only (no plugin build, CUDA-kernel tests or plugin benchmark)
 #   SWEEP=1          first run benchmarks/sweep.py (warps / unroll / program-count sweep); kernels.py then uses its best
-#   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile"
+#   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
+#   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
+#   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
 #   RESULTS          where logs and JSON go (default benchmarks/results)
 #   STEP_LIMIT       seconds the sweep or the benchmark may take (default 420), TEST_LIMIT the tests (default 240):
 #                    a step past its limit is stopped and the next one runs
@@ -28,13 +30,19 @@ if [ -z "${ONLY_TRITON:-}" ]; then
     && cmake --build build --target tost_kernels -j 16 > /dev/null && echo "built build/libtost_kernels.so (sm_$CAP)"
   TESTS="$TESTS tests/plugins/test_cuda_kernels.py tests/models/test_official_parity.py"
 fi
-timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS 2>&1 | tail -40 | tee "$RESULTS/gpu_tests.log" || status=1
-TUNED=""
+if [ -z "${SKIP_TESTS:-}" ]; then
+  timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS 2>&1 | tail -40 \
+    | tee "$RESULTS/gpu_tests.log" || status=1
+fi
+TUNED=${TUNED:+--tuned $TUNED}
 if [ -n "${SWEEP:-}" ]; then
   timeout "$LIMIT" python3 benchmarks/sweep.py --out "$RESULTS" 2>&1 | tee "$RESULTS/sweep.log" || status=1
   [ -f "$RESULTS/sweep.json" ] && TUNED="--tuned $RESULTS/sweep.json"
 fi
-timeout "$LIMIT" python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $TUNED --out "$RESULTS" 2>&1 | tee "$RESULTS/kernels.log" || status=1
+if [ -z "${SKIP_KERNELS:-}" ]; then
+  timeout "$LIMIT" python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $TUNED --out "$RESULTS" 2>&1 \
+    | tee "$RESULTS/kernels.log" || status=1
+fi
 if [ -z "${ONLY_TRITON:-}" ]; then
   python3 benchmarks/plugins.py --lib build/libtost_kernels.so --out "$RESULTS" 2>&1 | tee "$RESULTS/plugins.log" \
     || status=1
