@@ -28,8 +28,13 @@ from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def report(label, fn, sig, const, arch, num_warps=4):
-    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const)
+def report(label, fn, sig, const, arch, num_warps=4, odd=()):
+    """Compile fn as a launch at the benchmark shapes would: Triton specialises pointers (torch allocations are
+    16-byte aligned) and integers divisible by 16 as such, which decides vector widths and layouts; odd names the
+    integer arguments that are not."""
+    div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
+             if (t.startswith("*") or t.startswith("i")) and k not in odd}
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
