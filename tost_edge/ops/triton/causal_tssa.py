@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..causal_tssa.state import CausalTSSAState, prepare
-from .utils import alloc, batch_groups, check_available, next_pow2
+from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
@@ -35,6 +35,21 @@ SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes 
 L2_GROUP = 0     # >0: run all passes on this many sequences before the next ones (see _groups); 0: whole batch
 FUSED = False    # one launch per direction (slices chained by _lookback) instead of three kernels and two scans
 LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
+
+
+# 1/x as one MUFU.RCP (rcp.approx.ftz: relative error below 2^-23; the divisors here are >= 1e-12, never
+# subnormal) instead of div.full's eight instructions: the walks divide twice per element and are bound by arithmetic.
+# The interpreter cannot run PTX and divides.
+FAST_RCP = tl.constexpr(not interpreting())
+
+
+@triton.jit
+def _rcp(x):
+    if FAST_RCP:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
 
 
 @triton.jit
@@ -82,11 +97,11 @@ def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.cons
     hc = tl.arange(0, HP)
     wsq = x * x
     S = S + wsq
-    rden = 1.0 / tl.maximum(S, 1e-12)
+    rden = _rcp(tl.maximum(S, 1e-12))
     e = _energy(wsq, rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
     z = tl.where(hc < H, e * tv, float("-inf"))
     p = tl.exp(z - tl.max(z, 0))
-    pi = tl.where(valid, p / tl.sum(p, 0), 0.0)
+    pi = tl.where(valid, p * _rcp(tl.sum(p, 0)), 0.0)
     A = A + pi[:, None] * wsq
     P = P + pi
     return S, A, P, e, pi, wsq, rden
@@ -133,7 +148,7 @@ def _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr,
             pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
             A += pi[:, None] * x * x
             P += pi
-            out = -x * pi[:, None] / (1.0 + A * (1.0 / (P + 1e-8))[:, None])
+            out = -x * pi[:, None] * _rcp(1.0 + A * _rcp(P + 1e-8)[:, None])
             tl.store(y + (b * T + t) * C + so, out.to(y.dtype.element_ty), mask=sm & valid[:, None])
 
 
@@ -198,11 +213,11 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                 P = P + pi
                 if STAGE >= 2:
                     S = S + wsq
-                    rden = 1.0 / tl.maximum(S, 1e-12)
+                    rden = _rcp(tl.maximum(S, 1e-12))
             else:
                 S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
-            rpe = 1.0 / (P + 1e-8)
-            inv = 1.0 / (1.0 + A * rpe[:, None])
+            rpe = _rcp(P + 1e-8)
+            inv = _rcp(1.0 + A * rpe[:, None])
             gdots = g * x * pi[:, None] * inv * inv
             ga = gdots * rpe[:, None]                                     # direct d loss / d A_t
             gp = -tl.sum(gdots * A, 1) * rpe * rpe                        # direct d loss / d P_t
