@@ -199,6 +199,25 @@ def main() -> None:
         print(f"{op:22s} {shape:24s} {variant:12s} {mode:8s} {ms:9.3f} ms {gbps:8.0f} GB/s "
               f"{100 * gbps / bw:5.1f}% peak {peak:8.0f} MiB", flush=True)
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = name.replace(" ", "_")
+
+    def save():  # after every shape, so a run stopped part-way keeps what it measured
+        # ratios against the Triton kernel of the same op, shape and mode (same run)
+        ref = {(r["op"], r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "triton"}
+        for r in rows:
+            r["speedup_of_triton"] = r["ms"] / ref.get((r["op"], r["shape"], r["mode"]), float("nan"))
+        # causal TSSA against fla's chunk linear attention at the same B, T, H, D
+        for ours, theirs in (("triton", "fla-chunk"), ("triton-graph", "fla-chunk-graph")):
+            fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == theirs}
+            for r in rows:
+                if r["op"] == "causal_tssa" and r["variant"] == ours and (r["shape"], r["mode"]) in fla:
+                    r["fla_chunk_ms_same_shape"] = fla[(r["shape"], r["mode"])]
+        (out / f"kernels_{tag}_{args.dtype}.json").write_text(json.dumps({"device": name, "hbm_GBps": bw,
+                                                                          "copy_GBps": copy_gbps, "dtype": args.dtype,
+                                                                          "rows": rows, "profiles": profiles}, indent=2))
+
     tssa_shapes = [(64, 196, 384, 8), (64, 1024, 384, 8), (64, 4096, 384, 8), (64, 16384, 384, 8),
                    (8, 4096, 768, 16), (8, 65536, 768, 16)]
     causal_shapes = [(T, H) for H in (12, 20) for T in (1024, 4096, 16384, 65536)]
@@ -232,6 +251,7 @@ def main() -> None:
         except Exception as e:  # one failing op or shape must not lose the rest of the run
             print(f"tssa {B} {N} {C} {H} failed: {type(e).__name__}: {e}", flush=True)
             torch.cuda.empty_cache()
+        save()
 
     for T, H in causal_shapes:
         try:
@@ -275,23 +295,9 @@ def main() -> None:
         except Exception as e:  # one failing op or shape must not lose the rest of the run
             print(f"causal {T} {H} failed: {type(e).__name__}: {e}", flush=True)
             torch.cuda.empty_cache()
+        save()
 
-    # ratios against the Triton kernel of the same op, shape and mode (same run)
-    ref = {(r["op"], r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == "triton"}
-    for r in rows:
-        r["speedup_of_triton"] = r["ms"] / ref.get((r["op"], r["shape"], r["mode"]), float("nan"))
-    # causal TSSA against fla's chunk linear attention at the same B, T, H, D
-    for ours, theirs in (("triton", "fla-chunk"), ("triton-graph", "fla-chunk-graph")):
-        fla = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["variant"] == theirs}
-        for r in rows:
-            if r["op"] == "causal_tssa" and r["variant"] == ours and (r["shape"], r["mode"]) in fla:
-                r["fla_chunk_ms_same_shape"] = fla[(r["shape"], r["mode"])]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = name.replace(" ", "_")
-    (out / f"kernels_{tag}_{args.dtype}.json").write_text(json.dumps({"device": name, "hbm_GBps": bw,
-                                                                      "copy_GBps": copy_gbps, "dtype": args.dtype,
-                                                                      "rows": rows, "profiles": profiles}, indent=2))
+    save()
     print(f"wrote {out / f'kernels_{tag}_{args.dtype}.json'}")
 
 
