@@ -5,6 +5,7 @@ eager PyTorch, torch.compile of it, and fla's chunk linear attention when import
     python benchmarks/kernels.py --quick --out benchmarks/results
     python benchmarks/kernels.py --quick --no-compile --profile     # plus the time of each kernel launch
     python benchmarks/kernels.py --quick --graph          # also time Triton and fla replayed from a CUDA graph
+    TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke --graph --out /tmp/k   # CPU check of this script
 
 Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
 write y forward; also read w and dy and write dw backward) in GB/s and as a fraction of the card's HBM bandwidth,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
 from tost_edge.ops.triton import causal_tssa as ct, tssa as tt  # noqa: E402
 
+SMOKE = False   # --smoke: the whole script on CPU under the interpreter, tiny shapes, nothing meaningful timed
 HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
 
 
@@ -70,6 +73,12 @@ def bench(fn, backward: bool, inputs, out_grad=None, graph=False):
             o = out[0] if isinstance(out, tuple) else out
             o.backward(out_grad if out_grad is not None else torch.ones_like(o))
     try:
+        if SMOKE:
+            from tost_edge.ops.triton.utils import cpu_timer
+            ms = cpu_timer(run)
+            for t in inputs:
+                t.grad = None
+            return ms, float("nan")
         if graph:
             run()   # autotuning and compilation happen outside the capture
             ms = do_bench_cudagraph(run, rep=50, grad_to_none=inputs if backward else None, return_mode="median")
@@ -119,12 +128,19 @@ def with_graphs(variants: dict, graph: bool):
 def copy_bandwidth(dev: str) -> float:
     """The card's practical ceiling: GB/s of a 2 GiB device-to-device copy (bytes read plus bytes written)."""
     from triton.testing import do_bench
+    if SMOKE:
+        return float("nan")
     src = torch.empty(2**30, dtype=torch.uint8, device=dev).random_()
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
     del src, dst
     torch.cuda.empty_cache()
     return 2 * 2**30 / (ms * 1e-3) / 1e9
+
+
+def sync() -> None:
+    if not SMOKE:
+        torch.cuda.synchronize()
 
 
 def profile(label: str, fn, inputs) -> list[dict]:
@@ -139,11 +155,11 @@ def profile(label: str, fn, inputs) -> list[dict]:
         for t in inputs:
             t.grad = None
     run()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync()
+    with torch_profile(activities=[ProfilerActivity.CPU if SMOKE else ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             run()
-        torch.cuda.synchronize()
+        sync()
     rows = []
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", None)
@@ -167,9 +183,14 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--smoke", action="store_true", help="check this script on CPU (TRITON_INTERPRET=1, tiny shapes)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py needs a CUDA GPU")
+    global SMOKE
+    SMOKE = args.smoke
+    if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
+    if not SMOKE and not torch.cuda.is_available():
+        sys.exit("benchmarks/kernels.py needs a CUDA GPU (or --smoke to check the script on CPU)")
     if args.tuned:
         from tost_edge.ops.triton import linear_attention as la
         best = json.loads(Path(args.tuned).read_text())["best"]
@@ -178,8 +199,8 @@ def main() -> None:
                 setattr(module, k, v)
         print(f"launch settings from {args.tuned}: {best}")
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    dev = "cuda"
-    name = torch.cuda.get_device_name()
+    dev = "cpu" if SMOKE else "cuda"
+    name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()
     bw = card_bandwidth(name)
     try:
         from fla.ops.linear_attn import chunk_linear_attn
@@ -224,8 +245,11 @@ def main() -> None:
     if args.quick:
         tssa_shapes = [(64, 4096, 384, 8), (8, 65536, 768, 16)]
         causal_shapes = [(4096, 12), (16384, 12), (4096, 20)]
-    compile_tssa = torch.compile(official_tssa) if not args.no_compile else None
-    compile_causal = torch.compile(official_causal_tssa) if not args.no_compile else None
+    B_CAUSAL, D_CAUSAL = 8, 64
+    if SMOKE:
+        tssa_shapes, causal_shapes, B_CAUSAL, D_CAUSAL = [(2, 9, 32, 2)], [(7, 2)], 2, 16
+    compile_tssa = torch.compile(official_tssa) if not (args.no_compile or SMOKE) else None
+    compile_causal = torch.compile(official_causal_tssa) if not (args.no_compile or SMOKE) else None
 
     for B, N, C, H in tssa_shapes:
         try:
@@ -255,7 +279,7 @@ def main() -> None:
 
     for T, H in causal_shapes:
         try:
-            B, D = 8, 64
+            B, D = B_CAUSAL, D_CAUSAL
             C = H * D
             shape = f"B{B} T{T} H{H} D{D}"
             w = torch.randn(B, T, C, device=dev, dtype=dt, requires_grad=True)

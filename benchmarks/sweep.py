@@ -2,6 +2,7 @@
 each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py come from this table.
 
     python benchmarks/sweep.py --out benchmarks/results
+    TRITON_INTERPRET=1 python benchmarks/sweep.py --smoke --out /tmp/s    # CPU check of this script
 
 bf16, triton.testing.do_bench medians, forward and forward+backward, and forward+backward replayed from a CUDA graph
 (do_bench_cudagraph: what a captured training step pays, without the host's launch time); the plain forward+backward
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E4
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 
 
+SMOKE = False   # --smoke: on CPU under the interpreter, tiny shapes, two configs a stage, nothing meaningful timed
+
+
 def timed(fn, inputs):
     """Forward and forward+backward medians (ms), and forward+backward replayed from a CUDA graph (no host time)."""
     from triton.testing import do_bench, do_bench_cudagraph
@@ -30,6 +35,9 @@ def timed(fn, inputs):
     def both():
         out = fn()
         out.backward(torch.ones_like(out))
+    if SMOKE:
+        from tost_edge.ops.triton.utils import cpu_timer
+        do_bench = do_bench_cudagraph = lambda f, grad_to_none=None, **_: cpu_timer(f)  # noqa: E731
     fwd = do_bench(lambda: fn(), warmup=5, rep=30, return_mode="median")
     fb = do_bench(both, warmup=5, rep=30, grad_to_none=inputs, return_mode="median")
     try:
@@ -52,6 +60,7 @@ def sweep(label, module, stages, fn, inputs, rows):
         ref = fn().float()
     best_cfg = {}
     for configs in stages:
+        configs = configs[:2] if SMOKE else configs
         defaults = {k: getattr(module, k) for cfg in configs for k in cfg}
         timed_rows = []
         for cfg in configs:
@@ -83,23 +92,29 @@ def sweep(label, module, stages, fn, inputs, rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--smoke", action="store_true", help="check this script on CPU (TRITON_INTERPRET=1, tiny shapes)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/sweep.py needs a CUDA GPU")
-    dev, dt, rows = "cuda", torch.bfloat16, []
+    global SMOKE
+    SMOKE = args.smoke
+    if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
+    if not SMOKE and not torch.cuda.is_available():
+        sys.exit("benchmarks/sweep.py needs a CUDA GPU (or --smoke to check the script on CPU)")
+    dev, dt, rows = ("cpu", torch.float32, []) if SMOKE else ("cuda", torch.bfloat16, [])
+    device_name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     best = {}
 
     def save():  # after every op, so a run stopped part-way keeps what it measured
-        (out / "sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "best": best,
+        (out / "sweep.json").write_text(json.dumps({"device": device_name, "best": best,
                                                    "rows": rows}, indent=2))
 
-    B, T, H, D = 8, 4096, 12, 64
+    B, T, H, D = (2, 9, 2, 16) if SMOKE else (8, 4096, 12, 64)
     w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
     temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
     bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
-    best["causal_tssa"] = sweep("causal_tssa B8 T4096 H12 D64", ct,
+    best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
                                 [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
                                  grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
                                  [{"FUSED": False}] + grid(FUSED=[True], WARPS=[4, 8], BWD_WARPS=[4, 8]),
@@ -108,18 +123,19 @@ def main() -> None:
     save()
 
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-    best["linear_attn"] = sweep("linear_attn B8 T4096 H12 D64", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
+    best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
                                 lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
     save()
 
-    w2 = torch.randn(64, 4096, 384, device=dev, dtype=dt, requires_grad=True)
-    temp2 = (torch.rand(8, device=dev) + 0.5).requires_grad_()
-    best["tssa"] = sweep("tssa B64 N4096 C384 H8", tt,
+    B2, N2, C2, H2 = (2, 9, 32, 2) if SMOKE else (64, 4096, 384, 8)
+    w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
+    temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
+    best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
                          [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
                           grid(L2_GROUP=[0, 2, 4, 8, 16]),
                           [{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256], QUEUE_LAG=[1, 3]),
                           grid(QUEUE_PER_SM=[2, 4, 8])],
-                         lambda: tssa(w2, temp2, 8, backend="triton"), [w2, temp2], rows)
+                         lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows)
 
     save()
     print("best settings (fwd+bwd):", json.dumps(best))

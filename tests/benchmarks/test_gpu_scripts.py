@@ -1,0 +1,43 @@
+"""The GPU benchmark scripts run end to end on CPU (--smoke: Triton's interpreter, tiny shapes), so a mistake in them
+shows here rather than on a GPU whose time is scarce. Nothing they time here means anything."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytest.importorskip("triton")
+
+
+def smoke(script, *args, out):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *args, "--out", str(out)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "failed" not in r.stdout, r.stdout
+    return r.stdout
+
+
+def test_kernels_benchmark_smoke(tmp_path):
+    smoke("kernels.py", "--graph", "--profile", out=tmp_path)
+    (report,) = tmp_path.glob("kernels_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    variants = {(r["op"], r["variant"], r["mode"]) for r in rows}
+    for op, other in (("tssa", "triton-persistent"), ("causal_tssa", "triton-fused")):
+        for variant in ("triton", other, "eager", "triton-graph", f"{other}-graph"):
+            for mode in ("fwd", "fwd+bwd"):
+                assert (op, variant, mode) in variants
+    assert ("causal_linear_attn", "triton-graph", "fwd+bwd") in variants
+    assert all(r["ms"] > 0 for r in rows if r["variant"] != "eager")
+
+
+def test_sweep_smoke(tmp_path):
+    smoke("sweep.py", out=tmp_path)
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert set(result["best"]) == {"causal_tssa", "linear_attn", "tssa"}
+    tried = {k for r in result["rows"] for k in r}
+    assert {"FUSED", "PERSISTENT", "L2_GROUP", "fwd_bwd_graph_ms"} <= tried
