@@ -233,6 +233,13 @@ def _wait(counter, target):
 
 
 @triton.jit
+def _wait_previous_pass(done, ps, NI):
+    """Spin until all NI items of the pass before pass ps (of this item's batch element) are done."""
+    if ps > 0:
+        _wait(done + ps - 1, NI)
+
+
+@triton.jit
 def _signal(counter):
     tl.debug_barrier()                                   # every thread's writes of the item before the count
     tl.atomic_add(counter, 1, sem="release")
@@ -251,13 +258,12 @@ def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexp
     while k < total:
         if b < B:
             done = sync + 1 + b * 3
+            _wait_previous_pass(done, ps, NI)
             if ps == 0:
                 _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 1)
             elif ps == 1:
-                _wait(done, NI)
                 _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 2)
             else:
-                _wait(done + 1, NI)
                 _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 3)
             _signal(done + ps)
         k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
@@ -274,15 +280,14 @@ def _bwd_persistent(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, 
     while k < total:
         if b < B:
             done = sync + 1 + b * 3
+            _wait_previous_pass(done, ps, NI)
             if ps == 0:
                 _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
                           BN, PI_STORED, 1)
             elif ps == 1:
-                _wait(done, NI)
                 _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
                           BN, PI_STORED, 2)
             else:
-                _wait(done + 1, NI)
                 _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
                           BN, PI_STORED, 3)
             _signal(done + ps)
