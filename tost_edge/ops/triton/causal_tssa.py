@@ -485,8 +485,10 @@ class CausalTSSAFunction(torch.autograd.Function):
         BD, HP, BT, NT, per = _cfg(T, B, H, D)
         tmax = bias.shape[1]
         HD = H * D
-        Wsum, S_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD, like=w, dtype=torch.float32)
-        AP, AP_start = (alloc(B, NT, HD + H, like=w, dtype=torch.float32) for _ in range(2))
+        S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
+                                                                                  dtype=torch.float32)
+        if not FUSED:                                     # slice totals, for the scan kernels
+            Wsum, AP = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w, dtype=torch.float32)
         S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         y = alloc(B, T, C, like=w)
@@ -529,8 +531,10 @@ class CausalTSSAFunction(torch.autograd.Function):
         gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
         gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
         gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
-        GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
-        GC, Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float64), alloc(B, NT, H * D, like=w, dtype=torch.float32)
+        if not ctx.fused:                                 # slice totals and what flows in after each slice
+            GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
+            GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
+            Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float32)
         gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
             alloc(B, H, like=w, dtype=torch.float32)
         ge = alloc(B, T, H, like=w, dtype=torch.float32)
