@@ -61,14 +61,9 @@ int32_t CausalLinearAttentionPlugin::getOutputShapes(DimsExprs const* inputs, in
     {
         return -1;
     }
-    for (int32_t i = 0; i < kIN; ++i)
+    if (!checkRanks("CausalLinearAttention_TRT", inputs, kIN, kRANKS))
     {
-        if (inputs[i].nbDims != kRANKS[i])
-        {
-            logError("CausalLinearAttention_TRT: input " + std::to_string(i) + " expected rank "
-                + std::to_string(kRANKS[i]) + ", got " + std::to_string(inputs[i].nbDims));
-            return -1;
-        }
+        return -1;
     }
     outputs[0] = inputs[2];
     outputs[1] = inputs[3];

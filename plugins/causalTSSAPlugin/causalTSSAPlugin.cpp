@@ -62,14 +62,9 @@ int32_t CausalTSSAPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
     {
         return -1;
     }
-    for (int32_t i = 0; i < kIN; ++i)
+    if (!checkRanks("CausalTSSA_TRT", inputs, kIN, kRANKS))
     {
-        if (inputs[i].nbDims != kRANKS[i])
-        {
-            logError("CausalTSSA_TRT: input " + std::to_string(i) + " expected rank " + std::to_string(kRANKS[i])
-                + ", got " + std::to_string(inputs[i].nbDims));
-            return -1;
-        }
+        return -1;
     }
     outputs[0] = inputs[0];
     outputs[1] = inputs[4];

@@ -71,6 +71,20 @@ bool readFloat(nvinfer1::PluginFieldCollection const* fc, char const* plugin, ch
     return true;
 }
 
+bool checkRanks(char const* plugin, nvinfer1::DimsExprs const* inputs, int32_t n, int32_t const* ranks) noexcept
+{
+    for (int32_t i = 0; i < n; ++i)
+    {
+        if (inputs[i].nbDims != ranks[i])
+        {
+            logError(std::string(plugin) + ": input " + std::to_string(i) + " expected rank "
+                + std::to_string(ranks[i]) + ", got " + std::to_string(inputs[i].nbDims));
+            return false;
+        }
+    }
+    return true;
+}
+
 bool isFloatType(nvinfer1::DataType t) noexcept
 {
     return t == nvinfer1::DataType::kFLOAT || t == nvinfer1::DataType::kHALF || t == nvinfer1::DataType::kBF16;

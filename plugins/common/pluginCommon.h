@@ -23,6 +23,9 @@ void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 bool readInt(nvinfer1::PluginFieldCollection const* fc, char const* plugin, char const* name, int32_t& out) noexcept;
 bool readFloat(nvinfer1::PluginFieldCollection const* fc, char const* plugin, char const* name, float& out) noexcept;
 
+//! True when input i has rank ranks[i] for every i < n; else logs the first that does not (naming the plugin).
+bool checkRanks(char const* plugin, nvinfer1::DimsExprs const* inputs, int32_t n, int32_t const* ranks) noexcept;
+
 bool isFloatType(nvinfer1::DataType t) noexcept;
 int32_t toKernelDtype(nvinfer1::DataType t) noexcept;
 
