@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
 from tost_edge.ops.triton import causal_tssa as ct, tssa as tt  # noqa: E402
 
@@ -183,14 +183,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--smoke", action="store_true", help="check this script on CPU (TRITON_INTERPRET=1, tiny shapes)")
+    smoke.add_flag(ap)
     args = ap.parse_args()
     global SMOKE
-    SMOKE = args.smoke
-    if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py needs a CUDA GPU (or --smoke to check the script on CPU)")
+    SMOKE = smoke.check(args, "benchmarks/kernels.py")
     if args.tuned:
         from tost_edge.ops.triton import linear_attention as la
         best = json.loads(Path(args.tuned).read_text())["best"]
@@ -219,6 +215,15 @@ def main() -> None:
                      "roofline": gbps / bw, "peak_MiB": peak})
         print(f"{op:22s} {shape:24s} {variant:12s} {mode:8s} {ms:9.3f} ms {gbps:8.0f} GB/s "
               f"{100 * gbps / bw:5.1f}% peak {peak:8.0f} MiB", flush=True)
+
+    def time_variants(op, shape, variants, inputs, units, nbytes):
+        """Forward and forward+backward of every variant (and its CUDA-graph replay with --graph); units: how many
+        times nbytes each mode must move at least (forward, forward+backward)."""
+        for variant, fn, graph in with_graphs(variants, args.graph):
+            for mode, bwd, k in (("fwd", False, units[0]), ("fwd+bwd", True, units[1])):
+                with torch.set_grad_enabled(bwd):
+                    ms, peak = bench(fn, bwd, inputs, graph=graph)
+                record(op, shape, variant, mode, ms, peak, k * nbytes)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,11 +269,7 @@ def main() -> None:
                         "eager": lambda: official_tssa(w, temp, H)}
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
-            for variant, fn, graph in with_graphs(variants, args.graph):
-                for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
-                    with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [w, temp], graph=graph)
-                    record("tssa", shape, variant, mode, ms, peak, k * nb)
+            time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
             if args.profile:
                 profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
             del w
@@ -293,11 +294,7 @@ def main() -> None:
                         "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
-            for variant, fn, graph in with_graphs(variants, args.graph):
-                for mode, bwd, k in (("fwd", False, 2), ("fwd+bwd", True, 5)):
-                    with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [w, temp, bias], graph=graph)
-                    record("causal_tssa", shape, variant, mode, ms, peak, k * nb)
+            time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
             del w
@@ -306,11 +303,7 @@ def main() -> None:
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]
-            for variant, fn, graph in with_graphs(la, args.graph):
-                for mode, bwd, kk in (("fwd", False, 4), ("fwd+bwd", True, 11)):
-                    with torch.set_grad_enabled(bwd):
-                        ms, peak = bench(fn, bwd, [q, k_, v], graph=graph)
-                    record("causal_linear_attn", shape, variant, mode, ms, peak, kk * nb)
+            time_variants("causal_linear_attn", shape, la, [q, k_, v], (4, 11), nb)
             if args.profile:
                 for variant, fn in la.items():
                     profiles[f"linear_attn {variant} {shape}"] = profile(f"linear_attn {variant} {shape}", fn, [q, k_, v])

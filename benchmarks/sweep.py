@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 
@@ -30,14 +30,15 @@ SMOKE = False   # --smoke: on CPU under the interpreter, tiny shapes, two config
 
 def timed(fn, inputs):
     """Forward and forward+backward medians (ms), and forward+backward replayed from a CUDA graph (no host time)."""
-    from triton.testing import do_bench, do_bench_cudagraph
+    if SMOKE:
+        from tost_edge.ops.triton.utils import cpu_timer
+        do_bench = do_bench_cudagraph = lambda f, grad_to_none=None, **_: cpu_timer(f)  # noqa: E731
+    else:
+        from triton.testing import do_bench, do_bench_cudagraph
 
     def both():
         out = fn()
         out.backward(torch.ones_like(out))
-    if SMOKE:
-        from tost_edge.ops.triton.utils import cpu_timer
-        do_bench = do_bench_cudagraph = lambda f, grad_to_none=None, **_: cpu_timer(f)  # noqa: E731
     fwd = do_bench(lambda: fn(), warmup=5, rep=30, return_mode="median")
     fb = do_bench(both, warmup=5, rep=30, grad_to_none=inputs, return_mode="median")
     try:
@@ -92,14 +93,10 @@ def sweep(label, module, stages, fn, inputs, rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--smoke", action="store_true", help="check this script on CPU (TRITON_INTERPRET=1, tiny shapes)")
+    smoke.add_flag(ap)
     args = ap.parse_args()
     global SMOKE
-    SMOKE = args.smoke
-    if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("benchmarks/sweep.py needs a CUDA GPU (or --smoke to check the script on CPU)")
+    SMOKE = smoke.check(args, "benchmarks/sweep.py")
     dev, dt, rows = ("cpu", torch.float32, []) if SMOKE else ("cuda", torch.bfloat16, [])
     device_name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()
     out = Path(args.out)
