@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--tuned", help="sweep.json from benchmarks/sweep.py: run with its best launch settings")
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
+    ap.add_argument("--no-other", action="store_true",
+                    help="skip the launch scheme the settings did not choose (persistent TSSA / fused causal TSSA)")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
@@ -267,6 +269,8 @@ def main() -> None:
                         f"triton-{other}": lambda: with_setting(tt, "PERSISTENT", not tt.PERSISTENT,
                                                                 lambda: tssa(w, temp, H, backend="triton")),
                         "eager": lambda: official_tssa(w, temp, H)}
+            if args.no_other:
+                del variants[f"triton-{other}"]
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
@@ -292,6 +296,8 @@ def main() -> None:
                         f"triton-{other}": lambda: with_setting(ct, "FUSED", not ct.FUSED,
                                                                 lambda: causal_tssa(w, temp, bias, H, backend="triton")[0]),
                         "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
+            if args.no_other:
+                del variants[f"triton-{other}"]
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)

@@ -2,11 +2,14 @@
 each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py come from this table.
 
     python benchmarks/sweep.py --out benchmarks/results
+    python benchmarks/sweep.py --ops tssa --out benchmarks/results      # one op; merged into an existing sweep.json
     TRITON_INTERPRET=1 python benchmarks/sweep.py --smoke --out /tmp/s    # CPU check of this script
 
 bf16, triton.testing.do_bench medians, forward and forward+backward, and forward+backward replayed from a CUDA graph
 (do_bench_cudagraph: what a captured training step pays, without the host's launch time); the plain forward+backward
-chooses. Every variant is checked against the default configuration's output before it is timed.
+chooses. Every variant is checked against the default configuration's output before it is timed. The stages start
+from the defaults (the winners of earlier sweeps) and try what has not been timed yet; run each op in its own process
+(--ops) so that a configuration that never finishes costs only that op's results.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E4
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 
 
+OPS = ("causal_tssa", "linear_attn", "tssa")
 SMOKE = False   # --smoke: on CPU under the interpreter, tiny shapes, two configs a stage, nothing meaningful timed
 
 
@@ -93,48 +97,57 @@ def sweep(label, module, stages, fn, inputs, rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     smoke.add_flag(ap)
     args = ap.parse_args()
+    ops = [op for op in args.ops.split(",") if op]
+    if not ops or set(ops) - set(OPS):
+        ap.error(f"--ops: expected a comma-separated subset of {','.join(OPS)}, got {args.ops!r}")
     global SMOKE
     SMOKE = smoke.check(args, "benchmarks/sweep.py")
-    dev, dt, rows = ("cpu", torch.float32, []) if SMOKE else ("cuda", torch.bfloat16, [])
+    dev, dt = ("cpu", torch.float32) if SMOKE else ("cuda", torch.bfloat16)
     device_name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    best = {}
+    earlier = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
+    if earlier.get("device", device_name) != device_name:
+        sys.exit(f"{out / 'sweep.json'} holds a sweep on {earlier['device']}, not {device_name}: choose another --out")
+    best, rows = earlier.get("best", {}), earlier.get("rows", [])
 
     def save():  # after every op, so a run stopped part-way keeps what it measured
         (out / "sweep.json").write_text(json.dumps({"device": device_name, "best": best,
                                                    "rows": rows}, indent=2))
 
     B, T, H, D = (2, 9, 2, 16) if SMOKE else (8, 4096, 12, 64)
-    w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
-    temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
-    bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
-    best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
-                                [grid(WARPS=[2, 4], BWD_WARPS=[2, 4], UNROLL=[4, 8]),
-                                 grid(PROGRAMS=[512, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
-                                 [{"FUSED": False}] + grid(FUSED=[True], WARPS=[4, 8], BWD_WARPS=[4, 8]),
-                                 grid(L2_GROUP=[0, 2, 4])],
-                                lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
-    save()
+    if "causal_tssa" in ops:
+        w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
+        temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
+        bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
+        best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
+                                    [[{"FUSED": False}] + grid(FUSED=[True], WARPS=[4, 8], BWD_WARPS=[4, 8]),
+                                     grid(UNROLL=[2, 4, 8]), grid(PROGRAMS=[512, 1024, 2048]),
+                                     grid(L2_GROUP=[0, 4])],
+                                    lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
+        save()
+        del w
 
-    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-    best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
-                                lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
-    save()
+    if "linear_attn" in ops:
+        q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+        best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
+                                    lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
+        save()
+        del q, k, v
 
-    B2, N2, C2, H2 = (2, 9, 32, 2) if SMOKE else (64, 4096, 384, 8)
-    w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
-    temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
-    best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
-                         [grid(PROGRAMS=[264, 528, 1024, 2048, 4096]), grid(SAVE_PI=[True, False]),
-                          grid(L2_GROUP=[0, 2, 4, 8, 16]),
-                          [{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256], QUEUE_LAG=[1, 3]),
-                          grid(QUEUE_PER_SM=[2, 4, 8])],
-                         lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows)
-
-    save()
+    if "tssa" in ops:
+        B2, N2, C2, H2 = (2, 9, 32, 2) if SMOKE else (64, 4096, 384, 8)
+        w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
+        temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
+        best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
+                             [[{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256],
+                                                             QUEUE_LAG=[1, 3]),
+                              grid(L2_GROUP=[0, 4, 16]), grid(PROGRAMS=[2048, 4096]), grid(QUEUE_PER_SM=[2, 4])],
+                             lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows)
+        save()
     print("best settings (fwd+bwd):", json.dumps(best))
 
 
