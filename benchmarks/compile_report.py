@@ -78,9 +78,9 @@ def main() -> None:
     report("tssa persistent bwd", tt._bwd_persistent, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32,
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
-    # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, 8 tokens unrolled)
+    # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
-    for nw in (ct.WARPS,) if args.quick else (2, 4):
+    for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
                T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)
@@ -89,7 +89,7 @@ def main() -> None:
             report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32,
                    pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
                    per="i32"), {**cc, "BOUNDED": True, "PI_STORED": True, "STAGE": st}, a, nw)
-    for nw in (ct.WARPS,) if args.quick else (2, 4):
+    for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, dict(w=bf, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32,
                pi=f32, y=bf, S_start=f32, AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32",
                tmax="i32", per="i32", NS="i32"), {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)

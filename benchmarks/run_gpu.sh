@@ -34,9 +34,9 @@ if [ -z "${ONLY_TRITON:-}" ]; then
 fi
 OTHER=""
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 -rf --tb=line $TESTS > "$RESULTS/gpu_tests.log" 2>&1
+  timeout "$TEST_LIMIT" python3 -m pytest -v -p no:cacheprovider -n 8 -rf --tb=line -o faulthandler_timeout=100 $TESTS > "$RESULTS/gpu_tests.log" 2>&1
   rc=$?
-  tail -40 "$RESULTS/gpu_tests.log"
+  grep -E "FAILED|ERROR|passed|failed|Timeout" "$RESULTS/gpu_tests.log" | tail -40
   [ $rc -ne 0 ] && status=1
   [ $rc -eq 124 ] && OTHER="--no-other" && echo "tests timed out: the other launch scheme is not benchmarked"
 fi

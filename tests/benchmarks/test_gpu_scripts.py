@@ -27,7 +27,10 @@ def test_kernels_benchmark_smoke(tmp_path):
     (report,) = tmp_path.glob("kernels_*.json")
     rows = json.loads(report.read_text())["rows"]
     variants = {(r["op"], r["variant"], r["mode"]) for r in rows}
-    for op, other in (("tssa", "triton-persistent"), ("causal_tssa", "triton-fused")):
+    from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
+    others = (("tssa", "triton-launch-per-pass" if tt.PERSISTENT else "triton-persistent"),
+              ("causal_tssa", "triton-three-pass" if ct.FUSED else "triton-fused"))   # the scheme not chosen
+    for op, other in others:
         for variant in ("triton", other, "eager", "triton-graph", f"{other}-graph"):
             for mode in ("fwd", "fwd+bwd"):
                 assert (op, variant, mode) in variants
