@@ -112,7 +112,8 @@ def main() -> None:
     earlier = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     if earlier.get("device", device_name) != device_name:
         sys.exit(f"{out / 'sweep.json'} holds a sweep on {earlier['device']}, not {device_name}: choose another --out")
-    best, rows = earlier.get("best", {}), earlier.get("rows", [])
+    best = earlier.get("best", {})
+    rows = [r for r in earlier.get("rows", []) if r["op"].split()[0] not in ops]   # an op swept again replaces its rows
 
     def save():  # after every op, so a run stopped part-way keeps what it measured
         (out / "sweep.json").write_text(json.dumps({"device": device_name, "best": best,

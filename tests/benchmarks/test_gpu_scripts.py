@@ -44,3 +44,10 @@ def test_sweep_smoke(tmp_path):
     assert set(result["best"]) == {"causal_tssa", "linear_attn", "tssa"}
     tried = {k for r in result["rows"] for k in r}
     assert {"FUSED", "PERSISTENT", "L2_GROUP", "fwd_bwd_graph_ms"} <= tried
+    # one op swept again in the same folder replaces that op's rows and keeps the others' results
+    smoke("sweep.py", "--ops", "linear_attn", out=tmp_path)
+    again = json.loads((tmp_path / "sweep.json").read_text())
+    assert set(again["best"]) == {"causal_tssa", "linear_attn", "tssa"}
+    count = lambda rows, op: sum(r["op"].split()[0] == op for r in rows)  # noqa: E731
+    for op in ("causal_tssa", "linear_attn", "tssa"):
+        assert count(again["rows"], op) == count(result["rows"], op) > 0
