@@ -51,3 +51,11 @@ def test_sweep_smoke(tmp_path):
     count = lambda rows, op: sum(r["op"].split()[0] == op for r in rows)  # noqa: E731
     for op in ("causal_tssa", "linear_attn", "tssa"):
         assert count(again["rows"], op) == count(result["rows"], op) > 0
+
+
+def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):
+    smoke("kernels.py", "--no-other", out=tmp_path)
+    (report,) = tmp_path.glob("kernels_*.json")
+    variants = {r["variant"] for r in json.loads(report.read_text())["rows"]}
+    assert "triton" in variants and "eager" in variants
+    assert not {"triton-persistent", "triton-launch-per-pass", "triton-fused", "triton-three-pass"} & variants
