@@ -266,11 +266,10 @@ def main() -> None:
             nb = B * N * C * esize
             other = "launch-per-pass" if tt.PERSISTENT else "persistent"   # the scheme the settings did not choose
             variants = {"triton": lambda: tssa(w, temp, H, backend="triton"),
-                        f"triton-{other}": lambda: with_setting(tt, "PERSISTENT", not tt.PERSISTENT,
-                                                                lambda: tssa(w, temp, H, backend="triton")),
                         "eager": lambda: official_tssa(w, temp, H)}
-            if args.no_other:
-                del variants[f"triton-{other}"]
+            if not args.no_other:
+                variants[f"triton-{other}"] = lambda: with_setting(tt, "PERSISTENT", not tt.PERSISTENT,
+                                                                   lambda: tssa(w, temp, H, backend="triton"))
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
@@ -293,11 +292,10 @@ def main() -> None:
             nb = B * T * C * esize
             other = "three-pass" if ct.FUSED else "fused"       # the launch scheme the settings did not choose
             variants = {"triton": lambda: causal_tssa(w, temp, bias, H, backend="triton")[0],
-                        f"triton-{other}": lambda: with_setting(ct, "FUSED", not ct.FUSED,
-                                                                lambda: causal_tssa(w, temp, bias, H, backend="triton")[0]),
                         "eager": lambda: official_causal_tssa(w, temp.to(dt), bias.to(dt), H)}
-            if args.no_other:
-                del variants[f"triton-{other}"]
+            if not args.no_other:
+                variants[f"triton-{other}"] = lambda: with_setting(
+                    ct, "FUSED", not ct.FUSED, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)

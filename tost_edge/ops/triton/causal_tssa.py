@@ -493,7 +493,8 @@ class CausalTSSAFunction(torch.autograd.Function):
         S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         y = alloc(B, T, C, like=w)
-        for nb, g in _groups(B):
+        groups = _groups(B)
+        for nb, g in groups:
             if FUSED:
                 sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
                 part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
@@ -511,7 +512,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
-        ctx.cfg, ctx.groups, ctx.fused = (BD, HP, BT, NT, per), _groups(B), FUSED
+        ctx.cfg, ctx.groups, ctx.fused = (BD, HP, BT, NT, per), groups, FUSED
         return y, S_T, A_T, P_T
 
     @staticmethod

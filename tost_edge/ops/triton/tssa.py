@@ -259,12 +259,9 @@ def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexp
         if b < B:
             done = sync + 1 + b * 3
             _wait_previous_pass(done, ps, NI)
-            if ps == 0:
-                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 1)
-            elif ps == 1:
-                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 2)
-            else:
-                _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, 3)
+            for p in tl.static_range(3):                 # the pass number is a compile-time constant
+                if ps == p:
+                    _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, p + 1)
             _signal(done + ps)
         k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
 
@@ -281,15 +278,10 @@ def _bwd_persistent(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, 
         if b < B:
             done = sync + 1 + b * 3
             _wait_previous_pass(done, ps, NI)
-            if ps == 0:
-                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
-                          BN, PI_STORED, 1)
-            elif ps == 1:
-                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
-                          BN, PI_STORED, 2)
-            else:
-                _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD,
-                          BN, PI_STORED, 3)
+            for p in tl.static_range(3):
+                if ps == p:
+                    _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP,
+                              BD, BN, PI_STORED, p + 1)
             _signal(done + ps)
         k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
 
@@ -356,7 +348,8 @@ class TSSAFunction(torch.autograd.Function):
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
                                   BD, QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
-        for nb, g in [] if PERSISTENT else _groups(B):
+        groups = _groups(B)
+        for nb, g in [] if PERSISTENT else groups:
             grid = _slices(nb, N, HP, BD)
             stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, BD)
             KERNELS["sumsq"][grid](*stats, PASS=1)
@@ -364,7 +357,7 @@ class TSSAFunction(torch.autograd.Function):
             KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
-        ctx.persistent, ctx.groups = PERSISTENT, _groups(B)     # the backward pass runs as its forward pass did
+        ctx.persistent, ctx.groups = PERSISTENT, groups     # the backward pass runs as its forward pass did
         return y
 
     @staticmethod
