@@ -81,12 +81,17 @@ def tssa_launch(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=[False, True], ids=["three-passes", "fused"])
+@pytest.fixture(params=[(False, False), (True, False), (True, True)], ids=["three-passes", "fused", "fused-tiled"])
 def causal_launch(request, monkeypatch):
     """The causal TSSA kernels one launch per pass (slices chained by a scan kernel) or fused into one launch per
-    direction (slices chained by look-back)."""
+    direction (slices chained by look-back); their slices walked token by token or a tile of tokens at a time (the
+    backward's tiles smaller than the forward's)."""
     from tost_edge.ops.triton import causal_tssa as ct
-    monkeypatch.setattr(ct, "FUSED", request.param)
+    fused, tiled = request.param
+    monkeypatch.setattr(ct, "FUSED", fused)
+    monkeypatch.setattr(ct, "TILED", tiled)
+    if tiled:
+        monkeypatch.setattr(ct, "BWD_UNROLL", 2)
     return request.param
 
 
@@ -196,6 +201,40 @@ def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix)
     names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
     for name, a, b in zip(names, *results):
         assert_close(name, a.float(), b.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
+@pytest.mark.parametrize("H,warps,unroll,bwd_unroll", [(12, 4, 8, 2), (12, 8, 4, 4), (20, 8, 8, 2), (20, 4, 4, 2)],
+                         ids=["H12-4warps-8-2", "H12-8warps-4-4", "H20-8warps-8-2", "H20-4warps-4-2"])
+def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll):
+    """At a benchmark shape the tiled walks (tokens held in each thread, or split across warps) give the token
+    walks' outputs, final state and every gradient, against the fp64 reference as well."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    B, T, D = 4, 2048, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(B, T, H * D, device="cuda", generator=g).to(torch.bfloat16)
+    temp, bias = torch.rand(H, device="cuda", generator=g) + 0.5, 0.01 * torch.randn(H, T + 3, device="cuda", generator=g)
+    s0 = [torch.rand(B, H, D, device="cuda", generator=g), torch.rand(B, H, D, device="cuda", generator=g),
+          torch.rand(B, H, device="cuda", generator=g)]
+    cot = [torch.randn(s, device="cuda", generator=g) for s in [(B, T, H * D), (B, H, D), (B, H, D), (B, H)]]
+    cot[0] = cot[0].to(torch.bfloat16).float()          # what y's bf16 gradient holds, for the reference too
+    results = []
+    for tiled in (False, True, None):                   # None: the fp64 reference
+        monkeypatch.setattr(ct, "TILED", bool(tiled))
+        monkeypatch.setattr(ct, "WARPS", warps if tiled else ct.WARPS)
+        monkeypatch.setattr(ct, "BWD_WARPS", warps if tiled else ct.BWD_WARPS)
+        monkeypatch.setattr(ct, "UNROLL", unroll if tiled else ct.UNROLL)
+        monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll if tiled else 0)
+        cast = (lambda x: x.double()) if tiled is None else (lambda x: x)
+        leaves = [cast(x).clone().requires_grad_() for x in (w, temp, bias, *s0)]
+        fn = naive_causal_tssa if tiled is None else lambda *a: causal_tssa(*a, backend="triton")
+        y, s = fn(*leaves[:3], H, CausalTSSAState(*leaves[3:]), 3)
+        results.append([y, *s, *torch.autograd.grad([y, *s], leaves, [c.to(o.dtype) for c, o in zip(cot, [y, *s])])])
+        torch.cuda.synchronize()
+    names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
+    for name, walk, tile, ref in zip(names, *results):
+        assert_close(name, walk.float(), tile.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+        assert_close(name + " vs fp64", ref, tile.double(), 2e-2, atol=1e-5)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")

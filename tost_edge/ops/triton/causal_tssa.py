@@ -25,7 +25,9 @@ import triton
 import triton.language as tl
 
 from ..causal_tssa.state import CausalTSSAState, prepare
-from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
+from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
+from .fastmath import _rcp
+from .utils import alloc, batch_groups, check_available, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
@@ -36,21 +38,12 @@ L2_GROUP = 0     # >0: run all passes on this many sequences before the next one
 FUSED = True     # one launch per direction (slices chained by _lookback) instead of three kernels and two scans:
                  # H200 B8 T4096 H12 fwd+bwd 0.64-0.85 ms against 1.36 (host launches); from a CUDA graph 0.47 vs 0.43
 LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
-
-
-# 1/x as one MUFU.RCP (rcp.approx.ftz: relative error below 2^-23; the divisors here are >= 1e-12, never
-# subnormal) instead of div.full's eight instructions: the walks divide twice per element and are bound by arithmetic.
-# The interpreter cannot run PTX and divides.
-FAST_RCP = tl.constexpr(not interpreting())
-
-
-@triton.jit
-def _rcp(x):
-    if FAST_RCP:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-    else:
-        return 1.0 / x
+TILED = False    # walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums over the
+                 # tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a GPU.
+                 # sm_90 compiles keep a tile's tokens in each thread when warps * 4 = heads (padded): H12 4 warps,
+                 # H20 8 (compile_report.py)
+BWD_UNROLL = 0   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
+                 # forward's live tiles: tiles of 2 tokens compile without spilling where 4 spill
 
 
 @triton.jit
@@ -154,36 +147,66 @@ def _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr,
 
 
 @triton.jit
+def _wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+          TILED: tl.constexpr, so, sm):
+    if TILED:
+        acc = _tile_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
+    else:
+        acc = _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
+    return acc
+
+
+@triton.jit
+def _pi_sums(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+             HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, TILED: tl.constexpr, so, sm):
+    if TILED:
+        A, P = _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, so, sm)
+    else:
+        A, P = _walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, so, sm)
+    return A, P
+
+
+@triton.jit
+def _outputs(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr,
+             TILED: tl.constexpr, so, sm):
+    if TILED:
+        _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+    else:
+        _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+
+
+@triton.jit
 def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-            BD: tl.constexpr, BT: tl.constexpr):
+            BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr):
     b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
-    tl.store(Wsum + k * H * D + so, _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm), mask=sm)
+    tl.store(Wsum + k * H * D + so, _wsum(w, b, lo, hi, T, C, HP, BD, BT, TILED, so, sm), mask=sm)
 
 
 @triton.jit
 def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
-          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
+          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
+          TILED: tl.constexpr):
     b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    A, P = _walk_pi(w, S, tv, bias, tl.load(pos + b), pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
-                    so, sm)
+    A, P = _pi_sums(w, S, tv, bias, tl.load(pos + b), pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
+                    TILED, so, sm)
     tl.store(AP + k * (H * D + H) + so, A, mask=sm)
     tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
 
 
 @triton.jit
 def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr):
     b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
-    _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+    _outputs(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, TILED, so, sm)
 
 
 @triton.jit
@@ -252,10 +275,23 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
 
 
 @triton.jit
+def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
+             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+             BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, TILED: tl.constexpr, so, sm):
+    if TILED:
+        GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi,
+                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
+    else:
+        GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
+                             tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
+    return GA, GP, GC
+
+
+@triton.jit
 def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-              STAGE: tl.constexpr):
+              STAGE: tl.constexpr, TILED: tl.constexpr):
     # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
     b, k, lo, hi = _slice(T, per)
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
@@ -275,8 +311,8 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     if STAGE == 3:
         Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
             + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
-    GA, GP, GCs = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, tl.load(pos + b), b,
-                          lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
+    GA, GP, GCs = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, tl.load(pos + b),
+                           b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED, so, sm)
     if STAGE == 1:
         tl.store(GAP + k * F + so, GA, mask=sm)
         tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
@@ -376,7 +412,7 @@ def _ticket(sync, NS, per, T, REVERSE: tl.constexpr):
 @triton.jit
 def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T, P_T, sync, part, T, tmax, per, NS,
              C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-             BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr):
+             BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, TILED: tl.constexpr):
     # The three forward passes in one program per slice: the sums carried into the slice come from _lookback
     # instead of a scan kernel between launches; the slice is read three times, the last two soon after the first.
     HD: tl.constexpr = H * D
@@ -385,13 +421,13 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     zv = tl.zeros([HP], dtype=tl.float32)
-    Sown = _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
+    Sown = _wsum(w, b, lo, hi, T, C, HP, BD, BT, TILED, so, sm)
     S, _ = _lookback(sync + 1, part, b, s, NS, Sown, zv, tl.load(S0 + b * HD + so, mask=sm, other=0.0), zv, so, sm,
                      hc, H, HD, False, False, PREFIX)
     tl.store(S_start + k * HD + so, S, mask=sm)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    Aown, Pown = _walk_pi(w, S, tv, bias, tl.load(pos + b), pi, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
-                          so, sm)
+    Aown, Pown = _pi_sums(w, S, tv, bias, tl.load(pos + b), pi, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
+                          TILED, so, sm)
     A, P = _lookback(sync + 1 + nB * NS, part + nB * NS * 2 * F, b, s, NS, Aown, Pown,
                      tl.load(A0 + b * HD + so, mask=sm, other=0.0), tl.load(P0 + b * H + hc, mask=hc < H, other=0.0),
                      so, sm, hc, H, HD, True, False, PREFIX)
@@ -401,14 +437,14 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
         tl.store(S_T + b * HD + so, S + Sown, mask=sm)
         tl.store(A_T + b * HD + so, A + Aown, mask=sm)
         tl.store(P_T + b * H + hc, P + Pown, mask=hc < H)
-    _walk_out(w, pi, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+    _outputs(w, pi, y, A, P, b, lo, hi, T, C, H, HP, BT, TILED, so, sm)
 
 
 @triton.jit
 def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gtemp, gbias, dw, gS0,
              gA0, gP0, sync, part, part64, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-             PREFIX: tl.constexpr):
+             PREFIX: tl.constexpr, TILED: tl.constexpr):
     # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
     # the slice comes from _lookback over the later slices.
     HD: tl.constexpr = H * D
@@ -424,8 +460,8 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     zm = tl.zeros([HP, BD], dtype=tl.float32)
     zv = tl.zeros([HP], dtype=tl.float32)
     z64 = tl.zeros([HP, BD], dtype=tl.float64)
-    GA, GP, _ = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo, hi, T,
-                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, so, sm)
+    GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo, hi, T,
+                         tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, so, sm)
     Ra, Rp = _lookback(sync + 1, part, b, s, NS, GA, GP, tl.load(gA_T + b * HD + so, mask=sm, other=0.0),
                        tl.load(gP_T + b * H + hc, mask=hc < H, other=0.0), so, sm, hc, H, HD, True, True, PREFIX)
     Ra += GA
@@ -433,16 +469,16 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     if s == 0:                                           # the initial state's gradients
         tl.store(gA0 + b * HD + so, Ra, mask=sm)
         tl.store(gP0 + b * H + hc, Rp, mask=hc < H)
-    _, _, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo, hi, T,
-                       tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, so, sm)
+    _, _, GC = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo, hi, T,
+                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, so, sm)
     Rc, _ = _lookback(sync + 1 + nB * NS, part64, b, s, NS, GC, zv.to(tl.float64),
                       tl.load(gS_T + b * HD + so, mask=sm, other=0.0).to(tl.float64), zv.to(tl.float64), so, sm, hc,
                       H, HD, False, True, PREFIX)
     Rc += GC
     if s == 0:
         tl.store(gS0 + b * HD + so, Rc.to(tl.float32), mask=sm)
-    _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C, D, H,
-            HP, BD, BT, BOUNDED, PI_STORED, 3, so, sm)
+    _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C, D, H,
+             HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, so, sm)
 
 
 def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
@@ -478,6 +514,10 @@ def _cfg(T: int, B: int, H: int, D: int):
     return BD, HP, BT, triton.cdiv(T, per), per
 
 
+def _bwd_tokens(T: int, BT: int) -> int:
+    return max(1, min(BWD_UNROLL, next_pow2(T))) if BWD_UNROLL > 0 else BT
+
+
 class CausalTSSAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded):
@@ -494,25 +534,26 @@ class CausalTSSAFunction(torch.autograd.Function):
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         y = alloc(B, T, C, like=w)
         groups = _groups(B)
+        tiled = TILED
         for nb, g in groups:
             if FUSED:
                 sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
                 part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
                 _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
                                      g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
-                                     BD, BT, bounded, LOOKBACK_PREFIX, num_warps=WARPS)
+                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, num_warps=WARPS)
                 continue
             grid = (nb, NT)
-            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
+            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, num_warps=WARPS)
             _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
             _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
-                        bounded, num_warps=WARPS)
+                        bounded, tiled, num_warps=WARPS)
             _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
-            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, num_warps=WARPS)
+            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, num_warps=WARPS)
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
-        ctx.cfg, ctx.groups, ctx.fused = (BD, HP, BT, NT, per), groups, FUSED
+        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, _bwd_tokens(T, BT), NT, per), groups, FUSED, tiled
         return y, S_T, A_T, P_T
 
     @staticmethod
@@ -550,16 +591,17 @@ class CausalTSSAFunction(torch.autograd.Function):
                 _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
                                      g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
                                      g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
-                                     stored, LOOKBACK_PREFIX, num_warps=BWD_WARPS)
+                                     stored, LOOKBACK_PREFIX, ctx.tiled, num_warps=BWD_WARPS)
                 continue
             grid = (nb, NT)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
             tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
-            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, num_warps=BWD_WARPS)
+            tiled = ctx.tiled
+            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, num_warps=BWD_WARPS)
             _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, num_warps=BWD_WARPS)
+            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, num_warps=BWD_WARPS)
             _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, num_warps=BWD_WARPS)
+            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, num_warps=BWD_WARPS)
         return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
 
 
