@@ -28,6 +28,22 @@ from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
+def tile_layout(ttgir: str) -> str:
+    """For kernels on [tokens, heads, channels] tiles: whether every scan over the tokens runs with the tokens in
+    each thread (no lane or warp on that axis), and how many whole tiles are moved between layouts (through shared
+    memory, a barrier each)."""
+    layouts = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"^(#blocked\d*) = #ttg.blocked<\{sizePerThread = \[[\d, ]+\], threadsPerWarp = \[(\d+), \d+, \d+\], "
+        r"warpsPerCTA = \[(\d+), \d+, \d+\]", ttgir, re.M)}
+    scans = re.findall(r"\(tensor<\d+x\d+x(\d+)xf\d+, (#blocked\d*)>\) ->", ttgir)
+    scans = [lay for last, lay in scans if int(last) > 1]
+    if not scans:
+        return ""
+    split = [lay for lay in scans if layouts.get(lay, (0, 0)) != (1, 1)]
+    moved = len(re.findall(r"convert_layout %\S+ : tensor<\d+x\d+x(?!1x)\d+x", ttgir))
+    return f"  tiles: tokens {'split' if split else 'in-thread'}, {moved} moved"
+
+
 def report(label, fn, sig, const, arch, num_warps=4, odd=()):
     """Compile fn as a launch at the benchmark shapes would: Triton specialises pointers (torch allocations are
     16-byte aligned) and integers divisible by 16 as such, which decides vector widths and layouts; odd names the
@@ -49,8 +65,9 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
         op = ln.split("*/", 1)[1].strip().split()[1].split(".")[0] if op.startswith("@") else op
         ops[op] = ops.get(op, 0) + 1
     top = ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda x: -x[1])[:8])
+    layout = tile_layout(k.asm["ttgir"])
     print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
-          f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  [{top}]", flush=True)
+          f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  bar {ops.get('BAR', 0):3d}  [{top}]{layout}", flush=True)
     return k
 
 
@@ -79,7 +96,7 @@ def main() -> None:
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
-    cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL}
+    cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
@@ -97,6 +114,22 @@ def main() -> None:
                bias=f32, pos="*i64", gS_T=f32, gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32,
                gA0=f32, gP0=f32, sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32"),
                {**cc, "BOUNDED": True, "PI_STORED": True, "PREFIX": True}, a, nw)
+    # causal TSSA tiled (TILED): a tile's tokens stay in each thread where warps * 4 = padded heads
+    fused_sig = dict(w=bf, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=bf, S_start=f32,
+                     AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32",
+                     NS="i32")
+    fused_bwd_sig = dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32,
+                         gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32, gA0=f32, gP0=f32,
+                         sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
+    tiles = [(12, 0, 8, 2)] if args.quick else [(12, 0, 4, 2), (12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 4, 2),
+                                                 (20, 0, 8, 2), (20, 4, 8, 2)]
+    for H, nw, fwd_bt, bwd_bt in tiles:                  # nw 0: the warps TILED_WARPS = 0 chooses
+        HP = triton.next_power_of_2(H)
+        nw = nw or ct._tile_warps(HP, 64, 2)
+        tc = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "TILED": True, "BOUNDED": True, "PREFIX": True}
+        report(f"causal tiled fwd H{H} tile{fwd_bt}", ct._f_fused, fused_sig, {**tc, "BT": fwd_bt}, a, nw)
+        report(f"causal tiled bwd H{H} tile{bwd_bt}", ct._b_fused, fused_bwd_sig,
+               {**tc, "BT": bwd_bt, "PI_STORED": True}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)

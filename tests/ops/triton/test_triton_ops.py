@@ -90,6 +90,7 @@ def causal_launch(request, monkeypatch):
     fused, tiled = request.param
     monkeypatch.setattr(ct, "FUSED", fused)
     monkeypatch.setattr(ct, "TILED", tiled)
+    monkeypatch.setattr(ct, "BWD_TILED", tiled)
     if tiled:
         monkeypatch.setattr(ct, "BWD_UNROLL", 2)
     return request.param
@@ -204,8 +205,8 @@ def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
-@pytest.mark.parametrize("H,warps,unroll,bwd_unroll", [(12, 4, 8, 2), (12, 8, 4, 4), (20, 8, 8, 2), (20, 4, 4, 2)],
-                         ids=["H12-4warps-8-2", "H12-8warps-4-4", "H20-8warps-8-2", "H20-4warps-4-2"])
+@pytest.mark.parametrize("H,warps,unroll,bwd_unroll", [(12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 8, 2), (20, 4, 4, 2)],
+                         ids=["H12-auto-warps-8-2", "H12-8warps-4-4", "H20-auto-warps-8-2", "H20-4warps-4-2"])
 def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll):
     """At a benchmark shape the tiled walks (tokens held in each thread, or split across warps) give the token
     walks' outputs, final state and every gradient, against the fp64 reference as well."""
@@ -221,8 +222,8 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
     results = []
     for tiled in (False, True, None):                   # None: the fp64 reference
         monkeypatch.setattr(ct, "TILED", bool(tiled))
-        monkeypatch.setattr(ct, "WARPS", warps if tiled else ct.WARPS)
-        monkeypatch.setattr(ct, "BWD_WARPS", warps if tiled else ct.BWD_WARPS)
+        monkeypatch.setattr(ct, "BWD_TILED", bool(tiled))
+        monkeypatch.setattr(ct, "TILED_WARPS", warps)
         monkeypatch.setattr(ct, "UNROLL", unroll if tiled else ct.UNROLL)
         monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll if tiled else 0)
         cast = (lambda x: x.double()) if tiled is None else (lambda x: x)
@@ -328,6 +329,19 @@ def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
     gr, _ = grads([yr, *sr], [w, temp, bias])
     for name, a, b in zip(["w", "temp", "bias"], g, gr):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fwd_tiled", [True, False], ids=["tiled-forward", "tiled-backward"])
+def test_causal_tiled_in_one_direction(monkeypatch, fwd_tiled):
+    """A tiled forward with a token-walk backward and the other way round (the two are chosen separately), with
+    tiles of unequal sizes in the two directions."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "TILED", fwd_tiled)
+    monkeypatch.setattr(ct, "BWD_TILED", not fwd_tiled)
+    monkeypatch.setattr(ct, "PROGRAMS", 3)
+    monkeypatch.setattr(ct, "UNROLL", 8)
+    monkeypatch.setattr(ct, "BWD_UNROLL", 2)
+    check_causal_with_state(2, 37, 3, 16, torch.tensor([2, 0], device=DEVICE))
 
 
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):

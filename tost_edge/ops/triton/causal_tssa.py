@@ -38,12 +38,14 @@ L2_GROUP = 0     # >0: run all passes on this many sequences before the next one
 FUSED = True     # one launch per direction (slices chained by _lookback) instead of three kernels and two scans:
                  # H200 B8 T4096 H12 fwd+bwd 0.64-0.85 ms against 1.36 (host launches); from a CUDA graph 0.47 vs 0.43
 LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
-TILED = False    # walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums over the
-                 # tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a GPU.
-                 # sm_90 compiles keep a tile's tokens in each thread when warps * 4 = heads (padded): H12 4 warps,
-                 # H20 8 (compile_report.py)
+TILED = False    # forward: walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums
+                 # over the tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a
+                 # GPU; sm_90 compiles: 12 barriers per 8-token tile of the Pi pass against 26 per 4 tokens walked
+BWD_TILED = False  # the same for the backward (its stage 2: 18 barriers per 4-token tile against 23 per 4 walked)
+TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
+                 # (compile_report.py shows the layouts)
 BWD_UNROLL = 0   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
-                 # forward's live tiles: tiles of 2 tokens compile without spilling where 4 spill
+                 # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill
 
 
 @triton.jit
@@ -514,6 +516,22 @@ def _cfg(T: int, B: int, H: int, D: int):
     return BD, HP, BT, triton.cdiv(T, per), per
 
 
+def _tile_warps(HP: int, BD: int, itemsize: int) -> int:
+    """Warps that lay a [tokens, HP, BD] tile out with every token of a (head, channels) slot in one thread: a load
+    gives each thread 16 bytes of channels, a warp's lanes cover BD channels of 32 * vec / BD heads, and the warps
+    cover the rest of the heads, leaving no lane or warp to the token axis (cumulative sums over it stay in
+    registers; only the softmax over heads crosses warps)."""
+    vec = max(1, 16 // itemsize)
+    lanes_d = max(1, min(32, BD // vec))
+    return max(1, min(8, HP // max(1, 32 // lanes_d)))
+
+
+def _warps(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> int:
+    if tiled:
+        return TILED_WARPS if TILED_WARPS > 0 else _tile_warps(HP, BD, itemsize)
+    return BWD_WARPS if backward else WARPS
+
+
 def _bwd_tokens(T: int, BT: int) -> int:
     return max(1, min(BWD_UNROLL, next_pow2(T))) if BWD_UNROLL > 0 else BT
 
@@ -535,25 +553,27 @@ class CausalTSSAFunction(torch.autograd.Function):
         y = alloc(B, T, C, like=w)
         groups = _groups(B)
         tiled = TILED
+        nw = _warps(False, tiled, HP, BD, w.element_size())
         for nb, g in groups:
             if FUSED:
                 sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
                 part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
                 _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
                                      g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
-                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, num_warps=WARPS)
+                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, num_warps=nw)
                 continue
             grid = (nb, NT)
-            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, num_warps=WARPS)
+            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, num_warps=nw)
             _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
             _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
-                        bounded, tiled, num_warps=WARPS)
+                        bounded, tiled, num_warps=nw)
             _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
-            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, num_warps=WARPS)
+            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, num_warps=nw)
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
-        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, _bwd_tokens(T, BT), NT, per), groups, FUSED, tiled
+        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, _bwd_tokens(T, BT), NT, per), groups, FUSED, BWD_TILED
+        ctx.bwd_warps = _warps(True, BWD_TILED, HP, BD, w.element_size())
         return y, S_T, A_T, P_T
 
     @staticmethod
@@ -591,17 +611,17 @@ class CausalTSSAFunction(torch.autograd.Function):
                 _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
                                      g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
                                      g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
-                                     stored, LOOKBACK_PREFIX, ctx.tiled, num_warps=BWD_WARPS)
+                                     stored, LOOKBACK_PREFIX, ctx.tiled, num_warps=ctx.bwd_warps)
                 continue
             grid = (nb, NT)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
             tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
             tiled = ctx.tiled
-            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, num_warps=BWD_WARPS)
+            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, num_warps=ctx.bwd_warps)
             _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, num_warps=BWD_WARPS)
+            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, num_warps=ctx.bwd_warps)
             _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, num_warps=BWD_WARPS)
+            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, num_warps=ctx.bwd_warps)
         return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
 
 

@@ -26,40 +26,57 @@ def _tile_rows(ptr, b, t, vt, T, C: tl.constexpr, so, sm):
 
 
 @triton.jit
+def _heads(ptr, b, t, vt, T, H: tl.constexpr, HP: tl.constexpr):
+    """Per-head values [B, T, H] of tokens t as [BT, HP, 1], 0 where not valid. Loaded as [BT, HP] and expanded: a
+    [BT, HP, 1] load takes a layout that splits the tokens across lanes, and the compiler then moves the whole tile
+    into it (tokens no longer in each thread) rather than convert this small tensor."""
+    hc = tl.arange(0, HP)[None, :]
+    return tl.load(ptr + (b * T + t)[:, None] * H + hc, mask=(hc < H) & vt[:, None], other=0.0)[:, :, None]
+
+
+@triton.jit
+def _store_heads(ptr, v, b, t, vt, T, H: tl.constexpr, HP: tl.constexpr):
+    """Stores v [BT, HP, 1] into per-head values [B, T, H] (as [BT, HP], see _heads)."""
+    hc = tl.arange(0, HP)[None, :]
+    tl.store(ptr + (b * T + t)[:, None] * H + hc, tl.sum(v, 2), mask=(hc < H) & vt[:, None])
+
+
+@triton.jit
 def _tile_energy(wsq, rden, bias, p0, t, vt, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
                  BOUNDED: tl.constexpr):
-    """e [BT, HP] = sum_d w^2 / max(S, eps) + D * denom_bias[h, pos0 + t]."""
-    hc = tl.arange(0, HP)[None, :]
-    e = tl.sum(wsq * rden, 2)
+    """e [BT, HP, 1] = sum_d w^2 / max(S, eps) + D * denom_bias[h, pos0 + t]."""
+    e = tl.sum(wsq * rden, 2, keep_dims=True)
     if BOUNDED:
-        e += D * tl.load(bias + hc * tmax + p0 + t[:, None], mask=(hc < H) & vt[:, None], other=0.0)
+        hc = tl.arange(0, HP)[None, :]
+        e += D * tl.load(bias + hc * tmax + p0 + t[:, None], mask=(hc < H) & vt[:, None], other=0.0)[:, :, None]
     return e
 
 
 @triton.jit
 def _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
              BOUNDED: tl.constexpr):
-    """From S before the tile: Pi and e [BT, HP], w^2, S after each token and 1/max(S, eps) [BT, HP, BD]."""
-    hc = tl.arange(0, HP)[None, :]
+    """From S [1, HP, BD] before the tile: Pi and e [BT, HP, 1], w^2, S after each token and 1/max(S, eps)
+    [BT, HP, BD]; tv: temp as [1, HP, 1]."""
+    hc = tl.arange(0, HP)[None, :, None]
     wsq = x * x
-    Sc = S[None, :, :] + tl.cumsum(wsq, 0)
+    Sc = S + tl.cumsum(wsq, 0)
     rden = _rcp(tl.maximum(Sc, 1e-12))
     e = _tile_energy(wsq, rden, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
-    z = tl.where(hc < H, e * tv[None, :], float("-inf"))
-    p = tl.exp(z - tl.max(z, 1)[:, None])
-    pi = tl.where(vt[:, None], p * _rcp(tl.sum(p, 1))[:, None], 0.0)
+    z = tl.where(hc < H, e * tv, float("-inf"))
+    p = tl.exp(z - tl.max(z, 1, keep_dims=True))
+    pi = tl.where(vt[:, None, None], p * _rcp(tl.sum(p, 1, keep_dims=True)), 0.0)
     return pi, e, wsq, Sc, rden
 
 
 @triton.jit
 def _tile_wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, so, sm):
     """sum of w^2 over tokens [lo, hi) of sequence b -> [HP, BD]."""
-    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    acc = tl.zeros([1, HP, BD], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         x = _tile_rows(w, b, t, t < hi, T, C, so, sm)
-        acc += tl.sum(x * x, 0)
-    return acc
+        acc += tl.sum(x * x, 0, keep_dims=True)
+    return tl.sum(acc, 0)
 
 
 @triton.jit
@@ -67,39 +84,42 @@ def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexp
                   H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
                   so, sm):
     """From S at token lo: Pi of tokens [lo, hi) (stored) and their sums of Pi w^2 [HP, BD] and Pi [HP]."""
-    hc = tl.arange(0, HP)[None, :]
-    A = tl.zeros([HP, BD], dtype=tl.float32)
-    P = tl.zeros([HP], dtype=tl.float32)
+    hc = tl.arange(0, HP)[None, :, None]
+    S = S[None, :, :]
+    tv = tv[None, :, None]
+    A = tl.zeros([1, HP, BD], dtype=tl.float32)
+    P = tl.zeros([1, HP, 1], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
         x = _tile_rows(w, b, t, vt, T, C, so, sm)
         pi, _, wsq, _, _ = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
-        tl.store(pi_out + (b * T + t)[:, None] * H + hc, pi, mask=(hc < H) & vt[:, None])
-        S += tl.sum(wsq, 0)
-        A += tl.sum(pi[:, :, None] * wsq, 0)
-        P += tl.sum(pi, 0)
-    return A, P
+        _store_heads(pi_out, pi, b, t, vt, T, H, HP)
+        S += tl.sum(wsq, 0, keep_dims=True)
+        A += tl.sum(pi * wsq, 0, keep_dims=True)
+        P += tl.sum(pi, 0, keep_dims=True)
+    return tl.sum(A, 0), tl.sum(tl.sum(P, 2), 0)
 
 
 @triton.jit
 def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
                    BT: tl.constexpr, so, sm):
     """From the sums A, P at token lo: y of tokens [lo, hi)."""
-    hc = tl.arange(0, HP)[None, :]
+    A = A[None, :, :]
+    P = P[None, :, None]
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
         x = _tile_rows(w, b, t, vt, T, C, so, sm)
-        pi = tl.load(pi_in + (b * T + t)[:, None] * H + hc, mask=(hc < H) & vt[:, None], other=0.0)
-        piw = pi[:, :, None] * x * x
-        Ac = A[None, :, :] + tl.cumsum(piw, 0)
-        Pc = P[None, :] + tl.cumsum(pi, 0)
-        out = -x * pi[:, :, None] * _rcp(1.0 + Ac * _rcp(Pc + 1e-8)[:, :, None])
+        pi = _heads(pi_in, b, t, vt, T, H, HP)
+        piw = pi * x * x
+        Ac = A + tl.cumsum(piw, 0)
+        Pc = P + tl.cumsum(pi, 0)
+        out = -x * pi * _rcp(1.0 + Ac * _rcp(Pc + 1e-8))
         tl.store(y + (b * T + t)[:, None, None] * C + so[None, :, :], out.to(y.dtype.element_ty),
                  mask=sm[None, :, :] & vt[:, None, None])
-        A += tl.sum(piw, 0)
-        P += tl.sum(pi, 0)
+        A += tl.sum(piw, 0, keep_dims=True)
+        P += tl.sum(pi, 0, keep_dims=True)
 
 
 @triton.jit
@@ -108,67 +128,75 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                  BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, so, sm):
     # The stages of causal_tssa._b_walk, a tile at a time. Ra, Rp (fp32) and Rc (fp64) enter as the gradients
     # flowing into A, P, S at token lo from it and every later token, and are carried as their value after each tile.
-    hc = tl.arange(0, HP)[None, :]
-    GA = tl.zeros([HP, BD], dtype=tl.float32)
-    GP = tl.zeros([HP], dtype=tl.float32)
-    GCs = tl.zeros([HP, BD], dtype=tl.float64)
-    gt = tl.zeros([HP], dtype=tl.float32)
+    hc = tl.arange(0, HP)[None, :, None]
+    S = S[None, :, :]
+    A = A[None, :, :]
+    P = P[None, :, None]
+    Ra = Ra[None, :, :]
+    Rp = Rp[None, :, None]
+    Rc = Rc[None, :, :]
+    tv = tv[None, :, None]
+    GA = tl.zeros([1, HP, BD], dtype=tl.float32)
+    GP = tl.zeros([1, HP, 1], dtype=tl.float32)
+    GCs = tl.zeros([1, HP, BD], dtype=tl.float64)
+    gt = tl.zeros([1, HP, 1], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
-        hm = (hc < H) & vt[:, None]
+        hm = (hc < H) & vt[:, None, None]
         x = _tile_rows(w, b, t, vt, T, C, so, sm)
         g = _tile_rows(gy, b, t, vt, T, C, so, sm)
         if PI_STORED:
-            pi = tl.load(pi_in + (b * T + t)[:, None] * H + hc, mask=hm, other=0.0)
+            pi = _heads(pi_in, b, t, vt, T, H, HP)
             wsq = x * x
             if STAGE >= 2:
-                Sc = S[None, :, :] + tl.cumsum(wsq, 0)
+                Sc = S + tl.cumsum(wsq, 0)
                 rden = _rcp(tl.maximum(Sc, 1e-12))
                 if STAGE == 2:
                     e = _tile_energy(wsq, rden, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)   # for d temp
         else:
             pi, e, wsq, Sc, rden = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
-        piw = pi[:, :, None] * wsq
-        Ac = A[None, :, :] + tl.cumsum(piw, 0)
-        rpe = _rcp(P[None, :] + tl.cumsum(pi, 0) + 1e-8)                 # [BT, HP]
-        inv = _rcp(1.0 + Ac * rpe[:, :, None])
-        gdots = g * x * pi[:, :, None] * inv * inv
-        ga = gdots * rpe[:, :, None]                                      # direct d loss / d A_t
-        gp = -tl.sum(gdots * Ac, 2) * rpe * rpe                           # direct d loss / d P_t
-        ga_tile = tl.sum(ga, 0)
-        gp_tile = tl.sum(gp, 0)
+        piw = pi * wsq
+        Ac = A + tl.cumsum(piw, 0)
+        rpe = _rcp(P + tl.cumsum(pi, 0) + 1e-8)                           # [BT, HP, 1]
+        inv = _rcp(1.0 + Ac * rpe)
+        gdots = g * x * pi * inv * inv
+        ga = gdots * rpe                                                  # direct d loss / d A_t
+        gp = -tl.sum(gdots * Ac, 2, keep_dims=True) * rpe * rpe           # direct d loss / d P_t
+        ga_tile = tl.sum(ga, 0, keep_dims=True)
+        gp_tile = tl.sum(gp, 0, keep_dims=True)
         if STAGE >= 2:
             Ra = Ra - ga_tile                                             # flowing in after the tile
             Rp = Rp - gp_tile
-            Ra_t = Ra[None, :, :] + tl.cumsum(ga, 0, reverse=True)        # ... and from tokens t.. of the tile
-            Rp_t = Rp[None, :] + tl.cumsum(gp, 0, reverse=True)
+            Ra_t = Ra + tl.cumsum(ga, 0, reverse=True)                    # ... and from tokens t.. of the tile
+            Rp_t = Rp + tl.cumsum(gp, 0, reverse=True)
             if STAGE == 2:
-                gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2) + Rp_t
-                gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])            # softmax over heads
+                gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp_t
+                gz = pi * (gpi - tl.sum(pi * gpi, 1, keep_dims=True))      # softmax over heads
                 gz = tl.where(hm, gz, 0.0)
-                ge = gz * tv[None, :]
-                tl.store(ge_io + (b * T + t)[:, None] * H + hc, ge, mask=hm)
+                ge = gz * tv
+                _store_heads(ge_io, ge, b, t, vt, T, H, HP)
                 if BOUNDED:
-                    tl.atomic_add(gbias + hc * tmax + p0 + t[:, None], D * ge, mask=hm)
-                gt += tl.sum(gz * e, 0)
+                    h2 = tl.arange(0, HP)[None, :]
+                    tl.atomic_add(gbias + h2 * tmax + p0 + t[:, None], D * tl.sum(ge, 2), mask=(h2 < H) & vt[:, None])
+                gt += tl.sum(gz * e, 0, keep_dims=True)
             else:
-                ge = tl.load(ge_io + (b * T + t)[:, None] * H + hc, mask=hm, other=0.0)
-            gc = tl.where(Sc > 1e-12, -ge[:, :, None] * wsq * rden * rden, 0.0)   # direct d loss / d S_t
-            gc_tile = tl.sum(gc.to(tl.float64), 0)
+                ge = _heads(ge_io, b, t, vt, T, H, HP)
+            gc = tl.where(Sc > 1e-12, -ge * wsq * rden * rden, 0.0)      # direct d loss / d S_t
+            gc_tile = tl.sum(gc.to(tl.float64), 0, keep_dims=True)
             if STAGE == 3:
                 Rc = Rc - gc_tile
-                Rc_t = Rc.to(tl.float32)[None, :, :] + tl.cumsum(gc, 0, reverse=True)
-                grad = pi[:, :, None] * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge[:, :, None] * rden + Rc_t)
+                Rc_t = Rc.to(tl.float32) + tl.cumsum(gc, 0, reverse=True)
+                grad = pi * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge * rden + Rc_t)
                 tl.store(dw + (b * T + t)[:, None, None] * C + so[None, :, :], grad.to(dw.dtype.element_ty),
                          mask=sm[None, :, :] & vt[:, None, None])
             GCs += gc_tile
         GA += ga_tile
         GP += gp_tile
         if STAGE >= 2 or not PI_STORED:
-            S += tl.sum(wsq, 0)
-        A += tl.sum(piw, 0)
-        P += tl.sum(pi, 0)
+            S += tl.sum(wsq, 0, keep_dims=True)
+        A += tl.sum(piw, 0, keep_dims=True)
+        P += tl.sum(pi, 0, keep_dims=True)
     if STAGE == 2:
-        tl.atomic_add(gtemp + tl.arange(0, HP), gt, mask=tl.arange(0, HP) < H)
-    return GA, GP, GCs
+        tl.atomic_add(gtemp + tl.arange(0, HP), tl.sum(tl.sum(gt, 2), 0), mask=tl.arange(0, HP) < H)
+    return tl.sum(GA, 0), tl.sum(tl.sum(GP, 2), 0), tl.sum(GCs, 0)
