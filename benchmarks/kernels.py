@@ -107,12 +107,22 @@ def bench(fn, backward: bool, inputs, out_grad=None, graph=False):
 
 def with_setting(module, name, value, fn):
     """fn() with module.name = value (the backward pass keeps what its forward pass ran with)."""
-    old = getattr(module, name)
-    setattr(module, name, value)
+    return with_settings(module, {name: value}, fn)
+
+
+def with_settings(module, settings: dict, fn):
+    old = {k: getattr(module, k) for k in settings}
+    for k, v in settings.items():
+        setattr(module, k, v)
     try:
         return fn()
     finally:
-        setattr(module, name, old)
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
+# causal TSSA's tiled walks, the settings their sm_90 compiles favour (tokens per forward / backward tile)
+CAUSAL_TILED = {"TILED": True, "BWD_TILED": True, "UNROLL": 8, "BWD_UNROLL": 4}
 
 
 def with_graphs(variants: dict, graph: bool):
@@ -183,7 +193,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
     ap.add_argument("--no-other", action="store_true",
-                    help="skip the launch scheme the settings did not choose (persistent TSSA / fused causal TSSA)")
+                    help="skip the launch scheme and walk the settings did not choose (persistent TSSA / fused "
+                         "causal TSSA / tiled causal walks)")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
@@ -296,11 +307,17 @@ def main() -> None:
             if not args.no_other:
                 variants[f"triton-{other}"] = lambda: with_setting(
                     ct, "FUSED", not ct.FUSED, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+                walks = ({"TILED": False, "BWD_TILED": False}, "walk") if ct.TILED else (CAUSAL_TILED, "tiled")
+                variants[f"triton-{walks[1]}"] = lambda: with_settings(
+                    ct, walks[0], lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
+                for name in [v for v in variants if v in ("triton-tiled", "triton-walk")]:
+                    profiles[f"causal_tssa {name} {shape}"] = profile(f"causal_tssa {name} {shape}", variants[name],
+                                                                      [w, temp, bias])
             del w
             q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
             la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}

@@ -59,8 +59,9 @@ def grid(**axes):
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def sweep(label, module, stages, fn, inputs, rows):
-    """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings."""
+def sweep(label, module, stages, fn, inputs, rows, save=lambda best: None):
+    """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings;
+    save(best so far) runs after every config, so a sweep stopped part-way keeps what it measured."""
     with torch.no_grad():
         ref = fn().float()
     best_cfg = {}
@@ -85,6 +86,7 @@ def sweep(label, module, stages, fn, inputs, rows):
                    "rel_err_vs_default": err}
             rows.append(row)
             timed_rows.append((fb, cfg))
+            save({**best_cfg, **min(timed_rows, key=lambda r: r[0])[1]})
             print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
                   f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}", flush=True)
         if timed_rows:
@@ -115,9 +117,15 @@ def main() -> None:
     best = earlier.get("best", {})
     rows = [r for r in earlier.get("rows", []) if r["op"].split()[0] not in ops]   # an op swept again replaces its rows
 
-    def save():  # after every op, so a run stopped part-way keeps what it measured
+    def save():  # after every config, so a run stopped part-way keeps what it measured
         (out / "sweep.json").write_text(json.dumps({"device": device_name, "best": best,
                                                    "rows": rows}, indent=2))
+
+    def saver(op):
+        def save_op(best_so_far):
+            best[op] = best_so_far
+            save()
+        return save_op
 
     B, T, H, D = (2, 9, 2, 16) if SMOKE else (8, 4096, 12, 64)
     if "causal_tssa" in ops:
@@ -125,17 +133,20 @@ def main() -> None:
         temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
         bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
         best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
-                                    [[{"FUSED": False}] + grid(FUSED=[True], WARPS=[4, 8], BWD_WARPS=[4, 8]),
-                                     grid(UNROLL=[2, 4, 8]), grid(PROGRAMS=[512, 1024, 2048]),
-                                     grid(L2_GROUP=[0, 4])],
-                                    lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows)
+                                    [[{"TILED": False, "BWD_TILED": False}]
+                                     + grid(TILED=[True], BWD_TILED=[True, False], UNROLL=[4, 8], BWD_UNROLL=[4]),
+                                     grid(BWD_UNROLL=[0, 2, 4]), grid(PROGRAMS=[512, 1024, 2048]),
+                                     [{"FUSED": True}, {"FUSED": False}]],
+                                    lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows,
+                                    saver("causal_tssa"))
         save()
         del w
 
     if "linear_attn" in ops:
         q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
         best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la, [grid(CHUNK=[32, 64], WARPS=[4, 8])],
-                                    lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows)
+                                    lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows,
+                                    saver("linear_attn"))
         save()
         del q, k, v
 
@@ -147,7 +158,7 @@ def main() -> None:
                              [[{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256],
                                                              QUEUE_LAG=[1, 3]),
                               grid(L2_GROUP=[0, 4, 16]), grid(PROGRAMS=[2048, 4096]), grid(QUEUE_PER_SM=[2, 4])],
-                             lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows)
+                             lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()
     print("best settings (fwd+bwd):", json.dumps(best))
 

@@ -22,3 +22,7 @@ def test_kernels_compile_for_gpu(arch):
     assert len(lines) >= 14, r.stdout               # every kernel of the three ops, and the slice scan
     for ln in lines:
         assert " regs " in ln and "sass" in ln
+    tiled = [ln for ln in lines if ln.startswith("causal tiled")]
+    assert len(tiled) >= 2, r.stdout
+    for ln in tiled:     # the point of the tiles: cumulative sums over tokens held in each thread, no tile moved
+        assert "tiles: tokens in-thread, 0 moved" in ln, ln
