@@ -5,7 +5,8 @@ registers, spill (local memory) bytes, shared memory and SASS instruction counts
     python benchmarks/compile_report.py --arch 87  # Orin
     python benchmarks/compile_report.py --quick    # one launch setting per kernel (what the tests run)
 
-Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed.
+Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed. "loops" lists each loop body's SASS and
+barrier count: one trip of a walk loop covers UNROLL tokens (the tile, or the unrolled step) per thread.
 """
 from __future__ import annotations
 
@@ -44,6 +45,22 @@ def tile_layout(ttgir: str) -> str:
     return f"  tiles: tokens {'split' if split else 'in-thread'}, {moved} moved"
 
 
+def loop_bodies(sass: str, smallest: int = 60):
+    """(instructions, barriers) of every loop body in the SASS (a branch back to a lower address) of more than
+    `smallest` instructions: what one trip of a token walk or tile loop costs each thread. Loops that poll memory with
+    acquire loads (the decoupled look-back's) are left out."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)]
+    at = {a: i for i, (a, _) in enumerate(ins)}
+    bodies = []
+    for i, (a, txt) in enumerate(ins):
+        m = re.search(r"BRA\s+0x([0-9a-f]+)", txt)
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
+            body = [t for _, t in ins[at[int(m.group(1), 16)]:i + 1]]
+            if len(body) > smallest and not any(t.startswith("LDG") and ".STRONG.GPU" in t for t in body):
+                bodies.append((len(body), sum("BAR.SYNC" in t for t in body)))
+    return bodies
+
+
 def report(label, fn, sig, const, arch, num_warps=4, odd=()):
     """Compile fn as a launch at the benchmark shapes would: Triton specialises pointers (torch allocations are
     16-byte aligned) and integers divisible by 16 as such, which decides vector widths and layouts; odd names the
@@ -66,6 +83,8 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
         ops[op] = ops.get(op, 0) + 1
     top = ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda x: -x[1])[:8])
     layout = tile_layout(k.asm["ttgir"])
+    loops = " ".join(f"{n}/{bars}" for n, bars in loop_bodies(sass))
+    layout += f"  loops (SASS/barriers) {loops}" if loops else ""
     print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
           f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  bar {ops.get('BAR', 0):3d}  [{top}]{layout}", flush=True)
     return k
@@ -121,7 +140,7 @@ def main() -> None:
     fused_bwd_sig = dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32,
                          gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32, gA0=f32, gP0=f32,
                          sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
-    tiles = [(12, 0, 8, 2)] if args.quick else [(12, 0, 4, 2), (12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 4, 2),
+    tiles = [(12, 0, 8, 2)] if args.quick else [(12, 0, 4, 4), (12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 4, 4),
                                                  (20, 0, 8, 2), (20, 4, 8, 2)]
     for H, nw, fwd_bt, bwd_bt in tiles:                  # nw 0: the warps TILED_WARPS = 0 chooses
         HP = triton.next_power_of_2(H)
