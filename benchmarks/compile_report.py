@@ -153,11 +153,23 @@ def main() -> None:
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)
         report(f"linear fwd {name}", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32, S_T=f32, z_T=f32,
-               T="i32", eps="fp32"), lc, a, la.WARPS)
+               T="i32", eps="fp32"), {**lc, "SPLIT": False}, a, la.WARPS)
         report(f"linear bwd dq {name}", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32, z0=f32, dq=t,
-               T="i32", eps="fp32"), lc, a, la.WARPS)
+               T="i32", eps="fp32"), {**lc, "SPLIT": False}, a, la.WARPS)
         report(f"linear bwd dkv {name}", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32, gz_T=f32,
                dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
+        if name == "fp16" and args.quick:
+            continue
+        for split in (2, 4):                              # SPLIT: blocks of the key or value columns
+            blk = 64 // split
+            report(f"linear fwd {name} split{split}", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32,
+                   S_T=f32, z_T=f32, T="i32", eps="fp32"), {**lc, "BV": blk, "SPLIT": True}, a, la.WARPS)
+            report(f"linear bwd dq {name} split{split}", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32,
+                   z0=f32, dq=t, T="i32", eps="fp32"), {**lc, "BK": blk, "SPLIT": True}, a, la.WARPS)
+            report(f"linear bwd dk {name} split{split}", la._bwd_dk, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32,
+                   gz_T=f32, dk=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), {**lc, "BK": blk}, a, la.WARPS)
+            report(f"linear bwd dv {name} split{split}", la._bwd_dv, dict(q=t, k=t, v=t, dy=t, den=f32, gS_T=f32,
+                   dv=t, T="i32", eps="fp32"), {**lc, "BV": blk}, a, la.WARPS)
 
 
 if __name__ == "__main__":

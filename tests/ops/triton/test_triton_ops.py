@@ -118,9 +118,18 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
+@pytest.fixture(params=[1, 2, 4], ids=["one-program", "split2", "split4"])
+def linear_split(request, monkeypatch):
+    """Causal linear attention one program per (sequence, head), or SPLIT programs each taking a block of the value
+    columns (forward, dv) or of the key columns (dq, dk)."""
+    from tost_edge.ops.triton import linear_attention as la
+    monkeypatch.setattr(la, "SPLIT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("T,D,H", SIZES, ids=IDS)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
-def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state):
+def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state, linear_split):
     B = 2
     q, k, v = leaf(B, T, H, D), leaf(B, T, H, D), leaf(B, T, H, D)
     s0 = [leaf(B, H, D, D, rand=True), leaf(B, H, D, rand=True)] if with_state else None
@@ -240,7 +249,7 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_linear_attention_on_gpu(dtype):
+def test_half_precision_linear_attention_on_gpu(dtype, linear_split):
     """Tensor-core dots in the input dtype (fp32 accumulation and state) against fp64 on the same rounded inputs."""
     B, T, H, D = 2, 257, 3, 64
     q, k, v = (torch.randn(B, T, H, D, device="cuda").to(dtype).requires_grad_() for _ in range(3))

@@ -26,9 +26,10 @@ from .utils import alloc, check_available, next_pow2
 
 
 @triton.jit
-def _rows(ptr, b, h, t, T, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
-    """A [BT, BK] tile of a [B, T, H, K] tensor, zero outside; returns it (fp32), its offsets and mask."""
-    kk = tl.arange(0, BK)
+def _rows(ptr, b, h, t, T, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, c0=0):
+    """A [BT, BK] tile of a [B, T, H, K] tensor from column c0, zero outside; returns it (fp32), its offsets and
+    mask."""
+    kk = c0 + tl.arange(0, BK)
     off = ((b * T + t[:, None]) * H + h) * K + kk[None, :]
     m = (t[:, None] < T) & (kk[None, :] < K)
     return tl.load(ptr + off, mask=m, other=0.0).to(tl.float32), off, m
@@ -42,39 +43,51 @@ def _phi(x, m):
 
 
 @triton.jit
-def _state_at(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """Offsets and masks of (sequence, head) bh's S [K, V] in a [B, H, K, V] buffer and z [K] in a [B, H, K] one."""
-    kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)[None, :]
+def _state_at(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0=0, v0=0):
+    """Offsets and masks of (sequence, head) bh's S [K, V] in a [B, H, K, V] buffer and z [K] in a [B, H, K] one: the
+    block of BK rows from k0 and BV columns from v0 (z: its BK entries from k0)."""
+    kk = k0 + tl.arange(0, BK)
+    vv = v0 + tl.arange(0, BV)[None, :]
     return bh * K * V + kk[:, None] * V + vv, (kk[:, None] < K) & (vv < V), bh * K + kk, kk < K
 
 
 @triton.jit
-def _load_state(S_ptr, z_ptr, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    so, sm, zo, zm = _state_at(bh, K, V, BK, BV)
+def _load_state(S_ptr, z_ptr, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0=0,
+                v0=0):
+    so, sm, zo, zm = _state_at(bh, K, V, BK, BV, k0, v0)
     return tl.load(S_ptr + so, mask=sm, other=0.0), tl.load(z_ptr + zo, mask=zm, other=0.0)
 
 
 @triton.jit
-def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    so, sm, zo, zm = _state_at(bh, K, V, BK, BV)
+def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 k0=0, v0=0, with_z=True):
+    so, sm, zo, zm = _state_at(bh, K, V, BK, BV, k0, v0)
     tl.store(S_ptr + so, S, mask=sm)
-    tl.store(z_ptr + zo, z, mask=zm)
+    if with_z:
+        tl.store(z_ptr + zo, z, mask=zm)
 
 
 @triton.jit
 def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-         BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+         BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    # SPLIT: program (bh, j) takes the BV value columns from j * BV (every program computes the normaliser; the
+    # first stores it)
     bh = tl.program_id(0)
+    if SPLIT:
+        v0 = tl.program_id(1) * BV
+        first = tl.program_id(1) == 0
+    else:
+        v0 = 0
+        first = True
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    S, z = _load_state(S0, z0, bh, K, V, BK, BV)                            # [BK, BV], [BK] fp32
+    S, z = _load_state(S0, z0, bh, K, V, BK, BV, 0, v0)                     # [BK, BV], [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
         qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
         kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
-        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
+        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV, v0)
         fq, _ = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
         fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
@@ -83,10 +96,11 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
         o = tl.dot(A.to(wt), vc.to(wt), input_precision=PREC) + tl.dot(fq.to(wt), S.to(wt), input_precision=PREC)
         dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
         tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
-        tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
+        if first:
+            tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
         S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
         z += tl.sum(fk, 0)
-    _store_state(S_T, z_T, S, z, bh, K, V, BK, BV)
+    _store_state(S_T, z_T, S, z, bh, K, V, BK, BV, 0, v0, first)
 
 
 @triton.jit
@@ -99,18 +113,30 @@ def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV:
 
 
 @triton.jit
+def _grad_o(dy, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, v0):
+    """do = dy / (den + eps) for the BV value columns from v0 [BT, BV], zero outside."""
+    g, _, _ = _rows(dy, b, h, t, T, H, V, BV, v0)
+    return g / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)[:, None]
+
+
+@triton.jit
 def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
+    # SPLIT: program (bh, j) takes the BK key columns from j * BK
     bh = tl.program_id(0)
+    if SPLIT:
+        k0 = tl.program_id(1) * BK
+    else:
+        k0 = 0
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    S, z = _load_state(S0, z0, bh, K, V, BK, BV)
+    S, z = _load_state(S0, z0, bh, K, V, BK, BV, k0, 0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        qr, qo, qm = _rows(q, b, h, t, T, H, K, BK)
-        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+        qr, qo, qm = _rows(q, b, h, t, T, H, K, BK, k0)
+        kr, _, _ = _rows(k, b, h, t, T, H, K, BK, k0)
         vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
         do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
         _, dphi = _phi(qr, qm)
@@ -159,15 +185,76 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
     _store_state(dS0, dz0, dS, dz, bh, K, V, BK, BV)
 
 
+@triton.jit
+def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    # _bwd_dkv's key half for the BK key columns from program_id(1) * BK (SPLIT > 1); also the initial state's
+    # gradient rows of those columns
+    bh, k0 = tl.program_id(0), tl.program_id(1) * BK
+    b, h = bh // H, bh % H
+    dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
+    dS, dz = _load_state(gS_T, gz_T, bh, K, V, BK, BV, k0, 0)     # [BK, BV] rows k0.., [BK]
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        t = (NT - 1 - i) * BT + tl.arange(0, BT)
+        qr, _, qm = _rows(q, b, h, t, T, H, K, BK, k0)
+        kr, ko, _ = _rows(k, b, h, t, T, H, K, BK, k0)
+        vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
+        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        fq, _ = _phi(qr, qm)
+        _, dphi = _phi(kr, qm)
+        fq_d, do_d = fq.to(wt), do.to(wt)
+        causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)
+        M = tl.where(causal, tl.dot(do_d, tl.trans(vc.to(wt)), input_precision=PREC) + dd[:, None], 0.0)  # [i, j]
+        dfk = tl.dot(tl.trans(M.to(wt)), fq_d, input_precision=PREC) \
+            + tl.dot(vc.to(wt), tl.trans(dS.to(wt)), input_precision=PREC) + dz[None, :]
+        tl.store(dk + ko, (dfk * dphi).to(dk.dtype.element_ty), mask=qm)
+        dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
+        dz += tl.sum(fq * dd[:, None], 0)
+    _store_state(dS0, dz0, dS, dz, bh, K, V, BK, BV, k0, 0)
+
+
+@triton.jit
+def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    # _bwd_dkv's value half for the BV value columns from program_id(1) * BV (SPLIT > 1)
+    bh, v0 = tl.program_id(0), tl.program_id(1) * BV
+    b, h = bh // H, bh % H
+    dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
+    so, sm, zo, zm = _state_at(bh, K, V, BK, BV, 0, v0)        # (z has no gradient here)
+    dS = tl.load(gS_T + so, mask=sm, other=0.0)                   # [BK, BV] columns v0..
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        t = (NT - 1 - i) * BT + tl.arange(0, BT)
+        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
+        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+        do = _grad_o(dy, den, b, h, t, T, eps, H, V, BV, v0)
+        vv = v0 + tl.arange(0, BV)
+        vo, vm = ((b * T + t[:, None]) * H + h) * V + vv[None, :], (t[:, None] < T) & (vv[None, :] < V)
+        fq, _ = _phi(qr, qm)
+        fk, _ = _phi(kr, qm)
+        fq_d, do_d = fq.to(wt), do.to(wt)
+        causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)
+        A = tl.where(causal, tl.dot(fq_d, tl.trans(fk.to(wt)), input_precision=PREC), 0.0)               # [i, j]
+        dvc = tl.dot(tl.trans(A.to(wt)), do_d, input_precision=PREC) + tl.dot(fk.to(wt), dS.to(wt), input_precision=PREC)
+        tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
+        dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
+
+
 CHUNK = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
 WARPS = 8      # warps per program (4 spill the [BT, BT] and state tiles at head size 64)
+SPLIT = 1      # programs per (sequence, head): the forward and dv split the value columns, dq and dk the key columns
+               # (blocks of at least 16); B8 H12 is 96 programs for 132 SMs at SPLIT = 1. Not yet timed on a GPU.
 
 
 def _cfg(K: int, V: int, dtype: torch.dtype):
     BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
     BT = CHUNK or (64 if max(BK, BV) <= 64 else 32)   # the [BT, BT] and [BK, BV] tiles stay in registers
     warps = WARPS
-    return BK, BV, BT, warps, "ieee" if dtype == torch.float32 else "tf32"
+    nk, nv = max(1, min(SPLIT, BK // 16)), max(1, min(SPLIT, BV // 16))   # powers of two, like BK and BV
+    return BK, BV, BT, warps, "ieee" if dtype == torch.float32 else "tf32", nk, nv
 
 
 class ChunkLinearAttention(torch.autograd.Function):
@@ -178,13 +265,14 @@ class ChunkLinearAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, S0, z0, eps):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        BK, BV, BT, warps, prec = _cfg(K, V, q.dtype)
+        BK, BV, BT, warps, prec, nk, nv = _cfg(K, V, q.dtype)
         y = alloc(B, T, H, V, like=v)
         den = alloc(B, T, H, like=v, dtype=torch.float32)
         S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
-        _fwd[(B * H,)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV, BT, prec, num_warps=warps)
+        _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, prec, nv > 1,
+                          num_warps=warps)
         ctx.save_for_backward(q, k, v, S0, z0, y, den)
-        ctx.eps = eps
+        ctx.eps, ctx.cfg = eps, (BK, BV, BT, warps, prec, nk, nv)
         return y, S_T, z_T
 
     @staticmethod
@@ -192,15 +280,22 @@ class ChunkLinearAttention(torch.autograd.Function):
         q, k, v, S0, z0, y, den = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
-        BK, BV, BT, warps, prec = _cfg(K, V, q.dtype)
+        BK, BV, BT, warps, prec, nk, nv = ctx.cfg
         dy = torch.zeros_like(v) if dy is None else dy.contiguous()
         gS_T = torch.zeros_like(S0) if gS_T is None else gS_T.float().contiguous()
         gz_T = torch.zeros_like(z0) if gz_T is None else gz_T.float().contiguous()
         dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
         dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
-        _bwd_dq[(B * H,)](q, k, v, dy, y, den, S0, z0, dq, T, ctx.eps, H, K, V, BK, BV, BT, prec, num_warps=warps)
-        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, ctx.eps, H, K, V, BK, BV, BT,
-                           prec, num_warps=warps)
+        _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, ctx.eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
+                             num_warps=warps)
+        if nk == 1 and nv == 1:
+            _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, ctx.eps, H, K, V, BK, BV, BT,
+                               prec, num_warps=warps)
+        else:
+            _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, ctx.eps, H, K, V, BK // nk, BV, BT,
+                                 prec, num_warps=warps)
+            _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, ctx.eps, H, K, V, BK, BV // nv, BT, prec,
+                                 num_warps=warps)
         return dq, dk, dv, dS0, dz0, None
 
 
