@@ -504,11 +504,11 @@ def _groups(B: int):
     return batch_groups(B, L2_GROUP)
 
 
-def _cfg(T: int, B: int, H: int, D: int):
+def _cfg(T: int, B: int, H: int, D: int, max_tokens: int = 1 << 30):
     B = min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
     BD = max(2, next_pow2(D))
     HP = max(2, next_pow2(H))
-    BT = max(1, min(UNROLL, next_pow2(T)))
+    BT = max(1, min(UNROLL, next_pow2(T), max_tokens))
     NT = triton.cdiv(T, BT)
     # slices of whole unrolled steps, one program each: enough programs to fill a large GPU
     slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
@@ -532,8 +532,14 @@ def _warps(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> int:
     return BWD_WARPS if backward else WARPS
 
 
-def _bwd_tokens(T: int, BT: int) -> int:
-    return max(1, min(BWD_UNROLL, next_pow2(T))) if BWD_UNROLL > 0 else BT
+def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
+    return max(1, min(BWD_UNROLL, next_pow2(T), max_tokens)) if BWD_UNROLL > 0 else min(BT, max_tokens)
+
+
+def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
+    """The most tokens a tile may hold for each of its [tokens, HP, BD] tensors to take at most per_thread registers
+    a thread: the forward keeps ~3 such tensors live (64 fit), the backward ~7 (32 fit); larger tiles spill."""
+    return max(1, per_thread * 32 * warps // (HP * BD))
 
 
 class CausalTSSAFunction(torch.autograd.Function):
@@ -541,7 +547,12 @@ class CausalTSSAFunction(torch.autograd.Function):
     def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded):
         B, T, C = w.shape
         D = C // H
-        BD, HP, BT, NT, per = _cfg(T, B, H, D)
+        BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
+        tiled, bwd_tiled = TILED, BWD_TILED
+        nw = _warps(False, tiled, HP, BD, w.element_size())
+        bwd_warps = _warps(True, bwd_tiled, HP, BD, w.element_size())
+        BD, HP, BT, NT, per = _cfg(T, B, H, D, _tile_tokens(HP, BD, nw, 64) if tiled else 1 << 30)
+        bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_warps, 32) if bwd_tiled else 1 << 30)
         tmax = bias.shape[1]
         HD = H * D
         S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
@@ -552,8 +563,6 @@ class CausalTSSAFunction(torch.autograd.Function):
         pi = alloc(B, T, H, like=w, dtype=torch.float32)
         y = alloc(B, T, C, like=w)
         groups = _groups(B)
-        tiled = TILED
-        nw = _warps(False, tiled, HP, BD, w.element_size())
         for nb, g in groups:
             if FUSED:
                 sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
@@ -572,8 +581,8 @@ class CausalTSSAFunction(torch.autograd.Function):
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
-        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, _bwd_tokens(T, BT), NT, per), groups, FUSED, BWD_TILED
-        ctx.bwd_warps = _warps(True, BWD_TILED, HP, BD, w.element_size())
+        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, bwd_tokens, NT, per), groups, FUSED, bwd_tiled
+        ctx.bwd_warps = bwd_warps
         return y, S_T, A_T, P_T
 
     @staticmethod
