@@ -504,16 +504,15 @@ def _groups(B: int):
     return batch_groups(B, L2_GROUP)
 
 
-def _cfg(T: int, B: int, H: int, D: int, max_tokens: int = 1 << 30):
+def _slicing(T: int, B: int, max_tokens: int = 1 << 30):
+    """Tokens per unrolled step or tile BT, slices per sequence and tokens per slice."""
     B = min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
-    BD = max(2, next_pow2(D))
-    HP = max(2, next_pow2(H))
     BT = max(1, min(UNROLL, next_pow2(T), max_tokens))
     NT = triton.cdiv(T, BT)
     # slices of whole unrolled steps, one program each: enough programs to fill a large GPU
     slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
     per = triton.cdiv(NT, slices) * BT
-    return BD, HP, BT, triton.cdiv(T, per), per
+    return BT, triton.cdiv(T, per), per
 
 
 def _tile_warps(HP: int, BD: int, itemsize: int) -> int:
@@ -551,7 +550,7 @@ class CausalTSSAFunction(torch.autograd.Function):
         tiled, bwd_tiled = TILED, BWD_TILED
         nw = _warps(False, tiled, HP, BD, w.element_size())
         bwd_warps = _warps(True, bwd_tiled, HP, BD, w.element_size())
-        BD, HP, BT, NT, per = _cfg(T, B, H, D, _tile_tokens(HP, BD, nw, 64) if tiled else 1 << 30)
+        BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, nw, 64) if tiled else 1 << 30)
         bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_warps, 32) if bwd_tiled else 1 << 30)
         tmax = bias.shape[1]
         HD = H * D
