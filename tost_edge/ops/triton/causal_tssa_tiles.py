@@ -1,10 +1,11 @@
-"""Causal TSSA slice walks over tiles of BT tokens (TILED = True in causal_tssa.py).
+"""Causal TSSA slice walks over tiles of BT tokens (TILED, BWD_TILED in causal_tssa.py).
 
 The token walks in causal_tssa.py carry the running sums from one token row to the next, so each token waits for
 the previous one's reductions (sum over channels, max and sum over heads: several block-wide barriers per token).
 Here BT tokens are one [BT, HP, BD] tile: the running sums inside the tile are cumulative sums over its token axis,
-every reduction covers the whole tile at once, and only the tile totals are carried to the next tile. Same
-arguments and results as the walks they replace.
+every reduction covers the whole tile at once, and only the tile totals are carried to the next tile. Per-head
+values (energy, Pi, their gradients) are [BT, HP, 1] tensors in the tile's own layout, so nothing moves between
+layouts inside the loops. Same arguments and results as the walks they replace.
 
 Backward: the gradients flowing into A, P and S at token t (from t and every later token) are the value after the
 tile plus a reverse cumulative sum inside it, never a total minus what was passed inside the tile; the value
@@ -84,7 +85,6 @@ def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexp
                   H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
                   so, sm):
     """From S at token lo: Pi of tokens [lo, hi) (stored) and their sums of Pi w^2 [HP, BD] and Pi [HP]."""
-    hc = tl.arange(0, HP)[None, :, None]
     S = S[None, :, :]
     tv = tv[None, :, None]
     A = tl.zeros([1, HP, BD], dtype=tl.float32)
