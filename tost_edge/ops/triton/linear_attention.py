@@ -120,6 +120,18 @@ def _grad_o(dy, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.c
 
 
 @triton.jit
+def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               BK: tl.constexpr, BV: tl.constexpr, k0):
+    """What every backward kernel reads of a chunk: q and k's BK columns from k0 (raw, fp32), their offsets and mask
+    (the same for q and k), v's columns, do and d den (all V columns)."""
+    qr, qo, qm = _rows(q, b, h, t, T, H, K, BK, k0)
+    kr, _, _ = _rows(k, b, h, t, T, H, K, BK, k0)
+    vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
+    do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+    return qr, kr, qo, qm, vc, vo, vm, do, dd
+
+
+@triton.jit
 def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
             BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
@@ -135,10 +147,7 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, k0, 0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        qr, qo, qm = _rows(q, b, h, t, T, H, K, BK, k0)
-        kr, _, _ = _rows(k, b, h, t, T, H, K, BK, k0)
-        vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
-        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        qr, kr, qo, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, k0)
         _, dphi = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
         fk_d, v_d, do_d = fk.to(wt), vc.to(wt), do.to(wt)
@@ -164,10 +173,7 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
-        kr, ko, _ = _rows(k, b, h, t, T, H, K, BK)
-        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
-        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        qr, kr, ko, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, 0)
         fq, _ = _phi(qr, qm)
         fk, dphi = _phi(kr, qm)
         fq_d, fk_d, v_d, do_d = fq.to(wt), fk.to(wt), vc.to(wt), do.to(wt)
@@ -198,10 +204,7 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H: tl.constex
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, _, qm = _rows(q, b, h, t, T, H, K, BK, k0)
-        kr, ko, _ = _rows(k, b, h, t, T, H, K, BK, k0)
-        vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
-        do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
+        qr, kr, ko, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, k0)
         fq, _ = _phi(qr, qm)
         _, dphi = _phi(kr, qm)
         fq_d, do_d = fq.to(wt), do.to(wt)
