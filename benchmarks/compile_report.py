@@ -133,21 +133,25 @@ def main() -> None:
                bias=f32, pos="*i64", gS_T=f32, gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32,
                gA0=f32, gP0=f32, sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32"),
                {**cc, "BOUNDED": True, "PI_STORED": True, "PREFIX": True}, a, nw)
-    # causal TSSA tiled (TILED): a tile's tokens stay in each thread where warps * 4 = padded heads
-    fused_sig = dict(w=bf, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=bf, S_start=f32,
-                     AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32",
-                     NS="i32")
-    fused_bwd_sig = dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32,
-                         gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32, gA0=f32, gP0=f32,
-                         sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
-    tiles = [(12, 0, 8, 2)] if args.quick else [(12, 0, 4, 4), (12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 4, 4),
-                                                 (20, 0, 8, 2), (20, 4, 8, 2)]
-    for H, nw, fwd_bt, bwd_bt in tiles:                  # nw 0: the warps TILED_WARPS = 0 chooses
+    # causal TSSA tiled (TILED, BWD_TILED) with the warps TILED_WARPS = 0 chooses (nw 0) or others
+    def tiled_sigs(t):
+        fwd = dict(w=t, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=t, S_start=f32,
+                   AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32",
+                   NS="i32")
+        bwd = dict(w=t, gy=t, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32,
+                   gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32",
+                   part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
+        return fwd, bwd
+    tiles = [("bf16", 12, 0, 8, 4), ("fp32", 12, 0, 8, 4)] if args.quick else [
+        ("bf16", 12, 0, 4, 4), ("bf16", 12, 0, 8, 2), ("bf16", 12, 8, 4, 4), ("bf16", 20, 0, 4, 4),
+        ("bf16", 20, 0, 8, 2), ("bf16", 20, 4, 8, 2), ("fp32", 12, 0, 8, 4), ("fp32", 20, 0, 8, 4)]
+    for dname, H, nw, fwd_bt, bwd_bt in tiles:
         HP = triton.next_power_of_2(H)
-        nw = nw or ct._tile_warps(HP, 64, 2)
+        nw = nw or ct._tile_warps(HP, 64, 2 if dname == "bf16" else 4)
+        fwd_sig, bwd_sig = tiled_sigs(bf if dname == "bf16" else f32)
         tc = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "TILED": True, "BOUNDED": True, "PREFIX": True}
-        report(f"causal tiled fwd H{H} tile{fwd_bt}", ct._f_fused, fused_sig, {**tc, "BT": fwd_bt}, a, nw)
-        report(f"causal tiled bwd H{H} tile{bwd_bt}", ct._b_fused, fused_bwd_sig,
+        report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}", ct._f_fused, fwd_sig, {**tc, "BT": fwd_bt}, a, nw)
+        report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
                {**tc, "BT": bwd_bt, "PI_STORED": True}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
