@@ -59,3 +59,25 @@ def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):
     variants = {r["variant"] for r in json.loads(report.read_text())["rows"]}
     assert "triton" in variants and "eager" in variants
     assert not {"triton-persistent", "triton-launch-per-pass", "triton-fused", "triton-three-pass"} & variants
+
+
+@pytest.mark.parametrize("script,rc", [
+    ('echo "===== 3 passed in 1.2s ====="; sleep 60', 0),             # summary, then no exit: stopped, passed
+    ('echo "===== 1 failed, 2 passed in 1.2s ====="; sleep 60', 1),   # the same with a failure
+    ('echo "===== 2 passed in 1.2s ====="; exit 3', 3),               # exits: its own status
+    ("echo collecting; sleep 60", 124),                               # no summary by TEST_LIMIT
+], ids=["hang-after-pass", "hang-after-failure", "exit", "time-limit"])
+def test_gpu_tests_stop_after_the_summary(tmp_path, script, rc):
+    """run_gpu.sh's test step does not wait out its limit when pytest hangs after printing its summary, reports the
+    summary's verdict, and leaves no process behind."""
+    import time
+    marker = f"tost-edge-{tmp_path.name}"
+    cmd = (f"source {ROOT}/benchmarks/run_until_summary.sh; TEST_LIMIT=6 SUMMARY_GRACE=1 "
+           f"run_until_summary {tmp_path}/log bash -c '{script}' {marker}; echo rc=$?")
+    t0 = time.monotonic()
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60).stdout
+    assert f"rc={rc}" in out, out
+    assert time.monotonic() - t0 < (15 if rc == 124 else 8)
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes left running: {left}"
