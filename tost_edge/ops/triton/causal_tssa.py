@@ -266,11 +266,13 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     grad = pi[:, None] * (2.0 * Ra * x - g * inv) + 2.0 * x * (ge[:, None] * rden + Rc.to(tl.float32))
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
                     Rc -= gc.to(tl.float64)
-                GCs += gc.to(tl.float64)
+                else:
+                    GCs += gc.to(tl.float64)
                 Ra -= ga
                 Rp -= gp
-            GA += ga
-            GP += gp
+            else:
+                GA += ga
+                GP += gp
     if STAGE == 2:
         tl.atomic_add(gtemp + hc, gt, mask=hc < H)
     return GA, GP, GCs

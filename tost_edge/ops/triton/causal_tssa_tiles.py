@@ -190,9 +190,11 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 grad = pi * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge * rden + Rc_t)
                 tl.store(dw + (b * T + t)[:, None, None] * C + so[None, :, :], grad.to(dw.dtype.element_ty),
                          mask=sm[None, :, :] & vt[:, None, None])
-            GCs += gc_tile
-        GA += ga_tile
-        GP += gp_tile
+            else:
+                GCs += gc_tile
+        else:
+            GA += ga_tile
+            GP += gp_tile
         if STAGE >= 2 or not PI_STORED:
             S += tl.sum(wsq, 0, keep_dims=True)
         A += tl.sum(piw, 0, keep_dims=True)
