@@ -40,8 +40,8 @@ FUSED = True     # one launch per direction (slices chained by _lookback) instea
 LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
 TILED = False    # forward: walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums
                  # over the tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a
-                 # GPU; sm_90 compiles: 12 barriers per 8-token tile of the Pi pass against 26 per 4 tokens walked
-BWD_TILED = False  # the same for the backward (its stage 2: 18 barriers per 4-token tile against 23 per 4 walked)
+                 # GPU; sm_90, fused, H12: the Pi loop has 7 barriers per 8-token tile against 24 per 4 tokens walked
+BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
 BWD_UNROLL = 0   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the

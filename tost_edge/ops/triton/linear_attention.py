@@ -104,19 +104,19 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
 
 
 @triton.jit
-def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
-    """do = dy / (den + eps) [BT, BV] and d den = -sum(dy * y) / (den + eps) [BT], zero outside."""
-    g, _, _ = _rows(dy, b, h, t, T, H, V, BV)
-    yv, _, _ = _rows(y, b, h, t, T, H, V, BV)
-    r = 1.0 / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)
-    return g * r[:, None], -tl.sum(g * yv, 1) * r
-
-
-@triton.jit
 def _grad_o(dy, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, v0):
     """do = dy / (den + eps) for the BV value columns from v0 [BT, BV], zero outside."""
     g, _, _ = _rows(dy, b, h, t, T, H, V, BV, v0)
-    return g / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)[:, None]
+    r = 1.0 / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)    # one division per token
+    return g * r[:, None]
+
+
+@triton.jit
+def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
+    """do = dy / (den + eps) [BT, BV] and d den = -sum(dy * y) / (den + eps) = -sum(do * y) [BT], zero outside."""
+    do = _grad_o(dy, den, b, h, t, T, eps, H, V, BV, 0)
+    yv, _, _ = _rows(y, b, h, t, T, H, V, BV)
+    return do, -tl.sum(do * yv, 1)
 
 
 @triton.jit
