@@ -315,9 +315,9 @@ def main() -> None:
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
-                for name in [v for v in variants if v in ("triton-tiled", "triton-walk")]:
-                    profiles[f"causal_tssa {name} {shape}"] = profile(f"causal_tssa {name} {shape}", variants[name],
-                                                                      [w, temp, bias])
+                for variant in [v for v in variants if v in ("triton-tiled", "triton-walk")]:
+                    profiles[f"causal_tssa {variant} {shape}"] = profile(f"causal_tssa {variant} {shape}",
+                                                                         variants[variant], [w, temp, bias])
             del w
             q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
             la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}

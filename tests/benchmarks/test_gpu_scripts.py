@@ -25,11 +25,14 @@ def smoke(script, *args, out):
 def test_kernels_benchmark_smoke(tmp_path):
     smoke("kernels.py", "--graph", "--profile", out=tmp_path)
     (report,) = tmp_path.glob("kernels_*.json")
-    rows = json.loads(report.read_text())["rows"]
+    result = json.loads(report.read_text())
+    assert result["device"] == "CPU smoke check" and report.name == "kernels_CPU_smoke_check_bf16.json"
+    rows = result["rows"]
     variants = {(r["op"], r["variant"], r["mode"]) for r in rows}
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
     others = (("tssa", "triton-launch-per-pass" if tt.PERSISTENT else "triton-persistent"),
-              ("causal_tssa", "triton-three-pass" if ct.FUSED else "triton-fused"))   # the scheme not chosen
+              ("causal_tssa", "triton-three-pass" if ct.FUSED else "triton-fused"),   # the scheme not chosen
+              ("causal_tssa", "triton-walk" if ct.TILED else "triton-tiled"))        # the walk not chosen
     for op, other in others:
         for variant in ("triton", other, "eager", "triton-graph", f"{other}-graph"):
             for mode in ("fwd", "fwd+bwd"):
