@@ -25,6 +25,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
+from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -36,6 +37,8 @@ def tile_layout(ttgir: str) -> str:
     layouts = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
         r"^(#blocked\d*) = #ttg.blocked<\{sizePerThread = \[[\d, ]+\], threadsPerWarp = \[(\d+), \d+, \d+\], "
         r"warpsPerCTA = \[(\d+), \d+, \d+\]", ttgir, re.M)}
+    if "tt.scan" not in ttgir:                           # no cumulative sums: not a tiled walk
+        return ""
     scans = re.findall(r"\(tensor<\d+x\d+x(\d+)xf\d+, (#blocked\d*)>\) ->", ttgir)
     scans = [lay for last, lay in scans if int(last) > 1]
     if not scans:
@@ -87,7 +90,23 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
     layout += f"  loops (SASS/barriers) {loops}" if loops else ""
     print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
           f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  bar {ops.get('BAR', 0):3d}  [{top}]{layout}", flush=True)
-    return k
+    return {"regs": grab("REG"), "shared": max(grab("SHARED"), 0)}
+
+
+CARDS = {90: ("H100 SXM", 132, 2048, 228 * 1024, 32), 87: ("Orin", 16, 1536, 164 * 1024, 16)}
+
+
+def resident_note(usage, warps, tokens, N, arch):
+    """Programs per SM of a resident kernel (tssa_resident's occupancy rule), and whether a batch element's
+    N / tokens programs are all held at once on a card of that architecture."""
+    if arch not in CARDS:
+        return
+    name, sms, threads, shared, programs = CARDS[arch]
+    per_sm = tr.programs_per_sm(usage["regs"], warps, usage["shared"], 65536, threads, shared, programs)
+    NS = -(-N // tokens)
+    verdict = "resident" if NS <= per_sm * sms else "too many: runs the passes"
+    print(f"{'':34s} {per_sm} programs per SM; N{N}: {NS} programs a batch element, {name} holds {per_sm * sms} "
+          f"({verdict})", flush=True)
 
 
 def main() -> None:
@@ -114,6 +133,19 @@ def main() -> None:
     report("tssa persistent bwd", tt._bwd_persistent, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32,
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
+    # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds
+    fwd_res = ((tt.RESIDENT_TOKENS, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 4), (32, 8), (64, 16))
+    bwd_res = ((tt.RESIDENT_BWD_TOKENS, tt.RESIDENT_BWD_WARPS),) if args.quick else ((16, 4), (16, 8), (32, 8),
+                                                                                   (32, 16))
+    for bn, nw in fwd_res:
+        usage = report(f"tssa resident fwd tokens{bn}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32, P=f32,
+                   pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn}, a, nw, odd=("NS",))
+        resident_note(usage, nw, bn, 4096, a)
+    for bn, nw in bwd_res:
+        usage = report(f"tssa resident bwd tokens{bn}", tr._bwd_resident, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
+                   A=f32, P=f32, G=f32, dS=f32, gtemp=f32, dw=bf, sync="*i32", N="i32", NS="i32"),
+                   {**tc, "BN": bn, "PI_STORED": True}, a, nw, odd=("NS",))
+        resident_note(usage, nw, bn, 4096, a)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
     for nw in (ct.WARPS,) if args.quick else (4, 8):

@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also list each kernel's device time (torch.profiler)")
     ap.add_argument("--graph", action="store_true", help="also time Triton and fla replayed from a CUDA graph")
     ap.add_argument("--no-other", action="store_true",
-                    help="skip the launch scheme and walk the settings did not choose (persistent TSSA / fused "
+                    help="skip the launch scheme and walk the settings did not choose (resident TSSA / fused "
                          "causal TSSA / tiled causal walks)")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
@@ -275,15 +275,25 @@ def main() -> None:
             w = torch.randn(B, N, C, device=dev, dtype=dt, requires_grad=True)
             temp = (torch.rand(H, 1, device=dev) + 0.5).to(dt).requires_grad_()
             nb = B * N * C * esize
-            other = "launch-per-pass" if tt.PERSISTENT else "persistent"   # the scheme the settings did not choose
+            other = "passes" if tt.RESIDENT else "resident"   # the scheme the settings did not choose
             variants = {"triton": lambda: tssa(w, temp, H, backend="triton"),
                         "eager": lambda: official_tssa(w, temp, H)}
             if not args.no_other:
-                variants[f"triton-{other}"] = lambda: with_setting(tt, "PERSISTENT", not tt.PERSISTENT,
+                variants[f"triton-{other}"] = lambda: with_setting(tt, "RESIDENT", not tt.RESIDENT,
                                                                    lambda: tssa(w, temp, H, backend="triton"))
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
+            for variant in [v for v in variants if v.startswith("triton")]:   # resident falls back where it must
+                variants[variant]().sum().backward()
+                ran = dict(tt.last_run)
+                print(f"   tssa {shape} {variant}: ran {ran['forward']} / {ran['backward']}", flush=True)
+                for r in rows:
+                    if (r["op"], r["shape"], r["variant"].removesuffix("-graph")) == ("tssa", shape, variant):
+                        r["ran"] = ran
+            if args.profile and f"triton-{other}" in variants and other == "resident":
+                profiles[f"tssa triton-resident {shape}"] = profile(f"tssa triton-resident {shape}",
+                                                                    variants["triton-resident"], [w, temp])
             if args.profile:
                 profiles[f"tssa {shape}"] = profile(f"tssa {shape}", variants["triton"], [w, temp])
             del w

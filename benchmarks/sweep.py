@@ -82,13 +82,15 @@ def sweep(label, module, stages, fn, inputs, rows, save=lambda best: None):
             finally:
                 for k, v in defaults.items():
                     setattr(module, k, v)
+            ran = dict(getattr(module, "last_run", {}))      # the scheme a module ran, where it can fall back
             row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_graph_ms": graph,
-                   "rel_err_vs_default": err}
+                   "rel_err_vs_default": err, **({"ran": ran} if ran else {})}
             rows.append(row)
             timed_rows.append((fb, cfg))
             save({**best_cfg, **min(timed_rows, key=lambda r: r[0])[1]})
             print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
-                  f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}", flush=True)
+                  f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}"
+                  + (f"  ran {ran['forward']}/{ran['backward']}" if ran else ""), flush=True)
         if timed_rows:
             best_cfg.update(min(timed_rows, key=lambda r: r[0])[1])
             for k, v in best_cfg.items():
@@ -155,9 +157,11 @@ def main() -> None:
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
-                             [[{"PERSISTENT": False}] + grid(PERSISTENT=[True], QUEUE_TOKENS=[64, 256],
-                                                             QUEUE_LAG=[1, 3]),
-                              grid(L2_GROUP=[0, 4, 16]), grid(PROGRAMS=[2048, 4096]), grid(QUEUE_PER_SM=[2, 4])],
+                             [[{"RESIDENT": False}] + grid(RESIDENT=[True], RESIDENT_TOKENS=[16, 32],
+                                                           RESIDENT_WARPS=[4, 8]),
+                              [dict(RESIDENT_BWD_TOKENS=t, RESIDENT_BWD_WARPS=nw) for t, nw in ((16, 4), (32, 8),
+                                                                                                (32, 16))],
+                              grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()
     print("best settings (fwd+bwd):", json.dumps(best))

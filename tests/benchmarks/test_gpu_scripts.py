@@ -30,7 +30,7 @@ def test_kernels_benchmark_smoke(tmp_path):
     rows = result["rows"]
     variants = {(r["op"], r["variant"], r["mode"]) for r in rows}
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
-    others = (("tssa", "triton-launch-per-pass" if tt.PERSISTENT else "triton-persistent"),
+    others = (("tssa", "triton-passes" if tt.RESIDENT else "triton-resident"),
               ("causal_tssa", "triton-three-pass" if ct.FUSED else "triton-fused"),   # the scheme not chosen
               ("causal_tssa", "triton-walk" if ct.TILED else "triton-tiled"))        # the walk not chosen
     for op, other in others:
@@ -39,6 +39,9 @@ def test_kernels_benchmark_smoke(tmp_path):
                 assert (op, variant, mode) in variants
     assert ("causal_linear_attn", "triton-graph", "fwd+bwd") in variants
     assert all(r["ms"] > 0 for r in rows if r["variant"] != "eager")
+    # which scheme each TSSA variant ran (the resident kernels fall back to the passes where they must)
+    ran = {r["variant"]: r["ran"]["forward"] for r in rows if r["op"] == "tssa" and r["mode"] == "fwd" and "ran" in r}
+    assert ran["triton-resident" if not tt.RESIDENT else "triton"] == "resident", ran
 
 
 def test_sweep_smoke(tmp_path):
@@ -46,7 +49,7 @@ def test_sweep_smoke(tmp_path):
     result = json.loads((tmp_path / "sweep.json").read_text())
     assert set(result["best"]) == {"causal_tssa", "linear_attn", "tssa"}
     tried = {k for r in result["rows"] for k in r}
-    assert {"FUSED", "PERSISTENT", "L2_GROUP", "fwd_bwd_graph_ms"} <= tried
+    assert {"FUSED", "RESIDENT", "RESIDENT_BWD_TOKENS", "SPLIT", "fwd_bwd_graph_ms", "ran"} <= tried
     # one op swept again in the same folder replaces that op's rows and keeps the others' results
     smoke("sweep.py", "--ops", "linear_attn", out=tmp_path)
     again = json.loads((tmp_path / "sweep.json").read_text())
@@ -61,7 +64,7 @@ def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):
     (report,) = tmp_path.glob("kernels_*.json")
     variants = {r["variant"] for r in json.loads(report.read_text())["rows"]}
     assert "triton" in variants and "eager" in variants
-    assert not {"triton-persistent", "triton-launch-per-pass", "triton-fused", "triton-three-pass"} & variants
+    assert not {"triton-resident", "triton-passes", "triton-fused", "triton-three-pass"} & variants
 
 
 @pytest.mark.parametrize("script,rc", [

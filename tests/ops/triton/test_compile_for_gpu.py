@@ -26,3 +26,7 @@ def test_kernels_compile_for_gpu(arch):
     assert len(tiled) >= 2, r.stdout
     for ln in tiled:     # the point of the tiles: cumulative sums over tokens held in each thread, no tile moved
         assert "tiles: tokens in-thread, 0 moved" in ln, ln
+    resident = [ln for ln in r.stdout.splitlines() if "programs a batch element" in ln]
+    assert len(resident) == 2, r.stdout             # forward and backward at the default settings
+    if arch == 90:       # an H100 holds a B64 N4096 C384 batch element's programs at once: the scheme applies
+        assert all(ln.endswith("(resident)") for ln in resident), resident

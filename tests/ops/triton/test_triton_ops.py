@@ -73,12 +73,16 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
-@pytest.fixture(params=[False, True], ids=["launch-per-pass", "persistent"])
+@pytest.fixture(params=["launch-per-pass", "persistent", "resident"])
 def tssa_launch(request, monkeypatch):
-    """TSSA one launch per pass, or all passes in one launch of resident programs taking work items by ticket."""
+    """TSSA one launch per pass; all passes in one launch of persistent programs taking work items by ticket; or
+    one launch per direction with each program holding its slice of w (and dy) across the passes."""
     from tost_edge.ops.triton import tssa as tt
-    monkeypatch.setattr(tt, "PERSISTENT", request.param)
-    return request.param
+    monkeypatch.setattr(tt, "PERSISTENT", request.param == "persistent")
+    monkeypatch.setattr(tt, "RESIDENT", request.param == "resident")
+    yield request.param
+    expected = "passes" if request.param == "launch-per-pass" else request.param
+    assert tt.last_run == {"forward": expected, "backward": expected}
 
 
 @pytest.fixture(params=[(False, False), (True, False), (True, True)], ids=["three-passes", "fused", "fused-tiled"])
@@ -180,6 +184,36 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
         y = tssa(*leaves, 8, backend="triton")
         results.append([y, *torch.autograd.grad(y, leaves, cot)])
         torch.cuda.synchronize()
+    for name, a, b in zip(["y", "dw", "dtemp"], *results):
+        assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="programs waiting on each other run concurrently on a GPU only")
+@pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
+                         ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
+@pytest.mark.parametrize("tokens,warps", [(16, 4), (32, 8)], ids=["tokens16-warps4", "tokens32-warps8"])
+def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tokens, warps):
+    """The resident kernels, a batch element's slices held by programs that wait for each other, against the
+    launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes."""
+    from tost_edge.ops.triton import tssa as tt
+    B, N, H, D = shape
+    for name in ("RESIDENT_TOKENS", "RESIDENT_BWD_TOKENS"):
+        monkeypatch.setattr(tt, name, tokens)
+    for name in ("RESIDENT_WARPS", "RESIDENT_BWD_WARPS"):
+        monkeypatch.setattr(tt, name, warps)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(B, N, H * D, device="cuda", generator=g).to(torch.bfloat16)
+    temp = torch.rand(H, device="cuda", generator=g) + 0.5
+    cot = torch.randn(w.shape, device="cuda", generator=g).to(torch.bfloat16)
+    results = []
+    for res in (False, True):
+        monkeypatch.setattr(tt, "RESIDENT", res)
+        leaves = [w.clone().requires_grad_(), temp.clone().requires_grad_()]
+        y = tssa(*leaves, H, backend="triton")
+        results.append([y, *torch.autograd.grad(y, leaves, cot)])
+        torch.cuda.synchronize()
+    expected = "passes" if N == 65536 else "resident"
+    assert tt.last_run == {"forward": expected, "backward": expected}
     for name, a, b in zip(["y", "dw", "dtemp"], *results):
         assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
 
@@ -319,6 +353,30 @@ def test_tssa_persistent_work_items(monkeypatch, tokens, lag):
     monkeypatch.setattr(tt, "QUEUE_TOKENS", tokens)
     monkeypatch.setattr(tt, "QUEUE_LAG", lag)
     check_tssa(leaf(3, 37, 4 * 16), leaf(4, rand=True, offset=0.5), 4)
+
+
+def test_resident_tssa_runs_the_passes_where_its_slices_cannot_all_run_at_once(monkeypatch):
+    """Under the interpreter (one program at a time) a sequence longer than one slice takes the launch-per-pass
+    kernels; the result is the same."""
+    from tost_edge.ops.triton import tssa as tt, tssa_resident
+    monkeypatch.setattr(tt, "RESIDENT", True)
+    monkeypatch.setattr(tssa_resident, "INTERPRET_TOKENS", 16)
+    check_tssa(leaf(2, 37, 3 * 16), leaf(3, rand=True, offset=0.5), 3)
+    assert tt.last_run == {"forward": "passes", "backward": "passes"}
+    check_tssa(leaf(2, 9, 3 * 16), leaf(3, rand=True, offset=0.5), 3)
+    assert tt.last_run == {"forward": "resident", "backward": "resident"}
+
+
+@pytest.mark.parametrize("regs,warps,shared,expected", [(167, 4, 1024, 3), (185, 8, 1024, 1), (128, 16, 1024, 1),
+                                                        (64, 4, 1024, 8), (255, 8, 0, 1), (32, 1, 0, 16),
+                                                        (32, 4, 40 * 1024, 2)],
+                         ids=["167regs-4warps", "185regs-8warps", "128regs-16warps", "64regs-4warps",
+                              "255regs-8warps", "32regs-1warp", "40KB-shared"])
+def test_resident_programs_per_sm(regs, warps, shared, expected):
+    """How many resident programs an SM holds (sm_86/87 limits: 64K registers, 1536 threads, 100 KB shared memory,
+    16 programs), worked out by hand from CUDA's occupancy rules."""
+    from tost_edge.ops.triton.tssa_resident import programs_per_sm
+    assert programs_per_sm(regs, warps, shared) == expected
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):

@@ -29,6 +29,9 @@ import triton
 import triton.language as tl
 
 from ..tssa.naive import check_temp, check_w
+from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal,
+                        _stat, _wait)
+from . import tssa_resident as resident
 from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -40,10 +43,12 @@ QUEUE_LAG = 2       # persistent: waves of other work between a batch element's 
 QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
-
-NORM_EPS_SQ = tl.constexpr(1e-24)  # (F.normalize's eps 1e-12)^2, applied to the sum of squares
-PI_EPS = tl.constexpr(1e-8)
-
+RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
+RESIDENT_TOKENS = 16      # resident forward: tokens per program (a batch element takes N / this programs)
+RESIDENT_WARPS = 4
+RESIDENT_BWD_TOKENS = 16  # resident backward (holds two tiles: w and dy)
+RESIDENT_BWD_WARPS = 4
+last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 def _configs():
     if interpreting():
@@ -53,39 +58,11 @@ def _configs():
 
 
 @triton.jit
-def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-             BN: tl.constexpr):
-    n = n0 + tl.arange(0, BN)[:, None, None]
-    h = tl.arange(0, HP)[None, :, None]
-    d = tl.arange(0, BD)[None, None, :]
-    return b * N * C + n * C + h * D + d, (n < N) & (h < H) & (d < D)
-
-
-@triton.jit
-def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
-    """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer, and of its [HP] ones in [B, H]."""
-    h = tl.arange(0, HP)
-    d = tl.arange(0, BD)[None, :]
-    return b * H * D + h[:, None] * D + d, (h[:, None] < H) & (d < D), b * H + h, h < H
-
-
-@triton.jit
 def _slice(N, BN: tl.constexpr):
     """This program's token range: the batch element's tokens cut into num_programs(1) slices of whole tiles."""
     s = tl.program_id(1)
     per = tl.cdiv(tl.cdiv(N, tl.num_programs(1)), BN) * BN
     return s * per, tl.minimum(s * per + per, N)
-
-
-@triton.jit
-def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
-    """x [BN, HP, BD], 1/S [HP, BD], temp [HP] -> Pi, energy [BN, HP] (softmax over heads)."""
-    e = tl.sum(x * x * invS[None, :, :], 2)
-    hc = tl.arange(0, HP)
-    z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
-    z = z - tl.max(z, 1)[:, None]
-    p = tl.exp(z)
-    return p / tl.sum(p, 1)[:, None], e
 
 
 @triton.jit
@@ -176,10 +153,7 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
             tl.store(r_io + tok, tl.sum(g * x * inv[None, :, :], 2), mask=nh)
         if STAGE == 2:
             r = tl.load(r_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            gpi = tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :]
-            gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])                # softmax over heads
-            gz = tl.where(nh, gz, 0.0)
-            ge = gz * tv[None, :]
+            gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
             tl.store(ge_io + tok, ge, mask=nh)
             if PI_STORED:
                 e = tl.sum(x * x * invS[None, :, :], 2)                     # the energy, for d temp
@@ -188,8 +162,7 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         if STAGE == 3:
             g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            grad = pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
-                + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+            grad = _grad_w(x, g, pi, Gs, inv, ge, invS, dSv)
             tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
     if STAGE == 1:
         tl.atomic_add(G + so, acc * inv * inv, mask=sm)
@@ -225,24 +198,10 @@ def _item(sync, total, B, NI, per, N, LAG: tl.constexpr):
 
 
 @triton.jit
-def _wait(counter, target):
-    """Spin until counter >= target (acquire: what was written before it was raised is visible after)."""
-    c = tl.atomic_add(counter, 0, sem="acquire")
-    while c < target:
-        c = tl.atomic_add(counter, 0, sem="acquire")
-
-
-@triton.jit
 def _wait_previous_pass(done, ps, NI):
     """Spin until all NI items of the pass before pass ps (of this item's batch element) are done."""
     if ps > 0:
         _wait(done + ps - 1, NI)
-
-
-@triton.jit
-def _signal(counter):
-    tl.debug_barrier()                                   # every thread's writes of the item before the count
-    tl.atomic_add(counter, 1, sem="release")
 
 
 @triton.jit
@@ -344,12 +303,15 @@ class TSSAFunction(torch.autograd.Function):
         S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
-        if PERSISTENT:
+        fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP, BD,
+                                            RESIDENT_TOKENS, RESIDENT_WARPS)
+        if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
                                   BD, QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
         groups = _groups(B)
-        for nb, g in [] if PERSISTENT else groups:
+        last_run["forward"] = "resident" if fit else "persistent" if PERSISTENT else "passes"
+        for nb, g in [] if PERSISTENT or fit else groups:
             grid = _slices(nb, N, HP, BD)
             stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, BD)
             KERNELS["sumsq"][grid](*stats, PASS=1)
@@ -358,6 +320,7 @@ class TSSAFunction(torch.autograd.Function):
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         ctx.persistent, ctx.groups = PERSISTENT, groups     # the backward pass runs as its forward pass did
+        ctx.resident = RESIDENT
         return y
 
     @staticmethod
@@ -371,15 +334,20 @@ class TSSAFunction(torch.autograd.Function):
         n = 2 * B * C + H
         ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)
         G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n]
-        r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         dw = alloc(B, N, C, like=w)
         stored = pi is not None
-        if ctx.persistent:
+        fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
+                                                 ws[n:].view(torch.int32), N, C, D, H, HP, BD, stored,
+                                                 RESIDENT_BWD_TOKENS, RESIDENT_BWD_WARPS)
+        if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
+            r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
+        if ctx.persistent and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
                                   ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, BD, stored, QUEUE_TILE,
                                   QUEUE_LAG, num_warps=QUEUE_WARPS)
-        for nb, g in [] if ctx.persistent else ctx.groups:
+        last_run["backward"] = "resident" if fit else "persistent" if ctx.persistent else "passes"
+        for nb, g in [] if ctx.persistent or fit else ctx.groups:
             grid = _slices(nb, N, HP, BD)
             for stage in (1, 2, 3):
                 KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),

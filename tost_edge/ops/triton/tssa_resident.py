@@ -1,0 +1,190 @@
+"""TSSA with w held on chip: each batch element's tokens are cut into NS slices, one program per slice, and a
+program keeps its slice of w (backward: w and dy) in registers from its load to its last use, across the grid-wide
+waits for the statistics that all NS slices contribute to.
+
+The three-pass kernels (tssa.py) read w three times forward and three times backward: 10 units of w's size for
+forward+backward against the 5 (read w, write y; read w and dy, write dw) that the resident kernels move. What it
+costs: NS programs of a batch element wait for each other twice per direction, so the NS programs must be resident
+at once. Programs take their (batch element, slice) by ticket, so the slices of a batch element are taken by
+programs that are already running, one after another; every SM holds at least one program, so NS <= the SM count
+means the programs holding a batch element's tickets are never all waiting for one that cannot start. (A kernel on
+another stream that never ends, such as a persistent communication kernel holding SMs, can break that count.)
+
+Forward, per program:  load w;  S += sum w^2;                          wait for all NS
+                       Pi (stored), A += sum Pi w^2, P += sum Pi;      wait for all NS
+                       y = -w Pi / (1 + A / (P + eps))                 (store y)
+Backward, per program: load w, dy, Pi;  G += ..., r per token (kept);  wait for all NS
+                       d energy (kept), dS, d temp;                    wait for all NS
+                       dw                                              (store dw)
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal, _stat, _wait
+from .utils import interpreting, next_pow2
+
+INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
+
+
+@triton.jit
+def _ticket(sync, NS, BN: tl.constexpr):
+    """(batch element, first token, its two arrival counters) of this program's slice."""
+    k = tl.atomic_add(sync, 1)
+    b = k // NS
+    return b, (k % NS) * BN, sync + 1 + 2 * b
+
+
+@triton.jit
+def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+                  HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    b, n0, arrived = _ticket(sync, NS, BN)
+    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    n = n0 + tl.arange(0, BN)
+    nh = (n[:, None] < N) & (hc[None, :] < H)
+    tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
+    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
+    xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
+    x = xw.to(tl.float32)
+    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm)
+    _signal(arrived)
+    _wait(arrived, NS)
+
+    invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    x = xw.to(tl.float32)
+    p, _ = _pi(x, invS, tv, H, HP)
+    p = tl.where(n[:, None] < N, p, 0.0)
+    tl.store(pi + tok, p, mask=nh)
+    tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm)
+    tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm)
+    _signal(arrived + 1)
+    _wait(arrived + 1, NS)
+
+    Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
+    inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
+    x = xw.to(tl.float32)
+    tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C: tl.constexpr, D: tl.constexpr,
+                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr):
+    b, n0, arrived = _ticket(sync, NS, BN)
+    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    hc = tl.arange(0, HP)
+    n = n0 + tl.arange(0, BN)
+    nh = (n[:, None] < N) & (hc[None, :] < H)
+    tok = (b * N + n[:, None]) * H + hc[None, :]
+    Sv = tl.load(S + so, mask=sm, other=1.0)
+    invS = 1.0 / tl.maximum(Sv, NORM_EPS_SQ)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
+    Av = tl.load(A + so, mask=sm, other=0.0)
+    inv = 1.0 / (1.0 + Av * invPe[:, None])
+    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
+    xw = tl.load(w + off, mask=m, other=0.0)                                  # w and dy slices, kept in their dtype
+    gw = tl.load(gy + off, mask=m, other=0.0)
+    x = xw.to(tl.float32)
+    g = gw.to(tl.float32)
+    if PI_STORED:
+        pi = tl.load(pi_in + tok, mask=nh, other=0.0)
+    else:
+        pi, _ = _pi(x, invS, tv, H, HP)
+        pi = tl.where(n[:, None] < N, pi, 0.0)
+    tl.atomic_add(G + so, tl.sum(g * x * pi[:, :, None], 0) * inv * inv, mask=sm)
+    r = tl.sum(g * x * inv[None, :, :], 2)                                    # [BN, HP], kept
+    _signal(arrived)
+    _wait(arrived, NS)
+
+    Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
+    Gs = Gv * invPe[:, None]
+    gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
+    x = xw.to(tl.float32)
+    gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
+    e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
+    tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H)
+    tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm)
+    _signal(arrived + 1)
+    _wait(arrived + 1, NS)
+
+    dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
+    x = xw.to(tl.float32)
+    g = gw.to(tl.float32)
+    tl.store(dw + off, _grad_w(x, g, pi, Gs, inv, ge, invS, dSv).to(dw.dtype.element_ty), mask=m)
+
+
+def slices(N: int, tokens: int) -> tuple[int, int] | None:
+    """(tokens per slice BN, slices per batch element NS) for the resident kernels on sequences of N tokens, or None
+    under the interpreter where a sequence needs more than one slice (it runs one program at a time, so a program
+    would wait for ever for the next)."""
+    if interpreting():
+        BN = max(16, next_pow2(N))
+        return (BN, 1) if BN <= INTERPRET_TOKENS else None
+    return tokens, triton.cdiv(N, tokens)
+
+
+_CAPACITY: dict = {}
+
+
+def capacity(kernel, warps: int, device) -> int:
+    """Programs of a compiled kernel that the GPU holds at once, from its registers and shared memory (the
+    occupancy rule: registers are given to warps in blocks of 256, each of an SM's 4 schedulers has a quarter of the
+    register file). At least one per SM: any program that compiled fits on an SM."""
+    key = (id(kernel), device)
+    if key not in _CAPACITY:
+        props = torch.cuda.get_device_properties(device)
+        try:
+            kernel._init_handles()                 # loads the binary, which gives its register count
+            per_sm = programs_per_sm(kernel.n_regs, warps, kernel.metadata.shared,
+                                     getattr(props, "regs_per_multiprocessor", 65536),
+                                     getattr(props, "max_threads_per_multi_processor", 1536),
+                                     getattr(props, "shared_memory_per_multiprocessor", 100 * 1024))
+        except Exception:                          # a Triton without these fields: count one program per SM
+            per_sm = 1
+        _CAPACITY[key] = props.multi_processor_count * per_sm
+    return _CAPACITY[key]
+
+
+def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm_threads: int = 1536,
+                    sm_shared: int = 100 * 1024, max_programs: int = 16) -> int:
+    """Programs of `warps` warps, `regs` registers a thread and `shared` bytes of shared memory that one SM holds
+    (CUDA's occupancy rule: a warp's registers are given in blocks of 256 from one of the SM's 4 schedulers, each
+    with a quarter of the register file; 1 KB of shared memory is reserved per program). At least 1. The defaults
+    are the smallest of sm_80 to sm_120 (sm_86 / sm_87: 1536 threads, 16 programs)."""
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    by_regs = 4 * ((sm_regs // 4) // per_warp) // warps
+    by_shared = sm_shared // (shared + 1024)
+    return max(1, min(by_regs, sm_threads // (32 * warps), by_shared, max_programs))
+
+
+def _launch(kernel, B: int, NS: int, args, warps: int, device) -> bool:
+    """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once."""
+    grid = (B * NS,)
+    if not interpreting():
+        compiled = kernel.warmup(*args, grid=grid, num_warps=warps)
+        held = capacity(compiled, warps, device) if compiled is not None else \
+            torch.cuda.get_device_properties(device).multi_processor_count
+        if NS > held:
+            return False
+    kernel[grid](*args, num_warps=warps)
+    return True
+
+
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tokens, warps) -> bool:
+    """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
+    sequences need more programs than the GPU holds at once, or the interpreter more than one."""
+    fit = slices(N, tokens)
+    return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
+                                                                     H, HP, BD, fit[0]), warps, w.device)
+
+
+def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, tokens, warps) -> bool:
+    """All three backward stages in one launch; False (nothing run) as for forward()."""
+    fit = slices(N, tokens)
+    return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
+                                                                     sync, N, fit[1], C, D, H, HP, BD, fit[0],
+                                                                     pi_stored), warps, w.device)

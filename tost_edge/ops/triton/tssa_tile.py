@@ -1,0 +1,68 @@
+"""The [tokens, heads, channels] tiles of the TSSA kernels: offsets, statistics, the softmax over heads, and the
+counters through which programs of one launch wait for each other."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+NORM_EPS_SQ = tl.constexpr(1e-24)  # (F.normalize's eps 1e-12)^2, applied to the sum of squares
+PI_EPS = tl.constexpr(1e-8)
+
+
+@triton.jit
+def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+             BN: tl.constexpr):
+    n = n0 + tl.arange(0, BN)[:, None, None]
+    h = tl.arange(0, HP)[None, :, None]
+    d = tl.arange(0, BD)[None, None, :]
+    return b * N * C + n * C + h * D + d, (n < N) & (h < H) & (d < D)
+
+
+@triton.jit
+def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
+    """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer, and of its [HP] ones in [B, H]."""
+    h = tl.arange(0, HP)
+    d = tl.arange(0, BD)[None, :]
+    return b * H * D + h[:, None] * D + d, (h[:, None] < H) & (d < D), b * H + h, h < H
+
+
+@triton.jit
+def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
+    """x [BN, HP, BD], 1/S [HP, BD], temp [HP] -> Pi, energy [BN, HP] (softmax over heads)."""
+    e = tl.sum(x * x * invS[None, :, :], 2)
+    hc = tl.arange(0, HP)
+    z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
+    z = z - tl.max(z, 1)[:, None]
+    p = tl.exp(z)
+    return p / tl.sum(p, 1)[:, None], e
+
+
+@triton.jit
+def _wait(counter, target):
+    """Spin until counter >= target (acquire: what was written before it was raised is visible after)."""
+    c = tl.atomic_add(counter, 0, sem="acquire")
+    while c < target:
+        c = tl.atomic_add(counter, 0, sem="acquire")
+
+
+@triton.jit
+def _signal(counter):
+    tl.debug_barrier()                                   # every thread's writes of the item before the count
+    tl.atomic_add(counter, 1, sem="release")
+
+
+@triton.jit
+def _d_energy(x, pi, r, Gs, gPv, tv, nh):
+    """Backward of the softmax over heads for a tile: d loss / d (temp * energy) and d loss / d energy, [BN, HP].
+    r = sum_d dy w / (1 + dots) per token, Gs = G / (P + eps), gPv = d loss / d P."""
+    gpi = tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :]
+    gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])
+    gz = tl.where(nh, gz, 0.0)
+    return gz, gz * tv[None, :]
+
+
+@triton.jit
+def _grad_w(x, g, pi, Gs, inv, ge, invS, dSv):
+    """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics."""
+    return pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
+        + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
