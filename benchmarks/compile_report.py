@@ -134,9 +134,9 @@ def main() -> None:
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds
-    fwd_res = ((tt.RESIDENT_TOKENS, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 4), (32, 8), (64, 16))
-    bwd_res = ((tt.RESIDENT_BWD_TOKENS, tt.RESIDENT_BWD_WARPS),) if args.quick else ((16, 4), (16, 8), (32, 8),
-                                                                                   (32, 16))
+    row = tc["HP"] * tc["BD"]
+    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 8), (64, 16))
+    bwd_res = ((tt.RESIDENT_BWD_TILE // row, tt.RESIDENT_BWD_WARPS),) if args.quick else ((16, 4), (32, 8), (32, 16))
     for bn, nw in fwd_res:
         usage = report(f"tssa resident fwd tokens{bn}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32, P=f32,
                    pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn}, a, nw, odd=("NS",))

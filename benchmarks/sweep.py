@@ -157,10 +157,10 @@ def main() -> None:
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
-                             [[{"RESIDENT": False}] + grid(RESIDENT=[True], RESIDENT_TOKENS=[16, 32],
+                             [[{"RESIDENT": False}] + grid(RESIDENT=[True], RESIDENT_TILE=[8192, 16384],
                                                            RESIDENT_WARPS=[4, 8]),
-                              [dict(RESIDENT_BWD_TOKENS=t, RESIDENT_BWD_WARPS=nw) for t, nw in ((16, 4), (32, 8),
-                                                                                                (32, 16))],
+                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw) for t, nw in ((8192, 4), (16384, 8),
+                                                                                              (16384, 16))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()

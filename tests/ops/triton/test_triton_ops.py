@@ -191,14 +191,14 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
 @pytest.mark.skipif(DEVICE != "cuda", reason="programs waiting on each other run concurrently on a GPU only")
 @pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
                          ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
-@pytest.mark.parametrize("tokens,warps", [(16, 4), (32, 8)], ids=["tokens16-warps4", "tokens32-warps8"])
-def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tokens, warps):
+@pytest.mark.parametrize("tile,warps", [(8192, 4), (16384, 8)], ids=["tile8192-warps4", "tile16384-warps8"])
+def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps):
     """The resident kernels, a batch element's slices held by programs that wait for each other, against the
     launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes."""
     from tost_edge.ops.triton import tssa as tt
     B, N, H, D = shape
-    for name in ("RESIDENT_TOKENS", "RESIDENT_BWD_TOKENS"):
-        monkeypatch.setattr(tt, name, tokens)
+    for name in ("RESIDENT_TILE", "RESIDENT_BWD_TILE"):
+        monkeypatch.setattr(tt, name, tile)
     for name in ("RESIDENT_WARPS", "RESIDENT_BWD_WARPS"):
         monkeypatch.setattr(tt, name, warps)
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -377,6 +377,35 @@ def test_resident_programs_per_sm(regs, warps, shared, expected):
     16 programs), worked out by hand from CUDA's occupancy rules."""
     from tost_edge.ops.triton.tssa_resident import programs_per_sm
     assert programs_per_sm(regs, warps, shared) == expected
+
+
+def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
+    """The GPU branch of the resident launch with a stand-in kernel and card: it launches where the card holds a
+    batch element's programs at once (by the compiled kernel's registers), declines where it does not, and compiles
+    to count only once per specialisation."""
+    from types import SimpleNamespace
+    from tost_edge.ops.triton import tssa_resident as tr
+    card = SimpleNamespace(multi_processor_count=4, regs_per_multiprocessor=65536,
+                           max_threads_per_multi_processor=2048, shared_memory_per_multiprocessor=228 * 1024)
+    monkeypatch.setattr(tr, "interpreting", lambda: False)
+    monkeypatch.setattr(tr.torch.cuda, "get_device_properties", lambda device: card)
+    monkeypatch.setattr(tr, "_FITS", {})
+    monkeypatch.setattr(tr, "_CAPACITY", {})
+    calls = []
+
+    class Kernel:                   # 167 registers, 4 warps: 3 programs per SM, 12 on this card
+        def warmup(self, *args, grid, num_warps):
+            calls.append(("compile", grid))
+            return SimpleNamespace(_init_handles=lambda: None, n_regs=167, metadata=SimpleNamespace(shared=0))
+
+        def __getitem__(self, grid):
+            return lambda *args, num_warps: calls.append(("launch", grid))
+
+    kernel, w = Kernel(), torch.zeros(2, 3)
+    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, "cuda:0")
+    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, "cuda:0")
+    assert not tr._launch(kernel, 5, 13, (w, 104, 13, 384), 4, "cuda:0")
+    assert calls == [("compile", (60,)), ("launch", (60,)), ("launch", (60,)), ("compile", (65,))]
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):

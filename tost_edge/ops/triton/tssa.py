@@ -44,9 +44,9 @@ QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
-RESIDENT_TOKENS = 16      # resident forward: tokens per program (a batch element takes N / this programs)
+RESIDENT_TILE = 8192      # resident forward: padded elements a program holds (tokens: this / padded row)
 RESIDENT_WARPS = 4
-RESIDENT_BWD_TOKENS = 16  # resident backward (holds two tiles: w and dy)
+RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
@@ -304,7 +304,7 @@ class TSSAFunction(torch.autograd.Function):
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
         fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP, BD,
-                                            RESIDENT_TOKENS, RESIDENT_WARPS)
+                                            RESIDENT_TILE, RESIDENT_WARPS)
         if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
@@ -338,7 +338,7 @@ class TSSAFunction(torch.autograd.Function):
         stored = pi is not None
         fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
                                                  ws[n:].view(torch.int32), N, C, D, H, HP, BD, stored,
-                                                 RESIDENT_BWD_TOKENS, RESIDENT_BWD_WARPS)
+                                                 RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS)
         if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
             r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         if ctx.persistent and not fit:

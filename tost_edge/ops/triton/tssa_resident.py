@@ -117,10 +117,12 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     tl.store(dw + off, _grad_w(x, g, pi, Gs, inv, ge, invS, dSv).to(dw.dtype.element_ty), mask=m)
 
 
-def slices(N: int, tokens: int) -> tuple[int, int] | None:
-    """(tokens per slice BN, slices per batch element NS) for the resident kernels on sequences of N tokens, or None
+def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
+    """(tokens per slice BN, slices per batch element NS) for the resident kernels on sequences of N tokens whose
+    padded rows hold `row` elements, with tiles of `tile` elements (the same registers whatever the width); None
     under the interpreter where a sequence needs more than one slice (it runs one program at a time, so a program
     would wait for ever for the next)."""
+    tokens = max(1, tile // row)
     if interpreting():
         BN = max(16, next_pow2(N))
         return (BN, 1) if BN <= INTERPRET_TOKENS else None
@@ -161,30 +163,37 @@ def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm
     return max(1, min(by_regs, sm_threads // (32 * warps), by_shared, max_programs))
 
 
+_FITS: dict = {}
+
+
 def _launch(kernel, B: int, NS: int, args, warps: int, device) -> bool:
-    """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once."""
+    """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once (decided once
+    per kernel specialisation and NS: the compiled kernel's registers give the count)."""
     grid = (B * NS,)
     if not interpreting():
-        compiled = kernel.warmup(*args, grid=grid, num_warps=warps)
-        held = capacity(compiled, warps, device) if compiled is not None else \
-            torch.cuda.get_device_properties(device).multi_processor_count
-        if NS > held:
+        key = (kernel, warps, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
+        if key not in _FITS:
+            compiled = kernel.warmup(*args, grid=grid, num_warps=warps)
+            held = capacity(compiled, warps, device) if compiled is not None else \
+                torch.cuda.get_device_properties(device).multi_processor_count
+            _FITS[key] = NS <= held
+        if not _FITS[key]:
             return False
     kernel[grid](*args, num_warps=warps)
     return True
 
 
-def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tokens, warps) -> bool:
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
-    fit = slices(N, tokens)
+    fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
                                                                      H, HP, BD, fit[0]), warps, w.device)
 
 
-def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, tokens, warps) -> bool:
+def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, tile, warps) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
-    fit = slices(N, tokens)
+    fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
                                                                      pi_stored), warps, w.device)
