@@ -261,7 +261,7 @@ def main() -> None:
                    (8, 4096, 768, 16), (8, 65536, 768, 16)]
     causal_shapes = [(T, H) for H in (12, 20) for T in (1024, 4096, 16384, 65536)]
     if args.quick:
-        tssa_shapes = [(64, 4096, 384, 8), (8, 65536, 768, 16)]
+        tssa_shapes = [(64, 196, 384, 8), (64, 4096, 384, 8), (8, 65536, 768, 16)]
         causal_shapes = [(4096, 12), (16384, 12), (4096, 20)]
     B_CAUSAL, D_CAUSAL = 8, 64
     if SMOKE:

@@ -157,8 +157,8 @@ def main() -> None:
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
-                             [[{"RESIDENT": False}] + grid(RESIDENT=[True], RESIDENT_TILE=[8192, 16384],
-                                                           RESIDENT_WARPS=[4, 8]),
+                             [[{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw)
+                                                       for t, nw in ((8192, 4), (16384, 8), (32768, 16))],
                               [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw) for t, nw in ((8192, 4), (16384, 8),
                                                                                               (16384, 16))],
                               grid(PROGRAMS=[2048, 4096])],

@@ -49,7 +49,7 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
     x = xw.to(tl.float32)
-    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm)
+    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")  # ordered by _signal's release
     _signal(arrived)
     _wait(arrived, NS)
 
@@ -59,8 +59,8 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     p, _ = _pi(x, invS, tv, H, HP)
     p = tl.where(n[:, None] < N, p, 0.0)
     tl.store(pi + tok, p, mask=nh)
-    tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm)
-    tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm)
+    tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm, sem="relaxed")
+    tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm, sem="relaxed")
     _signal(arrived + 1)
     _wait(arrived + 1, NS)
 
@@ -95,7 +95,7 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     else:
         pi, _ = _pi(x, invS, tv, H, HP)
         pi = tl.where(n[:, None] < N, pi, 0.0)
-    tl.atomic_add(G + so, tl.sum(g * x * pi[:, :, None], 0) * inv * inv, mask=sm)
+    tl.atomic_add(G + so, tl.sum(g * x * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
     r = tl.sum(g * x * inv[None, :, :], 2)                                    # [BN, HP], kept
     _signal(arrived)
     _wait(arrived, NS)
@@ -106,8 +106,8 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     x = xw.to(tl.float32)
     gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
     e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
-    tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H)
-    tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm)
+    tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
+    tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
     _signal(arrived + 1)
     _wait(arrived + 1, NS)
 
