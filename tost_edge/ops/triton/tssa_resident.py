@@ -23,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal, _stat, _wait
+from .fastmath import _widen
+from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_energy, _grad_w_dy, _grad_w_x, _offsets, _pi,
+                        _stat)
 from .utils import interpreting, next_pow2
 
 INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
@@ -48,25 +50,24 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
-    x = xw.to(tl.float32)
-    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")  # ordered by _signal's release
-    _signal(arrived)
-    _wait(arrived, NS)
+    x = _widen(xw)
+    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")  # ordered by the arrival's release
+    zero = _arrive_and_wait(arrived, NS)
 
     invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = xw.to(tl.float32)
+    x = _widen(xw)
     p, _ = _pi(x, invS, tv, H, HP)
     p = tl.where(n[:, None] < N, p, 0.0)
     tl.store(pi + tok, p, mask=nh)
     tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm, sem="relaxed")
     tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm, sem="relaxed")
-    _signal(arrived + 1)
-    _wait(arrived + 1, NS)
+    zero = _arrive_and_wait(arrived + 1, NS)
 
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
     inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
-    x = xw.to(tl.float32)
+    x = _widen(xw)
+    off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
     tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
 
 
@@ -88,8 +89,8 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # w and dy slices, kept in their dtype
     gw = tl.load(gy + off, mask=m, other=0.0)
-    x = xw.to(tl.float32)
-    g = gw.to(tl.float32)
+    x = _widen(xw)
+    g = _widen(gw)
     if PI_STORED:
         pi = tl.load(pi_in + tok, mask=nh, other=0.0)
     else:
@@ -97,24 +98,23 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
         pi = tl.where(n[:, None] < N, pi, 0.0)
     tl.atomic_add(G + so, tl.sum(g * x * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
     r = tl.sum(g * x * inv[None, :, :], 2)                                    # [BN, HP], kept
-    _signal(arrived)
-    _wait(arrived, NS)
+    zero = _arrive_and_wait(arrived, NS)
 
     Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
     Gs = Gv * invPe[:, None]
     gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
-    x = xw.to(tl.float32)
+    x = _widen(xw)
     gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
     e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
     tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
     tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
-    _signal(arrived + 1)
-    _wait(arrived + 1, NS)
+    zero = _arrive_and_wait(arrived + 1, NS)
 
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
-    x = xw.to(tl.float32)
-    g = gw.to(tl.float32)
-    tl.store(dw + off, _grad_w(x, g, pi, Gs, inv, ge, invS, dSv).to(dw.dtype.element_ty), mask=m)
+    grad = _grad_w_x(_widen(xw), pi, Gs, ge, invS, dSv)                      # one fp32 tile at a time
+    grad -= _grad_w_dy(_widen(gw), pi, inv)
+    off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
+    tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
 
 
 def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:

@@ -62,7 +62,31 @@ def _d_energy(x, pi, r, Gs, gPv, tv, nh):
 
 
 @triton.jit
+def _grad_w_x(x, pi, Gs, ge, invS, dSv):
+    """The terms of dw that take w: 2 w (Pi G / (P + eps) + d energy / S + dS)."""
+    return 2.0 * x * (pi[:, :, None] * Gs[None, :, :] + ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+
+
+@triton.jit
+def _grad_w_dy(g, pi, inv):
+    """The term of dw that takes dy: Pi dy / (1 + dots), to subtract."""
+    return pi[:, :, None] * inv[None, :, :] * g
+
+
+@triton.jit
 def _grad_w(x, g, pi, Gs, inv, ge, invS, dSv):
     """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics."""
-    return pi[:, :, None] * (2.0 * Gs[None, :, :] * x - inv[None, :, :] * g) \
-        + 2.0 * x * (ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+    return _grad_w_x(x, pi, Gs, ge, invS, dSv) - _grad_w_dy(g, pi, inv)
+
+
+@triton.jit
+def _arrive_and_wait(counter, count):
+    """Count this program in and spin until all `count` programs of the group have arrived. Returns 0, in a form
+    the compiler cannot see through (the count read back, less `count`): offsets built from it after the wait
+    are computed again there instead of being kept in registers across it."""
+    _signal(counter)
+    c = tl.atomic_add(counter, 0, sem="acquire")
+    while c < count:
+        c = tl.atomic_add(counter, 0, sem="acquire")
+    return c - count
+
