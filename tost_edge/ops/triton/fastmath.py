@@ -23,17 +23,19 @@ def _rcp(x):
 
 
 @triton.jit
-def _widen(x):
-    """x (fp32 / fp16 / bf16) -> fp32, as an instruction the compiler cannot merge with another _widen of the same x.
-    A kernel that keeps a tile for several uses widens it at each use, so what stays in registers is the packed
-    16-bit tile (two elements a register) rather than its fp32 copy: half the registers (sm_90: 127 -> 72 for a
-    bf16 [16, 512] tile held across two waits)."""
+def _widen(x, salt):
+    """x (fp32 / fp16 / bf16) -> fp32, as an instruction that differs for each value of `salt` (an int32 the compiler
+    cannot see through, e.g. 0 read back from memory): a kernel that keeps a tile for several uses widens it at each
+    use with another salt, so what stays in registers is the packed 16-bit tile (two elements a register) rather
+    than its fp32 copy, and the compiler may still schedule each widening next to its use."""
     if FAST_RCP and x.dtype == tl.bfloat16:      # bf16 is the top half of an fp32
-        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xFFFF0000; }", "=r,=r,r", [x],
-                                         dtype=tl.float32, is_pure=False, pack=2)
+        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xFFFF0000; }", "=r,=r,r,r,r",
+                                         [x, tl.zeros_like(x.to(tl.int32)) + salt], dtype=tl.float32, is_pure=True,
+                                         pack=2)
     elif FAST_RCP and x.dtype == tl.float16:
         return tl.inline_asm_elementwise("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.f32.f16 $0, lo; "
-                                         "cvt.f32.f16 $1, hi; }", "=r,=r,r", [x], dtype=tl.float32, is_pure=False,
+                                         "cvt.f32.f16 $1, hi; }", "=r,=r,r,r,r",
+                                         [x, tl.zeros_like(x.to(tl.int32)) + salt], dtype=tl.float32, is_pure=True,
                                          pack=2)
     else:
         return x.to(tl.float32)

@@ -50,13 +50,13 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
-    x = _widen(xw)
+    x = xw.to(tl.float32)
     tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")  # ordered by the arrival's release
     zero = _arrive_and_wait(arrived, NS)
 
     invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = _widen(xw)
+    x = _widen(xw, zero)
     p, _ = _pi(x, invS, tv, H, HP)
     p = tl.where(n[:, None] < N, p, 0.0)
     tl.store(pi + tok, p, mask=nh)
@@ -66,9 +66,19 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
 
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
     inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
-    x = _widen(xw)
+    x = _widen(xw, zero)
     off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
     tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_stats(S, A, P, so, sm, ho, hm):
+    """The forward's statistics of a batch element as the backward uses them: S, 1/S, 1/(P + eps), A, 1/(1 + dots).
+    Loaded again in each stage rather than kept in registers across the waits (they are in L1 / L2)."""
+    Sv = tl.load(S + so, mask=sm, other=1.0)
+    invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
+    Av = tl.load(A + so, mask=sm, other=0.0)
+    return Sv, 1.0 / tl.maximum(Sv, NORM_EPS_SQ), invPe, Av, 1.0 / (1.0 + Av * invPe[:, None])
 
 
 @triton.jit
@@ -80,39 +90,37 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]
-    Sv = tl.load(S + so, mask=sm, other=1.0)
-    invS = 1.0 / tl.maximum(Sv, NORM_EPS_SQ)
-    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
-    Av = tl.load(A + so, mask=sm, other=0.0)
-    inv = 1.0 / (1.0 + Av * invPe[:, None])
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # w and dy slices, kept in their dtype
     gw = tl.load(gy + off, mask=m, other=0.0)
-    x = _widen(xw)
-    g = _widen(gw)
+    _, invS, _, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
+    x = xw.to(tl.float32)
     if PI_STORED:
         pi = tl.load(pi_in + tok, mask=nh, other=0.0)
     else:
-        pi, _ = _pi(x, invS, tv, H, HP)
+        pi, _ = _pi(x, invS, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
         pi = tl.where(n[:, None] < N, pi, 0.0)
-    tl.atomic_add(G + so, tl.sum(g * x * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
-    r = tl.sum(g * x * inv[None, :, :], 2)                                    # [BN, HP], kept
+    gx = gw.to(tl.float32) * x
+    tl.atomic_add(G + so, tl.sum(gx * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
+    r = tl.sum(gx * inv[None, :, :], 2)                                       # [BN, HP], kept
     zero = _arrive_and_wait(arrived, NS)
 
+    _, invS, invPe, Av, _ = _bwd_stats(S, A, P, so, sm, ho, hm)
     Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
-    Gs = Gv * invPe[:, None]
     gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
-    x = _widen(xw)
-    gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
+    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
+    x = _widen(xw, zero)
+    gz, ge = _d_energy(x, pi, r, Gv * invPe[:, None], gPv, tv, nh)
     e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
     tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
     tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
     zero = _arrive_and_wait(arrived + 1, NS)
 
+    Sv, invS, invPe, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
+    Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
-    grad = _grad_w_x(_widen(xw), pi, Gs, ge, invS, dSv)                      # one fp32 tile at a time
-    grad -= _grad_w_dy(_widen(gw), pi, inv)
+    grad = _grad_w_x(_widen(xw, zero), pi, Gs, ge, invS, dSv)                # one fp32 tile at a time
+    grad -= _grad_w_dy(_widen(gw, zero), pi, inv)
     off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
     tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
 
