@@ -3,8 +3,9 @@
 Kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; anything else is a clear error.
 
 Launch settings are module attributes, tuned with `benchmarks/sweep.py` on an H200 and overridable there:
-`tssa.PROGRAMS`, `SAVE_PI`, `L2_GROUP` (tile size and warps are autotuned per pass); `causal_tssa.PROGRAMS`,
-`UNROLL`, `WARPS`, `BWD_WARPS`, `SAVE_PI`, `L2_GROUP`; `linear_attention.CHUNK`, `WARPS`.
+`tssa.PROGRAMS`, `SAVE_PI`, `L2_GROUP`, `RESIDENT` (tile size and warps are autotuned per pass); `causal_tssa.PROGRAMS`,
+`UNROLL`, `WARPS`, `BWD_WARPS`, `SAVE_PI`, `L2_GROUP`, `TILED`; `linear_attention.CHUNK`, `WARPS`, `SPLIT`.
+docs/training.md lists them all.
 `benchmarks/compile_report.py` shows what the compiler makes of each kernel without a GPU.
 """
 from __future__ import annotations
