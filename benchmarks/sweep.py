@@ -159,8 +159,9 @@ def main() -> None:
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
                              [[{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw)
                                                        for t, nw in ((8192, 4), (16384, 8), (32768, 16))],
-                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw) for t, nw in ((8192, 4), (16384, 8),
-                                                                                              (16384, 16))],
+                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep)
+                               for t, nw, keep in ((8192, 4, True), (16384, 8, True), (16384, 16, True),
+                                                   (8192, 4, False))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()

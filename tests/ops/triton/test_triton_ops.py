@@ -191,8 +191,9 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
 @pytest.mark.skipif(DEVICE != "cuda", reason="programs waiting on each other run concurrently on a GPU only")
 @pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
                          ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
-@pytest.mark.parametrize("tile,warps", [(8192, 4), (16384, 8)], ids=["tile8192-warps4", "tile16384-warps8"])
-def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps):
+@pytest.mark.parametrize("tile,warps,keep_dy", [(8192, 4, True), (16384, 8, True), (8192, 4, False)],
+                         ids=["tile8192-warps4", "tile16384-warps8", "tile8192-warps4-dy-read-again"])
+def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps, keep_dy):
     """The resident kernels, a batch element's slices held by programs that wait for each other, against the
     launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes."""
     from tost_edge.ops.triton import tssa as tt
@@ -201,6 +202,7 @@ def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, 
         monkeypatch.setattr(tt, name, tile)
     for name in ("RESIDENT_WARPS", "RESIDENT_BWD_WARPS"):
         monkeypatch.setattr(tt, name, warps)
+    monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
     g = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(B, N, H * D, device="cuda", generator=g).to(torch.bfloat16)
     temp = torch.rand(H, device="cuda", generator=g) + 0.5
@@ -353,6 +355,17 @@ def test_tssa_persistent_work_items(monkeypatch, tokens, lag):
     monkeypatch.setattr(tt, "QUEUE_TOKENS", tokens)
     monkeypatch.setattr(tt, "QUEUE_LAG", lag)
     check_tssa(leaf(3, 37, 4 * 16), leaf(4, rand=True, offset=0.5), 4)
+
+
+@pytest.mark.parametrize("save_pi", [True, False], ids=["stored-pi", "recomputed-pi"])
+def test_resident_tssa_backward_reading_dy_again(monkeypatch, save_pi):
+    """The resident backward that reads dy again for dw instead of holding it, with Pi stored or recomputed."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT", True)
+    monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", False)
+    monkeypatch.setattr(tt, "SAVE_PI", save_pi)
+    check_tssa(leaf(3, 45, 4 * 48), leaf(4, rand=True, offset=0.5), 4)
+    assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
 def test_resident_tssa_runs_the_passes_where_its_slices_cannot_all_run_at_once(monkeypatch):

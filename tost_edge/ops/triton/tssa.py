@@ -48,6 +48,8 @@ RESIDENT_TILE = 8192      # resident forward: padded elements a program holds (t
 RESIDENT_WARPS = 4
 RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
+RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
+                          # and half the registers)
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 def _configs():
@@ -338,7 +340,7 @@ class TSSAFunction(torch.autograd.Function):
         stored = pi is not None
         fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
                                                  ws[n:].view(torch.int32), N, C, D, H, HP, BD, stored,
-                                                 RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS)
+                                                 RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS)
         if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
             r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         if ctx.persistent and not fit:

@@ -83,7 +83,8 @@ def _bwd_stats(S, A, P, so, sm, ho, hm):
 
 @triton.jit
 def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C: tl.constexpr, D: tl.constexpr,
-                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr):
+                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr,
+                  KEEP_DY: tl.constexpr):
     b, n0, arrived = _ticket(sync, NS, BN)
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
     hc = tl.arange(0, HP)
@@ -120,8 +121,11 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     grad = _grad_w_x(_widen(xw, zero), pi, Gs, ge, invS, dSv)                # one fp32 tile at a time
-    grad -= _grad_w_dy(_widen(gw, zero), pi, inv)
     off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
+    if KEEP_DY:
+        grad -= _grad_w_dy(_widen(gw, zero), pi, inv)
+    else:                                                                     # read again: half the registers held
+        grad -= _grad_w_dy(tl.load(gy + off, mask=m, other=0.0).to(tl.float32), pi, inv)
     tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
 
 
@@ -199,9 +203,10 @@ def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps) -> b
                                                                      H, HP, BD, fit[0]), warps, w.device)
 
 
-def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, tile, warps) -> bool:
+def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, keep_dy, tile,
+             warps) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
-                                                                     pi_stored), warps, w.device)
+                                                                     pi_stored, keep_dy), warps, w.device)
