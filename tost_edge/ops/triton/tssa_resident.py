@@ -3,12 +3,16 @@ program keeps its slice of w (backward: w and dy) in registers from its load to 
 waits for the statistics that all NS slices contribute to.
 
 The three-pass kernels (tssa.py) read w three times forward and three times backward: 10 units of w's size for
-forward+backward against the 5 (read w, write y; read w and dy, write dw) that the resident kernels move. What it
-costs: NS programs of a batch element wait for each other twice per direction, so the NS programs must be resident
-at once. Programs take their (batch element, slice) by ticket, so the slices of a batch element are taken by
-programs that are already running, one after another; every SM holds at least one program, so NS <= the SM count
-means the programs holding a batch element's tickets are never all waiting for one that cannot start. (A kernel on
-another stream that never ends, such as a persistent communication kernel holding SMs, can break that count.)
+forward+backward against the 5 (read w, write y; read w and dy, write dw) that the resident kernels move
+(RESIDENT_KEEP_DY = False: 6, the backward reading dy again for dw instead of holding it).
+
+What it costs: the NS programs of a batch element wait for each other twice per direction, so they must be resident
+at once. Programs take their (batch element, slice) by ticket: a batch element's slices are consecutive tickets,
+taken only by programs already running, so while the card holds at least NS programs of the kernel the programs
+waiting on a batch element are never all waiting for one that cannot start. The launch checks that count (the
+occupancy of the compiled kernel, from its registers and shared memory) and declines where it falls short; the
+caller then runs the passes. (A kernel on another stream that never ends, such as a persistent communication kernel
+holding SMs, can take away programs the count relies on.)
 
 Forward, per program:  load w;  S += sum w^2;                          wait for all NS
                        Pi (stored), A += sum Pi w^2, P += sum Pi;      wait for all NS
@@ -51,7 +55,7 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
     xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
     x = xw.to(tl.float32)
-    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")  # ordered by the arrival's release
+    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")   # ordered by the arrival's release
     zero = _arrive_and_wait(arrived, NS)
 
     invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
