@@ -12,7 +12,8 @@ taken only by programs already running, so while the card holds at least NS prog
 waiting on a batch element are never all waiting for one that cannot start. The launch checks that count (the
 occupancy of the compiled kernel, from its registers and shared memory) and declines where it falls short; the
 caller then runs the passes. (A kernel on another stream that never ends, such as a persistent communication kernel
-holding SMs, can take away programs the count relies on.)
+holding SMs, or an MPS limit on the share of SMs a process may use, can take away programs the count relies on:
+leave RESIDENT off there.)
 
 Forward, per program:  load w;  S += sum w^2;                          wait for all NS
                        Pi (stored), A += sum Pi w^2, P += sum Pi;      wait for all NS
