@@ -368,6 +368,35 @@ def test_resident_tssa_backward_reading_dy_again(monkeypatch, save_pi):
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
+@pytest.mark.parametrize("N,tokens,keep_dy,save_pi", [(30, 4, True, True), (30, 4, False, False), (7, 2, True, False),
+                                                    (1, 2, False, True)],
+                         ids=["N30-slices8", "N30-slices8-dy-read-again-recomputed-pi", "N7-slices4-short-last",
+                              "N1-one-slice"])
+def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_programs, N, tokens, keep_dy, save_pi):
+    """The resident kernels with several slices a batch element, their programs running at once (threads under the
+    interpreter) and waiting on each other's statistics, as on a GPU: output and gradients against fp64."""
+    from tost_edge.ops.triton import tssa as tt, tssa_resident
+    monkeypatch.setattr(tt, "RESIDENT", True)
+    monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
+    monkeypatch.setattr(tt, "SAVE_PI", save_pi)
+    monkeypatch.setattr(tssa_resident, "slices", lambda n, tile, row: (tokens, -(-n // tokens)))
+    check_tssa(leaf(2, N, 3 * 32), leaf(3, rand=True, offset=0.5), 3)
+    assert tt.last_run == {"forward": "resident", "backward": "resident"}
+
+
+@pytest.mark.parametrize("programs", [3, 8], ids=lambda p: f"programs{p}")
+def test_fused_causal_and_persistent_tssa_with_programs_running_at_once(monkeypatch, concurrent_programs, programs):
+    """The fused causal kernels (slices chained by look-back) and the persistent TSSA kernels (passes waiting for
+    the previous pass) with their programs running at once, in any interleaving."""
+    from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
+    monkeypatch.setattr(ct, "FUSED", True)
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    monkeypatch.setattr(tt, "PERSISTENT", True)
+    monkeypatch.setattr(tt, "QUEUE_TOKENS", 4)
+    check_causal_with_state(2, 23, 2, 16, 1)
+    check_tssa(leaf(2, 13, 2 * 16), leaf(2, rand=True, offset=0.5), 2)
+
+
 def test_resident_tssa_runs_the_passes_where_its_slices_cannot_all_run_at_once(monkeypatch):
     """Under the interpreter (one program at a time) a sequence longer than one slice takes the launch-per-pass
     kernels; the result is the same."""
