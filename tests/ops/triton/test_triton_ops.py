@@ -384,13 +384,17 @@ def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_pro
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
-@pytest.mark.parametrize("programs", [3, 8], ids=lambda p: f"programs{p}")
-def test_fused_causal_and_persistent_tssa_with_programs_running_at_once(monkeypatch, concurrent_programs, programs):
-    """The fused causal kernels (slices chained by look-back) and the persistent TSSA kernels (passes waiting for
-    the previous pass) with their programs running at once, in any interleaving."""
+@pytest.mark.parametrize("programs,tiled", [(3, False), (8, False), (8, True)],
+                         ids=["programs3", "programs8", "programs8-tiled"])
+def test_fused_causal_and_persistent_tssa_with_programs_running_at_once(monkeypatch, concurrent_programs, programs,
+                                                                       tiled):
+    """The fused causal kernels (slices chained by look-back, walked token by token or in tiles) and the persistent
+    TSSA kernels (passes waiting for the previous pass) with their programs running at once, in any interleaving."""
     from tost_edge.ops.triton import causal_tssa as ct, tssa as tt
     monkeypatch.setattr(ct, "FUSED", True)
     monkeypatch.setattr(ct, "PROGRAMS", programs)
+    monkeypatch.setattr(ct, "TILED", tiled)
+    monkeypatch.setattr(ct, "BWD_TILED", tiled)
     monkeypatch.setattr(tt, "PERSISTENT", True)
     monkeypatch.setattr(tt, "QUEUE_TOKENS", 4)
     check_causal_with_state(2, 23, 2, 16, 1)
