@@ -9,6 +9,7 @@
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
 #   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
+#   TEST_FILTER      a pytest -k expression choosing the tests, e.g. "on_gpu" (the GPU-only ones) when time is short
 #   RESULTS          where logs and JSON go (default benchmarks/results)
 #   STEP_LIMIT       seconds the kernel benchmark may take (default 420), TEST_LIMIT the tests (default 240):
 #                    a step past its limit is stopped and the next one runs. Tests that time out (a kernel that
@@ -36,7 +37,7 @@ OTHER=""
 source benchmarks/run_until_summary.sh
 if [ -z "${SKIP_TESTS:-}" ]; then
   run_until_summary "$RESULTS/gpu_tests.log" python3 -m pytest -v -p no:cacheprovider -n 8 -rf --tb=line \
-    -o faulthandler_timeout=100 $TESTS
+    -o faulthandler_timeout=100 ${TEST_FILTER:+-k "$TEST_FILTER"} $TESTS
   rc=$?
   grep -E "FAILED|ERROR|passed|failed|Timeout" "$RESULTS/gpu_tests.log" | tail -40
   [ $rc -ne 0 ] && status=1
