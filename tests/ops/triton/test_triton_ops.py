@@ -188,6 +188,31 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
         assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("keep_dy", [True, False], ids=["dy-held", "dy-read-again"])
+def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy):
+    """The resident kernels' 16-bit tiles (widened to fp32 at each use by PTX) with several slices a batch element:
+    output and gradients against fp64."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT", True)
+    monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
+    B, N, H, D = 2, 257, 4, 64
+    w = torch.randn(B, N, H * D, device="cuda").to(dtype).requires_grad_()
+    temp = (torch.rand(H, device="cuda") + 0.5).requires_grad_()
+    cot = torch.randn(B, N, H * D, device="cuda").to(dtype)
+    y = tssa(w, temp, H, backend="triton")
+    assert y.dtype == dtype and tt.last_run["forward"] == "resident"
+    dw, dt = torch.autograd.grad(y, [w, temp], cot)
+    assert tt.last_run["backward"] == "resident"
+    w64, t64 = w.detach().double().requires_grad_(), temp.detach().double().requires_grad_()
+    yr = naive_tssa(w64, t64, H)
+    dwr, dtr = torch.autograd.grad(yr, [w64, t64], cot.double())
+    assert_close("y", yr, y, 5e-3)
+    assert_close("dw", dwr, dw, 1e-2, atol=1e-4)
+    assert_close("dtemp", dtr, dt, 1e-2, atol=1e-4)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="programs waiting on each other run concurrently on a GPU only")
 @pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
                          ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
