@@ -17,7 +17,8 @@ scalars pass between stages so that the middle stage does not read dy and the la
   2. d energy (from r), d temp and dS                                 (read w; write d energy)
   3. dw                                                               (read w, dy, d energy; write dw)
 Forward and backward move 10 units of w's size (4 + 6) against the 5 that reading w and dy, and writing y and dw,
-need.
+need; RESIDENT runs tssa_resident.py's kernels instead, which hold w on chip and move the 5, where the GPU can hold
+all the programs of a batch element at once.
 Tile size and warps are autotuned on a GPU (one config under the interpreter).
 """
 from __future__ import annotations
@@ -29,9 +30,8 @@ import triton
 import triton.language as tl
 
 from ..tssa.naive import check_temp, check_w
-from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal,
-                        _stat, _wait)
 from . import tssa_resident as resident
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal, _stat, _wait
 from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -51,6 +51,7 @@ RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
+
 
 def _configs():
     if interpreting():
