@@ -61,7 +61,7 @@ def concurrent_programs(monkeypatch):
         wrapper.__annotations__ = fn.__annotations__
         return wrapper
 
-    init, program_id, atomic = it.GridExecutor.__init__, builder.create_get_program_id, builder.create_atomic_rmw
+    init, atomic = it.GridExecutor.__init__, builder.create_atomic_rmw
 
     def executor(self, fn, *args, **kwargs):
         init(self, concurrent(fn), *args, **kwargs)
