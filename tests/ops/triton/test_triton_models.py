@@ -36,7 +36,10 @@ def test_lm_training_same_losses_as_torch(name):
         assert abs(x - y) <= 1e-4 * abs(x)
 
 
-def test_vision_training_same_losses_as_torch():
+@pytest.mark.parametrize("resident", [False, True], ids=["tssa-passes", "tssa-resident"])
+def test_vision_training_same_losses_as_torch(monkeypatch, resident):
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT", resident)
     torch.manual_seed(0)
     ref = models.create("tost_cab_test", depth=1).to(DEVICE)
     fast = copy.deepcopy(ref).set_backend("triton")
@@ -44,3 +47,5 @@ def test_vision_training_same_losses_as_torch():
     loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
     for x, y in zip(train(ref, data, loss), train(fast, data, loss)):
         assert abs(x - y) <= 1e-4 * abs(x)
+    expected = "resident" if resident else "passes"
+    assert tt.last_run == {"forward": expected, "backward": expected}
