@@ -461,7 +461,6 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
     monkeypatch.setattr(tr, "interpreting", lambda: False)
     monkeypatch.setattr(tr.torch.cuda, "get_device_properties", lambda device: card)
     monkeypatch.setattr(tr, "_FITS", {})
-    monkeypatch.setattr(tr, "_CAPACITY", {})
     calls = []
 
     class Kernel:                   # 167 registers, 4 warps: 3 programs per SM, 12 on this card

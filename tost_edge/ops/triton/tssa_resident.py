@@ -146,26 +146,20 @@ def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
     return tokens, triton.cdiv(N, tokens)
 
 
-_CAPACITY: dict = {}
-
-
 def capacity(kernel, warps: int, device) -> int:
     """Programs of a compiled kernel that the GPU holds at once, from its registers and shared memory (the
     occupancy rule: registers are given to warps in blocks of 256, each of an SM's 4 schedulers has a quarter of the
     register file). At least one per SM: any program that compiled fits on an SM."""
-    key = (id(kernel), device)
-    if key not in _CAPACITY:
-        props = torch.cuda.get_device_properties(device)
-        try:
-            kernel._init_handles()                 # loads the binary, which gives its register count
-            per_sm = programs_per_sm(kernel.n_regs, warps, kernel.metadata.shared,
-                                     getattr(props, "regs_per_multiprocessor", 65536),
-                                     getattr(props, "max_threads_per_multi_processor", 1536),
-                                     getattr(props, "shared_memory_per_multiprocessor", 100 * 1024))
-        except Exception:                          # a Triton without these fields: count one program per SM
-            per_sm = 1
-        _CAPACITY[key] = props.multi_processor_count * per_sm
-    return _CAPACITY[key]
+    props = torch.cuda.get_device_properties(device)
+    try:
+        kernel._init_handles()                     # loads the binary, which gives its register count
+        per_sm = programs_per_sm(kernel.n_regs, warps, kernel.metadata.shared,
+                                 getattr(props, "regs_per_multiprocessor", 65536),
+                                 getattr(props, "max_threads_per_multi_processor", 1536),
+                                 getattr(props, "shared_memory_per_multiprocessor", 100 * 1024))
+    except Exception:                              # a Triton without these fields: count one program per SM
+        per_sm = 1
+    return props.multi_processor_count * per_sm
 
 
 def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm_threads: int = 1536,

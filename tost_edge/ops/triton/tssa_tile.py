@@ -39,10 +39,12 @@ def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
 
 @triton.jit
 def _wait(counter, target):
-    """Spin until counter >= target (acquire: what was written before it was raised is visible after)."""
+    """Spin until counter >= target (acquire: what was written before it was raised is visible after). Returns the
+    count read back less `target`: 0 where the count stops at `target`, in a form the compiler cannot see through."""
     c = tl.atomic_add(counter, 0, sem="acquire")
     while c < target:
         c = tl.atomic_add(counter, 0, sem="acquire")
+    return c - target
 
 
 @triton.jit
@@ -81,12 +83,7 @@ def _grad_w(x, g, pi, Gs, inv, ge, invS, dSv):
 
 @triton.jit
 def _arrive_and_wait(counter, count):
-    """Count this program in and spin until all `count` programs of the group have arrived. Returns 0, in a form
-    the compiler cannot see through (the count read back, less `count`): offsets built from it after the wait
-    are computed again there instead of being kept in registers across it."""
+    """Count this program in and spin until all `count` programs of the group have arrived. Returns 0 (from _wait):
+    offsets built from it after the wait are computed again there instead of being kept in registers across it."""
     _signal(counter)
-    c = tl.atomic_add(counter, 0, sem="acquire")
-    while c < count:
-        c = tl.atomic_add(counter, 0, sem="acquire")
-    return c - count
-
+    return _wait(counter, count)
