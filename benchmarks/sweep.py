@@ -146,7 +146,8 @@ def main() -> None:
 
     if "linear_attn" in ops:
         q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-        best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la, [grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])],
+        best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la,
+                                    [grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])],
                                     lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows,
                                     saver("linear_attn"))
         save()
