@@ -4,6 +4,7 @@ registers, spill (local memory) bytes, shared memory and SASS instruction counts
     python benchmarks/compile_report.py            # sm_90 (H100 / H200)
     python benchmarks/compile_report.py --arch 87  # Orin
     python benchmarks/compile_report.py --quick    # one launch setting per kernel (what the tests run)
+    python benchmarks/compile_report.py --only "tiled" --dump /tmp/ir   # kernels whose label matches; TTGIR and SASS
 
 Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed. "loops" lists each loop body's SASS and
 barrier count: one trip of a walk loop covers UNROLL tokens (the tile, or the unrolled step) per thread.
@@ -39,7 +40,7 @@ def tile_layout(ttgir: str) -> str:
         r"warpsPerCTA = \[(\d+), \d+, \d+\]", ttgir, re.M)}
     if "tt.scan" not in ttgir:                           # no cumulative sums: not a tiled walk
         return ""
-    scans = re.findall(r"\(tensor<\d+x\d+x(\d+)xf\d+, (#blocked\d*)>\) ->", ttgir)
+    scans = re.findall(r'"tt.scan".*?\}\) : \(tensor<\d+x\d+x(\d+)xf\d+, (#blocked\d*)>\) ->', ttgir, re.S)
     scans = [lay for last, lay in scans if int(last) > 1]
     if not scans:
         return ""
@@ -64,10 +65,16 @@ def loop_bodies(sass: str, smallest: int = 60):
     return bodies
 
 
+ONLY = None   # regex: report only the kernels whose label matches (--only)
+DUMP = None   # folder for each kernel's TTGIR and SASS (--dump)
+
+
 def report(label, fn, sig, const, arch, num_warps=4, odd=()):
     """Compile fn as a launch at the benchmark shapes would: Triton specialises pointers (torch allocations are
     16-byte aligned) and integers divisible by 16 as such, which decides vector widths and layouts; odd names the
     integer arguments that are not."""
+    if ONLY and not re.search(ONLY, label):
+        return None
     div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if (t.startswith("*") or t.startswith("i")) and k not in odd}
     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
@@ -77,6 +84,12 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
         cubin.write_bytes(k.asm["cubin"])
         usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
         sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
+    if DUMP:
+        name = re.sub(r"\W+", "_", label)
+        stem = Path(DUMP) / f"{name}_warps{num_warps}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".ttgir").write_text(k.asm["ttgir"])
+        stem.with_suffix(".sass").write_text(sass)
     grab = lambda key: int(m.group(1)) if (m := re.search(rf"{key}:(\d+)", usage)) else -1  # noqa: E731
     instr = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
     ops = {}
@@ -99,7 +112,7 @@ CARDS = {90: ("H100 SXM", 132, 2048, 228 * 1024, 32), 87: ("Orin", 16, 1536, 164
 def resident_note(usage, warps, tokens, N, arch):
     """Programs per SM of a resident kernel (tssa_resident's occupancy rule), and whether a batch element's
     N / tokens programs are all held at once on a card of that architecture."""
-    if arch not in CARDS:
+    if arch not in CARDS or usage is None:
         return
     name, sms, threads, shared, programs = CARDS[arch]
     per_sm = tr.programs_per_sm(usage["regs"], warps, usage["shared"], 65536, threads, shared, programs)
@@ -113,7 +126,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--quick", action="store_true", help="one launch setting per kernel")
+    ap.add_argument("--only", help="regex: report only the kernels whose label matches")
+    ap.add_argument("--dump", help="folder to write each reported kernel's TTGIR and SASS into")
     args = ap.parse_args()
+    global ONLY, DUMP
+    ONLY, DUMP = args.only, args.dump
+    print(f"Triton {triton.__version__}, sm_{args.arch}", flush=True)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         sys.exit("compile_report.py compiles for a GPU target: run it without TRITON_INTERPRET=1")
     a = args.arch

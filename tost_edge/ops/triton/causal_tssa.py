@@ -149,10 +149,10 @@ def _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr,
 
 
 @triton.jit
-def _wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-          TILED: tl.constexpr, so, sm):
+def _wsum(w, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BT: tl.constexpr, TILED: tl.constexpr, so, sm):
     if TILED:
-        acc = _tile_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
+        acc = _tile_wsum(w, b, lo, hi, T, C, D, H, HP, BD, BT)
     else:
         acc = _walk_wsum(w, b, lo, hi, T, C, HP, BD, BT, so, sm)
     return acc
@@ -162,17 +162,17 @@ def _wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, 
 def _pi_sums(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, TILED: tl.constexpr, so, sm):
     if TILED:
-        A, P = _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, so, sm)
+        A, P = _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED)
     else:
         A, P = _walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, so, sm)
     return A, P
 
 
 @triton.jit
-def _outputs(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr,
-             TILED: tl.constexpr, so, sm):
+def _outputs(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+             BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr, so, sm):
     if TILED:
-        _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
+        _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT)
     else:
         _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
 
@@ -182,7 +182,7 @@ def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, 
             BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr):
     b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
-    tl.store(Wsum + k * H * D + so, _wsum(w, b, lo, hi, T, C, HP, BD, BT, TILED, so, sm), mask=sm)
+    tl.store(Wsum + k * H * D + so, _wsum(w, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm), mask=sm)
 
 
 @triton.jit
@@ -208,7 +208,7 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
-    _outputs(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, TILED, so, sm)
+    _outputs(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
 
 
 @triton.jit
@@ -284,7 +284,7 @@ def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, t
              BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, TILED: tl.constexpr, so, sm):
     if TILED:
         GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi,
-                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
+                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE)
     else:
         GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
                              tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
@@ -425,7 +425,7 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     zv = tl.zeros([HP], dtype=tl.float32)
-    Sown = _wsum(w, b, lo, hi, T, C, HP, BD, BT, TILED, so, sm)
+    Sown = _wsum(w, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
     S, _ = _lookback(sync + 1, part, b, s, NS, Sown, zv, tl.load(S0 + b * HD + so, mask=sm, other=0.0), zv, so, sm,
                      hc, H, HD, False, False, PREFIX)
     tl.store(S_start + k * HD + so, S, mask=sm)
@@ -441,7 +441,7 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
         tl.store(S_T + b * HD + so, S + Sown, mask=sm)
         tl.store(A_T + b * HD + so, A + Aown, mask=sm)
         tl.store(P_T + b * H + hc, P + Pown, mask=hc < H)
-    _outputs(w, pi, y, A, P, b, lo, hi, T, C, H, HP, BT, TILED, so, sm)
+    _outputs(w, pi, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
 
 
 @triton.jit

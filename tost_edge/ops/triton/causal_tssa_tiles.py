@@ -20,10 +20,33 @@ from .fastmath import _rcp
 
 
 @triton.jit
-def _tile_rows(ptr, b, t, vt, T, C: tl.constexpr, so, sm):
+def _tile_at(b, t, vt, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of tokens t [BT] of sequence b as [BT, HP * BD] rows (heads and channels on one axis).
+    Tiles go through memory in this flat form and are reshaped to [BT, HP, BD] in registers: a [BT, HP, BD] load
+    leaves the order of its two strided axes to Triton's coalescing pass, whose tie-break differs between versions
+    (3.6 puts lanes on the tokens, 3.9 on the heads), while a flat row has one contiguous axis and every version
+    lays it out alike: lanes and warps along the row, each thread with all BT tokens of its slots."""
+    j = tl.arange(0, HP * BD)[None, :]
+    h = j // BD
+    d = j % BD
+    return (b * T + t)[:, None] * C + h * D + d, (h < H) & (d < D) & vt[:, None]
+
+
+@triton.jit
+def _tile_rows(ptr, b, t, vt, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+               BD: tl.constexpr):
     """Tokens t [BT] of sequence b as [BT, HP, BD] fp32, zeros where vt is false."""
-    return tl.load(ptr + (b * T + t)[:, None, None] * C + so[None, :, :], mask=sm[None, :, :] & vt[:, None, None],
-                   other=0.0).to(tl.float32)
+    off, m = _tile_at(b, t, vt, T, C, D, H, HP, BD)
+    x = tl.load(ptr + off, mask=m, other=0.0).to(tl.float32)
+    return tl.reshape(x, (t.shape[0], HP, BD))
+
+
+@triton.jit
+def _tile_store(ptr, v, b, t, vt, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+                BD: tl.constexpr):
+    """Stores v [BT, HP, BD] as tokens t of sequence b (in ptr's dtype)."""
+    off, m = _tile_at(b, t, vt, T, C, D, H, HP, BD)
+    tl.store(ptr + off, tl.reshape(v, (t.shape[0], HP * BD)).to(ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -33,6 +56,20 @@ def _heads(ptr, b, t, vt, T, H: tl.constexpr, HP: tl.constexpr):
     into it (tokens no longer in each thread) rather than convert this small tensor."""
     hc = tl.arange(0, HP)[None, :]
     return tl.load(ptr + (b * T + t)[:, None] * H + hc, mask=(hc < H) & vt[:, None], other=0.0)[:, :, None]
+
+
+@triton.jit
+def _heads_cumsum(v, REVERSE: tl.constexpr = False):
+    """Cumulative sum over the tokens (inclusive; from the end where REVERSE) of per-head values v [BT, HP, 1], as a
+    sum under a triangular mask ([BT, BT, HP]: a few registers). Triton 3.6 fails to compile tl.cumsum on these
+    small tensors wherever their layout lays more threads along an axis than it holds: the tokens of a tile loaded
+    by _heads, or the size-1 channel axis of a value reduced from the tile."""
+    s = tl.arange(0, v.shape[0])
+    if REVERSE:
+        take = s[:, None] <= s[None, :]                                   # [t, s]: s >= t
+    else:
+        take = s[:, None] >= s[None, :]                                   # [t, s]: s <= t
+    return tl.sum(tl.where(take[:, :, None], tl.sum(v, 2)[None, :, :], 0.0), 1)[:, :, None]
 
 
 @triton.jit
@@ -70,20 +107,20 @@ def _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D: tl.constexpr, H: tl.constexpr, 
 
 
 @triton.jit
-def _tile_wsum(w, b, lo, hi, T, C: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, so, sm):
+def _tile_wsum(w, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+               BD: tl.constexpr, BT: tl.constexpr):
     """sum of w^2 over tokens [lo, hi) of sequence b -> [HP, BD]."""
     acc = tl.zeros([1, HP, BD], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
-        x = _tile_rows(w, b, t, t < hi, T, C, so, sm)
+        x = _tile_rows(w, b, t, t < hi, T, C, D, H, HP, BD)
         acc += tl.sum(x * x, 0, keep_dims=True)
     return tl.sum(acc, 0)
 
 
 @triton.jit
 def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexpr, D: tl.constexpr,
-                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
-                  so, sm):
+                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr):
     """From S at token lo: Pi of tokens [lo, hi) (stored) and their sums of Pi w^2 [HP, BD] and Pi [HP]."""
     S = S[None, :, :]
     tv = tv[None, :, None]
@@ -92,7 +129,7 @@ def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexp
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
-        x = _tile_rows(w, b, t, vt, T, C, so, sm)
+        x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
         pi, _, wsq, _, _ = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
         _store_heads(pi_out, pi, b, t, vt, T, H, HP)
         S += tl.sum(wsq, 0, keep_dims=True)
@@ -102,22 +139,21 @@ def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexp
 
 
 @triton.jit
-def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-                   BT: tl.constexpr, so, sm):
+def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+                   HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
     """From the sums A, P at token lo: y of tokens [lo, hi)."""
     A = A[None, :, :]
     P = P[None, :, None]
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
-        x = _tile_rows(w, b, t, vt, T, C, so, sm)
+        x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
         pi = _heads(pi_in, b, t, vt, T, H, HP)
         piw = pi * x * x
         Ac = A + tl.cumsum(piw, 0)
-        Pc = P + tl.cumsum(pi, 0)
+        Pc = P + _heads_cumsum(pi)
         out = -x * pi * _rcp(1.0 + Ac * _rcp(Pc + 1e-8))
-        tl.store(y + (b * T + t)[:, None, None] * C + so[None, :, :], out.to(y.dtype.element_ty),
-                 mask=sm[None, :, :] & vt[:, None, None])
+        _tile_store(y, out, b, t, vt, T, C, D, H, HP, BD)
         A += tl.sum(piw, 0, keep_dims=True)
         P += tl.sum(pi, 0, keep_dims=True)
 
@@ -125,7 +161,7 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.const
 @triton.jit
 def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
                  C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-                 BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, so, sm):
+                 BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr):
     # The stages of causal_tssa._b_walk, a tile at a time. Ra, Rp (fp32) and Rc (fp64) enter as the gradients
     # flowing into A, P, S at token lo from it and every later token, and are carried as their value after each tile.
     hc = tl.arange(0, HP)[None, :, None]
@@ -144,8 +180,8 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
         t = t0 + tl.arange(0, BT)
         vt = t < hi
         hm = (hc < H) & vt[:, None, None]
-        x = _tile_rows(w, b, t, vt, T, C, so, sm)
-        g = _tile_rows(gy, b, t, vt, T, C, so, sm)
+        x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
+        g = _tile_rows(gy, b, t, vt, T, C, D, H, HP, BD)
         if PI_STORED:
             pi = _heads(pi_in, b, t, vt, T, H, HP)
             wsq = x * x
@@ -158,7 +194,7 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
             pi, e, wsq, Sc, rden = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
         piw = pi * wsq
         Ac = A + tl.cumsum(piw, 0)
-        rpe = _rcp(P + tl.cumsum(pi, 0) + 1e-8)                           # [BT, HP, 1]
+        rpe = _rcp(P + _heads_cumsum(pi) + 1e-8)                          # [BT, HP, 1]
         inv = _rcp(1.0 + Ac * rpe)
         gdots = g * x * pi * inv * inv
         ga = gdots * rpe                                                  # direct d loss / d A_t
@@ -169,7 +205,7 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
             Ra = Ra - ga_tile                                             # flowing in after the tile
             Rp = Rp - gp_tile
             Ra_t = Ra + tl.cumsum(ga, 0, reverse=True)                    # ... and from tokens t.. of the tile
-            Rp_t = Rp + tl.cumsum(gp, 0, reverse=True)
+            Rp_t = Rp + _heads_cumsum(gp, True)
             if STAGE == 2:
                 gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp_t
                 gz = pi * (gpi - tl.sum(pi * gpi, 1, keep_dims=True))      # softmax over heads
@@ -188,8 +224,7 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 Rc = Rc - gc_tile
                 Rc_t = Rc.to(tl.float32) + tl.cumsum(gc, 0, reverse=True)
                 grad = pi * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge * rden + Rc_t)
-                tl.store(dw + (b * T + t)[:, None, None] * C + so[None, :, :], grad.to(dw.dtype.element_ty),
-                         mask=sm[None, :, :] & vt[:, None, None])
+                _tile_store(dw, grad, b, t, vt, T, C, D, H, HP, BD)
             else:
                 GCs += gc_tile
         else:
