@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .fastmath import _widen
-from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_energy, _grad_w_dy, _grad_w_x, _offsets, _pi,
+from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_energy, _grad_w_dy, _grad_w_x, _pi, _rows,
                         _stat)
 from .utils import interpreting, next_pow2
 
@@ -53,8 +53,8 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
-    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-    xw = tl.load(w + off, mask=m, other=0.0)                                  # the slice, kept in w's dtype
+    off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+    xw = tl.reshape(tl.load(w + off, mask=m, other=0.0), (BN, HP, BD))       # the slice, kept in w's dtype
     x = xw.to(tl.float32)
     tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")   # ordered by the arrival's release
     zero = _arrive_and_wait(arrived, NS)
@@ -72,8 +72,9 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
     inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
     x = _widen(xw, zero)
-    off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
-    tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
+    off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
+    out = -x * p[:, :, None] * inv[None, :, :]
+    tl.store(y + off, tl.reshape(out, (BN, HP * BD)).to(y.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -96,9 +97,9 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]
-    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-    xw = tl.load(w + off, mask=m, other=0.0)                                  # w and dy slices, kept in their dtype
-    gw = tl.load(gy + off, mask=m, other=0.0)
+    off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+    xw = tl.reshape(tl.load(w + off, mask=m, other=0.0), (BN, HP, BD))       # w and dy slices, kept in their dtype
+    gw = tl.reshape(tl.load(gy + off, mask=m, other=0.0), (BN, HP, BD))
     _, invS, _, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
     x = xw.to(tl.float32)
     if PI_STORED:
@@ -126,12 +127,13 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     grad = _grad_w_x(_widen(xw, zero), pi, Gs, ge, invS, dSv)                # one fp32 tile at a time
-    off, m = _offsets(b, n0 + zero, N, C, D, H, HP, BD, BN)                  # rebuilt, not kept across the waits
+    off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
     if KEEP_DY:
         grad -= _grad_w_dy(_widen(gw, zero), pi, inv)
     else:                                                                     # read again: half the registers held
-        grad -= _grad_w_dy(tl.load(gy + off, mask=m, other=0.0).to(tl.float32), pi, inv)
-    tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
+        g = tl.reshape(tl.load(gy + off, mask=m, other=0.0), (BN, HP, BD)).to(tl.float32)
+        grad -= _grad_w_dy(g, pi, inv)
+    tl.store(dw + off, tl.reshape(grad, (BN, HP * BD)).to(dw.dtype.element_ty), mask=m)
 
 
 def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:

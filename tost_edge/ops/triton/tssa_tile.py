@@ -19,6 +19,19 @@ def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl
 
 
 @triton.jit
+def _rows(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr):
+    """_offsets as flat [BN, HP * BD] rows (heads and channels on one axis): a tile loaded through them and reshaped
+    to [BN, HP, BD] takes the same layout under every Triton version (the coalescing pass orders a 3-D tile's two
+    strided axes by a tie-break that changed between 3.6 and 3.9)."""
+    n = n0 + tl.arange(0, BN)[:, None]
+    j = tl.arange(0, HP * BD)[None, :]
+    h = j // BD
+    d = j % BD
+    return b * N * C + n * C + h * D + d, (n < N) & (h < H) & (d < D)
+
+
+@triton.jit
 def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
     """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer, and of its [HP] ones in [B, H]."""
     h = tl.arange(0, HP)
