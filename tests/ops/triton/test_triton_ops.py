@@ -510,6 +510,20 @@ def test_causal_tiled_in_one_direction(monkeypatch, fwd_tiled):
     check_causal_with_state(2, 37, 3, 16, torch.tensor([2, 0], device=DEVICE))
 
 
+@pytest.mark.parametrize("tiles", [(8, 4), (4, 2)], ids=["tiles8-4", "tiles4-2"])
+def test_causal_tiles_with_triangular_head_sums(monkeypatch, tiles):
+    """The per-head cumulative sums of the tiles as sums under a triangular mask (SCAN_HEADS off: what Triton before
+    3.9 compiles), forward and backward, against the reference."""
+    from tost_edge.ops.triton import causal_tssa as ct, causal_tssa_tiles as tiles_mod
+    monkeypatch.setattr(tiles_mod, "SCAN_HEADS", False)
+    monkeypatch.setattr(ct, "TILED", True)
+    monkeypatch.setattr(ct, "BWD_TILED", True)
+    monkeypatch.setattr(ct, "PROGRAMS", 3)
+    monkeypatch.setattr(ct, "UNROLL", tiles[0])
+    monkeypatch.setattr(ct, "BWD_UNROLL", tiles[1])
+    check_causal_with_state(2, 37, 3, 16, torch.tensor([2, 0], device=DEVICE))
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""
