@@ -153,17 +153,17 @@ def main() -> None:
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds
     row = tc["HP"] * tc["BD"]
-    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 8), (64, 16))
+    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 4), (32, 8), (64, 8), (64, 16))
     bwd_res = ((tt.RESIDENT_BWD_TILE // row, tt.RESIDENT_BWD_WARPS, tt.RESIDENT_KEEP_DY),) if args.quick else \
-        ((16, 4, True), (32, 8, True), (32, 16, True), (16, 4, False), (32, 8, False))
+        ((16, 4, True), (32, 4, True), (32, 8, True), (32, 16, True), (16, 4, False), (32, 4, False), (32, 8, False))
     for bn, nw in fwd_res:
         usage = report(f"tssa resident fwd tokens{bn}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32, P=f32,
-                   pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn}, a, nw, odd=("NS",))
+                   pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn, "PACKED": True}, a, nw, odd=("NS",))
         resident_note(usage, nw, bn, 4096, a)
     for bn, nw, keep in bwd_res:
         usage = report(f"tssa resident bwd tokens{bn}{'' if keep else ' dy re-read'}", tr._bwd_resident, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
                    A=f32, P=f32, G=f32, dS=f32, gtemp=f32, dw=bf, sync="*i32", N="i32", NS="i32"),
-                   {**tc, "BN": bn, "PI_STORED": True, "KEEP_DY": keep}, a, nw, odd=("NS",))
+                   {**tc, "BN": bn, "PI_STORED": True, "KEEP_DY": keep, "PACKED": True}, a, nw, odd=("NS",))
         resident_note(usage, nw, bn, 4096, a)
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}

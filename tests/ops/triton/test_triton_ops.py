@@ -192,8 +192,8 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("keep_dy", [True, False], ids=["dy-held", "dy-read-again"])
 def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy):
-    """The resident kernels' 16-bit tiles (widened to fp32 at each use by PTX) with several slices a batch element:
-    output and gradients against fp64."""
+    """The resident kernels' 16-bit slices (held as int32 pairs, widened to fp32 at each use) with several slices
+    a batch element, their programs waiting for each other on the GPU: output and gradients against fp64."""
     from tost_edge.ops.triton import tssa as tt
     monkeypatch.setattr(tt, "RESIDENT", True)
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
@@ -407,6 +407,40 @@ def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_pro
     monkeypatch.setattr(tssa_resident, "slices", lambda n, tile, row: (tokens, -(-n // tokens)))
     check_tssa(leaf(2, N, 3 * 32), leaf(3, rand=True, offset=0.5), 3)
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("D,keep_dy", [(32, True), (32, False), (33, True)], ids=["D32", "D32-dy-read-again", "D33-odd"])
+def test_resident_tssa_16bit_slices(monkeypatch, concurrent_programs, dtype, D, keep_dy):
+    """16-bit inputs: the resident kernels hold w's and dy's slices as int32 pairs (even D) or as loaded (odd D) and
+    widen them at each use; with 4 slices a batch element against the launch-per-pass kernels in the same dtype
+    and against fp64."""
+    from tost_edge.ops.triton import tssa as tt, tssa_resident
+    B, N, H = 2, 13, 3
+    monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
+    monkeypatch.setattr(tssa_resident, "slices", lambda n, tile, row: (4, -(-n // 4)))
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(B, N, H * D, generator=g).to(DEVICE, dtype)
+    temp = (torch.rand(H, generator=g) + 0.5).to(DEVICE)
+    cot = torch.randn(B, N, H * D, generator=g).to(DEVICE, dtype)
+    assert tssa_resident.packed(w, D) == (D % 2 == 0)
+    results = []
+    for res in (False, True):
+        monkeypatch.setattr(tt, "RESIDENT", res)
+        leaves = [w.clone().requires_grad_(), temp.clone().requires_grad_()]
+        y = tssa(*leaves, H, backend="triton")
+        results.append([y, *torch.autograd.grad(y, leaves, cot)])
+    assert tt.last_run == {"forward": "resident", "backward": "resident"}
+    for name, a, b in zip(["y", "dw", "dtemp"], *results):
+        assert b.dtype == a.dtype
+        assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
+    w64, t64 = w.double().requires_grad_(), temp.double().requires_grad_()
+    yr = naive_tssa(w64, t64, H)
+    dwr, dtr = torch.autograd.grad(yr, [w64, t64], cot.double())
+    y, dw, dt = results[1]
+    assert_close("y", yr, y, 5e-3)
+    assert_close("dw", dwr, dw, 1e-2, atol=1e-4)
+    assert_close("dtemp", dtr, dt, 1e-2, atol=1e-4)
 
 
 @pytest.mark.parametrize("programs,tiled", [(3, False), (8, False), (8, True)],

@@ -28,7 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .fastmath import _widen
 from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_energy, _grad_w_dy, _grad_w_x, _pi, _rows,
                         _stat)
 from .utils import interpreting, next_pow2
@@ -38,40 +37,78 @@ INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a 
 
 @triton.jit
 def _ticket(sync, NS, BN: tl.constexpr):
-    """(batch element, first token, its two arrival counters) of this program's slice."""
+    """(batch element, first token, its two arrival counters) of this program's slice, and an opaque 0 (the salt
+    of widenings before the first wait)."""
     k = tl.atomic_add(sync, 1)
     b = k // NS
-    return b, (k % NS) * BN, sync + 1 + 2 * b
+    return b, (k % NS) * BN, sync + 1 + 2 * b, (k.to(tl.uint32) >> 31).to(tl.int32)   # last: 0 (tickets < 2^31)
+
+
+@triton.jit
+def _hold(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr, PACKED: tl.constexpr):
+    """Tokens [n0, n0 + BN) of batch element b in the form a program holds them across the waits. PACKED (16-bit
+    inputs, D even): int32 [BN, HP * BD // 2], two elements a register, loaded through the pointer as int32 (a
+    16-bit tile loaded as such is held one element a register: the compiler unpacks the loaded vectors and keeps
+    the halves apart). Otherwise as loaded, [BN, HP * BD]."""
+    if PACKED:
+        n = n0 + tl.arange(0, BN)[:, None]
+        j = tl.arange(0, HP * BD // 2)[None, :]
+        h = j // (BD // 2)
+        d = j % (BD // 2)
+        off = b * N * (C // 2) + n * (C // 2) + h * (D // 2) + d
+        return tl.load(ptr.to(tl.pointer_type(tl.int32)) + off, mask=(n < N) & (h < H) & (d < D // 2), other=0)
+    else:
+        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+        return tl.load(ptr + off, mask=m, other=0.0)
+
+
+@triton.jit
+def _widen(v, ptr, salt, BN: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PACKED: tl.constexpr):
+    """A held slice (_hold) as fp32 [BN, HP, BD]. `salt` is an int32 0 the compiler cannot see through (read back
+    from memory, e.g. a wait's result): each use widens the slice again with its own salt, so what stays live is
+    the packed slice, never an fp32 copy kept from an earlier use, and no use is hoisted above the wait its salt
+    comes from."""
+    if PACKED:
+        u = v | salt
+        if ptr.dtype.element_ty == tl.bfloat16:                             # bf16 is the top half of an fp32
+            lo = (u << 16).to(tl.float32, bitcast=True)
+            hi = (u & -65536).to(tl.float32, bitcast=True)
+        else:
+            lo = (u & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            hi = (u >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return tl.reshape(tl.join(lo, hi), (BN, HP, BD))
+    else:
+        return tl.reshape(v, (BN, HP, BD)).to(tl.float32)
 
 
 @triton.jit
 def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                  HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    b, n0, arrived = _ticket(sync, NS, BN)
+                  HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr):
+    b, n0, arrived, zero = _ticket(sync, NS, BN)
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
     hc = tl.arange(0, HP)
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
-    off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
-    xw = tl.reshape(tl.load(w + off, mask=m, other=0.0), (BN, HP, BD))       # the slice, kept in w's dtype
-    x = xw.to(tl.float32)
+    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED)                      # the slice, held to its last use
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
     tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")   # ordered by the arrival's release
     zero = _arrive_and_wait(arrived, NS)
 
     invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = _widen(xw, zero)
-    p, _ = _pi(x, invS, tv, H, HP)
+    p, _ = _pi(_widen(xh, w, zero, BN, HP, BD, PACKED), invS, tv, H, HP)
     p = tl.where(n[:, None] < N, p, 0.0)
     tl.store(pi + tok, p, mask=nh)
+    x = _widen(xh, w, zero * 2, BN, HP, BD, PACKED)     # again after the softmax, not kept in fp32 across it
     tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm, sem="relaxed")
     tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm, sem="relaxed")
     zero = _arrive_and_wait(arrived + 1, NS)
 
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
     inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
-    x = _widen(xw, zero)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
     off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
     out = -x * p[:, :, None] * inv[None, :, :]
     tl.store(y + off, tl.reshape(out, (BN, HP * BD)).to(y.dtype.element_ty), mask=m)
@@ -90,25 +127,26 @@ def _bwd_stats(S, A, P, so, sm, ho, hm):
 @triton.jit
 def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C: tl.constexpr, D: tl.constexpr,
                   H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr,
-                  KEEP_DY: tl.constexpr):
-    b, n0, arrived = _ticket(sync, NS, BN)
+                  KEEP_DY: tl.constexpr, PACKED: tl.constexpr):
+    b, n0, arrived, zero = _ticket(sync, NS, BN)
     so, sm, ho, hm = _stat(b, H, D, HP, BD)
     hc = tl.arange(0, HP)
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]
-    off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
-    xw = tl.reshape(tl.load(w + off, mask=m, other=0.0), (BN, HP, BD))       # w and dy slices, kept in their dtype
-    gw = tl.reshape(tl.load(gy + off, mask=m, other=0.0), (BN, HP, BD))
+    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED)                      # w and dy slices, held
+    gh = _hold(gy, b, n0, N, C, D, H, HP, BD, BN, PACKED)
     _, invS, _, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
-    x = xw.to(tl.float32)
     if PI_STORED:
         pi = tl.load(pi_in + tok, mask=nh, other=0.0)
     else:
-        pi, _ = _pi(x, invS, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
+        pi, _ = _pi(_widen(xh, w, zero, BN, HP, BD, PACKED), invS, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
         pi = tl.where(n[:, None] < N, pi, 0.0)
-    gx = gw.to(tl.float32) * x
+    # Each reduction widens the slices itself: one fp32 product kept for both would hold the whole tile in fp32
+    # registers from the first reduction to the second.
+    gx = _widen(gh, gy, zero * 2, BN, HP, BD, PACKED) * _widen(xh, w, zero * 2, BN, HP, BD, PACKED)
     tl.atomic_add(G + so, tl.sum(gx * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
+    gx = _widen(gh, gy, zero * 4, BN, HP, BD, PACKED) * _widen(xh, w, zero * 4, BN, HP, BD, PACKED)
     r = tl.sum(gx * inv[None, :, :], 2)                                       # [BN, HP], kept
     zero = _arrive_and_wait(arrived, NS)
 
@@ -116,24 +154,30 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
     gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = _widen(xw, zero)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
     gz, ge = _d_energy(x, pi, r, Gv * invPe[:, None], gPv, tv, nh)
     e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
     tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
+    x = _widen(xh, w, zero * 2, BN, HP, BD, PACKED)  # again after the softmax's backward, not kept across it
     tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
     zero = _arrive_and_wait(arrived + 1, NS)
 
     Sv, invS, invPe, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
-    grad = _grad_w_x(_widen(xw, zero), pi, Gs, ge, invS, dSv)                # one fp32 tile at a time
+    grad = _grad_w_x(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, Gs, ge, invS, dSv)   # one fp32 tile at a time
     off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
     if KEEP_DY:
-        grad -= _grad_w_dy(_widen(gw, zero), pi, inv)
+        grad -= _grad_w_dy(_widen(gh, gy, zero, BN, HP, BD, PACKED), pi, inv)
     else:                                                                     # read again: half the registers held
         g = tl.reshape(tl.load(gy + off, mask=m, other=0.0), (BN, HP, BD)).to(tl.float32)
         grad -= _grad_w_dy(g, pi, inv)
     tl.store(dw + off, tl.reshape(grad, (BN, HP * BD)).to(dw.dtype.element_ty), mask=m)
+
+
+def packed(w: torch.Tensor, D: int) -> bool:
+    """Whether the resident kernels hold w's slices (and dy's) as int32 pairs: 16-bit inputs with an even D."""
+    return w.element_size() == 2 and D % 2 == 0
 
 
 def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
@@ -201,7 +245,8 @@ def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps) -> b
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
-                                                                     H, HP, BD, fit[0]), warps, w.device)
+                                                                     H, HP, BD, fit[0], packed(w, D)), warps,
+                                 w.device)
 
 
 def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, keep_dy, tile,
@@ -210,4 +255,5 @@ def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, B
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
-                                                                     pi_stored, keep_dy), warps, w.device)
+                                                                     pi_stored, keep_dy, packed(w, D)), warps,
+                                 w.device)
