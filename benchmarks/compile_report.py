@@ -69,7 +69,7 @@ ONLY = None   # regex: report only the kernels whose label matches (--only)
 DUMP = None   # folder for each kernel's TTGIR and SASS (--dump)
 
 
-def report(label, fn, sig, const, arch, num_warps=4, odd=()):
+def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     """Compile fn as a launch at the benchmark shapes would: Triton specialises pointers (torch allocations are
     16-byte aligned) and integers divisible by 16 as such, which decides vector widths and layouts; odd names the
     integer arguments that are not."""
@@ -78,7 +78,8 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
     div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if (t.startswith("*") or t.startswith("i")) and k not in odd}
     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps,
+                                                                              **({"maxnreg": maxnreg} if maxnreg else {})})
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
@@ -109,17 +110,18 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=()):
 CARDS = {90: ("H100 SXM", 132, 2048, 228 * 1024, 32), 87: ("Orin", 16, 1536, 164 * 1024, 16)}
 
 
-def resident_note(usage, warps, tokens, N, arch):
-    """Programs per SM of a resident kernel (tssa_resident's occupancy rule), and whether a batch element's
-    N / tokens programs are all held at once on a card of that architecture."""
+def resident_note(usage, warps, tokens, N, arch, held_bytes):
+    """Programs per SM of a resident kernel (tssa_resident's occupancy rule), the bytes of slices an SM then holds
+    (what bounds the kernel's bandwidth: bytes in flight over the time a program holds them, two waits), and
+    whether a batch element's N / tokens programs are all held at once on a card of that architecture."""
     if arch not in CARDS or usage is None:
         return
     name, sms, threads, shared, programs = CARDS[arch]
     per_sm = tr.programs_per_sm(usage["regs"], warps, usage["shared"], 65536, threads, shared, programs)
     NS = -(-N // tokens)
     verdict = "resident" if NS <= per_sm * sms else "too many: runs the passes"
-    print(f"{'':34s} {per_sm} programs per SM; N{N}: {NS} programs a batch element, {name} holds {per_sm * sms} "
-          f"({verdict})", flush=True)
+    print(f"{'':34s} {per_sm} programs per SM holding {per_sm * held_bytes // 1024} KB of slices; N{N}: {NS} "
+          f"programs a batch element, {name} holds {per_sm * sms} ({verdict})", flush=True)
 
 
 def main() -> None:
@@ -153,18 +155,24 @@ def main() -> None:
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds
     row = tc["HP"] * tc["BD"]
-    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS),) if args.quick else ((16, 4), (32, 4), (32, 8), (64, 8), (64, 16))
-    bwd_res = ((tt.RESIDENT_BWD_TILE // row, tt.RESIDENT_BWD_WARPS, tt.RESIDENT_KEEP_DY),) if args.quick else \
-        ((16, 4, True), (32, 4, True), (32, 8, True), (32, 16, True), (16, 4, False), (32, 4, False), (32, 8, False))
-    for bn, nw in fwd_res:
-        usage = report(f"tssa resident fwd tokens{bn}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32, P=f32,
-                   pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn, "PACKED": True}, a, nw, odd=("NS",))
-        resident_note(usage, nw, bn, 4096, a)
-    for bn, nw, keep in bwd_res:
-        usage = report(f"tssa resident bwd tokens{bn}{'' if keep else ' dy re-read'}", tr._bwd_resident, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
-                   A=f32, P=f32, G=f32, dS=f32, gtemp=f32, dw=bf, sync="*i32", N="i32", NS="i32"),
-                   {**tc, "BN": bn, "PI_STORED": True, "KEEP_DY": keep, "PACKED": True}, a, nw, odd=("NS",))
-        resident_note(usage, nw, bn, 4096, a)
+    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS, tt.RESIDENT_MAXNREG),) if args.quick else (
+        (16, 4, 0), (32, 4, 0), (32, 4, 128), (32, 8, 0), (64, 16, 0))        # (tokens, warps, register cap)
+    bwd_res = ((tt.RESIDENT_BWD_TILE // row, tt.RESIDENT_BWD_WARPS, tt.RESIDENT_KEEP_DY, tt.RESIDENT_BWD_MAXNREG),) \
+        if args.quick else ((16, 4, True, 0), (16, 4, True, 168), (32, 8, True, 0), (32, 16, True, 0),
+                            (16, 4, False, 0), (16, 4, False, 128))
+    cap = lambda mx: f" cap{mx}" if mx else ""  # noqa: E731
+    for bn, nw, mx in fwd_res:
+        usage = report(f"tssa resident fwd tokens{bn}{cap(mx)}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32,
+                       P=f32, pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn, "PACKED": True}, a, nw,
+                       odd=("NS",), maxnreg=mx)
+        resident_note(usage, nw, bn, 4096, a, bn * row * 2)
+    for bn, nw, keep, mx in bwd_res:
+        usage = report(f"tssa resident bwd tokens{bn}{'' if keep else ' dy re-read'}{cap(mx)}", tr._bwd_resident,
+                       dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, gtemp=f32, dw=bf,
+                            sync="*i32", N="i32", NS="i32"),
+                       {**tc, "BN": bn, "PI_STORED": True, "KEEP_DY": keep, "PACKED": True}, a, nw, odd=("NS",),
+                       maxnreg=mx)
+        resident_note(usage, nw, bn, 4096, a, bn * row * 2 * (2 if keep else 1))
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
     for nw in (ct.WARPS,) if args.quick else (4, 8):

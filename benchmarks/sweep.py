@@ -158,11 +158,15 @@ def main() -> None:
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
-                             [[{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw)
-                                                       for t, nw in ((8192, 4), (16384, 8), (32768, 16))],
-                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep)
-                               for t, nw, keep in ((8192, 4, True), (16384, 8, True), (16384, 16, True),
-                                                   (8192, 4, False))],
+                             [[{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
+                                                            RESIDENT_MAXNREG=mx)
+                                                       for t, nw, mx in ((8192, 4, 0), (16384, 4, 0), (16384, 4, 128),
+                                                                         (16384, 8, 0), (32768, 16, 0))],
+                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
+                                    RESIDENT_BWD_MAXNREG=mx)
+                               for t, nw, keep, mx in ((8192, 4, True, 0), (8192, 4, True, 168), (16384, 8, True, 0),
+                                                       (16384, 16, True, 0), (8192, 4, False, 0),
+                                                       (8192, 4, False, 128))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()

@@ -216,17 +216,22 @@ def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy):
 @pytest.mark.skipif(DEVICE != "cuda", reason="programs waiting on each other run concurrently on a GPU only")
 @pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
                          ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
-@pytest.mark.parametrize("tile,warps,keep_dy", [(8192, 4, True), (16384, 8, True), (8192, 4, False)],
-                         ids=["tile8192-warps4", "tile16384-warps8", "tile8192-warps4-dy-read-again"])
-def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps, keep_dy):
+@pytest.mark.parametrize("tile,warps,keep_dy,maxnreg", [(8192, 4, True, 0), (16384, 8, True, 0), (8192, 4, False, 0),
+                                                        (16384, 4, True, 168)],
+                         ids=["tile8192-warps4", "tile16384-warps8", "tile8192-warps4-dy-read-again",
+                              "tile16384-warps4-maxnreg168"])
+def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps, keep_dy, maxnreg):
     """The resident kernels, a batch element's slices held by programs that wait for each other, against the
-    launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes."""
+    launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes.
+    A register cap makes the compiler spill (tiles of 16384 at 4 warps)."""
     from tost_edge.ops.triton import tssa as tt
     B, N, H, D = shape
     for name in ("RESIDENT_TILE", "RESIDENT_BWD_TILE"):
         monkeypatch.setattr(tt, name, tile)
     for name in ("RESIDENT_WARPS", "RESIDENT_BWD_WARPS"):
         monkeypatch.setattr(tt, name, warps)
+    for name in ("RESIDENT_MAXNREG", "RESIDENT_BWD_MAXNREG"):
+        monkeypatch.setattr(tt, name, maxnreg)
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
     g = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(B, N, H * D, device="cuda", generator=g).to(torch.bfloat16)
@@ -486,8 +491,8 @@ def test_resident_programs_per_sm(regs, warps, shared, expected):
 
 def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
     """The GPU branch of the resident launch with a stand-in kernel and card: it launches where the card holds a
-    batch element's programs at once (by the compiled kernel's registers), declines where it does not, and compiles
-    to count only once per specialisation."""
+    batch element's programs at once (by the compiled kernel's registers), declines where it does not, compiles to
+    count only once per specialisation, and passes a register cap to both the compile and the launch."""
     from types import SimpleNamespace
     from tost_edge.ops.triton import tssa_resident as tr
     card = SimpleNamespace(multi_processor_count=4, regs_per_multiprocessor=65536,
@@ -497,19 +502,22 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
     monkeypatch.setattr(tr, "_FITS", {})
     calls = []
 
-    class Kernel:                   # 167 registers, 4 warps: 3 programs per SM, 12 on this card
-        def warmup(self, *args, grid, num_warps):
-            calls.append(("compile", grid))
-            return SimpleNamespace(_init_handles=lambda: None, n_regs=167, metadata=SimpleNamespace(shared=0))
+    class Kernel:                   # 167 registers uncapped, 4 warps: 3 programs per SM, 12 on this card
+        def warmup(self, *args, grid, num_warps, maxnreg=0):
+            calls.append(("compile", grid, maxnreg))
+            return SimpleNamespace(_init_handles=lambda: None, n_regs=maxnreg or 167,
+                                   metadata=SimpleNamespace(shared=0))
 
         def __getitem__(self, grid):
-            return lambda *args, num_warps: calls.append(("launch", grid))
+            return lambda *args, num_warps, maxnreg=0: calls.append(("launch", grid, maxnreg))
 
     kernel, w = Kernel(), torch.zeros(2, 3)
-    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, "cuda:0")
-    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, "cuda:0")
-    assert not tr._launch(kernel, 5, 13, (w, 104, 13, 384), 4, "cuda:0")
-    assert calls == [("compile", (60,)), ("launch", (60,)), ("launch", (60,)), ("compile", (65,))]
+    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, 0, "cuda:0")
+    assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, 0, "cuda:0")
+    assert not tr._launch(kernel, 5, 13, (w, 104, 13, 384), 4, 0, "cuda:0")
+    assert tr._launch(kernel, 5, 13, (w, 104, 13, 384), 4, 128, "cuda:0")   # capped at 128: 4 per SM, 16 held
+    assert calls == [("compile", (60,), 0), ("launch", (60,), 0), ("launch", (60,), 0), ("compile", (65,), 0),
+                     ("compile", (65,), 128), ("launch", (65,), 128)]
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):

@@ -50,6 +50,8 @@ RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
+RESIDENT_MAXNREG = 0      # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
+RESIDENT_BWD_MAXNREG = 0  # hold more programs, the compiler spilling what no longer fits (compile_report.py)
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 
@@ -307,7 +309,7 @@ class TSSAFunction(torch.autograd.Function):
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
         fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP, BD,
-                                            RESIDENT_TILE, RESIDENT_WARPS)
+                                            RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG)
         if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
@@ -341,7 +343,8 @@ class TSSAFunction(torch.autograd.Function):
         stored = pi is not None
         fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
                                                  ws[n:].view(torch.int32), N, C, D, H, HP, BD, stored,
-                                                 RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS)
+                                                 RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS,
+                                                 RESIDENT_BWD_MAXNREG)
         if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
             r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         if ctx.persistent and not fit:

@@ -223,37 +223,39 @@ def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm
 _FITS: dict = {}
 
 
-def _launch(kernel, B: int, NS: int, args, warps: int, device) -> bool:
+def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device) -> bool:
     """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once (decided once
-    per kernel specialisation and NS: the compiled kernel's registers give the count)."""
+    per kernel specialisation and NS: the compiled kernel's registers give the count). maxnreg > 0 caps the
+    registers a thread may use."""
     grid = (B * NS,)
+    options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
     if not interpreting():
-        key = (kernel, warps, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
+        key = (kernel, warps, maxnreg, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
         if key not in _FITS:
-            compiled = kernel.warmup(*args, grid=grid, num_warps=warps)
+            compiled = kernel.warmup(*args, grid=grid, **options)
             held = capacity(compiled, warps, device) if compiled is not None else \
                 torch.cuda.get_device_properties(device).multi_processor_count
             _FITS[key] = NS <= held
         if not _FITS[key]:
             return False
-    kernel[grid](*args, num_warps=warps)
+    kernel[grid](*args, **options)
     return True
 
 
-def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps) -> bool:
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps, maxnreg=0) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
                                                                      H, HP, BD, fit[0], packed(w, D)), warps,
-                                 w.device)
+                                 maxnreg, w.device)
 
 
 def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, keep_dy, tile,
-             warps) -> bool:
+             warps, maxnreg=0) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
                                                                      pi_stored, keep_dy, packed(w, D)), warps,
-                                 w.device)
+                                 maxnreg, w.device)
