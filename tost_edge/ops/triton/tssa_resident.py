@@ -154,9 +154,9 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
     gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
-    gz, ge = _d_energy(x, pi, r, Gv * invPe[:, None], gPv, tv, nh)
+    x = _widen(xh, w, zero * 4, BN, HP, BD, PACKED)   # the energy and the softmax's backward widen it each
     e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
+    gz, ge = _d_energy(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, r, Gv * invPe[:, None], gPv, tv, nh)
     tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
     x = _widen(xh, w, zero * 2, BN, HP, BD, PACKED)  # again after the softmax's backward, not kept across it
     tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
