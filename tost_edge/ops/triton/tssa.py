@@ -44,14 +44,16 @@ QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
-RESIDENT_TILE = 8192      # resident forward: padded elements a program holds (tokens: this / padded row)
+RESIDENT_TILE = 16384     # resident forward: padded elements a program holds (tokens: this / padded row)
 RESIDENT_WARPS = 4
 RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
-RESIDENT_MAXNREG = 0      # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
-RESIDENT_BWD_MAXNREG = 0  # hold more programs, the compiler spilling what no longer fits (compile_report.py)
+RESIDENT_MAXNREG = 128    # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
+RESIDENT_BWD_MAXNREG = 168  # hold more programs, the compiler spilling what no longer fits. These four settings
+                          # hold the most bytes of slices an sm_90 SM can (128 KB forward, 96 KB backward) under
+                          # Triton 3.6 and 3.9 (compile_report.py; docs/benchmarks.md): not yet timed
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 
