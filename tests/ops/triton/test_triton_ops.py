@@ -415,24 +415,34 @@ def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_pro
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("D,keep_dy", [(32, True), (32, False), (33, True)], ids=["D32", "D32-dy-read-again", "D33-odd"])
-def test_resident_tssa_16bit_slices(monkeypatch, concurrent_programs, dtype, D, keep_dy):
-    """16-bit inputs: the resident kernels hold w's and dy's slices as int32 pairs (even D) or as loaded (odd D) and
-    widen them at each use; with 4 slices a batch element against the launch-per-pass kernels in the same dtype
-    and against fp64."""
+@pytest.mark.parametrize("D,keep_dy,odd_start", [(32, True, False), (32, False, False), (33, True, False),
+                                                 (32, True, True)],
+                         ids=["D32", "D32-dy-read-again", "D33-odd", "D32-at-an-odd-element"])
+def test_resident_tssa_16bit_slices(monkeypatch, concurrent_programs, dtype, D, keep_dy, odd_start):
+    """16-bit inputs: the resident kernels hold w's and dy's slices as int32 pairs (even D, 4-byte aligned) or as
+    loaded (odd D, or tensors starting at an odd element) and widen them at each use; with 4 slices a batch element
+    against the launch-per-pass kernels in the same dtype and against fp64."""
     from tost_edge.ops.triton import tssa as tt, tssa_resident
     B, N, H = 2, 13, 3
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
     monkeypatch.setattr(tssa_resident, "slices", lambda n, tile, row: (4, -(-n // 4)))
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(B, N, H * D, generator=g).to(DEVICE, dtype)
+
+    def tensor(*shape):             # contiguous; where odd_start, 2 bytes past a 4-byte boundary
+        x = torch.randn(*shape, generator=g).to(DEVICE, dtype)
+        if not odd_start:
+            return x
+        base = torch.empty(x.numel() + 1, device=DEVICE, dtype=dtype)
+        base[1:] = x.flatten()
+        return base[1:].view(shape)
+
+    w, cot = tensor(B, N, H * D), tensor(B, N, H * D)
     temp = (torch.rand(H, generator=g) + 0.5).to(DEVICE)
-    cot = torch.randn(B, N, H * D, generator=g).to(DEVICE, dtype)
-    assert tssa_resident.packed(w, D) == (D % 2 == 0)
+    assert tssa_resident.packed(D, w, cot) == (D % 2 == 0 and not odd_start)
     results = []
     for res in (False, True):
         monkeypatch.setattr(tt, "RESIDENT", res)
-        leaves = [w.clone().requires_grad_(), temp.clone().requires_grad_()]
+        leaves = [w.detach().requires_grad_(), temp.clone().requires_grad_()]      # w's own storage, not a copy
         y = tssa(*leaves, H, backend="triton")
         results.append([y, *torch.autograd.grad(y, leaves, cot)])
     assert tt.last_run == {"forward": "resident", "backward": "resident"}

@@ -175,9 +175,10 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     tl.store(dw + off, tl.reshape(grad, (BN, HP * BD)).to(dw.dtype.element_ty), mask=m)
 
 
-def packed(w: torch.Tensor, D: int) -> bool:
-    """Whether the resident kernels hold w's slices (and dy's) as int32 pairs: 16-bit inputs with an even D."""
-    return w.element_size() == 2 and D % 2 == 0
+def packed(D: int, *tensors: torch.Tensor) -> bool:
+    """Whether the resident kernels hold these tensors' slices as int32 pairs: 16-bit, D even, and 4-byte aligned
+    (a contiguous view may start at an odd element)."""
+    return D % 2 == 0 and all(t.element_size() == 2 and t.data_ptr() % 4 == 0 for t in tensors)
 
 
 def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
@@ -247,7 +248,7 @@ def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps, maxn
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
-                                                                     H, HP, BD, fit[0], packed(w, D)), warps,
+                                                                     H, HP, BD, fit[0], packed(D, w)), warps,
                                  maxnreg, w.device)
 
 
@@ -257,5 +258,5 @@ def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, B
     fit = slices(N, tile, HP * BD)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
-                                                                     pi_stored, keep_dy, packed(w, D)), warps,
+                                                                     pi_stored, keep_dy, packed(D, w, gy)), warps,
                                  maxnreg, w.device)
