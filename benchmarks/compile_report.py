@@ -78,8 +78,8 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if (t.startswith("*") or t.startswith("i")) and k not in odd}
     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps,
-                                                                              **({"maxnreg": maxnreg} if maxnreg else {})})
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])

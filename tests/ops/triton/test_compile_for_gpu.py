@@ -21,7 +21,8 @@ def test_kernels_compile_for_gpu(arch, triton_dir):
     if triton_dir == "extra":
         extra = os.environ.get("TOST_EDGE_EXTRA_TRITON")
         if not extra or not (Path(extra) / "triton").is_dir():
-            pytest.skip("TOST_EDGE_EXTRA_TRITON does not name a folder holding another Triton (scripts/test.sh sets it)")
+            pytest.skip("TOST_EDGE_EXTRA_TRITON does not name a folder holding another Triton "
+                        "(scripts/test.sh sets it)")
         env["PYTHONPATH"] = os.pathsep.join([extra, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_report.py"), "--quick", "--arch", str(arch)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

@@ -576,6 +576,43 @@ def test_causal_tiles_with_triangular_head_sums(monkeypatch, tiles):
     check_causal_with_state(2, 37, 3, 16, torch.tensor([2, 0], device=DEVICE))
 
 
+def test_batches_past_32bit_offsets_run_in_parts(monkeypatch):
+    """The kernels address memory with 32-bit offsets: a batch whose tensors would pass them runs in parts of
+    consecutive batch elements (here with the limit lowered so that each batch element is a part), giving the
+    results, final states and gradients of one call; one batch element past the limit is a clear error."""
+    from tost_edge.ops.triton import causal_tssa as ct_mod, linear_attention as la_mod, tssa as tt_mod, utils
+    B, T, H, D = 3, 9, 2, 16
+    w, temp, bias = leaf(B, T, H * D), leaf(H, rand=True, offset=0.5), leaf(H, T + 5, scale=0.1)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    q, k, v = leaf(B, T, H, D), leaf(B, T, H, D), leaf(B, T, H, D)
+    kv0, ks0 = leaf(B, H, D, D, rand=True), leaf(B, H, D, rand=True)
+    pos = torch.tensor([0, 3, 1], device=DEVICE)
+    calls = {
+        "tssa": lambda: [tssa(w, temp, H, backend="triton")],
+        "causal_tssa": lambda: (lambda y, s: [y, *s])(*causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos,
+                                                                   backend="triton")),
+        "linear_attention": lambda: (lambda y, s: [y, *s])(*causal_linear_attention(
+            q, k, v, LinearAttentionState(kv0, ks0), backend="triton")),
+    }
+    inputs = {"tssa": [w, temp], "causal_tssa": [w, temp, bias, *s0], "linear_attention": [q, k, v, kv0, ks0]}
+    modules = {"tssa": tt_mod, "causal_tssa": ct_mod, "linear_attention": la_mod}
+    for name, call in calls.items():
+        whole = call()
+        g_whole, _ = grads(whole, inputs[name])
+        runs = []
+        monkeypatch.setattr(modules[name], "batch_runs", lambda *a: runs.append(utils.batch_runs(*a)) or runs[-1])
+        monkeypatch.setattr(utils, "MAX_OFFSET", T * H * D)          # one batch element a part
+        parts = call()
+        g_parts, _ = grads(parts, inputs[name])
+        monkeypatch.undo()
+        assert len(runs[0]) == B, runs
+        for i, (a, b) in enumerate(zip(whole + list(g_whole), parts + list(g_parts))):
+            assert_close(f"{name} output/gradient {i}", a, b, 1e-6, atol=1e-7)
+    monkeypatch.setattr(utils, "MAX_OFFSET", T * H * D - 1)
+    with pytest.raises(ValueError, match=r"w has 288 elements per batch element.*32-bit"):
+        tssa(w, temp, H, backend="triton")
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""

@@ -32,7 +32,7 @@ import triton.language as tl
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal, _stat, _wait
-from .utils import alloc, batch_groups, check_available, interpreting, next_pow2
+from .utils import alloc, batch_groups, batch_runs, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -369,4 +369,7 @@ def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Te
     check_w(w, num_heads)
     t = check_temp(temp, num_heads)
     check_available(w, t)
+    runs = batch_runs(w.shape[0], w[0].numel() if w.shape[0] else 0, "w")
+    if len(runs) > 1:
+        return torch.cat([TSSAFunction.apply(w[r], t, num_heads) for r in runs])
     return TSSAFunction.apply(w, t, num_heads)

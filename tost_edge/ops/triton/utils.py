@@ -45,6 +45,21 @@ def batch_groups(B: int, group: int):
     return [(min(group, B - b0), lambda t, s=slice(b0, b0 + group): t[s]) for b0 in range(0, B, group)]
 
 
+MAX_OFFSET = 2 ** 31 - 1  # the kernels address memory with 32-bit element offsets
+
+
+def batch_runs(B: int, per_element: int, name: str) -> list:
+    """The batch cut into runs of consecutive batch elements whose tensors (`per_element` elements a batch element,
+    the largest of the call's) stay within the kernels' 32-bit offsets: one run where the whole batch fits. The
+    ops call the kernels once per run, so a large batch is computed in parts, never addressed past 2^31."""
+    if per_element > MAX_OFFSET:
+        raise ValueError(f"backend='triton': {name} has {per_element:,} elements per batch element, more than the "
+                         f"kernels' 32-bit offsets address ({MAX_OFFSET:,}): split the sequence, or use "
+                         f"backend='torch'")
+    step = max(1, MAX_OFFSET // max(1, per_element))
+    return [slice(b, min(b + step, B)) for b in range(0, B, step)] or [slice(0, 0)]
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
