@@ -69,14 +69,13 @@ def _widen(v, ptr, salt, BN: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, P
     from memory, e.g. a wait's result): each use widens the slice again with its own salt, so what stays live is
     the packed slice, never an fp32 copy kept from an earlier use, and no use is hoisted above the wait its salt
     comes from."""
-    if PACKED:
-        u = v | salt
+    if PACKED:                           # the salt enters the shift and the mask: no instruction of its own
         if ptr.dtype.element_ty == tl.bfloat16:                             # bf16 is the top half of an fp32
-            lo = (u << 16).to(tl.float32, bitcast=True)
-            hi = (u & -65536).to(tl.float32, bitcast=True)
+            lo = (v << (16 + salt)).to(tl.float32, bitcast=True)
+            hi = (v & (-65536 | salt)).to(tl.float32, bitcast=True)
         else:
-            lo = (u & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            hi = (u >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            lo = (v & (65535 | salt)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            hi = (v >> (16 + salt)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         return tl.reshape(tl.join(lo, hi), (BN, HP, BD))
     else:
         return tl.reshape(v, (BN, HP, BD)).to(tl.float32)
