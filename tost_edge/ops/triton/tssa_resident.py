@@ -82,6 +82,34 @@ def _widen(v, ptr, salt, BN: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, P
 
 
 @triton.jit
+def _pack(lo, hi, dtype: tl.constexpr):
+    """fp32 pairs -> int32 holding them rounded to dtype (bf16 / fp16), lo in the low half. (A cvt.rn.bf16x2
+    instruction would take one instruction a pair instead of five, but needs sm_80 for fp16 too, and compiled to
+    more spills at the default register caps.)"""
+    return (lo.to(dtype).to(tl.int16, bitcast=True).to(tl.int32) & 65535) | \
+        (hi.to(dtype).to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _put(ptr, x, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+         BN: tl.constexpr, PACKED: tl.constexpr):
+    """Stores x [BN, HP, BD] (fp32) as tokens [n0, n0 + BN) of batch element b in ptr's dtype; PACKED as int32
+    pairs, the mirror of _hold."""
+    if PACKED:
+        lo, hi = tl.split(tl.reshape(x, (BN, HP * BD // 2, 2)))
+        n = n0 + tl.arange(0, BN)[:, None]
+        j = tl.arange(0, HP * BD // 2)[None, :]
+        h = j // (BD // 2)
+        d = j % (BD // 2)
+        off = b * N * (C // 2) + n * (C // 2) + h * (D // 2) + d
+        tl.store(ptr.to(tl.pointer_type(tl.int32)) + off, _pack(lo, hi, ptr.dtype.element_ty),
+                 mask=(n < N) & (h < H) & (d < D // 2))
+    else:
+        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+        tl.store(ptr + off, tl.reshape(x, (BN, HP * BD)).to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
                   HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr):
     b, n0, arrived, zero = _ticket(sync, NS, BN)
@@ -108,9 +136,8 @@ def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.c
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
     inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
     x = _widen(xh, w, zero, BN, HP, BD, PACKED)
-    off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
-    out = -x * p[:, :, None] * inv[None, :, :]
-    tl.store(y + off, tl.reshape(out, (BN, HP * BD)).to(y.dtype.element_ty), mask=m)
+    _put(y, -x * p[:, :, None] * inv[None, :, :], b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED)  # n0 + 0: offsets
+                                                                              # rebuilt, not kept across the waits
 
 
 @triton.jit
@@ -165,13 +192,12 @@ def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C:
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     grad = _grad_w_x(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, Gs, ge, invS, dSv)   # one fp32 tile at a time
-    off, m = _rows(b, n0 + zero, N, C, D, H, HP, BD, BN)                     # rebuilt, not kept across the waits
     if KEEP_DY:
         grad -= _grad_w_dy(_widen(gh, gy, zero, BN, HP, BD, PACKED), pi, inv)
     else:                                                                     # read again: half the registers held
-        g = tl.reshape(tl.load(gy + off, mask=m, other=0.0), (BN, HP, BD)).to(tl.float32)
+        g = _widen(_hold(gy, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED), gy, zero, BN, HP, BD, PACKED)
         grad -= _grad_w_dy(g, pi, inv)
-    tl.store(dw + off, tl.reshape(grad, (BN, HP * BD)).to(dw.dtype.element_ty), mask=m)
+    _put(dw, grad, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED)            # offsets rebuilt after the waits
 
 
 def packed(D: int, *tensors: torch.Tensor) -> bool:
