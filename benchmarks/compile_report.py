@@ -203,15 +203,20 @@ def main() -> None:
         return fwd, bwd
     tiles = [("bf16", 12, 0, 8, 4), ("fp32", 12, 0, 8, 4)] if args.quick else [
         ("bf16", 12, 0, 4, 4), ("bf16", 12, 0, 8, 2), ("bf16", 12, 8, 4, 4), ("bf16", 20, 0, 4, 4),
-        ("bf16", 20, 0, 8, 2), ("bf16", 20, 4, 8, 2), ("fp32", 12, 0, 8, 4), ("fp32", 20, 0, 8, 4)]
-    for dname, H, nw, fwd_bt, bwd_bt in tiles:
+        ("bf16", 20, 0, 8, 2), ("bf16", 20, 4, 8, 2), ("fp32", 12, 0, 8, 4), ("fp32", 20, 0, 8, 4),
+        ("bf16", 12, 0, 8, 4, 168), ("bf16", 20, 0, 8, 2, 168)]           # last: forwards with TILED_MAXNREG
+    for dname, H, nw, fwd_bt, bwd_bt, *cap in tiles:
+        mx = cap[0] if cap else 0
         HP = triton.next_power_of_2(H)
         nw = nw or ct._tile_warps(HP, 64, 2 if dname == "bf16" else 4)
         fwd_sig, bwd_sig = tiled_sigs(bf if dname == "bf16" else f32)
         tc = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "TILED": True, "BOUNDED": True, "PREFIX": True}
-        report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}", ct._f_fused, fwd_sig, {**tc, "BT": fwd_bt}, a, nw)
-        report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
-               {**tc, "BT": bwd_bt, "PI_STORED": True}, a, nw)
+        capped = f" cap{mx}" if mx else ""
+        report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}{capped}", ct._f_fused, fwd_sig, {**tc, "BT": fwd_bt}, a,
+               nw, maxnreg=mx)
+        if not mx:                                        # the cap applies to the forward only
+            report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
+                   {**tc, "BT": bwd_bt, "PI_STORED": True}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)

@@ -137,7 +137,7 @@ def main() -> None:
         best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
                                     [[{"TILED": False, "BWD_TILED": False}]
                                      + grid(TILED=[True], BWD_TILED=[True, False], UNROLL=[4, 8], BWD_UNROLL=[4]),
-                                     grid(BWD_UNROLL=[0, 2, 4]), grid(PROGRAMS=[512, 1024, 2048]),
+                                     grid(BWD_UNROLL=[0, 2, 4]), grid(TILED_MAXNREG=[0, 168]), grid(PROGRAMS=[512, 1024, 2048]),
                                      [{"FUSED": True}, {"FUSED": False}]],
                                     lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows,
                                     saver("causal_tssa"))

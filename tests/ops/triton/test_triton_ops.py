@@ -280,9 +280,11 @@ def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
-@pytest.mark.parametrize("H,warps,unroll,bwd_unroll", [(12, 0, 8, 2), (12, 8, 4, 4), (20, 0, 8, 2), (20, 4, 4, 2)],
-                         ids=["H12-auto-warps-8-2", "H12-8warps-4-4", "H20-auto-warps-8-2", "H20-4warps-4-2"])
-def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll):
+@pytest.mark.parametrize("H,warps,unroll,bwd_unroll,maxnreg", [(12, 0, 8, 2, 0), (12, 8, 4, 4, 0), (20, 0, 8, 2, 0),
+                                                                (20, 4, 4, 2, 0), (12, 0, 8, 4, 168)],
+                         ids=["H12-auto-warps-8-2", "H12-8warps-4-4", "H20-auto-warps-8-2", "H20-4warps-4-2",
+                              "H12-auto-warps-8-4-forward-capped-168"])
+def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll, maxnreg):
     """At a benchmark shape the tiled walks (tokens held in each thread, or split across warps) give the token
     walks' outputs, final state and every gradient, against the fp64 reference as well."""
     from tost_edge.ops.triton import causal_tssa as ct
@@ -299,6 +301,7 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
         monkeypatch.setattr(ct, "TILED", bool(tiled))
         monkeypatch.setattr(ct, "BWD_TILED", bool(tiled))
         monkeypatch.setattr(ct, "TILED_WARPS", warps)
+        monkeypatch.setattr(ct, "TILED_MAXNREG", maxnreg)
         monkeypatch.setattr(ct, "UNROLL", unroll if tiled else ct.UNROLL)
         monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll if tiled else 0)
         cast = (lambda x: x.double()) if tiled is None else (lambda x: x)
@@ -552,10 +555,11 @@ def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
 @pytest.mark.parametrize("fwd_tiled", [True, False], ids=["tiled-forward", "tiled-backward"])
 def test_causal_tiled_in_one_direction(monkeypatch, fwd_tiled):
     """A tiled forward with a token-walk backward and the other way round (the two are chosen separately), with
-    tiles of unequal sizes in the two directions."""
+    tiles of unequal sizes in the two directions and a register cap on the tiled forward's launch."""
     from tost_edge.ops.triton import causal_tssa as ct
     monkeypatch.setattr(ct, "TILED", fwd_tiled)
     monkeypatch.setattr(ct, "BWD_TILED", not fwd_tiled)
+    monkeypatch.setattr(ct, "TILED_MAXNREG", 168)             # a register cap for the tiled forward
     monkeypatch.setattr(ct, "PROGRAMS", 3)
     monkeypatch.setattr(ct, "UNROLL", 8)
     monkeypatch.setattr(ct, "BWD_UNROLL", 2)

@@ -42,6 +42,9 @@ TILED = False    # forward: walk a slice UNROLL tokens at a time as one tile (ca
                  # over the tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a
                  # GPU; sm_90, fused, H12: the Pi loop has 7 barriers per 8-token tile against 24 per 4 tokens walked
 BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked)
+TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the compiler's choice): a cap lets an SM
+                   # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 189, 2 programs an SM; at 168
+                   # they spill 24 bytes). The tiled backward is not capped: it spills hundreds of bytes at 168
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
 BWD_UNROLL = 0   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
@@ -527,10 +530,12 @@ def _tile_warps(HP: int, BD: int, itemsize: int) -> int:
     return max(1, min(8, HP // max(1, 32 // lanes_d)))
 
 
-def _warps(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> int:
+def _options(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> dict:
+    """Launch options of the walks: their warps, and the tiled forward's register cap."""
     if tiled:
-        return TILED_WARPS if TILED_WARPS > 0 else _tile_warps(HP, BD, itemsize)
-    return BWD_WARPS if backward else WARPS
+        nw = TILED_WARPS if TILED_WARPS > 0 else _tile_warps(HP, BD, itemsize)
+        return {"num_warps": nw, **({"maxnreg": TILED_MAXNREG} if TILED_MAXNREG > 0 and not backward else {})}
+    return {"num_warps": BWD_WARPS if backward else WARPS}
 
 
 def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
@@ -550,10 +555,10 @@ class CausalTSSAFunction(torch.autograd.Function):
         D = C // H
         BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
         tiled, bwd_tiled = TILED, BWD_TILED
-        nw = _warps(False, tiled, HP, BD, w.element_size())
-        bwd_warps = _warps(True, bwd_tiled, HP, BD, w.element_size())
-        BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, nw, 64) if tiled else 1 << 30)
-        bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_warps, 32) if bwd_tiled else 1 << 30)
+        opts = _options(False, tiled, HP, BD, w.element_size())
+        bwd_opts = _options(True, bwd_tiled, HP, BD, w.element_size())
+        BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
+        bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32) if bwd_tiled else 1 << 30)
         tmax = bias.shape[1]
         HD = H * D
         S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
@@ -570,20 +575,20 @@ class CausalTSSAFunction(torch.autograd.Function):
                 part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
                 _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
                                      g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
-                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, num_warps=nw)
+                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, **opts)
                 continue
             grid = (nb, NT)
-            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, num_warps=nw)
+            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, **opts)
             _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
             _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
-                        bounded, tiled, num_warps=nw)
+                        bounded, tiled, **opts)
             _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
-            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, num_warps=nw)
+            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, **opts)
         ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
         ctx.H, ctx.bounded = H, bounded
         # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
         ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, bwd_tokens, NT, per), groups, FUSED, bwd_tiled
-        ctx.bwd_warps = bwd_warps
+        ctx.bwd_opts = bwd_opts
         return y, S_T, A_T, P_T
 
     @staticmethod
@@ -621,17 +626,17 @@ class CausalTSSAFunction(torch.autograd.Function):
                 _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
                                      g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
                                      g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
-                                     stored, LOOKBACK_PREFIX, ctx.tiled, num_warps=ctx.bwd_warps)
+                                     stored, LOOKBACK_PREFIX, ctx.tiled, **ctx.bwd_opts)
                 continue
             grid = (nb, NT)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
             tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
             tiled = ctx.tiled
-            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, num_warps=ctx.bwd_warps)
+            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, **ctx.bwd_opts)
             _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, num_warps=ctx.bwd_warps)
+            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, **ctx.bwd_opts)
             _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, num_warps=ctx.bwd_warps)
+            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, **ctx.bwd_opts)
         return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
 
 
