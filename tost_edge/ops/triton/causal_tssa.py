@@ -27,7 +27,7 @@ import triton.language as tl
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
-from .utils import alloc, batch_groups, batch_runs, check_available, next_pow2
+from .utils import alloc, batch_groups, batch_runs, check_available, join_runs, next_pow2
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
@@ -648,9 +648,8 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
         return w.clone(), state
     runs = batch_runs(B, T * H * D, "w")
     if len(runs) > 1:
-        parts = [triton_causal_tssa(w[r], temp, denom_bias, num_heads, CausalTSSAState(*(s[r] for s in state)),
-                                    pos[r]) for r in runs]
-        return torch.cat([y for y, _ in parts]), CausalTSSAState(*(torch.cat(s) for s in zip(*[st for _, st in parts])))
+        return join_runs([triton_causal_tssa(w[r], temp, denom_bias, num_heads,
+                                             CausalTSSAState(*(s[r] for s in state)), pos[r]) for r in runs])
     bounded = bias is not None
     bias_t = bias.float() if bounded else torch.zeros(H, 1, device=w.device)
     y, S, A, P = CausalTSSAFunction.apply(w.contiguous(), temp.float().contiguous(), bias_t.contiguous(),

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .fastmath import _rcp
+from .tssa_tile import _flat
 
 # tl.cumsum on per-head [BT, HP, 1] values: Triton 3.9 compiles it; 3.6 fails to wherever their layout lays more
 # threads along an axis than it holds (the few tokens of a _heads load, the size-1 channel axis of a value reduced
@@ -27,15 +28,10 @@ SCAN_HEADS = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2
 
 @triton.jit
 def _tile_at(b, t, vt, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
-    """Offsets and mask of tokens t [BT] of sequence b as [BT, HP * BD] rows (heads and channels on one axis).
-    Tiles go through memory in this flat form and are reshaped to [BT, HP, BD] in registers: a [BT, HP, BD] load
-    leaves the order of its two strided axes to Triton's coalescing pass, whose tie-break differs between versions
-    (3.6 puts lanes on the tokens, 3.9 on the heads), while a flat row has one contiguous axis and every version
-    lays it out alike: lanes and warps along the row, each thread with all BT tokens of its slots."""
-    j = tl.arange(0, HP * BD)[None, :]
-    h = j // BD
-    d = j % BD
-    return (b * T + t)[:, None] * C + h * D + d, (h < H) & (d < D) & vt[:, None]
+    """Offsets and mask of tokens t [BT] of sequence b as flat [BT, HP * BD] rows (tssa_tile._flat: every Triton
+    version then keeps all BT tokens of a thread's slots in that thread)."""
+    col, m = _flat(D, H, HP, BD)
+    return (b * T + t)[:, None] * C + col, m & vt[:, None]
 
 
 @triton.jit

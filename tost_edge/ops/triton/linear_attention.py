@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import alloc, batch_runs, check_available, next_pow2
+from .utils import alloc, batch_runs, check_available, join_runs, next_pow2
 
 
 @triton.jit
@@ -313,10 +313,8 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
         return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
     runs = batch_runs(B, T * H * max(D, M), "q, k, v")
     if len(runs) > 1:
-        parts = [triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(state.kv[r], state.k_sum[r]),
-                                                eps) for r in runs]
-        return torch.cat([y for y, _ in parts]), LinearAttentionState(*(torch.cat(s) for s in
-                                                                        zip(*[st for _, st in parts])))
+        return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),
+                                                         eps) for r in runs])
     dt = q.dtype
     y, S_T, z_T = ChunkLinearAttention.apply(q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),
                                              state.kv.float().contiguous(), state.k_sum.float().contiguous(), eps)

@@ -51,13 +51,9 @@ def _hold(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: 
     inputs, D even): int32 [BN, HP * BD // 2], two elements a register, loaded through the pointer as int32 (a
     16-bit tile loaded as such is held one element a register: the compiler unpacks the loaded vectors and keeps
     the halves apart). Otherwise as loaded, [BN, HP * BD]."""
-    if PACKED:
-        n = n0 + tl.arange(0, BN)[:, None]
-        j = tl.arange(0, HP * BD // 2)[None, :]
-        h = j // (BD // 2)
-        d = j % (BD // 2)
-        off = b * N * (C // 2) + n * (C // 2) + h * (D // 2) + d
-        return tl.load(ptr.to(tl.pointer_type(tl.int32)) + off, mask=(n < N) & (h < H) & (d < D // 2), other=0)
+    if PACKED:                                            # the rows of pairs: C, D and BD halved, in int32s
+        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN)
+        return tl.load(ptr.to(tl.pointer_type(tl.int32)) + off, mask=m, other=0)
     else:
         off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
         return tl.load(ptr + off, mask=m, other=0.0)
@@ -97,13 +93,8 @@ def _put(ptr, x, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP
     pairs, the mirror of _hold."""
     if PACKED:
         lo, hi = tl.split(tl.reshape(x, (BN, HP * BD // 2, 2)))
-        n = n0 + tl.arange(0, BN)[:, None]
-        j = tl.arange(0, HP * BD // 2)[None, :]
-        h = j // (BD // 2)
-        d = j % (BD // 2)
-        off = b * N * (C // 2) + n * (C // 2) + h * (D // 2) + d
-        tl.store(ptr.to(tl.pointer_type(tl.int32)) + off, _pack(lo, hi, ptr.dtype.element_ty),
-                 mask=(n < N) & (h < H) & (d < D // 2))
+        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN)
+        tl.store(ptr.to(tl.pointer_type(tl.int32)) + off, _pack(lo, hi, ptr.dtype.element_ty), mask=m)
     else:
         off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
         tl.store(ptr + off, tl.reshape(x, (BN, HP * BD)).to(ptr.dtype.element_ty), mask=m)

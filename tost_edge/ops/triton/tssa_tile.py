@@ -19,16 +19,24 @@ def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl
 
 
 @triton.jit
-def _rows(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BN: tl.constexpr):
-    """_offsets as flat [BN, HP * BD] rows (heads and channels on one axis): a tile loaded through them and reshaped
-    to [BN, HP, BD] takes the same layout under every Triton version (the coalescing pass orders a 3-D tile's two
-    strided axes by a tie-break that changed between 3.6 and 3.9)."""
-    n = n0 + tl.arange(0, BN)[:, None]
+def _flat(D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
+    """Offsets within a token row and mask of the HP * BD padded (head, channel) slots as one flat axis, [1, HP * BD].
+    A tile loaded through flat rows and reshaped to [tokens, HP, BD] takes the same layout under every Triton
+    version (the coalescing pass orders a 3-D tile's two strided axes by a tie-break that changed between 3.6 and
+    3.9: lanes on the tokens, or on the heads)."""
     j = tl.arange(0, HP * BD)[None, :]
     h = j // BD
     d = j % BD
-    return b * N * C + n * C + h * D + d, (n < N) & (h < H) & (d < D)
+    return h * D + d, (h < H) & (d < D)
+
+
+@triton.jit
+def _rows(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr):
+    """_offsets as flat [BN, HP * BD] rows (see _flat)."""
+    n = n0 + tl.arange(0, BN)[:, None]
+    col, m = _flat(D, H, HP, BD)
+    return b * N * C + n * C + col, (n < N) & m
 
 
 @triton.jit

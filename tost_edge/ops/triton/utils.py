@@ -60,6 +60,13 @@ def batch_runs(B: int, per_element: int, name: str) -> list:
     return [slice(b, min(b + step, B)) for b in range(0, B, step)] or [slice(0, 0)]
 
 
+def join_runs(parts: list):
+    """The results of an op called once per batch run, [(y, state)], as one call's: y and every state tensor
+    concatenated along the batch."""
+    state = parts[0][1]
+    return torch.cat([y for y, _ in parts]), type(state)(*(torch.cat(s) for s in zip(*[st for _, st in parts])))
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
