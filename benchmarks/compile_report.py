@@ -12,6 +12,7 @@ barrier count: one trip of a walk loop covers UNROLL tokens (the tile, or the un
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -38,8 +39,10 @@ def tile_layout(ttgir: str) -> str:
     layouts = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
         r"^(#blocked\d*) = #ttg.blocked<\{sizePerThread = \[[\d, ]+\], threadsPerWarp = \[(\d+), \d+, \d+\], "
         r"warpsPerCTA = \[(\d+), \d+, \d+\]", ttgir, re.M)}
-    if "tt.scan" not in ttgir:                           # no cumulative sums: not a tiled walk
-        return ""
+    if "tt.scan" not in ttgir:        # no cumulative sums: report tiles of 1024 elements or more moved, if any tile
+        big = [m for m in re.findall(r"convert_layout %\S+ : tensor<([\dx]+)x[a-z]", ttgir)
+               if math.prod(int(n) for n in m.split("x")) >= 1024]
+        return f"  tiles moved {len(big)}" if re.search(r"tensor<\d+x\d+x\d+x", ttgir) else ""
     scans = re.findall(r'"tt.scan".*?\}\) : \(tensor<\d+x\d+x(\d+)xf\d+, (#blocked\d*)>\) ->', ttgir, re.S)
     scans = [lay for last, lay in scans if int(last) > 1]
     if not scans:
@@ -153,26 +156,30 @@ def main() -> None:
     report("tssa persistent bwd", tt._bwd_persistent, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32,
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
            {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
-    # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds
-    row = tc["HP"] * tc["BD"]
-    fwd_res = ((tt.RESIDENT_TILE // row, tt.RESIDENT_WARPS, tt.RESIDENT_MAXNREG),) if args.quick else (
-        (16, 4, 0), (32, 4, 0), (32, 4, 128), (32, 8, 0), (64, 16, 0))        # (tokens, warps, register cap)
-    bwd_res = ((tt.RESIDENT_BWD_TILE // row, tt.RESIDENT_BWD_WARPS, tt.RESIDENT_KEEP_DY, tt.RESIDENT_BWD_MAXNREG),) \
-        if args.quick else ((16, 4, True, 0), (16, 4, True, 168), (32, 8, True, 0), (32, 16, True, 0),
-                            (16, 4, False, 0), (16, 4, False, 128))
+    # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds.
+    # D48 is held as three parts of 16 channels (tr.parts): rows of 384 elements, nothing padded
+    NP, BDP = tr.parts(tc["D"])
+    row = tc["HP"] * BDP * NP
+    rc = {**tc, "BD": BDP, "NP": NP, "PACKED": True}
+    bn = lambda tile: tr.slices(4096, tile, row)[0]  # noqa: E731
+    fwd_res = ((tt.RESIDENT_TILE, tt.RESIDENT_WARPS, tt.RESIDENT_MAXNREG),) if args.quick else (
+        (8192, 4, 0), (16384, 4, 0), (16384, 4, 96), (16384, 4, 80), (16384, 8, 0), (32768, 8, 128),
+        (32768, 16, 0))                                                      # (tile, warps, register cap)
+    bwd_res = ((tt.RESIDENT_BWD_TILE, tt.RESIDENT_BWD_WARPS, tt.RESIDENT_KEEP_DY, tt.RESIDENT_BWD_MAXNREG),) \
+        if args.quick else ((8192, 4, True, 0), (8192, 4, True, 128), (8192, 4, True, 96), (16384, 8, True, 0),
+                            (16384, 8, True, 128), (16384, 16, True, 0), (8192, 4, False, 0), (8192, 4, False, 96))
     cap = lambda mx: f" cap{mx}" if mx else ""  # noqa: E731
-    for bn, nw, mx in fwd_res:
-        usage = report(f"tssa resident fwd tokens{bn}{cap(mx)}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32, A=f32,
-                       P=f32, pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**tc, "BN": bn, "PACKED": True}, a, nw,
+    for tile, nw, mx in fwd_res:
+        usage = report(f"tssa resident fwd tokens{bn(tile)}{cap(mx)}", tr._fwd_resident, dict(w=bf, temp=f32, S=f32,
+                       A=f32, P=f32, pi=f32, y=bf, sync="*i32", N="i32", NS="i32"), {**rc, "BN": bn(tile)}, a, nw,
                        odd=("NS",), maxnreg=mx)
-        resident_note(usage, nw, bn, 4096, a, bn * row * 2)
-    for bn, nw, keep, mx in bwd_res:
-        usage = report(f"tssa resident bwd tokens{bn}{'' if keep else ' dy re-read'}{cap(mx)}", tr._bwd_resident,
-                       dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, gtemp=f32, dw=bf,
-                            sync="*i32", N="i32", NS="i32"),
-                       {**tc, "BN": bn, "PI_STORED": True, "KEEP_DY": keep, "PACKED": True}, a, nw, odd=("NS",),
-                       maxnreg=mx)
-        resident_note(usage, nw, bn, 4096, a, bn * row * 2 * (2 if keep else 1))
+        resident_note(usage, nw, bn(tile), 4096, a, bn(tile) * row * 2)
+    for tile, nw, keep, mx in bwd_res:
+        usage = report(f"tssa resident bwd tokens{bn(tile)}{'' if keep else ' dy re-read'}{cap(mx)}",
+                       tr._bwd_resident, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32,
+                                              gtemp=f32, dw=bf, sync="*i32", N="i32", NS="i32"),
+                       {**rc, "BN": bn(tile), "PI_STORED": True, "KEEP_DY": keep}, a, nw, odd=("NS",), maxnreg=mx)
+        resident_note(usage, nw, bn(tile), 4096, a, bn(tile) * row * 2 * (2 if keep else 1))
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
     for nw in (ct.WARPS,) if args.quick else (4, 8):

@@ -160,13 +160,13 @@ def main() -> None:
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
                              [[{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
                                                             RESIDENT_MAXNREG=mx)
-                                                       for t, nw, mx in ((8192, 4, 0), (16384, 4, 0), (16384, 4, 128),
-                                                                         (16384, 8, 0), (32768, 16, 0))],
+                                                       for t, nw, mx in ((8192, 4, 0), (16384, 4, 96),
+                                                                         (16384, 4, 80), (16384, 4, 0), (16384, 8, 0),
+                                                                         (32768, 8, 128))],
                               [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
                                     RESIDENT_BWD_MAXNREG=mx)
-                               for t, nw, keep, mx in ((8192, 4, True, 0), (8192, 4, True, 168), (16384, 8, True, 0),
-                                                       (16384, 16, True, 0), (8192, 4, False, 0),
-                                                       (8192, 4, False, 128))],
+                               for t, nw, keep, mx in ((8192, 4, True, 0), (8192, 4, True, 96), (16384, 8, True, 128),
+                                                       (16384, 16, True, 0), (8192, 4, False, 96))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()

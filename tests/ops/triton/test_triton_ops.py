@@ -191,13 +191,14 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("keep_dy", [True, False], ids=["dy-held", "dy-read-again"])
-def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy):
+@pytest.mark.parametrize("D", [64, 48], ids=["D64", "D48-three-parts"])
+def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy, D):
     """The resident kernels' 16-bit slices (held as int32 pairs, widened to fp32 at each use) with several slices
     a batch element, their programs waiting for each other on the GPU: output and gradients against fp64."""
     from tost_edge.ops.triton import tssa as tt
     monkeypatch.setattr(tt, "RESIDENT", True)
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
-    B, N, H, D = 2, 257, 4, 64
+    B, N, H = 2, 257, 4
     w = torch.randn(B, N, H * D, device="cuda").to(dtype).requires_grad_()
     temp = (torch.rand(H, device="cuda") + 0.5).requires_grad_()
     cot = torch.randn(B, N, H * D, device="cuda").to(dtype)
@@ -217,13 +218,14 @@ def test_resident_tssa_half_precision_on_gpu(monkeypatch, dtype, keep_dy):
 @pytest.mark.parametrize("shape", [(64, 4096, 8, 48), (3, 1000, 12, 64), (2, 65536, 8, 48)],
                          ids=["B64-N4096-H8-D48", "B3-N1000-H12-D64", "B2-N65536-too-long"])
 @pytest.mark.parametrize("tile,warps,keep_dy,maxnreg", [(8192, 4, True, 0), (16384, 8, True, 0), (8192, 4, False, 0),
-                                                        (16384, 4, True, 168)],
+                                                        (16384, 4, True, 80)],
                          ids=["tile8192-warps4", "tile16384-warps8", "tile8192-warps4-dy-read-again",
-                              "tile16384-warps4-maxnreg168"])
+                              "tile16384-warps4-maxnreg80"])
 def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, warps, keep_dy, maxnreg):
     """The resident kernels, a batch element's slices held by programs that wait for each other, against the
     launch-per-pass kernels (bf16); sequences that need more programs than the GPU holds at once run the passes.
-    A register cap makes the compiler spill (tiles of 16384 at 4 warps)."""
+    A register cap makes the compiler spill (tiles of 16384 at 4 warps: 80 registers). D48 heads are held in three
+    parts, D64 in one."""
     from tost_edge.ops.triton import tssa as tt
     B, N, H, D = shape
     for name in ("RESIDENT_TILE", "RESIDENT_BWD_TILE"):
@@ -401,26 +403,31 @@ def test_resident_tssa_backward_reading_dy_again(monkeypatch, save_pi):
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
-@pytest.mark.parametrize("N,tokens,keep_dy,save_pi", [(30, 4, True, True), (30, 4, False, False), (7, 2, True, False),
-                                                    (1, 2, False, True)],
+@pytest.mark.parametrize("N,tokens,keep_dy,save_pi,D", [(30, 4, True, True, 32), (30, 4, False, False, 32),
+                                                      (7, 2, True, False, 32), (1, 2, False, True, 32),
+                                                      (30, 4, True, False, 24), (7, 2, False, True, 24)],
                          ids=["N30-slices8", "N30-slices8-dy-read-again-recomputed-pi", "N7-slices4-short-last",
-                              "N1-one-slice"])
-def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_programs, N, tokens, keep_dy, save_pi):
+                              "N1-one-slice", "N30-slices8-D24-three-parts-recomputed-pi",
+                              "N7-slices4-D24-three-parts-dy-read-again"])
+def test_resident_tssa_slices_waiting_for_each_other(monkeypatch, concurrent_programs, N, tokens, keep_dy, save_pi,
+                                                     D):
     """The resident kernels with several slices a batch element, their programs running at once (threads under the
-    interpreter) and waiting on each other's statistics, as on a GPU: output and gradients against fp64."""
+    interpreter) and waiting on each other's statistics, as on a GPU: output and gradients against fp64. D24 heads
+    are held as three parts of 8 channels."""
     from tost_edge.ops.triton import tssa as tt, tssa_resident
     monkeypatch.setattr(tt, "RESIDENT", True)
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
     monkeypatch.setattr(tt, "SAVE_PI", save_pi)
     monkeypatch.setattr(tssa_resident, "slices", lambda n, tile, row: (tokens, -(-n // tokens)))
-    check_tssa(leaf(2, N, 3 * 32), leaf(3, rand=True, offset=0.5), 3)
+    check_tssa(leaf(2, N, 3 * D), leaf(3, rand=True, offset=0.5), 3)
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("D,keep_dy,odd_start", [(32, True, False), (32, False, False), (33, True, False),
-                                                 (32, True, True)],
-                         ids=["D32", "D32-dy-read-again", "D33-odd", "D32-at-an-odd-element"])
+                                                 (32, True, True), (48, True, False), (48, False, True)],
+                         ids=["D32", "D32-dy-read-again", "D33-odd", "D32-at-an-odd-element", "D48-three-parts",
+                              "D48-three-parts-at-an-odd-element-dy-read-again"])
 def test_resident_tssa_16bit_slices(monkeypatch, concurrent_programs, dtype, D, keep_dy, odd_start):
     """16-bit inputs: the resident kernels hold w's and dy's slices as int32 pairs (even D, 4-byte aligned) or as
     loaded (odd D, or tensors starting at an odd element) and widen them at each use; with 4 slices a batch element
@@ -459,6 +466,16 @@ def test_resident_tssa_16bit_slices(monkeypatch, concurrent_programs, dtype, D, 
     assert_close("y", yr, y, 5e-3)
     assert_close("dw", dwr, dw, 1e-2, atol=1e-4)
     assert_close("dtemp", dtr, dt, 1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("D,held", [(48, (3, 16)), (96, (3, 32)), (24, (3, 8)), (12, (3, 4)), (64, (1, 64)),
+                                    (32, (1, 32)), (56, (1, 64)), (33, (1, 64)), (6, (1, 8)), (1, (1, 2))])
+def test_resident_tssa_head_parts(D, held):
+    """A head of three times a power of two (at least 4) is held unpadded as three parts, any other head as one part
+    padded to a power of two: (parts, each part's padded width)."""
+    from tost_edge.ops.triton import tssa_resident
+    NP, BD = tssa_resident.parts(D)
+    assert (NP, BD) == held and NP * BD >= D and (NP == 1 or NP * BD == D)
 
 
 @pytest.mark.parametrize("programs,tiled", [(3, False), (8, False), (8, True)],

@@ -44,16 +44,18 @@ QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
-RESIDENT_TILE = 16384     # resident forward: padded elements a program holds (tokens: this / padded row)
+RESIDENT_TILE = 16384     # resident forward: elements a program holds at most (tokens: a power of two, see
+                          # tssa_resident.slices; a head of 48 channels is held unpadded, in three parts of 16)
 RESIDENT_WARPS = 4
 RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
-RESIDENT_MAXNREG = 128    # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
-RESIDENT_BWD_MAXNREG = 168  # hold more programs, the compiler spilling what no longer fits. These four settings
-                          # hold the most bytes of slices an sm_90 SM can (128 KB forward, 96 KB backward) under
-                          # Triton 3.6 and 3.9 (compile_report.py; docs/benchmarks.md): not yet timed
+RESIDENT_MAXNREG = 96     # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
+RESIDENT_BWD_MAXNREG = 0  # hold more programs, the compiler spilling what no longer fits. These four settings
+                          # hold the most bytes of slices an sm_90 SM can without spilling at D48 (forward 5
+                          # programs, 120 KB; backward 4 programs, 96 KB) under Triton 3.6 and 3.9
+                          # (compile_report.py; docs/benchmarks.md): not yet timed
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 
@@ -310,7 +312,7 @@ class TSSAFunction(torch.autograd.Function):
         S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
-        fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP, BD,
+        fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
                                             RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG)
         if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
@@ -344,7 +346,7 @@ class TSSAFunction(torch.autograd.Function):
         dw = alloc(B, N, C, like=w)
         stored = pi is not None
         fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
-                                                 ws[n:].view(torch.int32), N, C, D, H, HP, BD, stored,
+                                                 ws[n:].view(torch.int32), N, C, D, H, HP, stored,
                                                  RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS,
                                                  RESIDENT_BWD_MAXNREG)
         if not fit:                    # per-token values passed between stages (the resident kernel keeps them)

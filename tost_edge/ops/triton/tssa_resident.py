@@ -6,6 +6,10 @@ The three-pass kernels (tssa.py) read w three times forward and three times back
 forward+backward against the 5 (read w, write y; read w and dy, write dw) that the resident kernels move
 (RESIDENT_KEEP_DY = False: 6, the backward reading dy again for dw instead of holding it).
 
+A head's channels are held as one part padded to a power of two or, for a head of three times a power of two (48),
+as three unpadded parts of one shape (parts()); every step below runs once per part, and the per-token values
+(energy, Pi, r, d energy) sum the parts' shares.
+
 What it costs: the NS programs of a batch element wait for each other twice per direction, so they must be resident
 at once. Programs take their (batch element, slice) by ticket: a batch element's slices are consecutive tickets,
 taken only by programs already running, so while the card holds at least NS programs of the kernel the programs
@@ -28,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .tssa_tile import (NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_energy, _grad_w_dy, _grad_w_x, _pi, _rows,
-                        _stat)
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_softmax_heads, _grad_w_dy, _grad_w_x, _rows, \
+    _softmax_heads, _stat
 from .utils import interpreting, next_pow2
 
 INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
@@ -46,16 +50,17 @@ def _ticket(sync, NS, BN: tl.constexpr):
 
 @triton.jit
 def _hold(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BN: tl.constexpr, PACKED: tl.constexpr):
-    """Tokens [n0, n0 + BN) of batch element b in the form a program holds them across the waits. PACKED (16-bit
-    inputs, D even): int32 [BN, HP * BD // 2], two elements a register, loaded through the pointer as int32 (a
-    16-bit tile loaded as such is held one element a register: the compiler unpacks the loaded vectors and keeps
-    the halves apart). Otherwise as loaded, [BN, HP * BD]."""
-    if PACKED:                                            # the rows of pairs: C, D and BD halved, in int32s
-        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN)
+          BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """Channels [c0, c0 + W) of each head (a part, see parts()) of tokens [n0, n0 + BN) of batch element b, in the
+    form a program holds them across the waits. PACKED (16-bit inputs, c0 and W even): int32 [BN, HP * BD // 2],
+    two elements a register, loaded through the pointer as int32 (a 16-bit tile loaded as such is held one element
+    a register: the compiler unpacks the loaded vectors and keeps the halves apart). Otherwise as loaded,
+    [BN, HP * BD]."""
+    if PACKED:                                            # the rows of pairs: C, D, BD, c0 and W halved, in int32s
+        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN, c0 // 2, W // 2)
         return tl.load(ptr.to(tl.pointer_type(tl.int32)) + off, mask=m, other=0)
     else:
-        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN, c0, W)
         return tl.load(ptr + off, mask=m, other=0.0)
 
 
@@ -88,121 +93,244 @@ def _pack(lo, hi, dtype: tl.constexpr):
 
 @triton.jit
 def _put(ptr, x, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-         BN: tl.constexpr, PACKED: tl.constexpr):
-    """Stores x [BN, HP, BD] (fp32) as tokens [n0, n0 + BN) of batch element b in ptr's dtype; PACKED as int32
-    pairs, the mirror of _hold."""
+         BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """Stores x [BN, HP, BD] (fp32) as channels [c0, c0 + W) of tokens [n0, n0 + BN) of batch element b in ptr's
+    dtype; PACKED as int32 pairs, the mirror of _hold."""
     if PACKED:
         lo, hi = tl.split(tl.reshape(x, (BN, HP * BD // 2, 2)))
-        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN)
+        off, m = _rows(b, n0, N, C // 2, D // 2, H, HP, BD // 2, BN, c0 // 2, W // 2)
         tl.store(ptr.to(tl.pointer_type(tl.int32)) + off, _pack(lo, hi, ptr.dtype.element_ty), mask=m)
     else:
-        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN)
+        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN, c0, W)
         tl.store(ptr + off, tl.reshape(x, (BN, HP * BD)).to(ptr.dtype.element_ty), mask=m)
+
+
+# A part is channels [c0, c0 + W) of every head, padded to BD: the kernels hold NP parts of D / NP channels each
+# (see parts()); the helpers below are one part's share of each step.
+
+@triton.jit
+def _f_sumsq(xh, w, zero, S, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+             BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    so, sm, _, _ = _stat(b, H, D, HP, BD, c0, W)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
+    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")   # ordered by the arrival's release
+
+
+@triton.jit
+def _f_energy(xh, w, zero, S, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+              BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """The part's share of each token's per-head energy sum_d w^2 / S, [BN, HP]."""
+    so, sm, _, _ = _stat(b, H, D, HP, BD, c0, W)
+    invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
+    return tl.sum(x * x * invS[None, :, :], 2)
+
+
+@triton.jit
+def _f_weighted(xh, w, zero, p, A, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+                BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    so, sm, _, _ = _stat(b, H, D, HP, BD, c0, W)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)        # again after the softmax, not kept in fp32 across it
+    tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm, sem="relaxed")
+
+
+@triton.jit
+def _f_out(xh, w, zero, p, A, Pv, y, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+           BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    so, sm, _, _ = _stat(b, H, D, HP, BD, c0, W)
+    inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)             # n0 + zero: offsets rebuilt, not kept across the waits
+    _put(y, -x * p[:, :, None] * inv[None, :, :], b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED, c0, W)
 
 
 @triton.jit
 def _fwd_resident(w, temp, S, A, P, pi, y, sync, N, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                  HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr):
+                  HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr, NP: tl.constexpr):
+    GW: tl.constexpr = D // NP                                                # channels a part
     b, n0, arrived, zero = _ticket(sync, NS, BN)
-    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    _, _, ho, hm = _stat(b, H, D, HP, BD)
     hc = tl.arange(0, HP)
     n = n0 + tl.arange(0, BN)
     nh = (n[:, None] < N) & (hc[None, :] < H)
     tok = (b * N + n[:, None]) * H + hc[None, :]                              # offsets of [BN, HP] per-token rows
-    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED)                      # the slice, held to its last use
-    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
-    tl.atomic_add(S + so, tl.sum(x * x, 0), mask=sm, sem="relaxed")   # ordered by the arrival's release
+    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, 0, GW)               # the slice, held to its last use
+    _f_sumsq(xh, w, zero, S, b, H, D, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:                                                               # parts 1 and 2
+        xh1 = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, GW, GW)
+        _f_sumsq(xh1, w, zero, S, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        xh2 = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, 2 * GW, GW)
+        _f_sumsq(xh2, w, zero, S, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
     zero = _arrive_and_wait(arrived, NS)
 
-    invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
-    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    p, _ = _pi(_widen(xh, w, zero, BN, HP, BD, PACKED), invS, tv, H, HP)
+    e = _f_energy(xh, w, zero, S, b, H, D, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:
+        e += _f_energy(xh1, w, zero, S, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        e += _f_energy(xh2, w, zero, S, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
+    p = _softmax_heads(e, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
     p = tl.where(n[:, None] < N, p, 0.0)
     tl.store(pi + tok, p, mask=nh)
-    x = _widen(xh, w, zero * 2, BN, HP, BD, PACKED)     # again after the softmax, not kept in fp32 across it
-    tl.atomic_add(A + so, tl.sum(p[:, :, None] * x * x, 0), mask=sm, sem="relaxed")
+    _f_weighted(xh, w, zero * 2, p, A, b, H, D, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:
+        _f_weighted(xh1, w, zero * 2, p, A, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        _f_weighted(xh2, w, zero * 2, p, A, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
     tl.atomic_add(P + ho, tl.sum(p, 0), mask=hm, sem="relaxed")
     zero = _arrive_and_wait(arrived + 1, NS)
 
     Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
-    inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
-    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
-    _put(y, -x * p[:, :, None] * inv[None, :, :], b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED)  # n0 + 0: offsets
-                                                                              # rebuilt, not kept across the waits
+    _f_out(xh, w, zero, p, A, Pv, y, b, n0, N, C, D, H, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:
+        _f_out(xh1, w, zero, p, A, Pv, y, b, n0, N, C, D, H, HP, BD, BN, PACKED, GW, GW)
+        _f_out(xh2, w, zero, p, A, Pv, y, b, n0, N, C, D, H, HP, BD, BN, PACKED, 2 * GW, GW)
 
 
 @triton.jit
-def _bwd_stats(S, A, P, so, sm, ho, hm):
-    """The forward's statistics of a batch element as the backward uses them: S, 1/S, 1/(P + eps), A, 1/(1 + dots).
-    Loaded again in each stage rather than kept in registers across the waits (they are in L1 / L2)."""
+def _bwd_stats(S, A, P, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, c0: tl.constexpr,
+               W: tl.constexpr):
+    """A part's offsets and mask of the forward's statistics, and the statistics as the backward uses them: S, 1/S,
+    1/(P + eps), A, 1/(1 + dots). Loaded again in each stage rather than kept in registers across the waits (they
+    are in L1 / L2)."""
+    so, sm, ho, hm = _stat(b, H, D, HP, BD, c0, W)
     Sv = tl.load(S + so, mask=sm, other=1.0)
     invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
     Av = tl.load(A + so, mask=sm, other=0.0)
-    return Sv, 1.0 / tl.maximum(Sv, NORM_EPS_SQ), invPe, Av, 1.0 / (1.0 + Av * invPe[:, None])
+    return so, sm, Sv, 1.0 / tl.maximum(Sv, NORM_EPS_SQ), invPe, Av, 1.0 / (1.0 + Av * invPe[:, None])
 
 
 @triton.jit
-def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C: tl.constexpr, D: tl.constexpr,
-                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr,
-                  KEEP_DY: tl.constexpr, PACKED: tl.constexpr):
-    b, n0, arrived, zero = _ticket(sync, NS, BN)
-    so, sm, ho, hm = _stat(b, H, D, HP, BD)
-    hc = tl.arange(0, HP)
-    n = n0 + tl.arange(0, BN)
-    nh = (n[:, None] < N) & (hc[None, :] < H)
-    tok = (b * N + n[:, None]) * H + hc[None, :]
-    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED)                      # w and dy slices, held
-    gh = _hold(gy, b, n0, N, C, D, H, HP, BD, BN, PACKED)
-    _, invS, _, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
-    if PI_STORED:
-        pi = tl.load(pi_in + tok, mask=nh, other=0.0)
-    else:
-        pi, _ = _pi(_widen(xh, w, zero, BN, HP, BD, PACKED), invS, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
-        pi = tl.where(n[:, None] < N, pi, 0.0)
-    # Each reduction widens the slices itself: one fp32 product kept for both would hold the whole tile in fp32
-    # registers from the first reduction to the second.
+def _b_energy(xh, w, zero, S, A, P, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+              BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    _, _, _, invS, _, _, _ = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
+    return tl.sum(x * x * invS[None, :, :], 2)
+
+
+@triton.jit
+def _b_dots(xh, gh, w, gy, zero, pi, S, A, P, G, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr,
+            BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """G += sum_n dy w Pi / (1 + dots)^2; returns the part's share of r = sum_d dy w / (1 + dots), [BN, HP]. Each
+    reduction widens the slices itself: one fp32 product kept for both would hold the whole tile in fp32 registers
+    from the first reduction to the second."""
+    so, sm, _, _, _, _, inv = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
     gx = _widen(gh, gy, zero * 2, BN, HP, BD, PACKED) * _widen(xh, w, zero * 2, BN, HP, BD, PACKED)
     tl.atomic_add(G + so, tl.sum(gx * pi[:, :, None], 0) * inv * inv, mask=sm, sem="relaxed")
     gx = _widen(gh, gy, zero * 4, BN, HP, BD, PACKED) * _widen(xh, w, zero * 4, BN, HP, BD, PACKED)
-    r = tl.sum(gx * inv[None, :, :], 2)                                       # [BN, HP], kept
-    zero = _arrive_and_wait(arrived, NS)
+    return tl.sum(gx * inv[None, :, :], 2)
 
-    _, invS, invPe, Av, _ = _bwd_stats(S, A, P, so, sm, ho, hm)
+
+@triton.jit
+def _b_pi_terms(xh, w, zero, S, A, P, G, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+                BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """The part's shares of d loss / d Pi's per-channel sum, sum_d G w^2 / (P + eps) [BN, HP], of the energy
+    [BN, HP], and of d loss / d P's sum_d G A [HP]."""
+    so, sm, _, invS, invPe, Av, _ = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
     Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
-    gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                                 # d loss / d P
-    tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    x = _widen(xh, w, zero * 4, BN, HP, BD, PACKED)   # the energy and the softmax's backward widen it each
-    e = tl.sum(x * x * invS[None, :, :], 2)                                   # the energy, for d temp
-    gz, ge = _d_energy(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, r, Gv * invPe[:, None], gPv, tv, nh)
-    tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
-    x = _widen(xh, w, zero * 2, BN, HP, BD, PACKED)  # again after the softmax's backward, not kept across it
-    tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
-    zero = _arrive_and_wait(arrived + 1, NS)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)
+    q = tl.sum((Gv * invPe[:, None])[None, :, :] * x * x, 2)
+    x = _widen(xh, w, zero * 4, BN, HP, BD, PACKED)   # the two reductions widen it each
+    return q, tl.sum(x * x * invS[None, :, :], 2), tl.sum(Gv * Av, 1)
 
-    Sv, invS, invPe, _, inv = _bwd_stats(S, A, P, so, sm, ho, hm)
+
+@triton.jit
+def _b_dS(xh, w, zero, ge, S, A, P, dS, b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr, PACKED: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    so, sm, _, invS, _, _, _ = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
+    x = _widen(xh, w, zero, BN, HP, BD, PACKED)       # again after the softmax's backward, not kept across it
+    tl.atomic_add(dS + so, -tl.sum(ge[:, :, None] * x * x, 0) * invS * invS, mask=sm, sem="relaxed")
+
+
+@triton.jit
+def _b_dw(xh, gh, w, gy, dw, zero, pi, ge, S, A, P, G, dS, b, n0, N, C: tl.constexpr, D: tl.constexpr,
+          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PACKED: tl.constexpr,
+          KEEP_DY: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    so, sm, Sv, invS, invPe, _, inv = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     grad = _grad_w_x(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, Gs, ge, invS, dSv)   # one fp32 tile at a time
     if KEEP_DY:
         grad -= _grad_w_dy(_widen(gh, gy, zero, BN, HP, BD, PACKED), pi, inv)
     else:                                                                     # read again: half the registers held
-        g = _widen(_hold(gy, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED), gy, zero, BN, HP, BD, PACKED)
+        g = _widen(_hold(gy, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED, c0, W), gy, zero, BN, HP, BD, PACKED)
         grad -= _grad_w_dy(g, pi, inv)
-    _put(dw, grad, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED)            # offsets rebuilt after the waits
+    _put(dw, grad, b, n0 + zero, N, C, D, H, HP, BD, BN, PACKED, c0, W)   # offsets rebuilt
+
+
+@triton.jit
+def _bwd_resident(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, dw, sync, N, NS, C: tl.constexpr, D: tl.constexpr,
+                  H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PI_STORED: tl.constexpr,
+                  KEEP_DY: tl.constexpr, PACKED: tl.constexpr, NP: tl.constexpr):
+    GW: tl.constexpr = D // NP                                                # channels a part
+    b, n0, arrived, zero = _ticket(sync, NS, BN)
+    hc = tl.arange(0, HP)
+    n = n0 + tl.arange(0, BN)
+    nh = (n[:, None] < N) & (hc[None, :] < H)
+    xh = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, 0, GW)               # w and dy slices, held
+    gh = _hold(gy, b, n0, N, C, D, H, HP, BD, BN, PACKED, 0, GW)              # (not KEEP_DY: to stage 1 only)
+    if NP == 3:                                                               # parts 1 and 2
+        xh1 = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, GW, GW)
+        gh1 = _hold(gy, b, n0, N, C, D, H, HP, BD, BN, PACKED, GW, GW)
+        xh2 = _hold(w, b, n0, N, C, D, H, HP, BD, BN, PACKED, 2 * GW, GW)
+        gh2 = _hold(gy, b, n0, N, C, D, H, HP, BD, BN, PACKED, 2 * GW, GW)
+    if PI_STORED:
+        pi = tl.load(pi_in + (b * N + n[:, None]) * H + hc[None, :], mask=nh, other=0.0)
+    else:
+        e = _b_energy(xh, w, zero, S, A, P, b, H, D, HP, BD, BN, PACKED, 0, GW)
+        if NP == 3:
+            e += _b_energy(xh1, w, zero, S, A, P, b, H, D, HP, BD, BN, PACKED, GW, GW)
+            e += _b_energy(xh2, w, zero, S, A, P, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
+        pi = _softmax_heads(e, tl.load(temp + hc, mask=hc < H, other=0.0), H, HP)
+        pi = tl.where(n[:, None] < N, pi, 0.0)
+    r = _b_dots(xh, gh, w, gy, zero, pi, S, A, P, G, b, H, D, HP, BD, BN, PACKED, 0, GW)    # [BN, HP], kept
+    if NP == 3:
+        r += _b_dots(xh1, gh1, w, gy, zero, pi, S, A, P, G, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        r += _b_dots(xh2, gh2, w, gy, zero, pi, S, A, P, G, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
+    zero = _arrive_and_wait(arrived, NS)
+
+    q, e, gA = _b_pi_terms(xh, w, zero, S, A, P, G, b, H, D, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:
+        q1, e1, gA1 = _b_pi_terms(xh1, w, zero, S, A, P, G, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        q2, e2, gA2 = _b_pi_terms(xh2, w, zero, S, A, P, G, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
+        q, e, gA = q + q1 + q2, e + e1 + e2, gA + gA1 + gA2
+    invPe = 1.0 / (tl.load(P + b * H + hc, mask=hc < H, other=0.0) + PI_EPS)
+    gz, ge = _d_softmax_heads(q - r - (gA * invPe * invPe)[None, :], pi, tl.load(temp + hc, mask=hc < H, other=0.0),
+                              nh)                                             # d Pi = q - r + d loss / d P
+    tl.atomic_add(gtemp + hc, tl.sum(gz * e, 0), mask=hc < H, sem="relaxed")
+    _b_dS(xh, w, zero * 2, ge, S, A, P, dS, b, H, D, HP, BD, BN, PACKED, 0, GW)
+    if NP == 3:
+        _b_dS(xh1, w, zero * 2, ge, S, A, P, dS, b, H, D, HP, BD, BN, PACKED, GW, GW)
+        _b_dS(xh2, w, zero * 2, ge, S, A, P, dS, b, H, D, HP, BD, BN, PACKED, 2 * GW, GW)
+    zero = _arrive_and_wait(arrived + 1, NS)
+
+    _b_dw(xh, gh, w, gy, dw, zero, pi, ge, S, A, P, G, dS, b, n0, N, C, D, H, HP, BD, BN, PACKED, KEEP_DY, 0, GW)
+    if NP == 3:
+        _b_dw(xh1, gh1, w, gy, dw, zero, pi, ge, S, A, P, G, dS, b, n0, N, C, D, H, HP, BD, BN, PACKED, KEEP_DY,
+              GW, GW)
+        _b_dw(xh2, gh2, w, gy, dw, zero, pi, ge, S, A, P, G, dS, b, n0, N, C, D, H, HP, BD, BN, PACKED, KEEP_DY,
+              2 * GW, GW)
+
+
+def parts(D: int) -> tuple[int, int]:
+    """How a program holds a head's D channels: (NP, BD), NP parts of D / NP channels each, padded to BD. A head of
+    three times a power of two (48 = 3 x 16, 96, 24, 12) is held as three parts that pad nothing, where padding it
+    to the next power of two (64) would leave a quarter of the registers and lanes on zeros; any other head as one
+    part. (Three equal parts, not 32 + 16: parts of one shape take one layout, so the per-token values that join
+    them need no move through shared memory; with 32 + 16 the compiler moved whole tiles between the two.)"""
+    if D % 3 == 0 and D // 3 >= 4 and (D // 3) & (D // 3 - 1) == 0:
+        return 3, D // 3
+    return 1, max(2, next_pow2(D))
 
 
 def packed(D: int, *tensors: torch.Tensor) -> bool:
-    """Whether the resident kernels hold these tensors' slices as int32 pairs: 16-bit, D even, and 4-byte aligned
-    (a contiguous view may start at an odd element)."""
+    """Whether the resident kernels hold these tensors' slices as int32 pairs: 16-bit, D even (so are both parts'
+    widths), and 4-byte aligned (a contiguous view may start at an odd element)."""
     return D % 2 == 0 and all(t.element_size() == 2 and t.data_ptr() % 4 == 0 for t in tensors)
 
 
 def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
     """(tokens per slice BN, slices per batch element NS) for the resident kernels on sequences of N tokens whose
-    padded rows hold `row` elements, with tiles of `tile` elements (the same registers whatever the width); None
-    under the interpreter where a sequence needs more than one slice (it runs one program at a time, so a program
-    would wait for ever for the next)."""
-    tokens = max(1, tile // row)
+    held rows take `row` elements (padded heads, all parts): BN the largest power of two whose rows fit in `tile`
+    elements (the same registers whatever the width); None under the interpreter where a sequence needs more than
+    one slice (it runs one program at a time, so a program would wait for ever for the next)."""
+    tokens = 1 << (max(1, tile // row).bit_length() - 1)
     if interpreting():
         BN = max(16, next_pow2(N))
         return (BN, 1) if BN <= INTERPRET_TOKENS else None
@@ -259,20 +387,22 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device) -> 
     return True
 
 
-def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, BD, tile, warps, maxnreg=0) -> bool:
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
-    fit = slices(N, tile, HP * BD)
+    NP, BD = parts(D)
+    fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
-                                                                     H, HP, BD, fit[0], packed(D, w)), warps,
+                                                                     H, HP, BD, fit[0], packed(D, w), NP), warps,
                                  maxnreg, w.device)
 
 
-def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, BD, pi_stored, keep_dy, tile,
-             warps, maxnreg=0) -> bool:
+def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, pi_stored, keep_dy, tile, warps,
+             maxnreg=0) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
-    fit = slices(N, tile, HP * BD)
+    NP, BD = parts(D)
+    fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
-                                                                     pi_stored, keep_dy, packed(D, w, gy)), warps,
+                                                                     pi_stored, keep_dy, packed(D, w, gy), NP), warps,
                                  maxnreg, w.device)

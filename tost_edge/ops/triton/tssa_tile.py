@@ -19,43 +19,52 @@ def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl
 
 
 @triton.jit
-def _flat(D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
-    """Offsets within a token row and mask of the HP * BD padded (head, channel) slots as one flat axis, [1, HP * BD].
-    A tile loaded through flat rows and reshaped to [tokens, HP, BD] takes the same layout under every Triton
-    version (the coalescing pass orders a 3-D tile's two strided axes by a tie-break that changed between 3.6 and
-    3.9: lanes on the tokens, or on the heads)."""
+def _flat(D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, c0: tl.constexpr = 0,
+          W: tl.constexpr = 0):
+    """Offsets within a token row and mask of the HP * BD padded (head, channel) slots as one flat axis, [1, HP * BD]:
+    channels [c0, c0 + W) of each head (W = 0: all D). A tile loaded through flat rows and reshaped to [tokens, HP,
+    BD] takes the same layout under every Triton version (the coalescing pass orders a 3-D tile's two strided axes
+    by a tie-break that changed between 3.6 and 3.9: lanes on the tokens, or on the heads)."""
     j = tl.arange(0, HP * BD)[None, :]
     h = j // BD
     d = j % BD
-    return h * D + d, (h < H) & (d < D)
+    return h * D + c0 + d, (h < H) & (d < (W if W > 0 else D))
 
 
 @triton.jit
 def _rows(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BN: tl.constexpr):
+          BN: tl.constexpr, c0: tl.constexpr = 0, W: tl.constexpr = 0):
     """_offsets as flat [BN, HP * BD] rows (see _flat)."""
     n = n0 + tl.arange(0, BN)[:, None]
-    col, m = _flat(D, H, HP, BD)
+    col, m = _flat(D, H, HP, BD, c0, W)
     return b * N * C + n * C + col, (n < N) & m
 
 
 @triton.jit
-def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
-    """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer, and of its [HP] ones in [B, H]."""
+def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, c0: tl.constexpr = 0,
+          W: tl.constexpr = 0):
+    """Offsets of batch element b's [HP, BD] statistics in a [B, H, D] buffer (channels [c0, c0 + W) of each head;
+    W = 0: all D), and of its [HP] ones in [B, H]."""
     h = tl.arange(0, HP)
     d = tl.arange(0, BD)[None, :]
-    return b * H * D + h[:, None] * D + d, (h[:, None] < H) & (d < D), b * H + h, h < H
+    return b * H * D + h[:, None] * D + c0 + d, (h[:, None] < H) & (d < (W if W > 0 else D)), b * H + h, h < H
 
 
 @triton.jit
 def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
     """x [BN, HP, BD], 1/S [HP, BD], temp [HP] -> Pi, energy [BN, HP] (softmax over heads)."""
     e = tl.sum(x * x * invS[None, :, :], 2)
+    return _softmax_heads(e, tv, H, HP), e
+
+
+@triton.jit
+def _softmax_heads(e, tv, H: tl.constexpr, HP: tl.constexpr):
+    """energy [BN, HP], temp [HP] -> Pi [BN, HP]."""
     hc = tl.arange(0, HP)
     z = tl.where(hc[None, :] < H, e * tv[None, :], float("-inf"))
     z = z - tl.max(z, 1)[:, None]
     p = tl.exp(z)
-    return p / tl.sum(p, 1)[:, None], e
+    return p / tl.sum(p, 1)[:, None]
 
 
 @triton.jit
@@ -78,7 +87,12 @@ def _signal(counter):
 def _d_energy(x, pi, r, Gs, gPv, tv, nh):
     """Backward of the softmax over heads for a tile: d loss / d (temp * energy) and d loss / d energy, [BN, HP].
     r = sum_d dy w / (1 + dots) per token, Gs = G / (P + eps), gPv = d loss / d P."""
-    gpi = tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :]
+    return _d_softmax_heads(tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :], pi, tv, nh)
+
+
+@triton.jit
+def _d_softmax_heads(gpi, pi, tv, nh):
+    """d loss / d Pi [BN, HP] -> d loss / d (temp * energy), d loss / d energy."""
     gz = pi * (gpi - tl.sum(pi * gpi, 1)[:, None])
     gz = tl.where(nh, gz, 0.0)
     return gz, gz * tv[None, :]
