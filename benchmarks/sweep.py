@@ -163,7 +163,8 @@ def main() -> None:
                                                        for t, nw, mx in ((8192, 4, 0), (16384, 4, 96),
                                                                          (16384, 4, 80), (16384, 4, 0), (16384, 8, 0),
                                                                          (32768, 8, 128))],
-                              [dict(RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
+                              [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
+                              [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
                                     RESIDENT_BWD_MAXNREG=mx)
                                for t, nw, keep, mx in ((8192, 4, True, 0), (8192, 4, True, 96), (16384, 8, True, 128),
                                                        (16384, 16, True, 0), (8192, 4, False, 96))],

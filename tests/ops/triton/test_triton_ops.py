@@ -403,6 +403,19 @@ def test_resident_tssa_backward_reading_dy_again(monkeypatch, save_pi):
     assert tt.last_run == {"forward": "resident", "backward": "resident"}
 
 
+@pytest.mark.parametrize("forward,backward", [(True, False), (False, True)],
+                         ids=["resident-forward-passes-backward", "passes-forward-resident-backward"])
+def test_resident_tssa_chosen_per_direction(monkeypatch, forward, backward):
+    """RESIDENT_BWD decides the backward apart from the forward: each direction runs the scheme asked for, and
+    the gradients match fp64 whichever scheme computed the statistics the backward reads."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT", forward)
+    monkeypatch.setattr(tt, "RESIDENT_BWD", backward)
+    check_tssa(leaf(2, 21, 3 * 48), leaf(3, rand=True, offset=0.5), 3)
+    name = {True: "resident", False: "passes"}
+    assert tt.last_run == {"forward": name[forward], "backward": name[backward]}
+
+
 @pytest.mark.parametrize("N,tokens,keep_dy,save_pi,D", [(30, 4, True, True, 32), (30, 4, False, False, 32),
                                                       (7, 2, True, False, 32), (1, 2, False, True, 32),
                                                       (30, 4, True, False, 24), (7, 2, False, True, 24)],

@@ -44,6 +44,7 @@ QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
+RESIDENT_BWD = None  # the backward's choice where it differs from the forward's (None: as RESIDENT)
 RESIDENT_TILE = 16384     # resident forward: elements a program holds at most (tokens: a power of two, see
                           # tssa_resident.slices; a head of 48 channels is held unpadded, in three parts of 16)
 RESIDENT_WARPS = 4
@@ -329,7 +330,7 @@ class TSSAFunction(torch.autograd.Function):
         ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
         ctx.num_heads, ctx.temp_dtype = H, temp.dtype
         ctx.persistent, ctx.groups = PERSISTENT, groups     # the backward pass runs as its forward pass did
-        ctx.resident = RESIDENT
+        ctx.resident = RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD
         return y
 
     @staticmethod
