@@ -45,18 +45,20 @@ QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
 RESIDENT_BWD = None  # the backward's choice where it differs from the forward's (None: as RESIDENT)
-RESIDENT_TILE = 16384     # resident forward: elements a program holds at most (tokens: a power of two, see
-                          # tssa_resident.slices; a head of 48 channels is held unpadded, in three parts of 16)
+RESIDENT_TILE = 16384     # resident forward: 16-bit elements a program holds at most (fp32: half as many; tokens:
+                          # a power of two, see tssa_resident.slices; a head of 48 channels is held unpadded, in
+                          # three parts of 16)
 RESIDENT_WARPS = 4
 RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
-RESIDENT_MAXNREG = 96     # resident forward: registers a thread may use (0: the compiler's choice); fewer let an SM
-RESIDENT_BWD_MAXNREG = 0  # hold more programs, the compiler spilling what no longer fits. These four settings
-                          # hold the most bytes of slices an sm_90 SM can without spilling at D48 (forward 5
-                          # programs, 120 KB; backward 4 programs, 96 KB) under Triton 3.6 and 3.9
-                          # (compile_report.py; docs/benchmarks.md): not yet timed
+RESIDENT_MAXNREG = 96     # resident forward and backward: registers a thread may use with bf16 slices (0, and
+RESIDENT_BWD_MAXNREG = 0  # other dtypes: the compiler's choice, see tssa_resident._setting); fewer let an SM hold
+                          # more programs, the compiler spilling what no longer fits. These settings hold the most
+                          # bytes of slices an sm_90 SM can without spilling at D48 in bf16 (forward 5 programs,
+                          # 120 KB; backward 4 programs, 96 KB) under Triton 3.6 and 3.9 (compile_report.py;
+                          # docs/benchmarks.md): not yet timed
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 

@@ -387,10 +387,20 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device) -> 
     return True
 
 
+def _setting(tile: int, maxnreg: int, w: torch.Tensor, D: int, *others: torch.Tensor) -> tuple[int, int]:
+    """(elements a program holds, register cap) for slices of w's dtype. The settings are given for bf16 slices held
+    as pairs: fp32 slices hold half the elements in the same registers, and the cap applies to packed bf16 only. At
+    the same cap, fp16's widening (a conversion instruction where bf16 needs a shift) spilled 376 bytes a thread and
+    fp32's 648: elsewhere the compiler chooses, which spills nothing."""
+    packed_bf16 = w.dtype == torch.bfloat16 and packed(D, w, *others)
+    return tile * 2 // w.element_size(), maxnreg if packed_bf16 else 0
+
+
 def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
     NP, BD = parts(D)
+    tile, maxnreg = _setting(tile, maxnreg, w, D)
     fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
                                                                      H, HP, BD, fit[0], packed(D, w), NP), warps,
@@ -401,6 +411,7 @@ def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, p
              maxnreg=0) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
     NP, BD = parts(D)
+    tile, maxnreg = _setting(tile, maxnreg, w, D, gy)
     fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
