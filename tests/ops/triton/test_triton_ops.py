@@ -565,12 +565,12 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
 
 @pytest.mark.parametrize("dtype,odd_start,expected", [(torch.bfloat16, False, (16384, 96)),
                                                       (torch.bfloat16, True, (16384, 0)),
-                                                      (torch.float16, False, (16384, 0)),
+                                                      (torch.float16, False, (16384, 96)),
                                                       (torch.float32, False, (8192, 0))],
-                         ids=["bf16-packed", "bf16-at-an-odd-element", "fp16", "fp32"])
+                         ids=["bf16-packed", "bf16-at-an-odd-element", "fp16-packed", "fp32"])
 def test_resident_settings_by_dtype(dtype, odd_start, expected):
-    """The resident tile and register cap are given for bf16 slices held as pairs: fp32 slices hold half the
-    elements, and the cap applies to packed bf16 only (elsewhere the compiler's choice, which does not spill)."""
+    """The resident tile and register cap are given for 16-bit slices held as pairs: fp32 slices hold half the
+    elements, and the cap applies to pairs only (elsewhere the compiler's choice, which does not spill)."""
     from tost_edge.ops.triton import tssa_resident as tr
     base = torch.zeros(2 * 48 + 1, dtype=dtype)
     w = base[1:].view(2, 48) if odd_start else base[:-1].view(2, 48)

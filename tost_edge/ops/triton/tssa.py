@@ -53,12 +53,12 @@ RESIDENT_BWD_TILE = 8192  # resident backward, per tile (it holds two: w and dy)
 RESIDENT_BWD_WARPS = 4
 RESIDENT_KEEP_DY = True   # resident backward holds dy too (False: reads it again for dw: 6 units of traffic, not 5,
                           # and half the registers)
-RESIDENT_MAXNREG = 96     # resident forward and backward: registers a thread may use with bf16 slices (0, and
-RESIDENT_BWD_MAXNREG = 0  # other dtypes: the compiler's choice, see tssa_resident._setting); fewer let an SM hold
-                          # more programs, the compiler spilling what no longer fits. These settings hold the most
-                          # bytes of slices an sm_90 SM can without spilling at D48 in bf16 (forward 5 programs,
-                          # 120 KB; backward 4 programs, 96 KB) under Triton 3.6 and 3.9 (compile_report.py;
-                          # docs/benchmarks.md): not yet timed
+RESIDENT_MAXNREG = 96     # resident forward and backward: registers a thread may use with 16-bit slices (0, and
+RESIDENT_BWD_MAXNREG = 128  # fp32: the compiler's choice, see tssa_resident._setting); fewer let an SM hold more
+                          # programs, the compiler spilling what no longer fits. These settings hold the most bytes
+                          # of slices an sm_90 SM can at D48 in bf16 and fp16 (forward 5 programs, 120 KB; backward 4
+                          # programs, 96 KB), spilling nothing under Triton 3.6 and 8 bytes backward under 3.9
+                          # (compile_report.py; docs/benchmarks.md): not yet timed
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 

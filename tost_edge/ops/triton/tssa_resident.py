@@ -70,12 +70,13 @@ def _widen(v, ptr, salt, BN: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, P
     from memory, e.g. a wait's result): each use widens the slice again with its own salt, so what stays live is
     the packed slice, never an fp32 copy kept from an earlier use, and no use is hoisted above the wait its salt
     comes from."""
-    if PACKED:                           # the salt enters the shift and the mask: no instruction of its own
+    if PACKED:                           # the salt enters the shifts and the mask (fp16: one shift a pair more)
         if ptr.dtype.element_ty == tl.bfloat16:                             # bf16 is the top half of an fp32
             lo = (v << (16 + salt)).to(tl.float32, bitcast=True)
             hi = (v & (-65536 | salt)).to(tl.float32, bitcast=True)
-        else:
-            lo = (v & (65535 | salt)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        else:   # the salt in a shift: (v & (65535 | salt)) cut to 16 bits is v's low half whatever the salt, so
+                # the compiler had kept one widening for every use (168 registers a thread forward, not 96)
+            lo = (v << salt).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             hi = (v >> (16 + salt)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         return tl.reshape(tl.join(lo, hi), (BN, HP, BD))
     else:
@@ -388,12 +389,11 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device) -> 
 
 
 def _setting(tile: int, maxnreg: int, w: torch.Tensor, D: int, *others: torch.Tensor) -> tuple[int, int]:
-    """(elements a program holds, register cap) for slices of w's dtype. The settings are given for bf16 slices held
-    as pairs: fp32 slices hold half the elements in the same registers, and the cap applies to packed bf16 only. At
-    the same cap, fp16's widening (a conversion instruction where bf16 needs a shift) spilled 376 bytes a thread and
-    fp32's 648: elsewhere the compiler chooses, which spills nothing."""
-    packed_bf16 = w.dtype == torch.bfloat16 and packed(D, w, *others)
-    return tile * 2 // w.element_size(), maxnreg if packed_bf16 else 0
+    """(elements a program holds, register cap) for slices of w's dtype. The settings are given for 16-bit slices
+    held as pairs: fp32 slices hold half the elements in the same registers, and the cap applies to pairs only (at
+    the forward's cap of 96 fp32 slices spilled 648 bytes a thread); fp32 and unpacked slices run at the
+    compiler's choice, which spills nothing."""
+    return tile * 2 // w.element_size(), maxnreg if packed(D, w, *others) else 0
 
 
 def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0) -> bool:
