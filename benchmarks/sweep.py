@@ -166,8 +166,9 @@ def main() -> None:
                               [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
                               [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
                                     RESIDENT_BWD_MAXNREG=mx)
-                               for t, nw, keep, mx in ((8192, 4, True, 0), (8192, 4, True, 96), (16384, 8, True, 128),
-                                                       (16384, 16, True, 0), (8192, 4, False, 96))],
+                               for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 0), (8192, 4, True, 96),
+                                                       (16384, 8, True, 128), (16384, 16, True, 0),
+                                                       (8192, 4, False, 96))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()
