@@ -234,6 +234,7 @@ def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, 
         monkeypatch.setattr(tt, name, warps)
     for name in ("RESIDENT_MAXNREG", "RESIDENT_BWD_MAXNREG"):
         monkeypatch.setattr(tt, name, maxnreg)
+    monkeypatch.setattr(tt, "RESIDENT_SPILL", 1 << 20)      # a capped kernel runs however much it spills
     monkeypatch.setattr(tt, "RESIDENT_KEEP_DY", keep_dy)
     g = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(B, N, H * D, device="cuda", generator=g).to(torch.bfloat16)
@@ -576,6 +577,35 @@ def test_resident_settings_by_dtype(dtype, odd_start, expected):
     w = base[1:].view(2, 48) if odd_start else base[:-1].view(2, 48)
     assert tr._setting(16384, 96, w, 48) == expected
     assert tr._setting(16384, 96, w, 48, torch.zeros(2, 48, dtype=dtype))[1] == expected[1]
+
+
+def test_resident_launch_drops_a_register_cap_that_spills(monkeypatch):
+    """A register cap whose compiled kernel spills more than the allowance a thread is dropped: the compiler's
+    choice is compiled, counted and launched instead; within the allowance the capped kernel runs."""
+    from types import SimpleNamespace
+    from tost_edge.ops.triton import tssa_resident as tr
+    card = SimpleNamespace(multi_processor_count=4, regs_per_multiprocessor=65536,
+                           max_threads_per_multi_processor=2048, shared_memory_per_multiprocessor=228 * 1024)
+    monkeypatch.setattr(tr, "interpreting", lambda: False)
+    monkeypatch.setattr(tr.torch.cuda, "get_device_properties", lambda device: card)
+    monkeypatch.setattr(tr, "_FITS", {})
+    calls = []
+
+    class Kernel:                   # 120 registers uncapped; capped at 96 it spills 40 bytes a thread
+        def warmup(self, *args, grid, num_warps, maxnreg=0):
+            calls.append(("compile", maxnreg))
+            return SimpleNamespace(_init_handles=lambda: None, n_regs=maxnreg or 120,
+                                   n_spills=40 if maxnreg else 0, metadata=SimpleNamespace(shared=0))
+
+        def __getitem__(self, grid):
+            return lambda *args, num_warps, maxnreg=0: calls.append(("launch", maxnreg))
+
+    kernel, w = Kernel(), torch.zeros(2, 3)
+    assert tr._launch(kernel, 2, 8, (w, 100, 8), 4, 96, "cuda:0", 16)        # 40 > 16: uncapped
+    assert tr._launch(kernel, 2, 8, (w, 100, 8), 4, 96, "cuda:0", 16)        # decided once
+    assert tr._launch(kernel, 2, 8, (w, 100, 8), 4, 96, "cuda:0", 64)        # 40 <= 64: capped
+    assert calls == [("compile", 96), ("compile", 0), ("launch", 0), ("launch", 0), ("compile", 96),
+                     ("launch", 96)]
 
 
 def test_causal_settings_changed_between_forward_and_backward(monkeypatch):

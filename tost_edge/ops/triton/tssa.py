@@ -59,6 +59,8 @@ RESIDENT_BWD_MAXNREG = 128  # fp32: the compiler's choice, see tssa_resident._se
                           # of slices an sm_90 SM can at D48 in bf16 and fp16 (forward 5 programs, 120 KB; backward 4
                           # programs, 96 KB), spilling nothing under Triton 3.6 and 8 bytes backward under 3.9
                           # (compile_report.py; docs/benchmarks.md): not yet timed
+RESIDENT_SPILL = 16       # bytes a thread a capped resident kernel may spill; where the cap spills more (wider heads:
+                          # D64 holds a third more a thread than D48) the compiler's choice runs instead
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 
@@ -316,7 +318,7 @@ class TSSAFunction(torch.autograd.Function):
         pi = alloc(B, N, H, like=w, dtype=torch.float32)
         y = alloc(B, N, C, like=w)
         fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
-                                            RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG)
+                                            RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL)
         if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
@@ -351,7 +353,7 @@ class TSSAFunction(torch.autograd.Function):
         fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
                                                  ws[n:].view(torch.int32), N, C, D, H, HP, stored,
                                                  RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS,
-                                                 RESIDENT_BWD_MAXNREG)
+                                                 RESIDENT_BWD_MAXNREG, RESIDENT_SPILL)
         if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
             r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
         if ctx.persistent and not fit:

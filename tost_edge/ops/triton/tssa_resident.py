@@ -369,20 +369,34 @@ def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm
 _FITS: dict = {}
 
 
-def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device) -> bool:
+def _spilled(compiled) -> int:
+    """Bytes a thread of a compiled kernel spills to local memory (0 where this Triton does not say)."""
+    try:
+        compiled._init_handles()
+        return int(getattr(compiled, "n_spills", 0) or 0)
+    except Exception:
+        return 0
+
+
+def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spill: int = 16) -> bool:
     """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once (decided once
     per kernel specialisation and NS: the compiled kernel's registers give the count). maxnreg > 0 caps the
-    registers a thread may use."""
+    registers a thread may use, where the capped kernel spills at most `spill` bytes a thread; where it spills more
+    (the caps were chosen for one shape, and a wider head holds more per thread) the compiler's choice runs."""
     grid = (B * NS,)
     options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
     if not interpreting():
-        key = (kernel, warps, maxnreg, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
+        key = (kernel, warps, maxnreg, spill, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
         if key not in _FITS:
             compiled = kernel.warmup(*args, grid=grid, **options)
+            if maxnreg > 0 and compiled is not None and _spilled(compiled) > spill:
+                options = {"num_warps": warps}
+                compiled = kernel.warmup(*args, grid=grid, **options)
             held = capacity(compiled, warps, device) if compiled is not None else \
                 torch.cuda.get_device_properties(device).multi_processor_count
-            _FITS[key] = NS <= held
-        if not _FITS[key]:
+            _FITS[key] = (NS <= held, options)
+        fits, options = _FITS[key]
+        if not fits:
             return False
     kernel[grid](*args, **options)
     return True
@@ -396,7 +410,7 @@ def _setting(tile: int, maxnreg: int, w: torch.Tensor, D: int, *others: torch.Te
     return tile * 2 // w.element_size(), maxnreg if packed(D, w, *others) else 0
 
 
-def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0) -> bool:
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0, spill=16) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
     sequences need more programs than the GPU holds at once, or the interpreter more than one."""
     NP, BD = parts(D)
@@ -404,11 +418,11 @@ def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=
     fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
                                                                      H, HP, BD, fit[0], packed(D, w), NP), warps,
-                                 maxnreg, w.device)
+                                 maxnreg, w.device, spill)
 
 
 def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, pi_stored, keep_dy, tile, warps,
-             maxnreg=0) -> bool:
+             maxnreg=0, spill=16) -> bool:
     """All three backward stages in one launch; False (nothing run) as for forward()."""
     NP, BD = parts(D)
     tile, maxnreg = _setting(tile, maxnreg, w, D, gy)
@@ -416,4 +430,4 @@ def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, p
     return bool(fit) and _launch(_bwd_resident, w.shape[0], fit[1], (w, gy, pi, temp, S, A, P, G, dS, gtemp, dw,
                                                                      sync, N, fit[1], C, D, H, HP, BD, fit[0],
                                                                      pi_stored, keep_dy, packed(D, w, gy), NP), warps,
-                                 maxnreg, w.device)
+                                 maxnreg, w.device, spill)
