@@ -143,19 +143,25 @@ def main() -> None:
     f32, bf = "*fp32", "*bf16"
     # TSSA, B64 N4096 C384 H8 (D48)
     tc = {"C": 384, "D": 48, "H": 8, "HP": 8, "BD": 64}
+    part, NP = tt._parts(tc["D"], tc["BD"])                      # the passes' default: three parts of 16 (PARTS)
+    heads = ((f" parts{NP}" if NP > 1 else "", {**tc, "BD": part, "NP": NP}),)
+    heads += () if args.quick or NP == 1 else ((" padded", {**tc, "NP": 1}),)
     for tile, nw in ((2048, 8),) if args.quick else ((2048, 8), (4096, 8)):
-        for p in (1, 2, 3):
-            report(f"tssa pass{p} tile{tile}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf, N="i32",
-                   NB="i32"), {**tc, "TILE": tile, "PASS": p}, a, nw)
-        for st in (1, 2, 3):
-            report(f"tssa bwd{st} tile{tile}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32,
-                   gtemp=f32, dw=bf, N="i32", NB="i32"), {**tc, "PI_STORED": True, "TILE": tile, "STAGE": st}, a, nw)
+        for label, pc in heads:
+            for p in (1, 2, 3):
+                report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
+                       y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p}, a, nw)
+            for st in (1, 2, 3):
+                report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
+                       A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
+                       {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st}, a, nw)
+    pc = heads[0][1]
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
-           sync="*i32", N="i32", B="i32", NI="i32", per="i32"), {**tc, "TILE": tt.QUEUE_TILE, "LAG": 2}, a,
+           sync="*i32", N="i32", B="i32", NI="i32", per="i32"), {**pc, "TILE": tt.QUEUE_TILE, "LAG": 2}, a,
            tt.QUEUE_WARPS)
     report("tssa persistent bwd", tt._bwd_persistent, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32,
            G=f32, dS=f32, gtemp=f32, r_io=f32, ge_io=f32, dw=bf, sync="*i32", N="i32", B="i32", NI="i32", per="i32"),
-           {**tc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
+           {**pc, "PI_STORED": True, "TILE": tt.QUEUE_TILE, "LAG": 2}, a, tt.QUEUE_WARPS)
     # resident TSSA: the slice held in registers across the waits; registers decide how many programs an SM holds.
     # D48 is held as three parts of 16 channels (tr.parts): rows of 384 elements, nothing padded
     NP, BDP = tr.parts(tc["D"])

@@ -382,6 +382,21 @@ def test_fused_causal_lookback_from_totals_only(monkeypatch, programs):
     check_causal_with_state(3, 29, 2, 32, 2)
 
 
+@pytest.mark.parametrize("parts,D,persistent", [(False, 48, False), (True, 24, False), (True, 48, True),
+                                                (False, 48, True)],
+                         ids=["D48-padded", "D24-three-parts", "D48-three-parts-persistent", "D48-padded-persistent"])
+def test_tssa_passes_head_parts(monkeypatch, parts, D, persistent):
+    """The passes walk a head of three times a power of two in three unpadded parts (PARTS) or one padded part:
+    both against fp64, launched per pass and persistent."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "PARTS", parts)
+    monkeypatch.setattr(tt, "PERSISTENT", persistent)
+    assert tt._parts(D, 64 if D == 48 else 32) == ((D // 3, 3) if parts else (64 if D == 48 else 32, 1))
+    check_tssa(leaf(2, 37, 3 * D), leaf(3, rand=True, offset=0.5), 3)
+    assert tt.last_run == {"forward": "persistent" if persistent else "passes",
+                           "backward": "persistent" if persistent else "passes"}
+
+
 @pytest.mark.parametrize("tokens,lag", [(4, 0), (8, 1), (64, 3)], ids=["items4-lag0", "items8-lag1", "items64-lag3"])
 def test_tssa_persistent_work_items(monkeypatch, tokens, lag):
     """The persistent kernels with items of a few tokens (many per batch element and pass, the last one short) and

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
-from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_energy, _grad_w, _offsets, _pi, _signal, _stat, _wait
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _signal, _softmax_heads, _stat, _wait
 from .utils import alloc, batch_groups, batch_runs, check_available, interpreting, next_pow2
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -43,6 +43,8 @@ QUEUE_LAG = 2       # persistent: waves of other work between a batch element's 
 QUEUE_PER_SM = 4    # persistent: programs per SM
 QUEUE_TILE = 2048   # persistent: elements per tile
 QUEUE_WARPS = 8     # persistent: warps per program
+PARTS = True        # the passes walk a head of three times a power of two (48) as three unpadded parts of 16
+                    # channels (False: one part padded to 64); a tile holds as many tokens either way
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
 RESIDENT_BWD = None  # the backward's choice where it differs from the forward's (None: as RESIDENT)
 RESIDENT_TILE = 16384     # resident forward: 16-bit elements a program holds at most (fp32: half as many; tokens:
@@ -80,119 +82,213 @@ def _slice(N, BN: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
+    """Channels [c0, c0 + W) of each head of tokens [n0, n0 + BN), as fp32 [BN, HP, BD], with their offsets and mask."""
+    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN, c0, W)
+    return tl.load(ptr + off, mask=m, other=0.0).to(tl.float32), off, m
+
+
+@triton.jit
 def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-              HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr):
+              HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr, NP: tl.constexpr):
     """Forward pass PASS over tokens [lo, hi) of batch element b. 1: S += sum w^2.  2: Pi (stored), A += sum Pi w^2,
-    P += sum Pi.  3: y. Statistics and Pi are read from L2 (.cg): in the persistent kernel other programs wrote them."""
-    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    P += sum Pi.  3: y. A head's channels go in NP parts of D / NP, each padded to BD (parts(): D48 as three
+    unpadded parts of 16; the per-token energy sums the parts'). Statistics and Pi are read from L2 (.cg): in the
+    persistent kernel other programs wrote them."""
+    GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
+    so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
+    so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
+    so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
     hc = tl.arange(0, HP)
-    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    acc0 = tl.zeros([HP, BD], dtype=tl.float32)
+    acc1 = tl.zeros([HP, BD], dtype=tl.float32)
+    acc2 = tl.zeros([HP, BD], dtype=tl.float32)
     P_acc = tl.zeros([HP], dtype=tl.float32)
     if PASS == 2:
-        invS = 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
+        invS0 = _inv_sumsq(S, so0, sm0)
+        invS1 = _inv_sumsq(S, so1, sm1)
+        invS2 = _inv_sumsq(S, so2, sm2)
         tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     if PASS == 3:
         Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
-        inv = 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
+        inv0 = _inv_dots(A, so0, sm0, Pv)
+        inv1 = _inv_dots(A, so1, sm1, Pv)
+        inv2 = _inv_dots(A, so2, sm2, Pv)
     for n0 in range(lo, hi, BN):
-        off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
+        x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
+        if NP == 3:
+            x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
+            x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
         if PASS == 1:
-            acc += tl.sum(x * x, 0)
+            acc0 += tl.sum(x0 * x0, 0)
+            if NP == 3:
+                acc1 += tl.sum(x1 * x1, 0)
+                acc2 += tl.sum(x2 * x2, 0)
         if PASS == 2:
-            p, _ = _pi(x, invS, tv, H, HP)
-            p = tl.where(n[:, None] < N, p, 0.0)
+            e = tl.sum(x0 * x0 * invS0[None, :, :], 2)
+            if NP == 3:
+                e += tl.sum(x1 * x1 * invS1[None, :, :], 2) + tl.sum(x2 * x2 * invS2[None, :, :], 2)
+            p = tl.where(n[:, None] < N, _softmax_heads(e, tv, H, HP), 0.0)
             tl.store(pi + tok, p, mask=nh)
-            acc += tl.sum(p[:, :, None] * x * x, 0)
+            acc0 += tl.sum(p[:, :, None] * x0 * x0, 0)
+            if NP == 3:
+                acc1 += tl.sum(p[:, :, None] * x1 * x1, 0)
+                acc2 += tl.sum(p[:, :, None] * x2 * x2, 0)
             P_acc += tl.sum(p, 0)
         if PASS == 3:
             p = tl.load(pi + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            tl.store(y + off, (-x * p[:, :, None] * inv[None, :, :]).to(y.dtype.element_ty), mask=m)
+            tl.store(y + off0, (-x0 * p[:, :, None] * inv0[None, :, :]).to(y.dtype.element_ty), mask=m0)
+            if NP == 3:
+                tl.store(y + off1, (-x1 * p[:, :, None] * inv1[None, :, :]).to(y.dtype.element_ty), mask=m1)
+                tl.store(y + off2, (-x2 * p[:, :, None] * inv2[None, :, :]).to(y.dtype.element_ty), mask=m2)
     if PASS == 1:
-        tl.atomic_add(S + so, acc, mask=sm)
+        tl.atomic_add(S + so0, acc0, mask=sm0)
+        if NP == 3:
+            tl.atomic_add(S + so1, acc1, mask=sm1)
+            tl.atomic_add(S + so2, acc2, mask=sm2)
     if PASS == 2:
-        tl.atomic_add(A + so, acc, mask=sm)
+        tl.atomic_add(A + so0, acc0, mask=sm0)
+        if NP == 3:
+            tl.atomic_add(A + so1, acc1, mask=sm1)
+            tl.atomic_add(A + so2, acc2, mask=sm2)
         tl.atomic_add(P + ho, P_acc, mask=hm)
 
 
 @triton.jit
+def _inv_sumsq(S, so, sm):
+    return 1.0 / tl.maximum(tl.load(S + so, mask=sm, other=1.0, cache_modifier=".cg"), NORM_EPS_SQ)
+
+
+@triton.jit
+def _inv_dots(A, so, sm, Pv):
+    return 1.0 / (1.0 + tl.load(A + so, mask=sm, other=0.0, cache_modifier=".cg") / (Pv + PI_EPS)[:, None])
+
+
+@triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-         BD: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
-    BN: tl.constexpr = TILE // (HP * BD)
+         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
+    BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN)
-    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS)
+    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP)
+
+
+@triton.jit
+def _bwd_stats(S, A, G, dS, so, sm, invPe, STAGE: tl.constexpr):
+    """A part's per-channel statistics as a backward stage uses them: 1/S, 1/(1 + dots), G / (P + eps), dS (stage
+    3; 0 where S was clamped) and sum_d G A (stage 2's share of d loss / d P)."""
+    Sv = tl.load(S + so, mask=sm, other=1.0)
+    Av = tl.load(A + so, mask=sm, other=0.0)
+    inv = 1.0 / (1.0 + Av * invPe[:, None])
+    Gv = tl.zeros_like(Av)
+    dSv = tl.zeros_like(Av)
+    if STAGE >= 2:
+        Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
+    if STAGE == 3:
+        dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
+    return 1.0 / tl.maximum(Sv, NORM_EPS_SQ), inv, Gv * invPe[:, None], dSv, tl.sum(Gv * Av, 1)
 
 
 @triton.jit
 def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-              PI_STORED: tl.constexpr, STAGE: tl.constexpr):
-    # Backward stage STAGE over tokens [lo, hi) of batch element b.
+              PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr):
+    # Backward stage STAGE over tokens [lo, hi) of batch element b, a head's channels in NP parts (see _fwd_part).
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
     # STAGE 3: dw from the stored d energy (no softmax backward).
-    so, sm, ho, hm = _stat(b, H, D, HP, BD)
+    GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
+    so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
+    so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
+    so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
     hc = tl.arange(0, HP)
-    Sv = tl.load(S + so, mask=sm, other=1.0)
-    invS = 1.0 / tl.maximum(Sv, NORM_EPS_SQ)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
-    Av = tl.load(A + so, mask=sm, other=0.0)
-    inv = 1.0 / (1.0 + Av * invPe[:, None])
-    acc = tl.zeros([HP, BD], dtype=tl.float32)
+    invS0, inv0, Gs0, dS0, gA = _bwd_stats(S, A, G, dS, so0, sm0, invPe, STAGE)
+    invS1, inv1, Gs1, dS1, gA1 = _bwd_stats(S, A, G, dS, so1, sm1, invPe, STAGE)
+    invS2, inv2, Gs2, dS2, gA2 = _bwd_stats(S, A, G, dS, so2, sm2, invPe, STAGE)
+    if NP == 3:
+        gA += gA1 + gA2
+    gPv = -gA * invPe * invPe                                               # d loss / d P (stage 2)
+    acc0 = tl.zeros([HP, BD], dtype=tl.float32)
+    acc1 = tl.zeros([HP, BD], dtype=tl.float32)
+    acc2 = tl.zeros([HP, BD], dtype=tl.float32)
     gt = tl.zeros([HP], dtype=tl.float32)
-    if STAGE >= 2:
-        Gv = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg")
-        Gs = Gv * invPe[:, None]
-    if STAGE == 2:
-        gPv = -tl.sum(Gv * Av, 1) * invPe * invPe                           # d loss / d P
-    if STAGE == 3:
-        dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
     for n0 in range(lo, hi, BN):
-        off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN)
-        x = tl.load(w + off, mask=m, other=0.0).to(tl.float32)
+        x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
+        if NP == 3:
+            x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
+            x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
+        if STAGE == 2 or not PI_STORED:                                       # the energy, for d temp or Pi
+            e = tl.sum(x0 * x0 * invS0[None, :, :], 2)
+            if NP == 3:
+                e += tl.sum(x1 * x1 * invS1[None, :, :], 2) + tl.sum(x2 * x2 * invS2[None, :, :], 2)
         if PI_STORED:
             pi = tl.load(pi_in + tok, mask=nh, other=0.0)
         else:
-            pi, e = _pi(x, invS, tv, H, HP)
+            pi = _softmax_heads(e, tv, H, HP)
         if STAGE == 1:
-            g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
-            acc += tl.sum(g * x * pi[:, :, None], 0)
-            tl.store(r_io + tok, tl.sum(g * x * inv[None, :, :], 2), mask=nh)
+            g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
+            acc0 += tl.sum(g0 * x0 * pi[:, :, None], 0)
+            r = tl.sum(g0 * x0 * inv0[None, :, :], 2)
+            if NP == 3:
+                g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
+                g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
+                acc1 += tl.sum(g1 * x1 * pi[:, :, None], 0)
+                acc2 += tl.sum(g2 * x2 * pi[:, :, None], 0)
+                r += tl.sum(g1 * x1 * inv1[None, :, :], 2) + tl.sum(g2 * x2 * inv2[None, :, :], 2)
+            tl.store(r_io + tok, r, mask=nh)
         if STAGE == 2:
             r = tl.load(r_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            gz, ge = _d_energy(x, pi, r, Gs, gPv, tv, nh)
+            q = tl.sum(Gs0[None, :, :] * x0 * x0, 2)
+            if NP == 3:
+                q += tl.sum(Gs1[None, :, :] * x1 * x1, 2) + tl.sum(Gs2[None, :, :] * x2 * x2, 2)
+            gz, ge = _d_softmax_heads(q - r + gPv[None, :], pi, tv, nh)
             tl.store(ge_io + tok, ge, mask=nh)
-            if PI_STORED:
-                e = tl.sum(x * x * invS[None, :, :], 2)                     # the energy, for d temp
             gt += tl.sum(gz * e, 0)
-            acc += tl.sum(ge[:, :, None] * x * x, 0)
+            acc0 += tl.sum(ge[:, :, None] * x0 * x0, 0)
+            if NP == 3:
+                acc1 += tl.sum(ge[:, :, None] * x1 * x1, 0)
+                acc2 += tl.sum(ge[:, :, None] * x2 * x2, 0)
         if STAGE == 3:
-            g = tl.load(gy + off, mask=m, other=0.0).to(tl.float32)
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            grad = _grad_w(x, g, pi, Gs, inv, ge, invS, dSv)
-            tl.store(dw + off, grad.to(dw.dtype.element_ty), mask=m)
+            g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
+            grad = _grad_w(x0, g0, pi, Gs0, inv0, ge, invS0, dS0)
+            tl.store(dw + off0, grad.to(dw.dtype.element_ty), mask=m0)
+            if NP == 3:
+                g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
+                grad = _grad_w(x1, g1, pi, Gs1, inv1, ge, invS1, dS1)
+                tl.store(dw + off1, grad.to(dw.dtype.element_ty), mask=m1)
+                g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
+                grad = _grad_w(x2, g2, pi, Gs2, inv2, ge, invS2, dS2)
+                tl.store(dw + off2, grad.to(dw.dtype.element_ty), mask=m2)
     if STAGE == 1:
-        tl.atomic_add(G + so, acc * inv * inv, mask=sm)
+        tl.atomic_add(G + so0, acc0 * inv0 * inv0, mask=sm0)
+        if NP == 3:
+            tl.atomic_add(G + so1, acc1 * inv1 * inv1, mask=sm1)
+            tl.atomic_add(G + so2, acc2 * inv2 * inv2, mask=sm2)
     if STAGE == 2:
-        tl.atomic_add(dS + so, -acc * invS * invS, mask=sm)
+        tl.atomic_add(dS + so0, -acc0 * invS0 * invS0, mask=sm0)
+        if NP == 3:
+            tl.atomic_add(dS + so1, -acc1 * invS1 * invS1, mask=sm1)
+            tl.atomic_add(dS + so2, -acc2 * invS2 * invS2, mask=sm2)
         tl.atomic_add(gtemp + hc, gt, mask=hc < H)
 
 
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
-         H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr,
-         STAGE: tl.constexpr):
-    BN: tl.constexpr = TILE // (HP * BD)
+         H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
+         TILE: tl.constexpr, STAGE: tl.constexpr):
+    BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE)
+              BD, BN, PI_STORED, STAGE, NP)
 
 
 @triton.jit
@@ -220,12 +316,12 @@ def _wait_previous_pass(done, ps, NI):
 
 @triton.jit
 def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                    HP: tl.constexpr, BD: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
+                    HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
     # All three forward passes in one launch of resident programs that take work items by ticket (_item). An item
     # of pass p waits until every item of pass p - 1 of its batch element is done: those hold lower tickets, so
     # they belong to programs already running and nothing waits on a program that has not started. A batch
     # element's w is read three times within a few waves, while it can still be in L2.
-    BN: tl.constexpr = TILE // (HP * BD)
+    BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     total = (B + 2 * LAG) * 3 * NI
     k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
     while k < total:
@@ -234,7 +330,7 @@ def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexp
             _wait_previous_pass(done, ps, NI)
             for p in tl.static_range(3):                 # the pass number is a compile-time constant
                 if ps == p:
-                    _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, p + 1)
+                    _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, p + 1, NP)
             _signal(done + ps)
         k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
 
@@ -242,9 +338,9 @@ def _fwd_persistent(w, temp, S, A, P, pi, y, sync, N, B, NI, per, C: tl.constexp
 @triton.jit
 def _bwd_persistent(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, sync, N, B, NI, per,
                     C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-                    PI_STORED: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
+                    NP: tl.constexpr, PI_STORED: tl.constexpr, TILE: tl.constexpr, LAG: tl.constexpr):
     # The three backward stages in one launch, scheduled as _fwd_persistent schedules the forward passes.
-    BN: tl.constexpr = TILE // (HP * BD)
+    BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     total = (B + 2 * LAG) * 3 * NI
     k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
     while k < total:
@@ -254,7 +350,7 @@ def _bwd_persistent(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, 
             for p in tl.static_range(3):
                 if ps == p:
                     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP,
-                              BD, BN, PI_STORED, p + 1)
+                              BD, BN, PI_STORED, p + 1, NP)
             _signal(done + ps)
         k, b, ps, lo, hi = _item(sync, total, B, NI, per, N, LAG)
 
@@ -267,8 +363,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
     disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     def tune(fn, reset=None, variant=None):
-        return triton.autotune(configs=configs or _configs(), key=["NB", "C", "H"] + ([variant] if variant else []),
-                               reset_to_zero=reset, do_bench=do_bench, **disk)(fn)
+        return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench,
+                               key=["NB", "C", "H", "NP"] + ([variant] if variant else []), **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
             1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}
 
@@ -278,6 +374,14 @@ KERNELS = autotuned()
 
 def _blocks(H: int, D: int):
     return max(2, next_pow2(H)), max(2, next_pow2(D))
+
+
+def _parts(D: int, BD: int) -> tuple[int, int]:
+    """(width of a part, parts) the passes walk a head's channels in: PARTS and D48 (three times a power of two),
+    three unpadded parts of D / 3 (tssa_resident.parts); else one part padded to BD. Either way a tile of TILE
+    elements holds TILE / (HP * BD) tokens, BD the padded head."""
+    NP, part = resident.parts(D) if PARTS else (1, BD)
+    return (part, NP) if NP == 3 else (BD, 1)
 
 
 def _slices(B: int, N: int, HP: int, BD: int):
@@ -322,12 +426,12 @@ class TSSAFunction(torch.autograd.Function):
         if PERSISTENT and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
-                                  BD, QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
+                                  *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
         groups = _groups(B)
         last_run["forward"] = "resident" if fit else "persistent" if PERSISTENT else "passes"
         for nb, g in [] if PERSISTENT or fit else groups:
             grid = _slices(nb, N, HP, BD)
-            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, BD)
+            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
             KERNELS["sumsq"][grid](*stats, PASS=1)
             KERNELS["pi"][grid](*stats, PASS=2)
             KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
@@ -359,15 +463,15 @@ class TSSAFunction(torch.autograd.Function):
         if ctx.persistent and not fit:
             grid, per, NI = _persistent(B, N, HP, BD, w.device)
             _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
-                                  ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, BD, stored, QUEUE_TILE,
-                                  QUEUE_LAG, num_warps=QUEUE_WARPS)
+                                  ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
+                                  QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
         last_run["backward"] = "resident" if fit else "persistent" if ctx.persistent else "passes"
         for nb, g in [] if ctx.persistent or fit else ctx.groups:
             grid = _slices(nb, N, HP, BD)
             for stage in (1, 2, 3):
                 KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
-                                     gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, BD, stored,
-                                     STAGE=stage)
+                                     gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
+                                     stored, STAGE=stage)
         return dw, gtemp.to(ctx.temp_dtype), None
 
 

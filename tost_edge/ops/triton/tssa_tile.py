@@ -11,11 +11,13 @@ PI_EPS = tl.constexpr(1e-8)
 
 @triton.jit
 def _offsets(b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-             BN: tl.constexpr):
+             BN: tl.constexpr, c0: tl.constexpr = 0, W: tl.constexpr = 0):
+    """Offsets and mask of tokens [n0, n0 + BN) of batch element b as a [BN, HP, BD] tile: channels [c0, c0 + W) of
+    each head (W = 0: all D)."""
     n = n0 + tl.arange(0, BN)[:, None, None]
     h = tl.arange(0, HP)[None, :, None]
     d = tl.arange(0, BD)[None, None, :]
-    return b * N * C + n * C + h * D + d, (n < N) & (h < H) & (d < D)
+    return b * N * C + n * C + h * D + c0 + d, (n < N) & (h < H) & (d < (W if W > 0 else D))
 
 
 @triton.jit
@@ -51,13 +53,6 @@ def _stat(b, H: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, BD: tl.constexp
 
 
 @triton.jit
-def _pi(x, invS, tv, H: tl.constexpr, HP: tl.constexpr):
-    """x [BN, HP, BD], 1/S [HP, BD], temp [HP] -> Pi, energy [BN, HP] (softmax over heads)."""
-    e = tl.sum(x * x * invS[None, :, :], 2)
-    return _softmax_heads(e, tv, H, HP), e
-
-
-@triton.jit
 def _softmax_heads(e, tv, H: tl.constexpr, HP: tl.constexpr):
     """energy [BN, HP], temp [HP] -> Pi [BN, HP]."""
     hc = tl.arange(0, HP)
@@ -81,13 +76,6 @@ def _wait(counter, target):
 def _signal(counter):
     tl.debug_barrier()                                   # every thread's writes of the item before the count
     tl.atomic_add(counter, 1, sem="release")
-
-
-@triton.jit
-def _d_energy(x, pi, r, Gs, gPv, tv, nh):
-    """Backward of the softmax over heads for a tile: d loss / d (temp * energy) and d loss / d energy, [BN, HP].
-    r = sum_d dy w / (1 + dots) per token, Gs = G / (P + eps), gPv = d loss / d P."""
-    return _d_softmax_heads(tl.sum(Gs[None, :, :] * x * x, 2) - r + gPv[None, :], pi, tv, nh)
 
 
 @triton.jit
