@@ -548,10 +548,9 @@ def test_resident_programs_per_sm(regs, warps, shared, expected):
     assert programs_per_sm(regs, warps, shared) == expected
 
 
-def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
-    """The GPU branch of the resident launch with a stand-in kernel and card: it launches where the card holds a
-    batch element's programs at once (by the compiled kernel's registers), declines where it does not, compiles to
-    count only once per specialisation, and passes a register cap to both the compile and the launch."""
+@pytest.fixture
+def stand_in_card(monkeypatch):
+    """tssa_resident as on a GPU of 4 SMs (sm_90's register file, threads and shared memory), with nothing cached."""
     from types import SimpleNamespace
     from tost_edge.ops.triton import tssa_resident as tr
     card = SimpleNamespace(multi_processor_count=4, regs_per_multiprocessor=65536,
@@ -559,7 +558,15 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(monkeypatch):
     monkeypatch.setattr(tr, "interpreting", lambda: False)
     monkeypatch.setattr(tr.torch.cuda, "get_device_properties", lambda device: card)
     monkeypatch.setattr(tr, "_FITS", {})
-    calls = []
+    return tr
+
+
+def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(stand_in_card):
+    """The GPU branch of the resident launch with a stand-in kernel and card: it launches where the card holds a
+    batch element's programs at once (by the compiled kernel's registers), declines where it does not, compiles to
+    count only once per specialisation, and passes a register cap to both the compile and the launch."""
+    from types import SimpleNamespace
+    tr, calls = stand_in_card, []
 
     class Kernel:                   # 167 registers uncapped, 4 warps: 3 programs per SM, 12 on this card
         def warmup(self, *args, grid, num_warps, maxnreg=0):
@@ -594,17 +601,11 @@ def test_resident_settings_by_dtype(dtype, odd_start, expected):
     assert tr._setting(16384, 96, w, 48, torch.zeros(2, 48, dtype=dtype))[1] == expected[1]
 
 
-def test_resident_launch_drops_a_register_cap_that_spills(monkeypatch):
+def test_resident_launch_drops_a_register_cap_that_spills(stand_in_card):
     """A register cap whose compiled kernel spills more than the allowance a thread is dropped: the compiler's
     choice is compiled, counted and launched instead; within the allowance the capped kernel runs."""
     from types import SimpleNamespace
-    from tost_edge.ops.triton import tssa_resident as tr
-    card = SimpleNamespace(multi_processor_count=4, regs_per_multiprocessor=65536,
-                           max_threads_per_multi_processor=2048, shared_memory_per_multiprocessor=228 * 1024)
-    monkeypatch.setattr(tr, "interpreting", lambda: False)
-    monkeypatch.setattr(tr.torch.cuda, "get_device_properties", lambda device: card)
-    monkeypatch.setattr(tr, "_FITS", {})
-    calls = []
+    tr, calls = stand_in_card, []
 
     class Kernel:                   # 120 registers uncapped; capped at 96 it spills 40 bytes a thread
         def warmup(self, *args, grid, num_warps, maxnreg=0):
