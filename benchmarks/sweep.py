@@ -161,15 +161,14 @@ def main() -> None:
                              [grid(PARTS=[True, False]),
                               [{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
                                                             RESIDENT_MAXNREG=mx)
-                                                       for t, nw, mx in ((8192, 4, 0), (16384, 4, 96),
-                                                                         (16384, 4, 80), (16384, 4, 0), (16384, 8, 0),
+                                                       for t, nw, mx in ((16384, 4, 96), (16384, 4, 80),
+                                                                         (8192, 4, 0), (16384, 4, 0),
                                                                          (32768, 8, 128))],
                               [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
                               [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
                                     RESIDENT_BWD_MAXNREG=mx)
-                               for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 0), (8192, 4, True, 96),
-                                                       (16384, 8, True, 128), (16384, 16, True, 0),
-                                                       (8192, 4, False, 96))],
+                               for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 96),
+                                                       (16384, 8, True, 128), (8192, 4, False, 96))],
                               grid(PROGRAMS=[2048, 4096])],
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()
