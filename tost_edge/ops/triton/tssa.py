@@ -99,8 +99,9 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
     persistent kernel other programs wrote them."""
     GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
     so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
-    so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
-    so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
+    if NP == 3:
+        so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
+        so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
     hc = tl.arange(0, HP)
     acc0 = tl.zeros([HP, BD], dtype=tl.float32)
     acc1 = tl.zeros([HP, BD], dtype=tl.float32)
@@ -108,14 +109,16 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
     P_acc = tl.zeros([HP], dtype=tl.float32)
     if PASS == 2:
         invS0 = _inv_sumsq(S, so0, sm0)
-        invS1 = _inv_sumsq(S, so1, sm1)
-        invS2 = _inv_sumsq(S, so2, sm2)
+        if NP == 3:
+            invS1 = _inv_sumsq(S, so1, sm1)
+            invS2 = _inv_sumsq(S, so2, sm2)
         tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     if PASS == 3:
         Pv = tl.load(P + ho, mask=hm, other=0.0, cache_modifier=".cg")
         inv0 = _inv_dots(A, so0, sm0, Pv)
-        inv1 = _inv_dots(A, so1, sm1, Pv)
-        inv2 = _inv_dots(A, so2, sm2, Pv)
+        if NP == 3:
+            inv1 = _inv_dots(A, so1, sm1, Pv)
+            inv2 = _inv_dots(A, so2, sm2, Pv)
     for n0 in range(lo, hi, BN):
         x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
         if NP == 3:
@@ -203,15 +206,15 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
     # STAGE 3: dw from the stored d energy (no softmax backward).
     GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
     so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
-    so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
-    so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
     hc = tl.arange(0, HP)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
     invPe = 1.0 / (tl.load(P + ho, mask=hm, other=0.0) + PI_EPS)
     invS0, inv0, Gs0, dS0, gA = _bwd_stats(S, A, G, dS, so0, sm0, invPe, STAGE)
-    invS1, inv1, Gs1, dS1, gA1 = _bwd_stats(S, A, G, dS, so1, sm1, invPe, STAGE)
-    invS2, inv2, Gs2, dS2, gA2 = _bwd_stats(S, A, G, dS, so2, sm2, invPe, STAGE)
     if NP == 3:
+        so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
+        so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
+        invS1, inv1, Gs1, dS1, gA1 = _bwd_stats(S, A, G, dS, so1, sm1, invPe, STAGE)
+        invS2, inv2, Gs2, dS2, gA2 = _bwd_stats(S, A, G, dS, so2, sm2, invPe, STAGE)
         gA += gA1 + gA2
     gPv = -gA * invPe * invPe                                               # d loss / d P (stage 2)
     acc0 = tl.zeros([HP, BD], dtype=tl.float32)
