@@ -201,12 +201,9 @@ def main() -> None:
     global SMOKE
     SMOKE = smoke.check(args, "benchmarks/kernels.py")
     if args.tuned:
-        from tost_edge.ops.triton import linear_attention as la
-        best = json.loads(Path(args.tuned).read_text())["best"]
-        for op, module in (("causal_tssa", ct), ("linear_attn", la), ("tssa", tt)):
-            for k, v in best.get(op, {}).items():
-                setattr(module, k, v)
-        print(f"launch settings from {args.tuned}: {best}")
+        from tost_edge.ops.triton import settings
+        settings.apply(args.tuned)   # checked: a misspelt setting stops here, not after the benchmark
+        print(f"launch settings from {args.tuned}: {settings.check(args.tuned)[0]}")
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     dev = "cpu" if SMOKE else "cuda"
     name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()

@@ -4,8 +4,9 @@
 # official ToST code when TOST_OFFICIAL_DIR is set, then benchmarks/kernels.py and benchmarks/plugins.py.
 # Wheels in .whl/ (e.g. fla-core for the fla comparison) are installed first when present.
 #   ONLY_TRITON=1    Triton tests and kernel benchmark only (no plugin build, CUDA-kernel tests or plugin benchmark)
-#   SWEEP=1          first run benchmarks/sweep.py, one process per op in SWEEP_OPS (default tssa causal_tssa linear_attn), each
-#                    under SWEEP_LIMIT seconds (default 240); kernels.py then uses the best settings
+#   SWEEP=1          first run benchmarks/sweep.py, one process per op in SWEEP_OPS (default tssa causal_tssa
+#                    causal_linear_attention), each under SWEEP_LIMIT seconds (default 240); kernels.py then uses
+#                    the best settings
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
 #   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
@@ -48,7 +49,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
 fi
 TUNED=${TUNED:+--tuned $TUNED}
 if [ -n "${SWEEP:-}" ]; then
-  for op in ${SWEEP_OPS:-tssa causal_tssa linear_attn}; do
+  for op in ${SWEEP_OPS:-tssa causal_tssa causal_linear_attention}; do
     timeout "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --ops "$op" --out "$RESULTS" 2>&1 \
       | tee -a "$RESULTS/sweep.log" || { status=1; echo "sweep of $op stopped"; }
   done

@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
-from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
+from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, settings, tssa as tt  # noqa: E402
 
 
-OPS = ("causal_tssa", "linear_attn", "tssa")
+OPS = ("causal_tssa", "causal_linear_attention", "tssa")
+MODULES = {"causal_tssa": ct, "causal_linear_attention": la, "tssa": tt}
 SMOKE = False   # --smoke: on CPU under the interpreter, tiny shapes, two configs a stage, nothing meaningful timed
 
 
@@ -59,42 +60,37 @@ def grid(**axes):
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def sweep(label, module, stages, fn, inputs, rows, save=lambda best: None):
+def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):
     """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings;
     save(best so far) runs after every config, so a sweep stopped part-way keeps what it measured."""
     with torch.no_grad():
         ref = fn().float()
     best_cfg = {}
-    for configs in stages:
-        configs = configs[:2] if SMOKE else configs
-        defaults = {k: getattr(module, k) for cfg in configs for k in cfg}
-        timed_rows = []
-        for cfg in configs:
-            for k, v in cfg.items():
-                setattr(module, k, v)
-            try:
-                with torch.no_grad():
-                    err = ((fn().float() - ref).norm() / ref.norm()).item()
-                fwd, fb, graph = timed(fn, inputs)
-            except Exception as e:  # a config that does not compile (registers, shared memory) is reported
-                print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
-                continue
-            finally:
-                for k, v in defaults.items():
-                    setattr(module, k, v)
-            ran = dict(getattr(module, "last_run", {}))      # the scheme a module ran, where it can fall back
-            row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_graph_ms": graph,
-                   "rel_err_vs_default": err, **({"ran": ran} if ran else {})}
-            rows.append(row)
-            timed_rows.append((fb, cfg))
-            save({**best_cfg, **min(timed_rows, key=lambda r: r[0])[1]})
-            print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
-                  f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}"
-                  + (f"  ran {ran['forward']}/{ran['backward']}" if ran else ""), flush=True)
-        if timed_rows:
-            best_cfg.update(min(timed_rows, key=lambda r: r[0])[1])
-            for k, v in best_cfg.items():
-                setattr(module, k, v)
+    with settings.using({op: settings.current()[op]}):   # what the stages set is undone at the end
+        for configs in stages:
+            configs = configs[:2] if SMOKE else configs
+            timed_rows = []
+            for cfg in configs:
+                try:
+                    with settings.using({op: cfg}):
+                        with torch.no_grad():
+                            err = ((fn().float() - ref).norm() / ref.norm()).item()
+                        fwd, fb, graph = timed(fn, inputs)
+                except Exception as e:  # a config that does not compile (registers, shared memory) is reported
+                    print(f"{label:34s} {cfg} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+                    continue
+                ran = dict(getattr(MODULES[op], "last_run", {}))      # the scheme a module ran, where it can fall back
+                row = {"op": label, **best_cfg, **cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_graph_ms": graph,
+                       "rel_err_vs_default": err, **({"ran": ran} if ran else {})}
+                rows.append(row)
+                timed_rows.append((fb, cfg))
+                save({**best_cfg, **min(timed_rows, key=lambda r: r[0])[1]})
+                print(f"{label:34s} {str({**best_cfg, **cfg}):72s} fwd {fwd:7.3f} ms  fwd+bwd {fb:7.3f} ms  "
+                      f"(bwd {fb - fwd:7.3f})  graph fwd+bwd {graph:7.3f}  err {err:.1e}"
+                      + (f"  ran {ran['forward']}/{ran['backward']}" if ran else ""), flush=True)
+            if timed_rows:
+                best_cfg.update(min(timed_rows, key=lambda r: r[0])[1])
+                settings.apply({op: best_cfg})
     return best_cfg
 
 
@@ -116,8 +112,10 @@ def main() -> None:
     earlier = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     if earlier.get("device", device_name) != device_name:
         sys.exit(f"{out / 'sweep.json'} holds a sweep on {earlier['device']}, not {device_name}: choose another --out")
-    best = earlier.get("best", {})
-    rows = [r for r in earlier.get("rows", []) if r["op"].split()[0] not in ops]   # an op swept again replaces its rows
+    named = lambda op: settings.ALIASES.get(op, op)  # noqa: E731  (files that call an op by its earlier key)
+    best = {named(op): cfg for op, cfg in earlier.get("best", {}).items()}
+    rows = [r for r in earlier.get("rows", []) if named(r["op"].split()[0]) not in ops]   # an op swept again
+                                                                                          # replaces its rows
 
     def save():  # after every config, so a run stopped part-way keeps what it measured
         (out / "sweep.json").write_text(json.dumps({"device": device_name, "best": best,
@@ -134,7 +132,7 @@ def main() -> None:
         w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
         temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
         bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
-        best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", ct,
+        best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", "causal_tssa",
                                     [[{"TILED": False, "BWD_TILED": False}]
                                      + grid(TILED=[True], BWD_TILED=[True, False], UNROLL=[4, 8], BWD_UNROLL=[4]),
                                      grid(BWD_UNROLL=[0, 2, 4]), grid(TILED_MAXNREG=[0, 168]), grid(PROGRAMS=[512, 1024, 2048]),
@@ -144,12 +142,11 @@ def main() -> None:
         save()
         del w
 
-    if "linear_attn" in ops:
+    if "causal_linear_attention" in ops:
+        op = "causal_linear_attention"
         q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-        best["linear_attn"] = sweep(f"linear_attn B{B} T{T} H{H} D{D}", la,
-                                    [grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])],
-                                    lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows,
-                                    saver("linear_attn"))
+        best[op] = sweep(f"{op} B{B} T{T} H{H} D{D}", op, [grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])],
+                         lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows, saver(op))
         save()
         del q, k, v
 
@@ -157,7 +154,7 @@ def main() -> None:
         B2, N2, C2, H2 = (2, 9, 32, 2) if SMOKE else (64, 4096, 384, 8)
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
-        best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", tt,
+        best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", "tssa",
                              [grid(PARTS=[True, False]),
                               [{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
                                                             RESIDENT_MAXNREG=mx)

@@ -13,6 +13,7 @@ err_console = Console(stderr=True)
 EPILOG = """examples:
   tost-edge models                                  list the registry with parameter counts
   tost-edge check-env                               what is installed and what that enables
+  tost-edge triton-settings --tuned sweep.json      check tuned kernel launch settings, show what they change
   tost-edge quickstart                              export a small ToST LM and stream tokens on CPU
   tost-edge export tost_lm_base --graph stream -o bundle/   ONNX stream bundle for the runtime
   tost-edge run bundle/ --prompt "Hello" --max-new-tokens 64  generate through the runtime (no torch needed)
@@ -47,6 +48,35 @@ def cmd_check_env(args) -> int:
     return 0
 
 
+def cmd_triton_settings(args) -> int:
+    from rich.table import Table
+    try:
+        from .ops.triton import settings
+    except ImportError as e:
+        raise RuntimeError(f"the Triton kernels cannot be imported here ({e}); pip install tost-edge[triton]") from e
+    before = settings.current()
+    if args.tuned:
+        settings.apply(args.tuned)
+    table = Table(title="Triton kernel launch settings", caption=args.tuned and f"with {args.tuned}")
+    for col in ("op", "setting", "value", "default"):
+        table.add_column(col)
+    for op, values in settings.current().items():
+        for name, value in values.items():
+            changed = value != before[op][name] or type(value) is not type(before[op][name])
+            if changed or not args.changed:
+                table.add_row(op, name, f"[bold]{value}[/bold]" if changed else str(value),
+                              str(before[op][name]) if changed else "")
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print(f"{args.tuned} changes nothing: each value it sets is the one in force")
+    if args.tuned:
+        _, device, _ = settings.check(args.tuned)
+        console.print(f"measured on: {device or 'not recorded'}; apply it to training with "
+                      f"{settings.ENV}={args.tuned} or settings.apply() (docs/training.md)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tost-edge", description="Token Statistics Transformers on edge GPUs: models, "
                                 "ONNX export, TensorRT engines and a streaming runtime.", epilog=EPILOG,
@@ -57,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
     s = sub.add_parser("check-env", help="versions of Python, torch, onnx, onnxruntime, triton, tensorrt, CUDA")
     s.set_defaults(func=cmd_check_env)
+    s = sub.add_parser("triton-settings", help="the Triton kernels' launch settings; --tuned checks a sweep.json",
+                       description="The launch settings the Triton training kernels run with (tssa, causal_tssa, "
+                       "causal_linear_attention). With --tuned FILE (a sweep.json of benchmarks/sweep.py, or "
+                       "{op: {SETTING: value}}) every name and type in FILE is checked and the values it changes are "
+                       "shown in bold beside the default. " + "Settings in TOST_EDGE_TRITON_SETTINGS are already "
+                       "applied (they show as the default).")
+    s.add_argument("--tuned", metavar="FILE", help="a sweep.json or {op: {SETTING: value}} JSON file to check")
+    s.add_argument("--changed", action="store_true", help="list only the settings FILE changes")
+    s.set_defaults(func=cmd_triton_settings)
     from . import cli_export, cli_stream
     cli_export.add_commands(sub)
     cli_stream.add_commands(sub)

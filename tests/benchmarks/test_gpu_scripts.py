@@ -47,16 +47,20 @@ def test_kernels_benchmark_smoke(tmp_path):
 def test_sweep_smoke(tmp_path):
     smoke("sweep.py", out=tmp_path)
     result = json.loads((tmp_path / "sweep.json").read_text())
-    assert set(result["best"]) == {"causal_tssa", "linear_attn", "tssa"}
+    assert set(result["best"]) == {"causal_tssa", "causal_linear_attention", "tssa"}
     tried = {k for r in result["rows"] for k in r}
     assert {"FUSED", "RESIDENT", "RESIDENT_BWD_TILE", "SPLIT", "fwd_bwd_graph_ms", "ran"} <= tried
     # one op swept again in the same folder replaces that op's rows and keeps the others' results
-    smoke("sweep.py", "--ops", "linear_attn", out=tmp_path)
+    smoke("sweep.py", "--ops", "causal_linear_attention", out=tmp_path)
     again = json.loads((tmp_path / "sweep.json").read_text())
-    assert set(again["best"]) == {"causal_tssa", "linear_attn", "tssa"}
+    assert set(again["best"]) == {"causal_tssa", "causal_linear_attention", "tssa"}
     count = lambda rows, op: sum(r["op"].split()[0] == op for r in rows)  # noqa: E731
-    for op in ("causal_tssa", "linear_attn", "tssa"):
+    for op in ("causal_tssa", "causal_linear_attention", "tssa"):
         assert count(again["rows"], op) == count(result["rows"], op) > 0
+    # what it chose is a valid set of launch settings, for the card it ran on
+    from tost_edge.ops.triton import settings
+    table, device, _ = settings.check(tmp_path / "sweep.json")
+    assert device == "CPU smoke check" and table == again["best"]
 
 
 def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):

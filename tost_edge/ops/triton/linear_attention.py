@@ -246,7 +246,7 @@ def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, eps, H: tl.constexpr, K: tl.constexpr
         dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
 
 
-CHUNK = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
+CHUNK: int | None = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
 WARPS = 8      # warps per program (4 spill the [BT, BT] and state tiles at head size 64)
 SPLIT = 1      # programs per (sequence, head): the forward and dv split the value columns, dq and dk the key columns
                # (blocks of at least 16); B8 H12 is 96 programs for 132 SMs at SPLIT = 1. Not yet timed on a GPU.

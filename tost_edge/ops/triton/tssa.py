@@ -47,7 +47,7 @@ QUEUE_WARPS = 8     # persistent: warps per program
 PARTS = True        # the passes walk a head of three times a power of two (48) as three unpadded parts of 16
                     # channels (False: one part padded to 64); a tile holds as many tokens either way
 RESIDENT = False    # one launch per direction, w (and dy) held on chip by NS programs per batch element (tssa_resident)
-RESIDENT_BWD = None  # the backward's choice where it differs from the forward's (None: as RESIDENT)
+RESIDENT_BWD: bool | None = None  # the backward's choice where it differs from the forward's (None: as RESIDENT)
 RESIDENT_TILE = 16384     # resident forward: 16-bit elements a program holds at most (fp32: half as many; tokens:
                           # a power of two, see tssa_resident.slices; a head of 48 channels is held unpadded, in
                           # three parts of 16)

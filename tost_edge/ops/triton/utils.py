@@ -21,6 +21,8 @@ def check_available(*tensors: torch.Tensor) -> None:
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])") from e
     devices = {t.device.type for t in tensors}
     if devices == {"cuda"}:
+        from . import settings
+        settings.check_device(tensors[0].device)
         return
     if devices == {"cpu"} and interpreting():
         return
