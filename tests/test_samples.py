@@ -28,5 +28,7 @@ def test_sample_readme_commands(sample, tmp_path):
             argv = [sys.executable, "-m", "tost_edge.cli"] + argv[1:]
         r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        if "trained_bundle" in cmd and "stream_tokens" in cmd:   # the trained model continues its task
+            assert "generated 16 tokens: [5, 6, 7, 8, 9, 10," in r.stdout, r.stdout
         if "many_streams" in cmd:
             assert "each equal to its solo run: True" in r.stdout and "matches: True" in r.stdout

@@ -67,8 +67,8 @@ def add_commands(sub) -> None:
                        description="Export a registry model to ONNX and check it against PyTorch.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model", help="registry name (see `tost-edge models`)")
-    s.add_argument("--checkpoint", help="weights: an official ToST checkpoint (.pth, {'model': ...} or bare) or "
-                   ".safetensors; random weights when omitted")
+    s.add_argument("--checkpoint", help="weights: an official ToST checkpoint (.pth, {'model': ...} or bare), a "
+                   ".safetensors file, or a folder saved by tost_edge.models.io.save; random weights when omitted")
     s.add_argument("--graph", default="full", choices=["full", "prefill", "step", "stream"],
                    help="full: whole input; prefill: token block + state; step: one token + state; "
                    "stream: folder bundle with prefill + step + manifest.json for the runtime (default: full)")

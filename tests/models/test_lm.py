@@ -58,6 +58,19 @@ def test_safetensors_round_trip(lm, tmp_path):
     torch.testing.assert_close(back(idx), lm(idx))
 
 
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_checkpoint_saved_by_save_loads_strict(lm, tmp_path, target):
+    """save() writes one name of the tied embedding / head weights; a strict load into a fresh model fills both."""
+    folder = io.save(lm, tmp_path / "m")
+    other = models.create(lm.registry_name).eval()
+    io.load_checkpoint(other, folder if target == "folder" else folder / io.WEIGHTS_NAME)
+    assert other.lm_head.weight is other.transformer.wte.weight
+    for (k, a), b in zip(lm.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(FileNotFoundError, match="a folder without model.safetensors"):
+        io.load_checkpoint(other, tmp_path)
+
+
 def test_official_tost_lm_state_dict_names():
     sd = models.create("tost_lm_tiny").state_dict()
     for key in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",

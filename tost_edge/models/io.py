@@ -53,8 +53,12 @@ def load(directory: str | os.PathLike):
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
-    """Read a checkpoint's tensors: safetensors, or a torch file (bare state dict or {'model': ...}) loaded
-    with weights_only=True. Strips torch.compile's '_orig_mod.' and DDP's 'module.' prefixes."""
+    """Read a checkpoint's tensors: safetensors (a file, or a folder written by save()), or a torch file (bare
+    state dict or {'model': ...}) loaded with weights_only=True. Strips torch.compile's '_orig_mod.' and DDP's 'module.' prefixes."""
+    if Path(path).is_dir():   # a folder written by save()
+        if not (Path(path) / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path}: a folder without {WEIGHTS_NAME} (save() writes it)")
+        path = Path(path) / WEIGHTS_NAME
     path = str(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -73,10 +77,24 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return out
 
 
+def _tied(model, sd: dict) -> dict:
+    """sd with every name of a set of tied parameters: safetensors writes one of them (lm_head.weight, not the
+    transformer.wte.weight tied to it), and the others take its tensor."""
+    names = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for group in names.values():
+        have = [n for n in group if n in sd]
+        for n in group:
+            if have:
+                sd.setdefault(n, sd[have[0]])
+    return sd
+
+
 def load_checkpoint(model, path: str | os.PathLike, strict: bool = True):
     """Load an official (or our own) checkpoint into model; a mismatch names missing and unexpected keys
     and shape differences."""
-    sd = read_state_dict(path)
+    sd = _tied(model, read_state_dict(path))
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
