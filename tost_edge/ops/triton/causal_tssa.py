@@ -20,9 +20,12 @@ d S is huge (-d e w^2 / S^2 with S = w^2) and in fp32 the difference would lose 
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
@@ -502,11 +505,11 @@ def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
                                           num_warps=8)
 
 
-def _groups(B: int):
+def _groups(B: int, group: int):
     """(sequences, view of a [B, ...] tensor) per group the passes run over one after another (tssa.batch_groups):
-    with L2_GROUP = g > 0 every pass runs on g sequences before the next g start, so that what a later pass reads
-    again can still be in L2."""
-    return batch_groups(B, L2_GROUP)
+    with group = g > 0 (L2_GROUP) every pass runs on g sequences before the next g start, so that what a later pass
+    reads again can still be in L2."""
+    return batch_groups(B, group)
 
 
 def _slicing(T: int, B: int, max_tokens: int = 1 << 30):
@@ -548,96 +551,171 @@ def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
     return max(1, per_thread * 32 * warps // (HP * BD))
 
 
+def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
+    """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
+    forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
+    BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps]."""
+    BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
+    tiled, bwd_tiled = TILED, BWD_TILED
+    opts = _options(False, tiled, HP, BD, itemsize)
+    bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
+    BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
+    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32) if bwd_tiled else 1 << 30)
+    return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
+            int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"]]
+
+
+def _launch_options(warps: int, maxnreg: int) -> dict:
+    return {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
+
+
+def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
+    """w: [B, T, C] contiguous, temp: [H], bias: [H, Tmax] fp32, pos: [B] int64, S0, A0: [B, H, D], P0: [B, H] fp32
+    -> y [B, T, C], the final state S_T, A_T, P_T, and for the backward Pi [B, T, H] (empty where the plan does not
+    save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
+    B, T, C = w.shape
+    D = C // H
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _ = plan
+    opts = _launch_options(warps, maxnreg)
+    tmax = bias.shape[1]
+    HD = H * D
+    S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
+                                                                              dtype=torch.float32)
+    if not fused:                                     # slice totals, for the scan kernels
+        Wsum, AP = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w, dtype=torch.float32)
+    S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
+    pi = alloc(B, T, H, like=w, dtype=torch.float32)
+    y = alloc(B, T, C, like=w)
+    for nb, g in _groups(B, l2_group):
+        if fused:
+            sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
+            part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
+            _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
+                                 g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
+                                 BD, BT, bounded, bool(prefix), bool(tiled), **opts)
+            continue
+        grid = (nb, NT)
+        _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
+        _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
+        _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
+                    bounded, bool(tiled), **opts)
+        _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
+        _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
+    return y, S_T, A_T, P_T, pi if save_pi else pi.new_empty(0), S_start, AP_start
+
+
+def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H: int, bounded: bool, plan: list):
+    """dw [B, T, C] and the fp32 gradients of temp [H], denom_bias [H, Tmax] and the initial state, from gy and the
+    final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
+    B, T, C = w.shape
+    D = C // H
+    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps = plan
+    stored, opts = bool(stored), {"num_warps": bwd_warps}
+    tmax = bias.shape[1]
+    dev = w.device
+    gy = torch.zeros_like(w) if gy is None else gy.contiguous()
+    # one zeroed workspace: d temp and d denom_bias (accumulated with atomics) and the absent state gradients
+    n, m = B * H * D, B * H
+    ws = torch.zeros(H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
+    gtemp, gbias = ws[:H], ws[H:H + bias.numel()].view(bias.shape)
+    zS, zA, zP = ws[H + bias.numel():].split([n, n, m])
+    gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
+    gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
+    gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
+    if not fused:                                     # slice totals and what flows in after each slice
+        GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
+        GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
+        Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float32)
+    gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
+        alloc(B, H, like=w, dtype=torch.float32)
+    ge = alloc(B, T, H, like=w, dtype=torch.float32)
+    dw = alloc(B, T, C, like=w)
+    for nb, g in _groups(B, l2_group):
+        if fused:
+            sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
+            part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
+            part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
+            _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
+                                 g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
+                                 g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
+                                 stored, bool(prefix), bool(tiled), **opts)
+            continue
+        grid = (nb, NT)
+        args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
+        tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
+        tiled = bool(tiled)
+        _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, **opts)
+        _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
+        _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, **opts)
+        _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
+        _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, **opts)
+    return dw, gtemp, gbias, gS0, gA0, gP0
+
+
 class CausalTSSAFunction(torch.autograd.Function):
+    """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
+
     @staticmethod
-    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded):
-        B, T, C = w.shape
-        D = C // H
-        BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
-        tiled, bwd_tiled = TILED, BWD_TILED
-        opts = _options(False, tiled, HP, BD, w.element_size())
-        bwd_opts = _options(True, bwd_tiled, HP, BD, w.element_size())
-        BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
-        bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32) if bwd_tiled else 1 << 30)
-        tmax = bias.shape[1]
-        HD = H * D
-        S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
-                                                                                  dtype=torch.float32)
-        if not FUSED:                                     # slice totals, for the scan kernels
-            Wsum, AP = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w, dtype=torch.float32)
-        S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
-        pi = alloc(B, T, H, like=w, dtype=torch.float32)
-        y = alloc(B, T, C, like=w)
-        groups = _groups(B)
-        for nb, g in groups:
-            if FUSED:
-                sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
-                part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
-                _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
-                                     g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
-                                     BD, BT, bounded, LOOKBACK_PREFIX, tiled, **opts)
-                continue
-            grid = (nb, NT)
-            _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, tiled, **opts)
-            _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
-            _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
-                        bounded, tiled, **opts)
-            _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
-            _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, tiled, **opts)
-        ctx.save_for_backward(w, pi if SAVE_PI else None, temp, bias, pos, S_start, AP_start)
-        ctx.H, ctx.bounded = H, bounded
-        # the backward pass slices the sequences as the forward pass did, whatever the settings are by then
-        ctx.cfg, ctx.groups, ctx.fused, ctx.tiled = (BD, HP, bwd_tokens, NT, per), groups, FUSED, bwd_tiled
-        ctx.bwd_opts = bwd_opts
+    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan):
+        y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan)
+        ctx.save_for_backward(w, temp, bias, pos, *saved)
+        ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
         return y, S_T, A_T, P_T
 
     @staticmethod
     def backward(ctx, gy, gS_T, gA_T, gP_T):
-        w, pi, temp, bias, pos, S_start, AP_start = ctx.saved_tensors
-        H, bounded = ctx.H, ctx.bounded
-        B, T, C = w.shape
-        D = C // H
-        BD, HP, BT, NT, per = ctx.cfg
-        tmax = bias.shape[1]
-        dev = w.device
-        gy = torch.zeros_like(w) if gy is None else gy.contiguous()
-        # one zeroed workspace: d temp and d denom_bias (accumulated with atomics) and the absent state gradients
-        n, m = B * H * D, B * H
-        ws = torch.zeros(H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
-        gtemp, gbias = ws[:H], ws[H:H + bias.numel()].view(bias.shape)
-        zS, zA, zP = ws[H + bias.numel():].split([n, n, m])
-        gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
-        gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
-        gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
-        if not ctx.fused:                                 # slice totals and what flows in after each slice
-            GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
-            GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
-            Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float32)
-        gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
-            alloc(B, H, like=w, dtype=torch.float32)
-        ge = alloc(B, T, H, like=w, dtype=torch.float32)
-        dw = alloc(B, T, C, like=w)
-        stored = pi is not None
-        for nb, g in ctx.groups:
-            if ctx.fused:
-                sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
-                part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
-                part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
-                _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
-                                     g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
-                                     g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
-                                     stored, LOOKBACK_PREFIX, ctx.tiled, **ctx.bwd_opts)
-                continue
-            grid = (nb, NT)
-            args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
-            tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
-            tiled = ctx.tiled
-            _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, **ctx.bwd_opts)
-            _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-            _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, **ctx.bwd_opts)
-            _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-            _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, **ctx.bwd_opts)
-        return dw, gtemp, gbias if bounded else None, None, gS0, gA0, gP0, None, None
+        w, temp, bias, pos, pi, S_start, AP_start = ctx.saved_tensors
+        dw, gtemp, gbias, gS0, gA0, gP0 = _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start,
+                                                    ctx.H, ctx.bounded, ctx.plan)
+        return dw, gtemp, gbias if ctx.bounded else None, None, gS0, gA0, gP0, None, None, None
+
+
+@torch.library.custom_op("tost_edge::causal_tssa_triton_forward", mutates_args=())
+def _forward_op(w: Tensor, temp: Tensor, bias: Tensor, pos: Tensor, S0: Tensor, A0: Tensor, P0: Tensor, H: int,
+                bounded: bool, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan)
+
+
+@_forward_op.register_fake
+def _(w, temp, bias, pos, S0, A0, P0, H, bounded, plan):
+    B, T, C = w.shape
+    NT, f32 = plan[3], dict(dtype=torch.float32)
+    return (torch.empty_like(w), torch.empty_like(S0), torch.empty_like(A0), torch.empty_like(P0),
+            w.new_empty((B, T, H) if plan[9] else (0,), **f32), w.new_empty(B, NT, C, **f32),
+            w.new_empty(B, NT, C + H, **f32))
+
+
+@torch.library.custom_op("tost_edge::causal_tssa_triton_backward", mutates_args=())
+def _backward_op(gy: Optional[Tensor], gS_T: Optional[Tensor], gA_T: Optional[Tensor], gP_T: Optional[Tensor],
+                 w: Tensor, pi: Tensor, temp: Tensor, bias: Tensor, pos: Tensor, S_start: Tensor, AP_start: Tensor,
+                 H: int, bounded: bool, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(t.clone() if t._base is not None else t for t in   # outputs may not share memory
+                 _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan))
+
+
+@_backward_op.register_fake
+def _(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan):
+    B, _, C = w.shape
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(w), temp.new_empty(H, **f32), bias.new_empty(bias.shape, **f32),
+            w.new_empty(B, H, C // H, **f32), w.new_empty(B, H, C // H, **f32), w.new_empty(B, H, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    w, temp, bias, pos, S0, A0, P0, H, bounded, plan = inputs
+    ctx.save_for_backward(w, temp, bias, pos, *output[4:])
+    ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
+    ctx.mark_non_differentiable(*output[4:])
+
+
+def _op_backward(ctx, gy, gS_T, gA_T, gP_T, *_):
+    w, temp, bias, pos, pi, S_start, AP_start = ctx.saved_tensors
+    dw, gtemp, gbias, gS0, gA0, gP0 = _backward_op(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start,
+                                                   ctx.H, ctx.bounded, ctx.plan)
+    return dw, gtemp, gbias if ctx.bounded else None, None, gS0, gA0, gP0, None, None, None
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
@@ -652,8 +730,10 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
                                              CausalTSSAState(*(s[r] for s in state)), pos[r]) for r in runs])
     bounded = bias is not None
     bias_t = bias.float() if bounded else torch.zeros(H, 1, device=w.device)
-    y, S, A, P = CausalTSSAFunction.apply(w.contiguous(), temp.float().contiguous(), bias_t.contiguous(),
-                                          pos.contiguous(), state.sum_wsq.float().contiguous(),
-                                          state.sum_pi_wsq.float().contiguous(), state.sum_pi.float().contiguous(),
-                                          H, bounded)
+    args = (w.contiguous(), temp.float().contiguous(), bias_t.contiguous(), pos.contiguous(),
+            *(s.float().contiguous() for s in state), H, bounded, _plan(B, T, H, D, w.element_size()))
+    if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
+        y, S, A, P = _forward_op(*args)[:4]
+    else:
+        y, S, A, P = CausalTSSAFunction.apply(*args)
     return y, CausalTSSAState(S, A, P)

@@ -17,9 +17,12 @@ rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly
 """
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
 from .utils import alloc, batch_runs, check_available, join_runs, next_pow2
@@ -252,54 +255,116 @@ SPLIT = 1      # programs per (sequence, head): the forward and dv split the val
                # (blocks of at least 16); B8 H12 is 96 programs for 132 SMs at SPLIT = 1. Not yet timed on a GPU.
 
 
-def _cfg(K: int, V: int, dtype: torch.dtype):
+def _plan(K: int, V: int) -> list:
+    """[BK, BV, BT, warps, nk, nv]: the blocks, chunk, warps and splits both directions of one call run with."""
     BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
     BT = CHUNK or (64 if max(BK, BV) <= 64 else 32)   # the [BT, BT] and [BK, BV] tiles stay in registers
-    warps = WARPS
     nk, nv = max(1, min(SPLIT, BK // 16)), max(1, min(SPLIT, BV // 16))   # powers of two, like BK and BV
-    return BK, BV, BT, warps, "ieee" if dtype == torch.float32 else "tf32", nk, nv
+    return [BK, BV, BT, WARPS, nk, nv]
+
+
+def _forward(q, k, v, S0, z0, eps: float, plan: list):
+    """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
+    -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV, BT, warps, nk, nv = plan
+    y = alloc(B, T, H, V, like=v)
+    den = alloc(B, T, H, like=v, dtype=torch.float32)
+    S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype), nv > 1,
+                      num_warps=warps)
+    return y, S_T, z_T, den
+
+
+def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
+    """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV, BT, warps, nk, nv = plan
+    prec = _prec(q.dtype)
+    dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
+    dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
+                         num_warps=warps)
+    if nk == 1 and nv == 1:
+        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H, K, V, BK, BV, BT,
+                           prec, num_warps=warps)
+    else:
+        _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H, K, V, BK // nk, BV, BT,
+                             prec, num_warps=warps)
+        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, eps, H, K, V, BK, BV // nv, BT, prec,
+                             num_warps=warps)
+    return dq, dk, dv, dS0, dz0
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _grads_in(dy, gS_T, gz_T, v, S0, z0):
+    """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32."""
+    return (torch.zeros_like(v) if dy is None else dy.contiguous(),
+            torch.zeros_like(S0) if gS_T is None else gS_T.float().contiguous(),
+            torch.zeros_like(z0) if gz_T is None else gz_T.float().contiguous())
 
 
 class ChunkLinearAttention(torch.autograd.Function):
-    """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
-    -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32)."""
+    """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, S0, z0, eps):
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        BK, BV, BT, warps, prec, nk, nv = _cfg(K, V, q.dtype)
-        y = alloc(B, T, H, V, like=v)
-        den = alloc(B, T, H, like=v, dtype=torch.float32)
-        S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
-        _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, prec, nv > 1,
-                          num_warps=warps)
+    def forward(ctx, q, k, v, S0, z0, eps, plan):
+        y, S_T, z_T, den = _forward(q, k, v, S0, z0, eps, plan)
         ctx.save_for_backward(q, k, v, S0, z0, y, den)
-        ctx.eps, ctx.cfg = eps, (BK, BV, BT, warps, prec, nk, nv)
+        ctx.eps, ctx.plan = eps, plan
         return y, S_T, z_T
 
     @staticmethod
     def backward(ctx, dy, gS_T, gz_T):
         q, k, v, S0, z0, y, den = ctx.saved_tensors
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        BK, BV, BT, warps, prec, nk, nv = ctx.cfg
-        dy = torch.zeros_like(v) if dy is None else dy.contiguous()
-        gS_T = torch.zeros_like(S0) if gS_T is None else gS_T.float().contiguous()
-        gz_T = torch.zeros_like(z0) if gz_T is None else gz_T.float().contiguous()
-        dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
-        dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
-        _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, ctx.eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
-                             num_warps=warps)
-        if nk == 1 and nv == 1:
-            _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, ctx.eps, H, K, V, BK, BV, BT,
-                               prec, num_warps=warps)
-        else:
-            _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, ctx.eps, H, K, V, BK // nk, BV, BT,
-                                 prec, num_warps=warps)
-            _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, ctx.eps, H, K, V, BK, BV // nv, BT, prec,
-                                 num_warps=warps)
-        return dq, dk, dv, dS0, dz0, None
+        grads = _backward(*_grads_in(dy, gS_T, gz_T, v, S0, z0), q, k, v, S0, z0, y, den, ctx.eps, ctx.plan)
+        return (*grads, None, None)
+
+
+@torch.library.custom_op("tost_edge::causal_linear_attention_triton_forward", mutates_args=())
+def _forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, z0: Tensor, eps: float,
+                plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward(q, k, v, S0, z0, eps, plan)
+
+
+@_forward_op.register_fake
+def _(q, k, v, S0, z0, eps, plan):
+    B, T, H, _ = q.shape
+    return (v.new_empty(B, T, H, v.shape[-1]), torch.empty_like(S0), torch.empty_like(z0),
+            v.new_empty(B, T, H, dtype=torch.float32))
+
+
+@torch.library.custom_op("tost_edge::causal_linear_attention_triton_backward", mutates_args=())
+def _backward_op(dy: Tensor, gS_T: Tensor, gz_T: Tensor, q: Tensor, k: Tensor, v: Tensor, S0: Tensor, z0: Tensor,
+                 y: Tensor, den: Tensor, eps: float, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan)
+
+
+@_backward_op.register_fake
+def _(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(S0), torch.empty_like(z0)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, S0, z0, eps, plan = inputs
+    y, _, _, den = output
+    ctx.save_for_backward(q, k, v, S0, z0, y, den)
+    ctx.eps, ctx.plan = eps, plan
+    ctx.mark_non_differentiable(den)
+
+
+def _op_backward(ctx, dy, gS_T, gz_T, _gden):
+    q, k, v, S0, z0, y, den = ctx.saved_tensors
+    grads = _backward_op(*_grads_in(dy, gS_T, gz_T, v, S0, z0), q, k, v, S0, z0, y, den, ctx.eps, ctx.plan)
+    return (*grads, None, None)
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
@@ -316,6 +381,10 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
         return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),
                                                          eps) for r in runs])
     dt = q.dtype
-    y, S_T, z_T = ChunkLinearAttention.apply(q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),
-                                             state.kv.float().contiguous(), state.k_sum.float().contiguous(), eps)
+    args = (q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), state.kv.float().contiguous(),
+            state.k_sum.float().contiguous(), float(eps), _plan(D, M))
+    if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
+        y, S_T, z_T, _ = _forward_op(*args)
+    else:
+        y, S_T, z_T = ChunkLinearAttention.apply(*args)
     return y, LinearAttentionState(S_T, z_T)

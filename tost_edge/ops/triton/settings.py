@@ -148,9 +148,9 @@ def using(source):
 
 def check_device(device) -> None:
     """Warns once per GPU when the settings applied last were measured on another card (called at launch)."""
-    if _measured_on is None:
-        return
     import torch
+    if _measured_on is None or torch.compiler.is_compiling():   # compiled: the eager calls warn
+        return
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index in _checked:
         return

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import inspect
 
+from typing import List, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
@@ -394,13 +397,13 @@ def _slices(B: int, N: int, HP: int, BD: int):
                                        triton.cdiv(PROGRAMS, max(B, 1)))))
 
 
-def _groups(B: int):
+def _groups(B: int, group: int):
     """(batch elements, view of a [B, ...] tensor) per group the passes run over one after another. With
-    L2_GROUP = g > 0 every pass runs on g batch elements before the next g start, so the w (and dy) a later pass
-    reads again is still in the L2 cache (50 MB on an H100 / H200: g * N * C * 2 bytes forward, twice that
+    group = g > 0 (L2_GROUP) every pass runs on g batch elements before the next g start, so the w (and dy) a later
+    pass reads again is still in the L2 cache (50 MB on an H100 / H200: g * N * C * 2 bytes forward, twice that
     backward) instead of coming from HBM again; it costs 3 launches per group, which a CUDA-graph-captured training
     step does not pay on the host."""
-    return batch_groups(B, L2_GROUP)
+    return batch_groups(B, group)
 
 
 def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
@@ -412,71 +415,136 @@ def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
     return (max(1, min(resident, (B + 2 * QUEUE_LAG) * 3 * NI)),), per, NI
 
 
+def _plan() -> list:
+    """[resident forward, resident backward, persistent, L2 group, Pi saved]: the schemes both directions of one call
+    run with, whatever the settings are by the backward pass."""
+    return [int(RESIDENT), int(RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD), int(PERSISTENT), L2_GROUP,
+            int(SAVE_PI)]
+
+
+def _forward(w, temp, H: int, plan: list):
+    """w: [B, N, C] contiguous, temp: [H] fp32 -> y [B, N, C], the statistics' workspace ws (S [B, C], A [B, C],
+    P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32."""
+    B, N, C = w.shape
+    D = C // H
+    res, _, persistent, l2_group, save_pi = plan
+    HP, BD = _blocks(H, D)
+    n = B * (2 * C + H)
+    ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)   # one memset for all of them
+    S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
+    pi = alloc(B, N, H, like=w, dtype=torch.float32)
+    y = alloc(B, N, C, like=w)
+    fit = res and resident.forward(w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
+                                   RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL)
+    if persistent and not fit:
+        grid, per, NI = _persistent(B, N, HP, BD, w.device)
+        _fwd_persistent[grid](w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
+                              *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
+    last_run["forward"] = "resident" if fit else "persistent" if persistent else "passes"
+    for nb, g in [] if persistent or fit else _groups(B, l2_group):
+        grid = _slices(nb, N, HP, BD)
+        stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
+        KERNELS["sumsq"][grid](*stats, PASS=1)
+        KERNELS["pi"][grid](*stats, PASS=2)
+        KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
+    return y, ws, pi if save_pi else pi.new_empty(0)
+
+
+def _backward(gy, w, temp, ws, pi, H: int, plan: list):
+    """dw [B, N, C] and d temp [H] (fp32) from gy [B, N, C] and what _forward returned (pi empty: recomputed)."""
+    _, res, persistent, l2_group, _ = plan
+    B, N, C = w.shape
+    D = C // H
+    HP, BD = _blocks(H, D)
+    S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:B * (2 * C + H)].view(B, H)
+    n = 2 * B * C + H
+    gws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)
+    G, dS, gtemp = gws[:B * C].view(B, C), gws[B * C:2 * B * C].view(B, C), gws[2 * B * C:n]
+    dw = alloc(B, N, C, like=w)
+    stored = bool(plan[4])
+    fit = res and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
+                                    gws[n:].view(torch.int32), N, C, D, H, HP, stored, RESIDENT_KEEP_DY,
+                                    RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS, RESIDENT_BWD_MAXNREG, RESIDENT_SPILL)
+    if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
+        r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
+    if persistent and not fit:
+        grid, per, NI = _persistent(B, N, HP, BD, w.device)
+        _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
+                              gws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
+                              QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
+    last_run["backward"] = "resident" if fit else "persistent" if persistent else "passes"
+    for nb, g in [] if persistent or fit else _groups(B, l2_group):
+        grid = _slices(nb, N, HP, BD)
+        for stage in (1, 2, 3):
+            KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
+                                 gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
+                                 stored, STAGE=stage)
+    return dw, gtemp
+
+
 class TSSAFunction(torch.autograd.Function):
+    """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
+
     @staticmethod
-    def forward(ctx, w, temp, num_heads):
-        B, N, H, D = check_w(w, num_heads)
-        w = w.contiguous()
-        C = H * D
-        temp32 = temp.float().contiguous()
-        HP, BD = _blocks(H, D)
-        n = B * (2 * C + H)
-        ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)   # one memset for all of them
-        S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
-        pi = alloc(B, N, H, like=w, dtype=torch.float32)
-        y = alloc(B, N, C, like=w)
-        fit = RESIDENT and resident.forward(w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
-                                            RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL)
-        if PERSISTENT and not fit:
-            grid, per, NI = _persistent(B, N, HP, BD, w.device)
-            _fwd_persistent[grid](w, temp32, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
-                                  *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
-        groups = _groups(B)
-        last_run["forward"] = "resident" if fit else "persistent" if PERSISTENT else "passes"
-        for nb, g in [] if PERSISTENT or fit else groups:
-            grid = _slices(nb, N, HP, BD)
-            stats = (g(w), temp32, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
-            KERNELS["sumsq"][grid](*stats, PASS=1)
-            KERNELS["pi"][grid](*stats, PASS=2)
-            KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3)
-        ctx.save_for_backward(w, temp32, S, A, P, pi if SAVE_PI else None)
-        ctx.num_heads, ctx.temp_dtype = H, temp.dtype
-        ctx.persistent, ctx.groups = PERSISTENT, groups     # the backward pass runs as its forward pass did
-        ctx.resident = RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD
+    def forward(ctx, w, temp, num_heads, plan):
+        y, ws, pi = _forward(w, temp, num_heads, plan)
+        ctx.save_for_backward(w, temp, ws, pi)
+        ctx.num_heads, ctx.plan = num_heads, plan
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        w, temp, S, A, P, pi = ctx.saved_tensors
-        H = ctx.num_heads
-        B, N, C = w.shape
-        D = C // H
-        gy = gy.contiguous()
-        HP, BD = _blocks(H, D)
-        n = 2 * B * C + H
-        ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)
-        G, dS, gtemp = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n]
-        dw = alloc(B, N, C, like=w)
-        stored = pi is not None
-        fit = ctx.resident and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
-                                                 ws[n:].view(torch.int32), N, C, D, H, HP, stored,
-                                                 RESIDENT_KEEP_DY, RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS,
-                                                 RESIDENT_BWD_MAXNREG, RESIDENT_SPILL)
-        if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
-            r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
-        if ctx.persistent and not fit:
-            grid, per, NI = _persistent(B, N, HP, BD, w.device)
-            _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
-                                  ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
-                                  QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS)
-        last_run["backward"] = "resident" if fit else "persistent" if ctx.persistent else "passes"
-        for nb, g in [] if ctx.persistent or fit else ctx.groups:
-            grid = _slices(nb, N, HP, BD)
-            for stage in (1, 2, 3):
-                KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
-                                     gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
-                                     stored, STAGE=stage)
-        return dw, gtemp.to(ctx.temp_dtype), None
+        w, temp, ws, pi = ctx.saved_tensors
+        return (*_backward(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan), None, None)
+
+
+@torch.library.custom_op("tost_edge::tssa_triton_forward", mutates_args=())
+def _forward_op(w: Tensor, temp: Tensor, num_heads: int, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _forward(w, temp, num_heads, plan)
+
+
+@_forward_op.register_fake
+def _(w, temp, num_heads, plan):
+    B, N, C = w.shape
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(w), w.new_empty(B * (2 * C + num_heads) + 1 + 3 * B, **f32),
+            w.new_empty((B, N, num_heads) if plan[4] else (0,), **f32))
+
+
+@torch.library.custom_op("tost_edge::tssa_triton_backward", mutates_args=())
+def _backward_op(gy: Tensor, w: Tensor, temp: Tensor, ws: Tensor, pi: Tensor, num_heads: int,
+                 plan: List[int]) -> Tuple[Tensor, Tensor]:
+    dw, gtemp = _backward(gy, w, temp, ws, pi, num_heads, plan)
+    return dw, gtemp.clone()   # a view of the backward's workspace: an op's outputs own their memory
+
+
+@_backward_op.register_fake
+def _(gy, w, temp, ws, pi, num_heads, plan):
+    return torch.empty_like(w), temp.new_empty(num_heads, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    w, temp, num_heads, plan = inputs
+    _, ws, pi = output
+    ctx.save_for_backward(w, temp, ws, pi)
+    ctx.num_heads, ctx.plan = num_heads, plan
+    ctx.mark_non_differentiable(ws, pi)
+
+
+def _op_backward(ctx, gy, _gws, _gpi):
+    w, temp, ws, pi = ctx.saved_tensors
+    return (*_backward_op(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan), None, None)
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def _apply(w, temp, num_heads):
+    """y [B, N, C] through the autograd Function, or under torch.compile the custom op (one opaque node)."""
+    args = (w.contiguous(), temp.float().contiguous(), num_heads, _plan())
+    if torch.compiler.is_compiling():
+        return _forward_op(*args)[0]
+    return TSSAFunction.apply(*args)
 
 
 def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -486,5 +554,5 @@ def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Te
     check_available(w, t)
     runs = batch_runs(w.shape[0], w[0].numel() if w.shape[0] else 0, "w")
     if len(runs) > 1:
-        return torch.cat([TSSAFunction.apply(w[r], t, num_heads) for r in runs])
-    return TSSAFunction.apply(w, t, num_heads)
+        return torch.cat([_apply(w[r], t, num_heads) for r in runs])
+    return _apply(w, t, num_heads)

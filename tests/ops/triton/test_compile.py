@@ -1,0 +1,135 @@
+"""Under torch.compile each Triton op is one opaque node per direction (torch.library custom ops): the whole model
+compiles with fullgraph=True, and the compiled step computes what the eager one does."""
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import DEVICE
+from tost_edge import models
+from tost_edge.ops import causal_linear_attention, causal_tssa, tssa
+from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _tssa_case(gen):
+    w = torch.randn(2, 9, 32, generator=gen)
+    temp = torch.rand(2, generator=gen) + 0.5
+    return (w, temp), lambda w, temp: (tssa(w, temp, 2, backend="triton"),)
+
+
+def _causal_case(gen):
+    w = torch.randn(2, 9, 32, generator=gen)
+    temp, bias = torch.rand(2, generator=gen) + 0.5, 0.1 * torch.randn(2, 16, generator=gen)
+    S, A, P = torch.rand(2, 2, 16, generator=gen) + 0.5, torch.rand(2, 2, 16, generator=gen), \
+        torch.rand(2, 2, generator=gen) + 0.5
+
+    def fn(w, temp, bias, S, A, P):
+        y, state = causal_tssa(w, temp, bias, 2, (S, A, P), 3, backend="triton")
+        return (y, *state)
+    return (w, temp, bias, S, A, P), fn
+
+
+def _linear_case(gen):
+    q, k, v = (torch.randn(2, 9, 2, 16, generator=gen) for _ in range(3))
+    kv, k_sum = torch.rand(2, 2, 16, 16, generator=gen), torch.rand(2, 2, 16, generator=gen)
+
+    def fn(q, k, v, kv, k_sum):
+        y, state = causal_linear_attention(q, k, v, (kv, k_sum), backend="triton")
+        return (y, *state)
+    return (q, k, v, kv, k_sum), fn
+
+
+CASES = {"tssa": (_tssa_case, "tost_edge.tssa_triton_forward"),
+         "causal_tssa": (_causal_case, "tost_edge.causal_tssa_triton_forward"),
+         "causal_linear_attention": (_linear_case, "tost_edge.causal_linear_attention_triton_forward")}
+
+
+def _step(fn, inputs, weights):
+    """Outputs and the gradients of every input of sum(weight * output), final states included."""
+    leaves = [t.detach().clone().to(DEVICE).requires_grad_() for t in inputs]
+    outs = fn(*leaves)
+    sum(((o.float() * wt.to(DEVICE)).sum() for o, wt in zip(outs, weights))).backward()
+    return [o.detach() for o in outs], [t.grad for t in leaves]
+
+
+def _nodes(fn, inputs):
+    """The tost_edge ops in the graph Dynamo captures with fullgraph=True (an error if the op breaks the graph)."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if "tost_edge" in str(n.target))
+        return gm.forward
+    torch.compile(fn, backend=backend, fullgraph=True)(*[t.to(DEVICE) for t in inputs])
+    return seen
+
+
+@pytest.mark.parametrize("save_pi", [True, False], ids=["pi-saved", "pi-recomputed"])
+@pytest.mark.parametrize("op", list(CASES))
+def test_compiled_op_is_one_node_and_matches_eager(op, save_pi, monkeypatch):
+    monkeypatch.setattr(tt, "SAVE_PI", save_pi)
+    monkeypatch.setattr(ct, "SAVE_PI", save_pi)
+    make, node = CASES[op]
+    inputs, fn = make(torch.Generator().manual_seed(0))
+    outs = fn(*inputs)
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(outs)]
+    eager_out, eager_grads = _step(fn, inputs, weights)
+    compiled_out, compiled_grads = _step(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs, weights)
+    for a, b in zip(eager_out + eager_grads, compiled_out + compiled_grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)     # the same kernels on the same inputs
+    assert all(g is not None and g.abs().sum() > 0 for g in compiled_grads)
+    torch._dynamo.reset()
+    assert _nodes(fn, inputs) == [node + ".default"]
+
+
+def test_the_plan_of_a_call_holds_for_its_backward(monkeypatch):
+    """Settings read when the op is called (the plan), not when its backward runs: changing them in between changes
+    nothing, compiled or not."""
+    inputs, fn = _causal_case(torch.Generator().manual_seed(1))
+    weights = [torch.ones(o.shape) for o in fn(*inputs)]
+    expected = _step(fn, inputs, weights)[1]
+    leaves = [t.detach().clone().to(DEVICE).requires_grad_() for t in inputs]
+    outs = torch.compile(fn, backend="aot_eager", fullgraph=True)(*leaves)
+    monkeypatch.setattr(ct, "SAVE_PI", not ct.SAVE_PI)
+    monkeypatch.setattr(ct, "FUSED", not ct.FUSED)
+    sum((o.float() * wt.to(DEVICE)).sum() for o, wt in zip(outs, weights)).backward()
+    for a, b in zip(expected, [t.grad for t in leaves]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention"])
+def test_custom_ops_pass_opcheck(op):
+    """torch.library.opcheck: schema, fake (meta) shapes against the real outputs, autograd registration, and the
+    ops through AOT dispatch, forward and backward."""
+    module = {"tssa": tt, "causal_tssa": ct, "causal_linear_attention": la}[op]
+    make = CASES[op][0]
+    inputs, fn = make(torch.Generator().manual_seed(2))
+    inputs = [t.to(DEVICE) for t in inputs]
+    if op == "tssa":
+        args = (inputs[0], inputs[1], 2, tt._plan())
+    elif op == "causal_tssa":
+        w, temp, bias, S, A, P = inputs
+        args = (w, temp, bias, torch.full((2,), 3, device=DEVICE), S, A, P, 2, True, ct._plan(2, 9, 2, 16, 4))
+    else:
+        q, k, v, kv, k_sum = inputs
+        args = (q, k, v, kv, k_sum, 1e-6, la._plan(16, 16))
+    grads = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    torch.library.opcheck(module._forward_op, grads)
+
+
+def test_compiled_lm_training_step_matches_eager():
+    torch.manual_seed(0)
+    eager = models.create("tost_lm_tiny", n_layer=1, n_embd=32, n_head=2).to(DEVICE).set_backend("triton")
+    compiled = copy.deepcopy(eager)
+    idx = torch.randint(0, 256, (2, 12), device=DEVICE)
+    for model in (eager, torch.compile(compiled, backend="aot_eager", fullgraph=True)):
+        logits = model(idx[:, :-1])
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=name)
