@@ -133,3 +133,26 @@ def test_compiled_lm_training_step_matches_eager():
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_reduce_overhead_training_compiled_on_cuda():
+    """Inductor around the custom ops, the step replayed from CUDA graphs: the losses of eager training."""
+    torch.manual_seed(0)
+    eager = models.create("tost_lm_tiny").cuda().set_backend("triton")
+    compiled = copy.deepcopy(eager)
+    step = torch.compile(compiled, mode="reduce-overhead", fullgraph=True)
+    losses = {}
+    for name, model, params in (("eager", eager, eager.parameters()), ("compiled", step, compiled.parameters())):
+        opt = torch.optim.SGD(params, lr=0.05)
+        gen = torch.Generator().manual_seed(1)
+        losses[name] = []
+        for _ in range(4):
+            idx = torch.randint(0, 256, (4, 65), generator=gen).cuda()
+            loss = torch.nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    for a, b in zip(losses["eager"], losses["compiled"]):
+        assert abs(a - b) <= 1e-4 * abs(a), losses
