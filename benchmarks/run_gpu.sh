@@ -8,6 +8,8 @@
 #                    causal_linear_attention), each under SWEEP_LIMIT seconds (default 240); kernels.py then uses
 #                    the best settings
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
+#   TRAIN_STEP=1     also benchmarks/train_step.py (whole models' training steps against the softmax baseline), with
+#                    TRAIN_ARGS (e.g. "--seq 4096 --vision none") under TRAIN_LIMIT seconds (default 300)
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
 #   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
 #   TEST_FILTER      a pytest -k expression choosing the tests, e.g. "on_gpu" (the GPU-only ones) when time is short
@@ -58,6 +60,10 @@ fi
 if [ -z "${SKIP_KERNELS:-}" ]; then
   timeout "$LIMIT" python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $OTHER $TUNED --out "$RESULTS" 2>&1 \
     | tee "$RESULTS/kernels.log" || status=1
+fi
+if [ -n "${TRAIN_STEP:-}" ]; then
+  timeout "${TRAIN_LIMIT:-300}" python3 benchmarks/train_step.py ${TRAIN_ARGS:-} --out "$RESULTS" 2>&1 \
+    | tee "$RESULTS/train_step.log" || status=1
 fi
 if [ -z "${ONLY_TRITON:-}" ]; then
   python3 benchmarks/plugins.py --lib build/libtost_kernels.so --out "$RESULTS" 2>&1 | tee "$RESULTS/plugins.log" \

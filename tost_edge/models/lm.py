@@ -144,17 +144,22 @@ class CausalSoftmaxAttention(nn.Module):
         if state is not None:
             k = torch.cat([state["k"].to(k.dtype), k], 2)
             v = torch.cat([state["v"].to(v.dtype), v], 2)
-        # query i sits at cache index past + i and sees keys j <= past + i; written with aranges of the
-        # tensors' own lengths so that exported graphs keep both lengths dynamic
-        offset = torch._shape_as_tensor(k)[2] - torch._shape_as_tensor(q)[2]
-        kpos = torch.arange(k.shape[2], device=x.device)
-        qpos = torch.arange(q.shape[2], device=x.device) + offset.to(x.device)
-        mask = kpos[None, :] <= qpos[:, None]
         p = self.attn_dropout_p if self.training else 0.0
-        if tracing():  # explicit form: the exporter's SDPA lowering builds an fp32 mask that breaks fp16 graphs
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # query i sits at cache index past + i and sees keys j <= past + i; written with aranges of the
+            # tensors' own lengths so that exported graphs keep both lengths dynamic, and in an explicit form: the
+            # exporter's SDPA lowering builds an fp32 mask that breaks fp16 graphs
+            offset = torch._shape_as_tensor(k)[2] - torch._shape_as_tensor(q)[2]
+            kpos = torch.arange(k.shape[2], device=x.device)
+            qpos = torch.arange(q.shape[2], device=x.device) + offset.to(x.device)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+            y = att.masked_fill(~(kpos[None, :] <= qpos[:, None]), float("-inf")).softmax(-1) @ v
+        elif k.shape[2] == q.shape[2]:   # no cache: the causal flag lets SDPA take its flash kernels (no mask)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
+            past = k.shape[2] - q.shape[2]
+            mask = torch.arange(k.shape[2], device=x.device)[None, :] <= \
+                torch.arange(past, past + q.shape[2], device=x.device)[:, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y)), {"k": k.float(), "v": v.float()}

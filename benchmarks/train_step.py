@@ -1,0 +1,145 @@
+"""Training-step benchmark (GPU): whole models, one optimizer step each (forward, backward, AdamW), the attention
+backends side by side in one run, against the softmax baseline of the same size (PyTorch SDPA, flash kernels).
+
+    python benchmarks/train_step.py --out benchmarks/results                  # LM at T 1024 and 4096, vision
+    python benchmarks/train_step.py --seq 4096 --batch 4 --compile           # also torch.compile of each model
+    TRITON_INTERPRET=1 python benchmarks/train_step.py --smoke --out /tmp/t   # CPU check of this script
+
+bf16 autocast, fp32 parameters; the median of ten timed steps (CUDA events, after two untimed ones that compile and
+autotune) of a whole step (gradients zeroed, forward, loss,
+backward, optimizer step), tokens (images) per second, peak memory, and each row's speed against the first row of
+its shape measured in the same run. A variant that runs out of memory is reported as such, and the next one runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import smoke  # noqa: E402  (benchmarks/smoke.py)
+from tost_edge import models  # noqa: E402
+
+SMOKE = False
+LM = {"softmax (SDPA)": ("gpt_lm_{size}", "torch"), "ToST, torch": ("tost_lm_{size}", "torch"),
+      "ToST, Triton": ("tost_lm_{size}", "triton"), "linear attention, Triton": ("linear_lm_{size}", "triton")}
+VISION = {"softmax ViT (SDPA)": ("vit_cab_{size}", "torch"), "ToST, torch": ("tost_cab_{size}", "torch"),
+          "ToST, Triton": ("tost_cab_{size}", "triton")}
+
+
+def step_fn(model, batch, dev):
+    """One training step of model on batch (token ids [B, T + 1], or (images, labels))."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
+    amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            if isinstance(batch, tuple):
+                loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+            else:
+                logits = model(batch[:, :-1])                                           # [B, T, vocab]
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+    return step
+
+
+def timed(step, dev, steps=10):
+    """Median ms of `steps` steps after two untimed ones (compiling, autotuning), and peak MiB."""
+    if SMOKE:
+        from tost_edge.ops.triton.utils import cpu_timer
+        step()
+        return cpu_timer(step), float("nan")
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    ms = sorted(start.elapsed_time(end) for start, end in events)[steps // 2]
+    return ms, torch.cuda.max_memory_allocated() / 2**20
+
+
+def run(label, shape, variants, make_batch, items, dev, compile_too, rows):
+    base = None
+    for variant, (name, backend) in variants.items():
+        for compiled in (False, True) if compile_too else (False,):
+            tag = variant + (", compiled" if compiled else "")
+            try:
+                torch.manual_seed(0)
+                lm_args = {"block_size": shape["T"]} if "_lm_" in name else {}      # position tables long enough
+                model = models.create(name, **lm_args).to(dev).train().set_backend(backend)
+                run_model = torch.compile(model, fullgraph=True) if compiled else model
+                ms, peak = timed(step_fn(run_model, make_batch(), dev), dev)
+                note = ""
+            except torch.cuda.OutOfMemoryError:
+                ms, peak, note = float("nan"), float("nan"), "out of memory"
+            finally:
+                model = run_model = None
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+            base = base if base is not None or ms != ms else ms
+            row = {"model": label, "shape": shape, "variant": tag, "name": name, "backend": backend,
+                   "compiled": compiled, "step_ms": ms, "items_per_s": items / ms * 1e3 if ms == ms else None,
+                   "peak_mib": peak, "speed_vs_first": base / ms if ms == ms else None, "note": note}
+            rows.append(row)
+            shape_txt = " ".join(f"{k}{v}" for k, v in shape.items())
+            print(f"{label:6s} {shape_txt:18s} {tag:38s} " + (f"{ms:9.2f} ms  {row['items_per_s']:12,.0f} /s  "
+                  f"{peak:8.0f} MiB  {row['speed_vs_first']:5.2f}x" if ms == ms else note), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    ap.add_argument("--size", default="base", help="LM size: base, medium, large, small (default base)")
+    ap.add_argument("--seq", default="1024,4096", help="LM sequence lengths, comma-separated (default 1024,4096)")
+    ap.add_argument("--batch", type=int, default=8, help="LM sequences a step (default 8)")
+    ap.add_argument("--vision", default="small_12_p16", help="vision size, as in tost_cab_{...} (default small_12_p16; none: no vision rows)")
+    ap.add_argument("--images", type=int, default=64, help="images a vision step (default 64)")
+    ap.add_argument("--compile", action="store_true", help="also time each model under torch.compile(fullgraph)")
+    ap.add_argument("--out", default="benchmarks/results")
+    smoke.add_flag(ap)
+    args = ap.parse_args()
+    global SMOKE
+    SMOKE = smoke.check(args, "benchmarks/train_step.py")
+    try:
+        seqs = [int(t) for t in args.seq.split(",") if t]
+    except ValueError:
+        ap.error(f"--seq: expected comma-separated integers, got {args.seq!r}")
+    dev = "cpu" if SMOKE else "cuda"
+    size, vision, seqs, batch, images = (("tiny", "test", [16], 2, 2) if SMOKE else
+                                         (args.size, args.vision, seqs, args.batch, args.images))
+    name = "CPU smoke check" if SMOKE else torch.cuda.get_device_name()
+    print(f"{name}: training steps, bf16 autocast, AdamW" + (" (smoke: fp32, nothing timed means anything)"
+                                                                 if SMOKE else ""))
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for T in seqs:
+        lm = {k: (v[0].format(size=size), v[1]) for k, v in LM.items()}
+        run("LM", {"B": batch, "T": T}, lm, lambda: torch.randint(0, 256, (batch, T + 1), generator=gen).to(dev),
+            batch * T, dev, args.compile, rows)
+    if vision and vision != "none":
+        config = models.create(f"tost_cab_{vision}").config
+        px, classes = config["img_size"], config["num_classes"]
+        run("vision", {"B": images, "px": px}, {k: (v[0].format(size=vision), v[1]) for k, v in VISION.items()},
+            lambda: (torch.randn(images, 3, px, px, generator=gen).to(dev),
+                     torch.randint(0, classes, (images,), generator=gen).to(dev)),
+            images, dev, args.compile, rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"train_step_{name.replace(' ', '_')}.json"
+    path.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
