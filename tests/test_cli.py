@@ -46,3 +46,15 @@ def test_triton_settings_checks_a_tuned_file(capsys, tmp_path):
     assert main(["triton-settings", "--tuned", str(tuned)]) == 2
     assert "causal_tssa.UNROL is not a launch setting (did you mean UNROLL?)" in capsys.readouterr().err
     assert settings.current() == before
+
+
+def test_export_takes_a_saved_folder_with_its_config(capsys, tmp_path):
+    """A model trained at another size than the registry's (one layer, block 64) exports from its saved folder."""
+    from tost_edge import models
+    from tost_edge.models import io
+    io.save(models.create("tost_lm_tiny", n_layer=1, block_size=64), tmp_path / "trained")
+    assert main(["export", "tost_lm_tiny", "--checkpoint", str(tmp_path / "trained"), "-o",
+                 str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "tost_lm_small", "--checkpoint", str(tmp_path / "trained"), "-o",
+                 str(tmp_path / "n.onnx")]) == 2
+    assert "config.json describes 'tost_lm_tiny', not 'tost_lm_small'" in capsys.readouterr().err

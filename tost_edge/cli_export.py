@@ -17,12 +17,13 @@ def cmd_export(args) -> int:
 
     from . import models
     from .export import export_onnx
-    from .models.io import load_checkpoint
+    from .models.io import load_checkpoint, saved_config
     console = Console()
-    overrides = {}
+    # a folder written by models.io.save says how its model was built (layers, widths, block size)
+    config = saved_config(args.checkpoint, args.model) if args.checkpoint else {}
     if args.unbounded:
-        overrides["unbounded"] = True
-    model = models.create(args.model, **overrides)
+        config["unbounded"] = True
+    model = models.create(args.model, **config)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
@@ -68,7 +69,8 @@ def add_commands(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model", help="registry name (see `tost-edge models`)")
     s.add_argument("--checkpoint", help="weights: an official ToST checkpoint (.pth, {'model': ...} or bare), a "
-                   ".safetensors file, or a folder saved by tost_edge.models.io.save; random weights when omitted")
+                   ".safetensors file, or a folder saved by tost_edge.models.io.save (its config.json sets the "
+                   "model's sizes); random weights when omitted")
     s.add_argument("--graph", default="full", choices=["full", "prefill", "step", "stream"],
                    help="full: whole input; prefill: token block + state; step: one token + state; "
                    "stream: folder bundle with prefill + step + manifest.json for the runtime (default: full)")

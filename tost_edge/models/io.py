@@ -52,6 +52,18 @@ def load(directory: str | os.PathLike):
     return model
 
 
+def saved_config(path: str | os.PathLike, name: str) -> dict:
+    """The constructor arguments a folder written by save() recorded for registry model `name` ({} for a file or a
+    folder without config.json); an error where the folder holds another model."""
+    cfg = Path(path) / CONFIG_NAME
+    if not (Path(path).is_dir() and cfg.is_file()):
+        return {}
+    meta = json.loads(cfg.read_text())
+    if meta.get("name") != name:
+        raise ValueError(f"checkpoint {path}: {CONFIG_NAME} describes {meta.get('name')!r}, not {name!r}")
+    return dict(meta.get("config", {}))
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """Read a checkpoint's tensors: safetensors (a file, or a folder written by save()), or a torch file (bare
     state dict or {'model': ...}) loaded with weights_only=True. Strips torch.compile's '_orig_mod.' and DDP's 'module.' prefixes."""
