@@ -25,7 +25,6 @@ two channels (48) is walked as three unpadded parts (PARTS), the others padded t
 from __future__ import annotations
 
 import inspect
-
 from typing import List, Tuple
 
 import torch
