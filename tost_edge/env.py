@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 from typing import List, NamedTuple
 
@@ -53,7 +54,8 @@ def check_env() -> dict:
     except Exception:
         pass
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": items,
-            "torch_cuda": cuda, "gpu": gpu, "onnxruntime_providers": providers}
+            "torch_cuda": cuda, "gpu": gpu, "onnxruntime_providers": providers,
+            "triton_settings": os.environ.get("TOST_EDGE_TRITON_SETTINGS")}
 
 
 def render(info: dict, console) -> None:
@@ -68,5 +70,8 @@ def render(info: dict, console) -> None:
     console.print(t)
     console.print(f"torch CUDA build: {info['torch_cuda'] or 'none (CPU build)'}; GPU: {info['gpu']}")
     console.print(f"onnxruntime providers: {', '.join(info['onnxruntime_providers']) or 'none'}")
+    if info.get("triton_settings"):
+        console.print(f"Triton launch settings from TOST_EDGE_TRITON_SETTINGS={info['triton_settings']} "
+                      "(`tost-edge triton-settings` lists them)")
     if info["gpu"] == "none":
         console.print("no GPU: Triton kernels run only with TRITON_INTERPRET=1 (slow); engines cannot be built here")
