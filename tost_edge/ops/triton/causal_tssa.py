@@ -30,7 +30,7 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
-from .utils import alloc, batch_groups, batch_runs, check_available, join_runs, next_pow2
+from .utils import alloc, batch_groups, batch_runs, check_available, join_runs, next_pow2, on_input_device
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
@@ -569,6 +569,7 @@ def _launch_options(warps: int, maxnreg: int) -> dict:
     return {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
 
 
+@on_input_device
 def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     """w: [B, T, C] contiguous, temp: [H], bias: [H, Tmax] fp32, pos: [B] int64, S0, A0: [B, H, D], P0: [B, H] fp32
     -> y [B, T, C], the final state S_T, A_T, P_T, and for the backward Pi [B, T, H] (empty where the plan does not
@@ -604,6 +605,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     return y, S_T, A_T, P_T, pi if save_pi else pi.new_empty(0), S_start, AP_start
 
 
+@on_input_device
 def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H: int, bounded: bool, plan: list):
     """dw [B, T, C] and the fp32 gradients of temp [H], denom_bias [H, Tmax] and the initial state, from gy and the
     final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""

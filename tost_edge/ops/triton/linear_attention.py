@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import alloc, batch_runs, check_available, join_runs, next_pow2
+from .utils import alloc, batch_runs, check_available, join_runs, next_pow2, on_input_device
 
 
 @triton.jit
@@ -263,6 +263,7 @@ def _plan(K: int, V: int) -> list:
     return [BK, BV, BT, WARPS, nk, nv]
 
 
+@on_input_device
 def _forward(q, k, v, S0, z0, eps: float, plan: list):
     """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
     -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward)."""
@@ -277,6 +278,7 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
     return y, S_T, z_T, den
 
 
+@on_input_device
 def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
     B, T, H, K = q.shape

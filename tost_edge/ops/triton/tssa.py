@@ -35,7 +35,7 @@ from torch import Tensor
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _signal, _softmax_heads, _stat, _wait
-from .utils import alloc, batch_groups, batch_runs, check_available, interpreting, next_pow2
+from .utils import alloc, batch_groups, batch_runs, check_available, interpreting, next_pow2, on_input_device
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -421,6 +421,7 @@ def _plan() -> list:
             int(SAVE_PI)]
 
 
+@on_input_device
 def _forward(w, temp, H: int, plan: list):
     """w: [B, N, C] contiguous, temp: [H] fp32 -> y [B, N, C], the statistics' workspace ws (S [B, C], A [B, C],
     P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32."""
@@ -449,6 +450,7 @@ def _forward(w, temp, H: int, plan: list):
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
+@on_input_device
 def _backward(gy, w, temp, ws, pi, H: int, plan: list):
     """dw [B, N, C] and d temp [H] (fp32) from gy [B, N, C] and what _forward returned (pi empty: recomputed)."""
     _, res, persistent, l2_group, _ = plan

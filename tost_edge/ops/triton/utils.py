@@ -1,6 +1,8 @@
 """Where Triton kernels can run, and allocation helpers shared by the kernels."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -30,6 +32,25 @@ def check_available(*tensors: torch.Tensor) -> None:
         raise RuntimeError("backend='triton': tensors are on the CPU; move them to a CUDA GPU, or set "
                            "TRITON_INTERPRET=1 to run the kernels in Triton's (slow) CPU interpreter")
     raise RuntimeError(f"backend='triton': expected all tensors on one CUDA device, got devices {sorted(devices)}")
+
+
+def device_guard(t):
+    """Triton launches on the current CUDA device, not on its arguments' one: with a model on cuda:1 while cuda:0 is
+    current, every launch would address another GPU's memory. This makes t's device current where it is not."""
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return contextlib.nullcontext() if index == torch.cuda.current_device() else torch.cuda.device(index)
+
+
+def on_input_device(fn):
+    """fn (a host function that launches kernels) run with its first tensor argument's device current."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        with device_guard(first) if first is not None else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+    return run
 
 
 def alloc(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
