@@ -58,3 +58,9 @@ def test_export_takes_a_saved_folder_with_its_config(capsys, tmp_path):
     assert main(["export", "tost_lm_small", "--checkpoint", str(tmp_path / "trained"), "-o",
                  str(tmp_path / "n.onnx")]) == 2
     assert "config.json describes 'tost_lm_tiny', not 'tost_lm_small'" in capsys.readouterr().err
+
+
+def test_triton_settings_without_triton_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)     # import triton raises ImportError
+    assert main(["triton-settings"]) == 2
+    assert "Triton is not installed here" in capsys.readouterr().err

@@ -51,9 +51,10 @@ def cmd_check_env(args) -> int:
 def cmd_triton_settings(args) -> int:
     from rich.table import Table
     try:
-        from .ops.triton import settings
+        import triton  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"the Triton kernels cannot be imported here ({e}); pip install tost-edge[triton]") from e
+        raise RuntimeError(f"Triton is not installed here ({e}); pip install tost-edge[triton]") from e
+    from .ops.triton import settings
     before = settings.current()
     if args.tuned:
         settings.apply(args.tuned)
