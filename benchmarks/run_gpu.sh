@@ -8,6 +8,7 @@
 #                    causal_linear_attention), each under SWEEP_LIMIT seconds (default 240); kernels.py then uses
 #                    the best settings
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
+#   SAMPLE=1         also samples/04_train_triton on the GPU (300 steps against the PyTorch backend, then export)
 #   TRAIN_STEP=1     also benchmarks/train_step.py (whole models' training steps against the softmax baseline), with
 #                    TRAIN_ARGS (e.g. "--seq 4096 --vision none") under TRAIN_LIMIT seconds (default 300)
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
@@ -60,6 +61,14 @@ fi
 if [ -z "${SKIP_KERNELS:-}" ]; then
   timeout "$LIMIT" python3 benchmarks/kernels.py ${KERNELS_ARGS:-} $OTHER $TUNED --out "$RESULTS" 2>&1 \
     | tee "$RESULTS/kernels.log" || status=1
+fi
+if [ -n "${SAMPLE:-}" ]; then
+  { python3 samples/04_train_triton/train.py --check-against torch --save "$RESULTS/sample04" \
+      && python3 -m tost_edge.cli export tost_lm_tiny --checkpoint "$RESULTS/sample04" --graph stream \
+           -o "$RESULTS/sample04_bundle" --steps 8 > /dev/null \
+      && python3 samples/01_stream_tokens/stream_tokens.py "$RESULTS/sample04_bundle" --tokens 16; } 2>&1 \
+    | tee "$RESULTS/sample04.log"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && status=1
 fi
 if [ -n "${TRAIN_STEP:-}" ]; then
   timeout "${TRAIN_LIMIT:-300}" python3 benchmarks/train_step.py ${TRAIN_ARGS:-} --out "$RESULTS" 2>&1 \

@@ -346,6 +346,18 @@ def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
         tssa(w, torch.ones(2), 2, backend="triton")
 
 
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention"])
+def test_float64_is_a_clear_error_not_fp32_results(op):
+    """The kernels accumulate in fp32: float64 inputs would come back float64 at fp32 precision."""
+    w = torch.randn(1, 4, 32, dtype=torch.float64, device=DEVICE)
+    call = {"tssa": lambda: tssa(w, torch.ones(2), 2, backend="triton"),
+            "causal_tssa": lambda: causal_tssa(w, torch.ones(2), None, 2, backend="triton"),
+            "causal_linear_attention": lambda: causal_linear_attention(*[w.view(1, 4, 2, 16)] * 3, backend="triton")}
+    with pytest.raises(ValueError, match=r"is torch.float64; the kernels take float32, float16 or bfloat16.*"
+                                         r"use backend='torch'"):
+        call[op]()
+
+
 @pytest.mark.parametrize("save_pi", [True, False], ids=["stored-pi", "recomputed-pi"])
 @pytest.mark.parametrize("programs", [1, 3], ids=lambda p: f"programs{p}")
 def test_long_slices_per_program(monkeypatch, programs, save_pi, causal_launch):

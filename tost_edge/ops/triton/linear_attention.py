@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import alloc, batch_runs, check_available, join_runs, next_pow2, on_input_device
+from .utils import alloc, batch_runs, check_available, check_dtype, join_runs, next_pow2, on_input_device
 
 
 @triton.jit
@@ -375,6 +375,7 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     q, k: [B, T, H, D], v: [B, T, H, M] (fp32/fp16/bf16, one dtype); state fp32 -> y [B, T, H, M] in q's dtype.
     """
     B, T, H, D, M, sdt, state = prepare(q, k, v, state)
+    check_dtype("q", q)
     check_available(q, k, v)
     if T == 0:
         return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())

@@ -34,6 +34,16 @@ def check_available(*tensors: torch.Tensor) -> None:
     raise RuntimeError(f"backend='triton': expected all tensors on one CUDA device, got devices {sorted(devices)}")
 
 
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_dtype(name: str, t: torch.Tensor) -> None:
+    """The kernels compute in fp32: a float64 input would come back float64 at fp32 precision, so it is an error."""
+    if t.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"backend='triton': {name} is {t.dtype}; the kernels take float32, float16 or bfloat16 (they "
+                         f"accumulate in float32). For float64, use backend='torch'")
+
+
 def device_guard(t):
     """Triton launches on the current CUDA device, not on its arguments' one: with a model on cuda:1 while cuda:0 is
     current, every launch would address another GPU's memory. This makes t's device current where it is not."""
