@@ -331,10 +331,11 @@ def main() -> None:
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]
-            time_variants("causal_linear_attn", shape, la, [q, k_, v], (4, 11), nb)
+            time_variants("causal_linear_attention", shape, la, [q, k_, v], (4, 11), nb)
             if args.profile:
                 for variant, fn in la.items():
-                    profiles[f"linear_attn {variant} {shape}"] = profile(f"linear_attn {variant} {shape}", fn, [q, k_, v])
+                    label = f"causal_linear_attention {variant} {shape}"
+                    profiles[label] = profile(label, fn, [q, k_, v])
             del q, k_, v
             torch.cuda.empty_cache()
         except Exception as e:  # one failing op or shape must not lose the rest of the run

@@ -37,7 +37,7 @@ def test_kernels_benchmark_smoke(tmp_path):
         for variant in ("triton", other, "eager", "triton-graph", f"{other}-graph"):
             for mode in ("fwd", "fwd+bwd"):
                 assert (op, variant, mode) in variants
-    assert ("causal_linear_attn", "triton-graph", "fwd+bwd") in variants
+    assert ("causal_linear_attention", "triton-graph", "fwd+bwd") in variants
     assert all(r["ms"] > 0 for r in rows if r["variant"] != "eager")
     # which scheme each TSSA variant ran (the resident kernels fall back to the passes where they must)
     ran = {r["variant"]: r["ran"]["forward"] for r in rows if r["op"] == "tssa" and r["mode"] == "fwd" and "ran" in r}
