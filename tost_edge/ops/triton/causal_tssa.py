@@ -30,7 +30,8 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
-from .utils import alloc, batch_groups, batch_runs, check_available, check_dtype, join_runs, next_pow2, on_input_device
+from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, join_runs,
+                    next_pow2, on_input_device)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
@@ -725,6 +726,7 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     B, T, H, D, temp, bias, state, pos = prepare(w, temp, denom_bias, num_heads, state, pos0)
     check_dtype("w", w)
     check_available(w, temp)
+    check_deterministic("causal_tssa")
     if T == 0:
         return w.clone(), state
     runs = batch_runs(B, T * H * D, "w")

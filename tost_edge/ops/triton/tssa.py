@@ -35,8 +35,8 @@ from torch import Tensor
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _signal, _softmax_heads, _stat, _wait
-from .utils import (alloc, batch_groups, batch_runs, check_available, check_dtype, interpreting, next_pow2,
-                    on_input_device)
+from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, interpreting,
+                    next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -555,6 +555,7 @@ def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Te
     t = check_temp(temp, num_heads)
     check_dtype("w", w)
     check_available(w, t)
+    check_deterministic("tssa")
     runs = batch_runs(w.shape[0], w[0].numel() if w.shape[0] else 0, "w")
     if len(runs) > 1:
         return torch.cat([_apply(w[r], t, num_heads) for r in runs])
