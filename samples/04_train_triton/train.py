@@ -92,7 +92,7 @@ def main() -> int:
           f"batch {args.batch} x {args.seq} tokens")
     try:
         losses = train(model, args.backend, args, device, args.steps)
-    except RuntimeError as e:   # no GPU and no interpreter, for one: say so without a traceback
+    except (RuntimeError, ValueError) as e:   # no GPU and no interpreter, --seq past the model's positions: say so
         hint = " (train.py: --interpret)" if "TRITON_INTERPRET" in str(e) else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
@@ -108,8 +108,8 @@ def main() -> int:
               f"{steps} steps {worst:.2e} ({'agree' if ok else 'DIFFER'}, tolerance 1e-3)")
         status = 0 if ok else 1
     if args.save:
-        path = io.save(model, args.save) / io.WEIGHTS_NAME
-        print(f"saved {path} (export: tost-edge export {args.model} --checkpoint {path} ...)")
+        path = io.save(model, args.save)
+        print(f"saved {path / io.WEIGHTS_NAME} (export: tost-edge export {args.model} --checkpoint {path} ...)")
     return status
 
 
