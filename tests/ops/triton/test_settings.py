@@ -59,14 +59,25 @@ def test_using_restores_after_an_error():
     ({"causal_linear_attention": {"CHUNK": 32.0}}, "CHUNK takes int or None, got 32.0 (float)"),
     ({"causal_tssa": {"UNROLL": -4}}, "causal_tssa.UNROLL is a count, got -4"),
     ({"causal_tssa": 4}, "causal_tssa: expected {SETTING: value}, got 4"),
-], ids=["unknown-op", "misspelt-setting", "another-ops-setting", "bool-for-int", "int-for-bool", "str-for-optional-bool",
-        "float-for-optional-int", "negative-count", "not-a-table"])
+    ({"causal_tssa": {"WARPS": 6}}, "causal_tssa.WARPS takes a power of two up to 32, got 6"),
+    ({"causal_tssa": {"UNROLL": 3}}, "causal_tssa.UNROLL takes a power of two, got 3"),
+    ({"causal_linear_attention": {"CHUNK": 8}}, "CHUNK takes a power of two of at least 16, got 8"),
+    ({"tssa": {"PROGRAMS": 0}}, "tssa.PROGRAMS takes at least 1, got 0"),
+], ids=["unknown-op", "misspelt-setting", "another-ops-setting", "bool-for-int", "int-for-bool",
+        "str-for-optional-bool", "float-for-optional-int", "negative-count", "not-a-table", "warps-not-pow2",
+        "unroll-not-pow2", "chunk-too-small", "no-programs"])
 def test_a_wrong_setting_is_named_and_nothing_is_set(table, message):
     before = settings.current()
     with pytest.raises(ValueError, match="launch settings") as e:
         settings.apply({"causal_tssa": {"PROGRAMS": 7}, **table})   # a valid setting beside the wrong one
     assert message in str(e.value)
     assert settings.current() == before
+
+
+def test_the_defaults_and_automatic_zeros_pass_the_checks():
+    settings.check(settings.current())
+    settings.check({"causal_tssa": {"TILED_WARPS": 0, "BWD_UNROLL": 0, "TILED_MAXNREG": 168},
+                    "tssa": {"RESIDENT_TILE": 32768, "RESIDENT_WARPS": 8}})
 
 
 def test_every_error_is_reported_at_once():

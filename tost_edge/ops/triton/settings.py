@@ -83,9 +83,33 @@ def _type_names(types) -> str:
     return " or ".join("None" if t is type(None) else t.__name__ for t in types)
 
 
+_AUTO_ZERO = {"TILED_WARPS", "BWD_UNROLL"}   # 0: the kernels choose
+
+
+def _range_problem(name: str, value) -> str | None:
+    """What is wrong with an int setting's value, where a launch would fail on it (tile shapes and warps are powers
+    of two), or None."""
+    if type(value) is not int:
+        return None
+    if value < 0:
+        return "is a count"
+    if value == 0 and name in _AUTO_ZERO:
+        return None
+    pow2 = value > 0 and value & (value - 1) == 0
+    if "WARPS" in name and not (pow2 and value <= 32):
+        return "takes a power of two up to 32"
+    if name == "CHUNK" and not (pow2 and value >= 16):
+        return "takes a power of two of at least 16"
+    if name.endswith(("TILE", "UNROLL", "SPLIT")) and not pow2:
+        return "takes a power of two"
+    if name in ("PROGRAMS", "QUEUE_PER_SM", "QUEUE_TOKENS") and value < 1:
+        return "takes at least 1"
+    return None
+
+
 def check(source) -> tuple:
     """The checked settings of a source, ({op: {SETTING: value}}, device or None, name); ValueError listing every
-    unknown op, unknown setting, wrong type and negative count."""
+    unknown op, unknown setting, wrong type and value a launch would fail on."""
     table, device, origin = _read(source)
     if not isinstance(table, dict):
         raise ValueError(f"{origin}: expected {{op: {{SETTING: value}}}}, got {type(table).__name__}")
@@ -107,8 +131,8 @@ def check(source) -> tuple:
             elif type(value) not in known[name]:
                 errors.append(f"{op}.{name} takes {_type_names(known[name])}, got {value!r} "
                               f"({type(value).__name__})")
-            elif type(value) is int and value < 0:
-                errors.append(f"{op}.{name} is a count, got {value}")
+            elif _range_problem(name, value):
+                errors.append(f"{op}.{name} {_range_problem(name, value)}, got {value}")
             else:
                 out.setdefault(op, {})[name] = value
     if errors:
