@@ -87,7 +87,8 @@ def run(label, shape, variants, make_batch, items, dev, compile_too, rows):
                 model = run_model = None
                 if dev == "cuda":
                     torch.cuda.empty_cache()
-            base = base if base is not None or ms != ms else ms
+            if base is None and ms == ms:       # the first row of the shape that ran: the baseline
+                base = ms
             row = {"model": label, "shape": shape, "variant": tag, "name": name, "backend": backend,
                    "compiled": compiled, "step_ms": ms, "items_per_s": items / ms * 1e3 if ms == ms else None,
                    "peak_mib": peak, "speed_vs_first": base / ms if ms == ms else None, "note": note}

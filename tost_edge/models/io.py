@@ -43,25 +43,30 @@ def load(directory: str | os.PathLike):
     from safetensors.torch import load_model
     from . import create
     d = Path(directory)
-    meta = json.loads((d / CONFIG_NAME).read_text())
-    name = meta.get("name")
-    if not name:
-        raise ValueError(f"{d / CONFIG_NAME}: expected a registry 'name', got {name!r}")
-    model = create(name, **meta["config"])
+    name, config = _saved(d)
+    model = create(name, **config)
     load_model(model, str(d / WEIGHTS_NAME), strict=True)
     return model
+
+
+def _saved(directory: Path) -> tuple:
+    """(registry name, constructor arguments) that save() recorded in a folder's config.json."""
+    meta = json.loads((directory / CONFIG_NAME).read_text())
+    name = meta.get("name")
+    if not name:
+        raise ValueError(f"{directory / CONFIG_NAME}: expected a registry 'name', got {name!r}")
+    return name, dict(meta.get("config", {}))
 
 
 def saved_config(path: str | os.PathLike, name: str) -> dict:
     """The constructor arguments a folder written by save() recorded for registry model `name` ({} for a file or a
     folder without config.json); an error where the folder holds another model."""
-    cfg = Path(path) / CONFIG_NAME
-    if not (Path(path).is_dir() and cfg.is_file()):
+    if not (Path(path) / CONFIG_NAME).is_file():
         return {}
-    meta = json.loads(cfg.read_text())
-    if meta.get("name") != name:
-        raise ValueError(f"checkpoint {path}: {CONFIG_NAME} describes {meta.get('name')!r}, not {name!r}")
-    return dict(meta.get("config", {}))
+    saved, config = _saved(Path(path))
+    if saved != name:
+        raise ValueError(f"checkpoint {path}: {CONFIG_NAME} describes {saved!r}, not {name!r}")
+    return config
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:

@@ -131,8 +131,8 @@ def check(source) -> tuple:
             elif type(value) not in known[name]:
                 errors.append(f"{op}.{name} takes {_type_names(known[name])}, got {value!r} "
                               f"({type(value).__name__})")
-            elif _range_problem(name, value):
-                errors.append(f"{op}.{name} {_range_problem(name, value)}, got {value}")
+            elif problem := _range_problem(name, value):
+                errors.append(f"{op}.{name} {problem}, got {value}")
             else:
                 out.setdefault(op, {})[name] = value
     if errors:

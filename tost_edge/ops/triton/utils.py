@@ -64,10 +64,10 @@ def check_deterministic(op: str) -> None:
 def device_guard(t):
     """Triton launches on the current CUDA device, not on its arguments' one: with a model on cuda:1 while cuda:0 is
     current, every launch would address another GPU's memory. This makes t's device current where it is not."""
-    if t.device.type != "cuda":
+    index = t.device.index                             # None: the current device already
+    if t.device.type != "cuda" or index is None or index == torch.cuda.current_device():
         return contextlib.nullcontext()
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return contextlib.nullcontext() if index == torch.cuda.current_device() else torch.cuda.device(index)
+    return torch.cuda.device(index)
 
 
 def on_input_device(fn):
