@@ -5,6 +5,7 @@ eager PyTorch, torch.compile of it, and fla's chunk linear attention when import
     python benchmarks/kernels.py --quick --out benchmarks/results
     python benchmarks/kernels.py --quick --no-compile --profile     # plus the time of each kernel launch
     python benchmarks/kernels.py --quick --graph          # also time Triton and fla replayed from a CUDA graph
+    python benchmarks/kernels.py --quick --ops causal      # causal TSSA and causal linear attention only
     TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke --graph --out /tmp/k   # CPU check of this script
 
 Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -122,7 +124,7 @@ def with_settings(module, settings: dict, fn):
 
 
 # causal TSSA's tiled walks, the settings their sm_90 compiles favour (tokens per forward / backward tile)
-CAUSAL_TILED = {"TILED": True, "BWD_TILED": True, "UNROLL": 8, "BWD_UNROLL": 4}
+CAUSAL_TILED = {"TILED": True, "BWD_TILED": False, "UNROLL": 8, "BWD_UNROLL": 4}   # the H100 sweep's: tiled forward
 
 
 def with_graphs(variants: dict, graph: bool):
@@ -195,9 +197,14 @@ def main() -> None:
     ap.add_argument("--no-other", action="store_true",
                     help="skip the launch scheme and walk the settings did not choose (resident TSSA / fused "
                          "causal TSSA / tiled causal walks)")
+    ap.add_argument("--ops", default="tssa,causal",
+                    help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
+    ops = set(args.ops.split(","))
+    if not ops or ops - {"tssa", "causal"}:
+        ap.error(f"--ops: expected tssa, causal or tssa,causal, got {args.ops!r}")
     global SMOKE
     SMOKE = smoke.check(args, "benchmarks/kernels.py")
     if args.tuned:
@@ -263,8 +270,15 @@ def main() -> None:
     B_CAUSAL, D_CAUSAL = 8, 64
     if SMOKE:
         tssa_shapes, causal_shapes, B_CAUSAL, D_CAUSAL = [(2, 9, 32, 2)], [(7, 2)], 2, 16
+    tssa_shapes = tssa_shapes if "tssa" in ops else []
+    causal_shapes = causal_shapes if "causal" in ops else []
     compile_tssa = torch.compile(official_tssa) if not (args.no_compile or SMOKE) else None
     compile_causal = torch.compile(official_causal_tssa) if not (args.no_compile or SMOKE) else None
+
+    started = time.perf_counter()
+
+    def done(what):   # where a run's minutes go (compiles, autotuning, the eager baseline): a run has a time limit
+        print(f"   {what} done at {time.perf_counter() - started:.0f} s", flush=True)
 
     for B, N, C, H in tssa_shapes:
         try:
@@ -298,6 +312,7 @@ def main() -> None:
             print(f"tssa {B} {N} {C} {H} failed: {type(e).__name__}: {e}", flush=True)
             torch.cuda.empty_cache()
         save()
+        done(f"tssa B{B} N{N} C{C} H{H}")
 
     for T, H in causal_shapes:
         try:
@@ -314,7 +329,7 @@ def main() -> None:
             if not args.no_other:
                 variants[f"triton-{other}"] = lambda: with_setting(
                     ct, "FUSED", not ct.FUSED, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
-                walks = ({"TILED": False, "BWD_TILED": False}, "walk") if ct.TILED else (CAUSAL_TILED, "tiled")
+                walks = ({"TILED": False, "BWD_TILED": False, "UNROLL": 4}, "walk") if ct.TILED else (CAUSAL_TILED, "tiled")
                 variants[f"triton-{walks[1]}"] = lambda: with_settings(
                     ct, walks[0], lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if compile_causal is not None and (T, H) == (4096, 12):
@@ -342,6 +357,7 @@ def main() -> None:
             print(f"causal {T} {H} failed: {type(e).__name__}: {e}", flush=True)
             torch.cuda.empty_cache()
         save()
+        done(f"causal B{B_CAUSAL} T{T} H{H}")
 
     save()
     print(f"wrote {out / f'kernels_{tag}_{args.dtype}.json'}")
