@@ -34,7 +34,7 @@ def test_triton_settings_checks_a_tuned_file(capsys, tmp_path):
     from tost_edge.ops.triton import settings
     before, measured = settings.current(), settings._measured_on
     tuned = tmp_path / "sweep.json"
-    tuned.write_text(json.dumps({"device": "NVIDIA H200", "best": {"causal_tssa": {"UNROLL": 8}}}))
+    tuned.write_text(json.dumps({"device": "NVIDIA H200", "best": {"causal_tssa": {"UNROLL": 2}}}))
     try:
         assert main(["triton-settings", "--tuned", str(tuned), "--changed"]) == 0
     finally:

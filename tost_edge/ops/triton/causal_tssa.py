@@ -34,7 +34,7 @@ from .utils import (alloc, batch_groups, batch_runs, check_available, check_dete
                     next_pow2, on_input_device)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
-UNROLL = 4       # tokens per unrolled step of a program's walk (their loads are issued together)
+UNROLL = 8       # tokens per unrolled step of a program's walk (their loads are issued together) or tile
 WARPS = 8        # warps per program, forward (benchmarks/sweep.py, H200, fused: 8 and 8 warps 0.64 ms, 4 and 4 1.10)
 BWD_WARPS = 8    # warps per program, backward
 SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes the softmax over heads)
@@ -42,17 +42,20 @@ L2_GROUP = 0     # >0: run all passes on this many sequences before the next one
 FUSED = True     # one launch per direction (slices chained by _lookback) instead of three kernels and two scans:
                  # H200 B8 T4096 H12 fwd+bwd 0.64-0.85 ms against 1.36 (host launches); from a CUDA graph 0.47 vs 0.43
 LOOKBACK_PREFIX = True   # _lookback publishes inclusive rows (False: totals only, every program walks to the start)
-TILED = False    # forward: walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums
-                 # over the tile's tokens and one set of reductions per tile instead of per token. Not yet timed on a
-                 # GPU; sm_90, fused, H12: the Pi loop has 7 barriers per 8-token tile against 24 per 4 tokens walked
-BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked)
+TILED = True     # forward: walk a slice UNROLL tokens at a time as one tile (causal_tssa_tiles.py): cumulative sums
+                 # over the tile's tokens and one set of reductions per tile instead of per token (sm_90, fused, H12:
+                 # the Pi loop has 7 barriers per 8-token tile against 24 per 4 tokens walked). H100 B8 T4096 H12
+                 # from a CUDA graph: forward 0.125 ms against 0.159 walked, forward+backward 0.479 against 0.514
+BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked;
+                   # H100 sweep: 0.578 ms forward+backward from a graph against 0.477 walked: it spills, see below)
 TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the compiler's choice): a cap lets an SM
                    # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 189, 2 programs an SM; at 168
                    # they spill 24 bytes). The tiled backward is not capped: it spills hundreds of bytes at 168
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
-BWD_UNROLL = 0   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
-                 # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill
+BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
+                 # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill (H100 sweep, from a
+                 # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8)
 
 
 @triton.jit
