@@ -11,6 +11,8 @@
 #   SAMPLE=1         also samples/04_train_triton on the GPU (300 steps against the PyTorch backend, then export)
 #   TRAIN_STEP=1     also benchmarks/train_step.py (whole models' training steps against the softmax baseline), with
 #                    TRAIN_ARGS (e.g. "--seq 4096 --vision none") under TRAIN_LIMIT seconds (default 300)
+#   NCU=1            also Nsight Compute over benchmarks/profile_ncu.py (one file each in RESULTS, NCU_LIMIT seconds
+#                    each, default 150): resident TSSA, the TSSA passes, causal TSSA; NCU_SECTIONS overrides what it reads
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
 #   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
 #   TEST_FILTER      a pytest -k expression choosing the tests, e.g. "on_gpu" (the GPU-only ones) when time is short
@@ -73,6 +75,19 @@ fi
 if [ -n "${TRAIN_STEP:-}" ]; then
   timeout "${TRAIN_LIMIT:-300}" python3 benchmarks/train_step.py ${TRAIN_ARGS:-} --out "$RESULTS" 2>&1 \
     | tee "$RESULTS/train_step.log" || status=1
+fi
+if [ -n "${NCU:-}" ]; then
+  NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
+  SECTIONS=${NCU_SECTIONS:-"SpeedOfLight Occupancy LaunchStats WarpStateStats SchedulerStats MemoryWorkloadAnalysis"}
+  for spec in "tssa_resident tssa --set RESIDENT=true" "tssa_passes tssa" "causal_tssa causal_tssa"; do
+    set -- $spec; name=$1; shift
+    # --clock-control none: the kernels at the clocks they train at; the profiled range skips warm-up and autotuning
+    timeout "${NCU_LIMIT:-150}" "${NCU_BIN:-ncu}" --profile-from-start off --clock-control none \
+      $(printf -- "--section %s " $SECTIONS) python3 benchmarks/profile_ncu.py "$@" --calls 1 \
+      > "$RESULTS/ncu_$name.txt" 2>&1 || { status=1; echo "ncu $name stopped (see $RESULTS/ncu_$name.txt)"; }
+    grep -E "^  [a-z_]+|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per" \
+      "$RESULTS/ncu_$name.txt" | head -40
+  done
 fi
 if [ -z "${ONLY_TRITON:-}" ]; then
   python3 benchmarks/plugins.py --lib build/libtost_kernels.so --out "$RESULTS" 2>&1 | tee "$RESULTS/plugins.log" \

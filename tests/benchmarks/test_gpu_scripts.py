@@ -71,6 +71,23 @@ def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):
     assert not {"triton-resident", "triton-passes", "triton-fused", "triton-three-pass"} & variants
 
 
+def test_kernels_benchmark_ops_chooses_the_rows(tmp_path):
+    smoke("kernels.py", "--ops", "causal", "--no-other", out=tmp_path)
+    (report,) = tmp_path.glob("kernels_*.json")
+    assert {r["op"] for r in json.loads(report.read_text())["rows"]} == {"causal_tssa", "causal_linear_attention"}
+
+
+def test_ncu_driver_smoke():
+    """benchmarks/profile_ncu.py applies the settings it is given (the resident kernels run) and names a misspelt one."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_ncu.py"), *a, "--smoke"],  # noqa: E731
+                                    capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    r = run("tssa", "--set", "RESIDENT=true", "--calls", "1")
+    assert r.returncode == 0 and "ran resident / resident" in r.stdout, r.stdout + r.stderr[-2000:]
+    r = run("tssa", "--set", "RESIDNT=true")
+    assert r.returncode == 2 and "tssa.RESIDNT is not a launch setting (did you mean RESIDENT?)" in r.stderr
+
+
 @pytest.mark.parametrize("script,rc", [
     ('echo "===== 3 passed in 1.2s ====="; sleep 60', 0),             # summary, then no exit: stopped, passed
     ('echo "===== 1 failed, 2 passed in 1.2s ====="; sleep 60', 1),   # the same with a failure
