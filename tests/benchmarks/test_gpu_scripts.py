@@ -119,3 +119,22 @@ def test_train_step_smoke(tmp_path):
         {("vision", v) for v in ("softmax ViT (SDPA)", "ToST, torch", "ToST, Triton")}
     assert all(r["step_ms"] > 0 and r["items_per_s"] > 0 for r in rows.values())
     assert rows[("LM", "softmax (SDPA)")]["speed_vs_first"] == 1.0
+
+
+def test_sweep_chooses_by_the_graph_timing(monkeypatch):
+    """Plain timings carry the host's noise; the CUDA-graph one chooses, the plain one only where capture failed."""
+    import torch
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sweep
+    from tost_edge.ops.triton import settings
+    # (fwd, fwd+bwd plain, fwd+bwd from a graph) per CHUNK: 32 is fastest plain, 64 from a graph
+    timings = {32: (0.1, 0.5, 0.9), 64: (0.1, 0.8, 0.4)}
+    chunk = lambda: settings.current()["causal_linear_attention"]["CHUNK"]  # noqa: E731
+    monkeypatch.setattr(sweep, "timed", lambda fn, inputs: timings[chunk()])
+    before = settings.current()
+    best = sweep.sweep("la", "causal_linear_attention", [[{"CHUNK": 32}, {"CHUNK": 64}]], lambda: torch.ones(2), [], [])
+    assert best == {"CHUNK": 64} and settings.current() == before
+    timings[64] = (0.1, 0.8, float("nan"))                     # no graph for 64: its plain time competes
+    timings[32] = (0.1, 0.5, float("nan"))
+    assert sweep.sweep("la", "causal_linear_attention", [[{"CHUNK": 32}, {"CHUNK": 64}]], lambda: torch.ones(2), [],
+                       []) == {"CHUNK": 32}
