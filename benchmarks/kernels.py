@@ -127,6 +127,12 @@ def with_settings(module, settings: dict, fn):
 CAUSAL_TILED = {"TILED": True, "BWD_TILED": False, "UNROLL": 8, "BWD_UNROLL": 4}   # the H100 sweep's: tiled forward
 
 
+def tile(autotuner) -> str:
+    """The config a TSSA pass's autotuner chose at its last call."""
+    c = getattr(autotuner, "best_config", None)
+    return f"TILE {c.kwargs.get('TILE')}, {c.num_warps} warps" if c is not None else "not tuned"
+
+
 def with_graphs(variants: dict, graph: bool):
     """(name, fn, replayed from a CUDA graph?) for every variant, plus "<name>-graph" for Triton's and fla's."""
     for name, fn in variants.items():
@@ -299,6 +305,9 @@ def main() -> None:
                 variants[variant]().sum().backward()
                 ran = dict(tt.last_run)
                 print(f"   tssa {shape} {variant}: ran {ran['forward']} / {ran['backward']}", flush=True)
+                if ran == {"forward": "passes", "backward": "passes"}:   # what the autotuner chose for each pass
+                    ran["tuned"] = {str(k): tile(tt.KERNELS[k]) for k in tt.KERNELS}
+                    print(f"   tssa {shape} tiles: {ran['tuned']}", flush=True)
                 for r in rows:
                     if (r["op"], r["shape"], r["variant"].removesuffix("-graph")) == ("tssa", shape, variant):
                         r["ran"] = ran

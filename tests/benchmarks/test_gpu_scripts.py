@@ -42,6 +42,8 @@ def test_kernels_benchmark_smoke(tmp_path):
     # which scheme each TSSA variant ran (the resident kernels fall back to the passes where they must)
     ran = {r["variant"]: r["ran"]["forward"] for r in rows if r["op"] == "tssa" and r["mode"] == "fwd" and "ran" in r}
     assert ran["triton-resident" if not tt.RESIDENT else "triton"] == "resident", ran
+    tuned = [r["ran"]["tuned"] for r in rows if r["op"] == "tssa" and r.get("ran", {}).get("forward") == "passes"]
+    assert tuned and set(tuned[0]) == {"sumsq", "pi", "out", "1", "2", "3"} and "TILE" in tuned[0]["pi"], tuned
 
 
 def test_sweep_smoke(tmp_path):
