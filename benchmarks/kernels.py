@@ -6,6 +6,7 @@ eager PyTorch, torch.compile of it, and fla's chunk linear attention when import
     python benchmarks/kernels.py --quick --no-compile --profile     # plus the time of each kernel launch
     python benchmarks/kernels.py --quick --graph          # also time Triton and fla replayed from a CUDA graph
     python benchmarks/kernels.py --quick --ops causal      # causal TSSA and causal linear attention only
+    python benchmarks/kernels.py --only "N4096 C384|T4096 H12"   # the roofline targets' shapes only
     TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke --graph --out /tmp/k   # CPU check of this script
 
 Reports triton.testing.do_bench medians (ms), effective bandwidth (the minimum bytes an op must move: read w and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -205,6 +207,9 @@ def main() -> None:
                          "causal TSSA / tiled causal walks)")
     ap.add_argument("--ops", default="tssa,causal",
                     help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
+    ap.add_argument("--only", metavar="REGEX",
+                    help='shapes whose label matches, e.g. "N4096 C384|T4096 H12" (labels: "B64 N4096 C384 H8", '
+                         '"B8 T4096 H12 D64")')
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
@@ -276,8 +281,12 @@ def main() -> None:
     B_CAUSAL, D_CAUSAL = 8, 64
     if SMOKE:
         tssa_shapes, causal_shapes, B_CAUSAL, D_CAUSAL = [(2, 9, 32, 2)], [(7, 2)], 2, 16
-    tssa_shapes = tssa_shapes if "tssa" in ops else []
-    causal_shapes = causal_shapes if "causal" in ops else []
+    chosen = re.compile(args.only).search if args.only else (lambda label: True)
+    tssa_shapes = [(B, N, C, H) for B, N, C, H in tssa_shapes if "tssa" in ops and chosen(f"B{B} N{N} C{C} H{H}")]
+    causal_shapes = [(T, H) for T, H in causal_shapes
+                     if "causal" in ops and chosen(f"B{B_CAUSAL} T{T} H{H} D{D_CAUSAL}")]
+    if not tssa_shapes and not causal_shapes:
+        ap.error(f"no shape left by --ops {args.ops!r} and --only {args.only!r}")
     compile_tssa = torch.compile(official_tssa) if not (args.no_compile or SMOKE) else None
     compile_causal = torch.compile(official_causal_tssa) if not (args.no_compile or SMOKE) else None
 
