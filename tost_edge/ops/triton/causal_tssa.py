@@ -34,7 +34,8 @@ from .utils import (alloc, batch_groups, batch_runs, check_available, check_dete
                     next_pow2, on_input_device)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
-UNROLL = 8       # tokens per unrolled step of a program's walk (their loads are issued together) or tile
+UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
+                 # together; with TILED off, 4 was the H200's best: set it with TILED)
 WARPS = 8        # warps per program, forward (benchmarks/sweep.py, H200, fused: 8 and 8 warps 0.64 ms, 4 and 4 1.10)
 BWD_WARPS = 8    # warps per program, backward
 SAVE_PI = True   # backward reads the forward's Pi [B, T, H] (False: recomputes the softmax over heads)
