@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
-from tost_edge.ops.triton import settings  # noqa: E402
+from tost_edge.ops.triton import settings, tssa as tt  # noqa: E402
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -84,7 +84,7 @@ def main() -> None:
     if not small:
         torch.cuda.synchronize()
         torch.cuda.profiler.stop()
-    ran = getattr(sys.modules["tost_edge.ops.triton.tssa"], "last_run", None) if args.op == "tssa" else None
+    ran = tt.last_run if args.op == "tssa" else None      # resident or passes: the resident kernels can fall back
     print(f"{args.op}: {args.calls} forward+backward calls profiled, settings {dict(args.set) or 'the defaults'}"
           + (f", ran {ran['forward']} / {ran['backward']}" if ran else ""), flush=True)
 

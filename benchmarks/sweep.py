@@ -7,9 +7,10 @@ each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py com
 
 bf16, triton.testing.do_bench medians, forward and forward+backward, and forward+backward replayed from a CUDA graph
 (do_bench_cudagraph: what a captured training step pays, without the host's launch time); the graph's
-forward+backward chooses (the plain one's host noise is larger than the configs' differences). Every variant is checked against the default configuration's output before it is timed. The stages start
-from the defaults (the winners of earlier sweeps) and try what has not been timed yet; run each op in its own process
-(--ops) so that a configuration that never finishes costs only that op's results.
+forward+backward chooses (the plain one's host noise is larger than the configs' differences). Every variant is
+checked against the default configuration's output before it is timed. The stages start from the defaults (the
+winners of earlier sweeps) and try what has not been timed yet; run each op in its own process (--ops) so that a
+configuration that never finishes costs only that op's results.
 """
 from __future__ import annotations
 

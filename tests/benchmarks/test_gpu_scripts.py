@@ -80,10 +80,12 @@ def test_kernels_benchmark_ops_chooses_the_rows(tmp_path):
 
 
 def test_ncu_driver_smoke():
-    """benchmarks/profile_ncu.py applies the settings it is given (the resident kernels run) and names a misspelt one."""
+    """profile_ncu.py applies the settings it is given (the resident kernels run) and names a misspelt one."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_ncu.py"), *a, "--smoke"],  # noqa: E731
-                                    capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_ncu.py"), *args, "--smoke"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     r = run("tssa", "--set", "RESIDENT=true", "--calls", "1")
     assert r.returncode == 0 and "ran resident / resident" in r.stdout, r.stdout + r.stderr[-2000:]
     r = run("tssa", "--set", "RESIDNT=true")
