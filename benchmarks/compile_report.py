@@ -5,6 +5,7 @@ registers, spill (local memory) bytes, shared memory and SASS instruction counts
     python benchmarks/compile_report.py --arch 87  # Orin
     python benchmarks/compile_report.py --quick    # one launch setting per kernel (what the tests run)
     python benchmarks/compile_report.py --only "tiled" --dump /tmp/ir   # kernels whose label matches; TTGIR and SASS
+    python benchmarks/compile_report.py --layouts  # causal TSSA's walks over warps x tokens a step: cost per element
 
 Uses Triton's own ptxas and cuobjdump; no CUDA device or driver is needed. "loops" lists each loop body's SASS and
 barrier count: one trip of a walk loop covers UNROLL tokens (the tile, or the unrolled step) per thread.
@@ -12,6 +13,8 @@ barrier count: one trip of a walk loop covers UNROLL tokens (the tile, or the un
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import re
@@ -69,6 +72,7 @@ def loop_bodies(sass: str, smallest: int = 60):
 
 
 ONLY = None   # regex: report only the kernels whose label matches (--only)
+LOOP_MIN = 60  # loops of fewer SASS instructions are not reported (--layouts counts every walk loop: 20)
 DUMP = None   # folder for each kernel's TTGIR and SASS (--dump)
 
 
@@ -103,11 +107,12 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
         ops[op] = ops.get(op, 0) + 1
     top = ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda x: -x[1])[:8])
     layout = tile_layout(k.asm["ttgir"])
-    loops = " ".join(f"{n}/{bars}" for n, bars in loop_bodies(sass))
+    loops = " ".join(f"{n}/{bars}" for n, bars in loop_bodies(sass, LOOP_MIN))
     layout += f"  loops (SASS/barriers) {loops}" if loops else ""
     print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
           f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  bar {ops.get('BAR', 0):3d}  [{top}]{layout}", flush=True)
-    return {"regs": grab("REG"), "shared": max(grab("SHARED"), 0)}
+    return {"regs": grab("REG"), "shared": max(grab("SHARED"), 0), "stack": grab("STACK"),
+            "loops": loop_bodies(sass, LOOP_MIN)}
 
 
 CARDS = {90: ("H100 SXM", 132, 2048, 228 * 1024, 32), 87: ("Orin", 16, 1536, 164 * 1024, 16)}
@@ -127,12 +132,70 @@ def resident_note(usage, warps, tokens, N, arch, held_bytes):
           f"programs a batch element, {name} holds {per_sm * sms} ({verdict})", flush=True)
 
 
+def causal_sigs(t: str):
+    """Signatures of the fused causal TSSA kernels (forward, backward) with w, y, gy, dw of type t."""
+    f32 = "*fp32"
+    fwd = dict(w=t, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=t, S_start=f32, AP_start=f32,
+               S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32", NS="i32")
+    bwd = dict(w=t, gy=t, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32, gA_T=f32,
+               gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32", part=f32,
+               part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
+    return fwd, bwd
+
+
+def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) -> list:
+    """Causal TSSA's fused kernels (bf16, D64) walked (TILED off) or tiled, over warps a program x tokens a step or
+    tile: what one token costs. The walks are latency- and issue-bound (docs/benchmarks.md), so the figures that
+    decide are the SASS a padded element of the three walk loops takes (thread instructions: a loop trip's SASS x the
+    program's threads / the tokens and padded channels it covers), the barriers a token waits at, and how many
+    programs an SM holds (spill: bytes of local memory a thread). Returns the rows."""
+    global LOOP_MIN
+    LOOP_MIN, rows = 20, []
+    name, sms, threads, shared, blocks = CARDS.get(arch, CARDS[90])
+    print(f"{'kernel':9s} {'H':>3s} {'scheme':6s} {'warps':>5s} {'tokens':>6s} {'regs':>4s} {'spill':>5s} "
+          f"{'per SM':>6s} {'SASS/elem':>9s} {'bar/token':>9s}", flush=True)
+    for direction in ("fwd", "bwd"):
+        for H in heads:
+            HP = triton.next_power_of_2(H)
+            for tiled in (False, True):
+                for nw in warps:
+                    for bt in tokens:
+                        if direction == "bwd" and bt > 4:       # the backward holds ~3x the forward's tiles
+                            continue
+                        const = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "BT": bt, "TILED": tiled,
+                                 "BOUNDED": True, "PREFIX": True, **({"PI_STORED": True} if direction == "bwd" else {})}
+                        fwd_sig, bwd_sig = causal_sigs("*bf16")
+                        kernel, sig = (ct._f_fused, fwd_sig) if direction == "fwd" else (ct._b_fused, bwd_sig)
+                        label = f"causal {direction} {'tiled' if tiled else 'walk'} H{H} warps{nw} tokens{bt}"
+                        if ONLY and not re.search(ONLY, label):
+                            continue
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            usage = report(label, kernel, sig, const, arch, nw)
+                        loops = usage["loops"]
+                        per_sm = tr.programs_per_sm(usage["regs"], nw, usage["shared"], 65536, threads, shared, blocks)
+                        # three walk loops (stages), one trip each per step; where the compiler unrolled a loop
+                        # itself (a main loop and a remainder) a trip's tokens are unknown: not counted
+                        sass = sum(n for n, _ in loops) * 32 * nw / (bt * HP * 64) if len(loops) == 3 else math.nan
+                        bars = sum(b for _, b in loops) / bt if len(loops) == 3 else math.nan
+                        row = dict(kernel=direction, H=H, scheme="tiled" if tiled else "walk", warps=nw, tokens=bt,
+                                   regs=usage["regs"], spill=usage["stack"], per_sm=per_sm, loops=len(loops),
+                                   sass_per_element=round(sass, 1), barriers_per_token=round(bars, 2))
+                        rows.append(row)
+                        note = "" if len(loops) == 3 else f"  ({len(loops)} loops: the compiler unrolled a walk)"
+                        print(f"{direction:9s} {H:3d} {row['scheme']:6s} {nw:5d} {bt:6d} {usage['regs']:4d} "
+                              f"{usage['stack']:5d} {per_sm:6d} {sass:9.1f} {bars:9.2f}{note}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--quick", action="store_true", help="one launch setting per kernel")
     ap.add_argument("--only", help="regex: report only the kernels whose label matches")
     ap.add_argument("--dump", help="folder to write each reported kernel's TTGIR and SASS into")
+    ap.add_argument("--layouts", action="store_true",
+                    help="causal TSSA's walks over warps x tokens a step, walked and tiled: SASS per element, barriers "
+                         "per token, programs per SM (the settings WARPS / BWD_WARPS, TILED_WARPS, UNROLL, BWD_UNROLL)")
     args = ap.parse_args()
     global ONLY, DUMP
     ONLY, DUMP = args.only, args.dump
@@ -140,6 +203,9 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         sys.exit("compile_report.py compiles for a GPU target: run it without TRITON_INTERPRET=1")
     a = args.arch
+    if args.layouts:
+        layouts(a)
+        return
     f32, bf = "*fp32", "*bf16"
     # TSSA, B64 N4096 C384 H8 (D48)
     tc = {"C": 384, "D": 48, "H": 8, "HP": 8, "BD": 64}
@@ -186,34 +252,26 @@ def main() -> None:
                                               gtemp=f32, dw=bf, sync="*i32", N="i32", NS="i32"),
                        {**rc, "BN": bn(tile), "PI_STORED": True, "KEEP_DY": keep}, a, nw, odd=("NS",), maxnreg=mx)
         resident_note(usage, nw, bn(tile), 4096, a, bn(tile) * row * 2 * (2 if keep else 1))
-    # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time, UNROLL tokens unrolled)
+    # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time; a walk step of UNROLL tokens forward,
+    # BWD_UNROLL backward: what launches compile)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
+    bc = {**cc, "BT": ct.BWD_UNROLL or ct.UNROLL, "BOUNDED": True, "PI_STORED": True}
+    fused_fwd, fused_bwd = causal_sigs(bf)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
                T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)
         report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), cc, a, nw)
+    for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
-            report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32,
-                   pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
-                   per="i32"), {**cc, "BOUNDED": True, "PI_STORED": True, "STAGE": st}, a, nw)
+            report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
+                   bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32,
+                   dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
-        report("causal fused fwd", ct._f_fused, dict(w=bf, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32,
-               pi=f32, y=bf, S_start=f32, AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32",
-               tmax="i32", per="i32", NS="i32"), {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)
-        report("causal fused bwd", ct._b_fused, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
-               bias=f32, pos="*i64", gS_T=f32, gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=bf, gS0=f32,
-               gA0=f32, gP0=f32, sync="*i32", part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32"),
-               {**cc, "BOUNDED": True, "PI_STORED": True, "PREFIX": True}, a, nw)
+        report("causal fused fwd", ct._f_fused, fused_fwd, {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)
+    for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
+        report("causal fused bwd", ct._b_fused, fused_bwd, {**bc, "PREFIX": True}, a, nw)
     # causal TSSA tiled (TILED, BWD_TILED) with the warps TILED_WARPS = 0 chooses (nw 0) or others
-    def tiled_sigs(t):
-        fwd = dict(w=t, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=t, S_start=f32,
-                   AP_start=f32, S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32",
-                   NS="i32")
-        bwd = dict(w=t, gy=t, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32,
-                   gA_T=f32, gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32",
-                   part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
-        return fwd, bwd
     tiles = [("bf16", 12, 0, 8, 4), ("fp32", 12, 0, 8, 4)] if args.quick else [
         ("bf16", 12, 0, 4, 4), ("bf16", 12, 0, 8, 2), ("bf16", 12, 8, 4, 4), ("bf16", 20, 0, 4, 4),
         ("bf16", 20, 0, 8, 2), ("bf16", 20, 4, 8, 2), ("fp32", 12, 0, 8, 4), ("fp32", 20, 0, 8, 4),
@@ -222,7 +280,7 @@ def main() -> None:
         mx = cap[0] if cap else 0
         HP = triton.next_power_of_2(H)
         nw = nw or ct._tile_warps(HP, 64, 2 if dname == "bf16" else 4)
-        fwd_sig, bwd_sig = tiled_sigs(bf if dname == "bf16" else f32)
+        fwd_sig, bwd_sig = causal_sigs(bf if dname == "bf16" else f32)
         tc = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "TILED": True, "BOUNDED": True, "PREFIX": True}
         capped = f" cap{mx}" if mx else ""
         report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}{capped}", ct._f_fused, fwd_sig, {**tc, "BT": fwd_bt}, a,

@@ -61,6 +61,17 @@ def grid(**axes):
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
+# Causal TSSA's stages, the defaults first in each. The H100 sweep timed the tiled / walked forward and backward,
+# tokens a step, the tiled forward's register cap and FUSED; what it left is the warps. The walks are issue- and
+# latency-bound, and fewer warps a program replicate less per-head work across threads: the walked backward at 4
+# warps compiles to 17% fewer instructions an element than at 8, the tiled forward at 1 or 2 warps (tiles of 2 or 4
+# tokens) to 32% / 7% fewer than at 4 (`compile_report.py --layouts`, docs/benchmarks.md); smaller programs may then
+# want more of them.
+CAUSAL_STAGES = [grid(BWD_WARPS=[8, 4], BWD_UNROLL=[4, 2, 1]),
+                 grid(TILED_WARPS=[0, 2, 1]),
+                 grid(PROGRAMS=[1024, 2048, 4096])]
+
+
 def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):
     """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings;
     save(best so far) runs after every config, so a sweep stopped part-way keeps what it measured.
@@ -138,10 +149,7 @@ def main() -> None:
         temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
         bias = (0.01 * torch.randn(H, T, device=dev)).requires_grad_()
         best["causal_tssa"] = sweep(f"causal_tssa B{B} T{T} H{H} D{D}", "causal_tssa",
-                                    [[{"TILED": False, "BWD_TILED": False}]
-                                     + grid(TILED=[True], BWD_TILED=[True, False], UNROLL=[4, 8], BWD_UNROLL=[4]),
-                                     grid(BWD_UNROLL=[0, 2, 4]), grid(TILED_MAXNREG=[0, 168]), grid(PROGRAMS=[512, 1024, 2048]),
-                                     [{"FUSED": True}, {"FUSED": False}]],
+                                    CAUSAL_STAGES,
                                     lambda: causal_tssa(w, temp, bias, H, backend="triton")[0], [w, temp, bias], rows,
                                     saver("causal_tssa"))
         save()

@@ -51,3 +51,19 @@ def test_kernels_compile_for_gpu(arch, triton_dir):
     assert len(resident) == 2, r.stdout
     if arch == 90:       # an H100 holds a B64 N4096 C384 batch element's programs at once: the scheme applies
         assert all(ln.endswith("(resident)") for ln in resident), resident
+
+
+def test_layouts_table_counts_the_walk_loops():
+    """`compile_report.py --layouts` finds the three walk loops of each fused causal kernel (the loops that poll for
+    other programs' sums are not among them) and reports their cost a padded element and their barriers a token."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_report.py"), "--layouts", "--only",
+                        "walk H12 warps8 tokens4$"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("fwd ", "bwd "))]
+    assert [row[:5] for row in rows] == [["fwd", "12", "walk", "8", "4"], ["bwd", "12", "walk", "8", "4"]], r.stdout
+    for row in rows:
+        regs, per_sm, sass, barriers = int(row[5]), int(row[7]), float(row[8]), float(row[9])
+        assert 0 < regs <= 255 and per_sm >= 1, row
+        assert 10 < sass < 500 and 0 <= barriers < 50, row   # nan where the loops were not found

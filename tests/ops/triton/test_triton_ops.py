@@ -282,14 +282,9 @@ def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix)
         assert_close(name, a.float(), b.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
-@pytest.mark.parametrize("H,warps,unroll,bwd_unroll,maxnreg", [(12, 0, 8, 2, 0), (12, 8, 4, 4, 0), (20, 0, 8, 2, 0),
-                                                                (20, 4, 4, 2, 0), (12, 0, 8, 4, 168)],
-                         ids=["H12-auto-warps-8-2", "H12-8warps-4-4", "H20-auto-warps-8-2", "H20-4warps-4-2",
-                              "H12-auto-warps-8-4-forward-capped-168"])
-def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll, maxnreg):
-    """At a benchmark shape the tiled walks (tokens held in each thread, or split across warps) give the token
-    walks' outputs, final state and every gradient, against the fp64 reference as well."""
+def causal_at_benchmark_shape(monkeypatch, H, variants):
+    """Outputs, final state and every gradient of causal TSSA at B4·T2048 (bf16 w, carried state) once per variant:
+    a dict of causal_tssa settings, or None for the fp64 reference."""
     from tost_edge.ops.triton import causal_tssa as ct
     B, T, D = 4, 2048, 64
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -300,23 +295,51 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
     cot = [torch.randn(s, device="cuda", generator=g) for s in [(B, T, H * D), (B, H, D), (B, H, D), (B, H)]]
     cot[0] = cot[0].to(torch.bfloat16).float()          # what y's bf16 gradient holds, for the reference too
     results = []
-    for tiled in (False, True, None):                   # None: the fp64 reference
-        monkeypatch.setattr(ct, "TILED", bool(tiled))
-        monkeypatch.setattr(ct, "BWD_TILED", bool(tiled))
-        monkeypatch.setattr(ct, "TILED_WARPS", warps)
-        monkeypatch.setattr(ct, "TILED_MAXNREG", maxnreg)
-        monkeypatch.setattr(ct, "UNROLL", unroll if tiled else ct.UNROLL)
-        monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll if tiled else 0)
-        cast = (lambda x: x.double()) if tiled is None else (lambda x: x)
+    for variant in variants:
+        for name, value in (variant or {}).items():
+            monkeypatch.setattr(ct, name, value)
+        cast = (lambda x: x.double()) if variant is None else (lambda x: x)
         leaves = [cast(x).clone().requires_grad_() for x in (w, temp, bias, *s0)]
-        fn = naive_causal_tssa if tiled is None else lambda *a: causal_tssa(*a, backend="triton")
+        fn = naive_causal_tssa if variant is None else lambda *a: causal_tssa(*a, backend="triton")
         y, s = fn(*leaves[:3], H, CausalTSSAState(*leaves[3:]), 3)
         results.append([y, *s, *torch.autograd.grad([y, *s], leaves, [c.to(o.dtype) for c, o in zip(cot, [y, *s])])])
         torch.cuda.synchronize()
-    names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
-    for name, walk, tile, ref in zip(names, *results):
-        assert_close(name, walk.float(), tile.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
-        assert_close(name + " vs fp64", ref, tile.double(), 2e-2, atol=1e-5)
+    return results
+
+
+CAUSAL_RESULTS = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
+@pytest.mark.parametrize("H,warps,unroll,bwd_unroll,maxnreg", [(12, 0, 8, 2, 0), (12, 8, 4, 4, 0), (20, 0, 8, 2, 0),
+                                                                (20, 4, 4, 2, 0), (12, 0, 8, 4, 168)],
+                         ids=["H12-auto-warps-8-2", "H12-8warps-4-4", "H20-auto-warps-8-2", "H20-4warps-4-2",
+                              "H12-auto-warps-8-4-forward-capped-168"])
+def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, bwd_unroll, maxnreg):
+    """At a benchmark shape the tiled walks (tokens held in each thread, or split across warps) give the token
+    walks' outputs, final state and every gradient, against the fp64 reference as well."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    walk = dict(TILED=False, BWD_TILED=False, TILED_WARPS=warps, TILED_MAXNREG=maxnreg, UNROLL=ct.UNROLL,
+                BWD_UNROLL=0)
+    tiles = dict(TILED=True, BWD_TILED=True, TILED_WARPS=warps, TILED_MAXNREG=maxnreg, UNROLL=unroll,
+                 BWD_UNROLL=bwd_unroll)
+    for name, walked, tiled, ref in zip(CAUSAL_RESULTS, *causal_at_benchmark_shape(monkeypatch, H, [walk, tiles, None])):
+        assert_close(name, walked.float(), tiled.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+        assert_close(name + " vs fp64", ref, tiled.double(), 2e-2, atol=1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="warps and layouts exist only in compiled kernels")
+@pytest.mark.parametrize("H,tiled_warps,bwd_warps,bwd_unroll", [(12, 1, 4, 1), (12, 2, 4, 2), (20, 1, 8, 1),
+                                                                 (20, 2, 4, 2)],
+                         ids=["H12-1warp-tiles-4warp-steps1", "H12-2warp-tiles-4warp-steps2",
+                              "H20-1warp-tiles-8warp-steps1", "H20-2warp-tiles-4warp-steps2"])
+def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_warps, bwd_unroll):
+    """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) give
+    the defaults' outputs, final state and every gradient, against the fp64 reference as well."""
+    fewer = dict(TILED_WARPS=tiled_warps, BWD_WARPS=bwd_warps, BWD_UNROLL=bwd_unroll)
+    for name, default, small, ref in zip(CAUSAL_RESULTS, *causal_at_benchmark_shape(monkeypatch, H, [{}, fewer, None])):
+        assert_close(name, default.float(), small.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+        assert_close(name + " vs fp64", ref, small.double(), 2e-2, atol=1e-5)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
@@ -679,6 +702,22 @@ def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
     gr, _ = grads([yr, *sr], [w, temp, bias])
     for name, a, b in zip(["w", "temp", "bias"], g, gr):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("H,bwd_unroll,bwd_warps,expected", [(12, 4, 8, 4), (20, 4, 8, 2), (12, 0, 8, 4), (12, 4, 4, 2),
+                                                                (20, 2, 4, 1), (2, 4, 8, 4)],
+                         ids=["H12-steps4", "H20-steps4-capped", "H12-steps-of-UNROLL-capped", "H12-4warps-capped",
+                              "H20-4warps-capped", "small-heads-uncapped"])
+def test_causal_backward_steps_are_capped_by_the_heads(monkeypatch, H, bwd_unroll, bwd_warps, expected):
+    """The walked backward takes BWD_UNROLL tokens a step (UNROLL where 0) but at most 16 padded elements a thread of
+    each token tensor: wider rows (H20) or fewer warps take fewer tokens a step."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "BWD_TILED", False)
+    monkeypatch.setattr(ct, "UNROLL", 8)
+    monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll)
+    monkeypatch.setattr(ct, "BWD_WARPS", bwd_warps)
+    plan = ct._plan(8, 4096, H, 64, 2)
+    assert plan[5] == expected and plan[-1] == bwd_warps, plan
 
 
 @pytest.mark.parametrize("fwd_tiled", [True, False], ids=["tiled-forward", "tiled-backward"])

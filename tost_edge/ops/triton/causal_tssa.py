@@ -56,7 +56,8 @@ TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a til
                  # (compile_report.py shows the layouts)
 BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
                  # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill (H100 sweep, from a
-                 # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8)
+                 # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8). Capped by the heads (_tile_tokens):
+                 # with 8 warps a walked step holds 4 tokens at H12, 2 at H20
 
 
 @triton.jit
@@ -551,8 +552,12 @@ def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
 
 
 def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
-    """The most tokens a tile may hold for each of its [tokens, HP, BD] tensors to take at most per_thread registers
-    a thread: the forward keeps ~3 such tensors live (64 fit), the backward ~7 (32 fit); larger tiles spill."""
+    """The most tokens a tile or unrolled step may hold for each of its [tokens, HP, BD] tensors to take at most
+    per_thread registers a thread: the tiled forward keeps ~3 such tensors live (64 fit), the tiled backward ~7 (32
+    fit); larger tiles spill. The walked backward's steps are capped at 16: at 32 a thread (H12 with 8 tokens a
+    step, H20 with 4, 8 warps) it compiles to over twice the barriers a token (sm_90, Triton 3.6: 11 against 5 at
+    H20; `compile_report.py --layouts`), and on an H100 steps of 8 tokens at H12 ran 0.76 ms forward+backward
+    against 0.48 for steps of 4."""
     return max(1, per_thread * 32 * warps // (HP * BD))
 
 
@@ -565,7 +570,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
     BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
-    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32) if bwd_tiled else 1 << 30)
+    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32 if bwd_tiled else 16))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"]]
 
