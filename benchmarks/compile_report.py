@@ -90,8 +90,9 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
-        usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-        sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
+        dump = lambda what: subprocess.run([BIN / "cuobjdump", what, cubin], capture_output=True,  # noqa: E731
+                                           text=True).stdout
+        usage, sass = dump("--dump-resource-usage"), dump("--dump-sass")
     if DUMP:
         name = re.sub(r"\W+", "_", label)
         stem = Path(DUMP) / f"{name}_warps{num_warps}"

@@ -175,8 +175,8 @@ def main() -> None:
                                                                          (8192, 4, 0), (16384, 4, 0),
                                                                          (32768, 8, 128))],
                               [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
-                              [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
-                                    RESIDENT_BWD_MAXNREG=mx)
+                              [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw,
+                                    RESIDENT_KEEP_DY=keep, RESIDENT_BWD_MAXNREG=mx)
                                for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 96),
                                                        (16384, 8, True, 128), (8192, 4, False, 96))],
                               grid(PROGRAMS=[2048, 4096])],

@@ -253,43 +253,15 @@ def test_resident_tssa_on_gpu_matches_launch_per_pass(monkeypatch, shape, tile, 
         assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="thousands of programs chained by look-back run concurrently on a GPU only")
-@pytest.mark.parametrize("programs,prefix", [(1024, True), (4096, True), (1024, False)],
-                         ids=["1024-programs", "4096-programs", "1024-programs-totals-only"])
-def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix):
-    """At a benchmark shape the fused kernels' slices run concurrently and wait on each other's sums: outputs, final
-    state and every gradient equal the three-pass kernels' (the same arithmetic, summed in another order)."""
+def causal_at_benchmark_shape(monkeypatch, H, variants, B=4, T=2048):
+    """Outputs, final state and every gradient of causal TSSA at B·T·H·64 (bf16 w, carried state, starting at position
+    3) once per variant: a dict of causal_tssa settings, or None for the fp64 reference."""
     from tost_edge.ops.triton import causal_tssa as ct
-    monkeypatch.setattr(ct, "PROGRAMS", programs)
-    monkeypatch.setattr(ct, "LOOKBACK_PREFIX", prefix)
-    B, T, H, D = 8, 4096, 12, 64
+    D = 64
     g = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(B, T, H * D, device="cuda", generator=g).to(torch.bfloat16)
-    temp, bias = torch.rand(H, device="cuda", generator=g) + 0.5, 0.01 * torch.randn(H, T + 3, device="cuda", generator=g)
-    s0 = [torch.rand(B, H, D, device="cuda", generator=g), torch.rand(B, H, D, device="cuda", generator=g),
-          torch.rand(B, H, device="cuda", generator=g)]
-    results = []
-    for fused in (False, True):
-        monkeypatch.setattr(ct, "FUSED", fused)
-        leaves = [x.clone().requires_grad_() for x in (w, temp, bias, *s0)]
-        y, s = causal_tssa(*leaves[:3], H, CausalTSSAState(*leaves[3:]), 3, backend="triton")
-        cot = [torch.randn(o.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(i)).to(o.dtype)
-               for i, o in enumerate([y, *s])]
-        results.append([y, *s, *torch.autograd.grad([y, *s], leaves, cot)])
-        torch.cuda.synchronize()
-    names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
-    for name, a, b in zip(names, *results):
-        assert_close(name, a.float(), b.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
-
-
-def causal_at_benchmark_shape(monkeypatch, H, variants):
-    """Outputs, final state and every gradient of causal TSSA at B4·T2048 (bf16 w, carried state) once per variant:
-    a dict of causal_tssa settings, or None for the fp64 reference."""
-    from tost_edge.ops.triton import causal_tssa as ct
-    B, T, D = 4, 2048, 64
-    g = torch.Generator(device="cuda").manual_seed(0)
-    w = torch.randn(B, T, H * D, device="cuda", generator=g).to(torch.bfloat16)
-    temp, bias = torch.rand(H, device="cuda", generator=g) + 0.5, 0.01 * torch.randn(H, T + 3, device="cuda", generator=g)
+    temp = torch.rand(H, device="cuda", generator=g) + 0.5
+    bias = 0.01 * torch.randn(H, T + 3, device="cuda", generator=g)
     s0 = [torch.rand(B, H, D, device="cuda", generator=g), torch.rand(B, H, D, device="cuda", generator=g),
           torch.rand(B, H, device="cuda", generator=g)]
     cot = [torch.randn(s, device="cuda", generator=g) for s in [(B, T, H * D), (B, H, D), (B, H, D), (B, H)]]
@@ -310,6 +282,21 @@ def causal_at_benchmark_shape(monkeypatch, H, variants):
 CAUSAL_RESULTS = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
 
 
+@pytest.mark.skipif(DEVICE != "cuda",
+                    reason="thousands of programs chained by look-back run concurrently on a GPU only")
+@pytest.mark.parametrize("programs,prefix", [(1024, True), (4096, True), (1024, False)],
+                         ids=["1024-programs", "4096-programs", "1024-programs-totals-only"])
+def test_fused_causal_on_gpu_matches_three_passes(monkeypatch, programs, prefix):
+    """At a benchmark shape the fused kernels' slices run concurrently and wait on each other's sums: outputs, final
+    state and every gradient equal the three-pass kernels' (the same arithmetic, summed in another order)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    monkeypatch.setattr(ct, "LOOKBACK_PREFIX", prefix)
+    results = causal_at_benchmark_shape(monkeypatch, 12, [{"FUSED": False}, {"FUSED": True}], B=8, T=4096)
+    for name, a, b in zip(CAUSAL_RESULTS, *results):
+        assert_close(name, a.float(), b.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the tiles' register layouts exist only in compiled kernels")
 @pytest.mark.parametrize("H,warps,unroll,bwd_unroll,maxnreg", [(12, 0, 8, 2, 0), (12, 8, 4, 4, 0), (20, 0, 8, 2, 0),
                                                                 (20, 4, 4, 2, 0), (12, 0, 8, 4, 168)],
@@ -323,7 +310,8 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
                 BWD_UNROLL=0)
     tiles = dict(TILED=True, BWD_TILED=True, TILED_WARPS=warps, TILED_MAXNREG=maxnreg, UNROLL=unroll,
                  BWD_UNROLL=bwd_unroll)
-    for name, walked, tiled, ref in zip(CAUSAL_RESULTS, *causal_at_benchmark_shape(monkeypatch, H, [walk, tiles, None])):
+    results = causal_at_benchmark_shape(monkeypatch, H, [walk, tiles, None])
+    for name, walked, tiled, ref in zip(CAUSAL_RESULTS, *results):
         assert_close(name, walked.float(), tiled.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
         assert_close(name + " vs fp64", ref, tiled.double(), 2e-2, atol=1e-5)
 
@@ -337,7 +325,8 @@ def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_
     """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) give
     the defaults' outputs, final state and every gradient, against the fp64 reference as well."""
     fewer = dict(TILED_WARPS=tiled_warps, BWD_WARPS=bwd_warps, BWD_UNROLL=bwd_unroll)
-    for name, default, small, ref in zip(CAUSAL_RESULTS, *causal_at_benchmark_shape(monkeypatch, H, [{}, fewer, None])):
+    results = causal_at_benchmark_shape(monkeypatch, H, [{}, fewer, None])
+    for name, default, small, ref in zip(CAUSAL_RESULTS, *results):
         assert_close(name, default.float(), small.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
         assert_close(name + " vs fp64", ref, small.double(), 2e-2, atol=1e-5)
 
