@@ -693,6 +693,48 @@ def test_causal_settings_changed_between_forward_and_backward(monkeypatch):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """(kernel, keyword options) of every kernel launch, recorded under the interpreter."""
+    if DEVICE != "cpu":
+        pytest.skip("records the interpreter's launches")
+    from triton.runtime.interpreter import InterpretedFunction
+    seen, run = [], InterpretedFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        seen.append((self.__name__, kwargs))
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+    monkeypatch.setattr(InterpretedFunction, "run", record)
+    return seen
+
+
+def unfused(seen):
+    assert seen, "no kernel launched"
+    return sorted({name for name, options in seen if options.get("enable_fp_fusion") is not True})
+
+
+def test_every_tssa_launch_asks_for_fused_multiply_adds(tssa_launch, launches):
+    """Each launch asks for FFMA contraction, which Triton 3.10 stops doing by default: the kernels' instruction
+    counts and rounding were measured with it."""
+    w, temp = leaf(2, 9, 32), leaf(2, rand=True, offset=0.5)
+    tssa(w, temp, 2, backend="triton").sum().backward()
+    assert unfused(launches) == []
+
+
+def test_every_causal_launch_asks_for_fused_multiply_adds(causal_launch, launches):
+    w, temp, bias = leaf(2, 9, 32), leaf(2, rand=True, offset=0.5), leaf(2, 14, scale=0.1)
+    y, s = causal_tssa(w, temp, bias, 2, backend="triton")
+    (y.sum() + s.sum_wsq.sum()).backward()
+    assert unfused(launches) == []
+
+
+def test_every_linear_attention_launch_asks_for_fused_multiply_adds(linear_split, launches):
+    q, k, v = leaf(1, 9, 2, 16), leaf(1, 9, 2, 16), leaf(1, 9, 2, 16)
+    y, _ = causal_linear_attention(q, k, v, backend="triton")
+    y.sum().backward()
+    assert unfused(launches) == []
+
+
 @pytest.mark.parametrize("H,bwd_unroll,bwd_warps,expected", [(12, 4, 8, 4), (20, 4, 8, 2), (12, 0, 8, 4), (12, 4, 4, 2),
                                                                 (20, 2, 4, 1), (2, 4, 8, 4)],
                          ids=["H12-steps4", "H20-steps4-capped", "H12-steps-of-UNROLL-capped", "H12-4warps-capped",

@@ -30,8 +30,8 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
-from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, join_runs,
-                    next_pow2, on_input_device)
+from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
+                    join_runs, next_pow2, on_input_device)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -508,7 +508,7 @@ def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
     _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
-                                          num_warps=8)
+                                          **_launch_options(8, 0))
 
 
 def _groups(B: int, group: int):
@@ -576,7 +576,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
 
 
 def _launch_options(warps: int, maxnreg: int) -> dict:
-    return {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
+    return {"num_warps": warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
 
 
 @on_input_device
@@ -622,7 +622,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     B, T, C = w.shape
     D = C // H
     BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps = plan
-    stored, opts = bool(stored), {"num_warps": bwd_warps}
+    stored, opts = bool(stored), _launch_options(bwd_warps, 0)
     tmax = bias.shape[1]
     dev = w.device
     gy = torch.zeros_like(w) if gy is None else gy.contiguous()

@@ -11,6 +11,11 @@ import torch
 # Tests set this to fill fresh allocations with NaN, so a kernel that reads memory it never wrote fails loudly.
 NAN_FILL = os.environ.get("TOST_EDGE_NAN_FILL", "0") == "1"
 
+# Every launch asks for fused multiply-adds (a * b + c as one FFMA): the kernels' instruction counts and their
+# rounding were measured with them. Triton contracts by default up to 3.9 and announces that 3.10 will not
+# (TRITON_DEFAULT_FP_FUSION); TRITON_FORCE_DISABLE_FP_FUSION=1 still turns them off.
+FUSION = {"enable_fp_fusion": True}
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
