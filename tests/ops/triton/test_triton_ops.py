@@ -619,13 +619,14 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(stand_in_card):
     tr, calls = stand_in_card, []
 
     class Kernel:                   # 167 registers uncapped, 4 warps: 3 programs per SM, 12 on this card
-        def warmup(self, *args, grid, num_warps, maxnreg=0):
+        def warmup(self, *args, grid, num_warps, enable_fp_fusion, maxnreg=0):   # compiled as launched
+            assert enable_fp_fusion is True
             calls.append(("compile", grid, maxnreg))
             return SimpleNamespace(_init_handles=lambda: None, n_regs=maxnreg or 167,
                                    metadata=SimpleNamespace(shared=0))
 
         def __getitem__(self, grid):
-            return lambda *args, num_warps, maxnreg=0: calls.append(("launch", grid, maxnreg))
+            return lambda *args, num_warps, enable_fp_fusion, maxnreg=0: calls.append(("launch", grid, maxnreg))
 
     kernel, w = Kernel(), torch.zeros(2, 3)
     assert tr._launch(kernel, 5, 12, (w, 100, 12, 384), 4, 0, "cuda:0")
@@ -658,13 +659,14 @@ def test_resident_launch_drops_a_register_cap_that_spills(stand_in_card):
     tr, calls = stand_in_card, []
 
     class Kernel:                   # 120 registers uncapped; capped at 96 it spills 40 bytes a thread
-        def warmup(self, *args, grid, num_warps, maxnreg=0):
+        def warmup(self, *args, grid, num_warps, enable_fp_fusion, maxnreg=0):   # compiled as launched
+            assert enable_fp_fusion is True
             calls.append(("compile", maxnreg))
             return SimpleNamespace(_init_handles=lambda: None, n_regs=maxnreg or 120,
                                    n_spills=40 if maxnreg else 0, metadata=SimpleNamespace(shared=0))
 
         def __getitem__(self, grid):
-            return lambda *args, num_warps, maxnreg=0: calls.append(("launch", maxnreg))
+            return lambda *args, num_warps, enable_fp_fusion, maxnreg=0: calls.append(("launch", maxnreg))
 
     kernel, w = Kernel(), torch.zeros(2, 3)
     assert tr._launch(kernel, 2, 8, (w, 100, 8), 4, 96, "cuda:0", 16)        # 40 > 16: uncapped
