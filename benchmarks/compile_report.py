@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
-from tost_edge.ops.triton.utils import FUSION  # noqa: E402
+from tost_edge.ops.triton.utils import launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -86,7 +86,7 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if (t.startswith("*") or t.startswith("i")) and k not in odd}
     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
-    options = {"num_warps": num_warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg else {})}   # as launches ask
+    options = launch_options(num_warps, maxnreg)   # as launches ask
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"

@@ -30,8 +30,8 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
-from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
-                    join_runs, next_pow2, on_input_device)
+from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, join_runs,
+                    launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -508,7 +508,7 @@ def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
     _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
-                                          **_launch_options(8, 0))
+                                          **launch_options(8, 0))
 
 
 def _groups(B: int, group: int):
@@ -575,10 +575,6 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"]]
 
 
-def _launch_options(warps: int, maxnreg: int) -> dict:
-    return {"num_warps": warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
-
-
 @on_input_device
 def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     """w: [B, T, C] contiguous, temp: [H], bias: [H, Tmax] fp32, pos: [B] int64, S0, A0: [B, H, D], P0: [B, H] fp32
@@ -587,7 +583,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     B, T, C = w.shape
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _ = plan
-    opts = _launch_options(warps, maxnreg)
+    opts = launch_options(warps, maxnreg)
     tmax = bias.shape[1]
     HD = H * D
     S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
@@ -622,7 +618,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     B, T, C = w.shape
     D = C // H
     BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps = plan
-    stored, opts = bool(stored), _launch_options(bwd_warps, 0)
+    stored, opts = bool(stored), launch_options(bwd_warps, 0)
     tmax = bias.shape[1]
     dev = w.device
     gy = torch.zeros_like(w) if gy is None else gy.contiguous()

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import (FUSION, alloc, batch_runs, check_available, check_dtype, join_runs, next_pow2,
+from .utils import (alloc, batch_runs, check_available, check_dtype, join_runs, launch_options, next_pow2,
                     on_input_device)
 
 
@@ -275,7 +275,7 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
     den = alloc(B, T, H, like=v, dtype=torch.float32)
     S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype), nv > 1,
-                      num_warps=warps, **FUSION)
+                      **launch_options(warps))
     return y, S_T, z_T, den
 
 
@@ -289,15 +289,15 @@ def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
     dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
-                         num_warps=warps, **FUSION)
+                         **launch_options(warps))
     if nk == 1 and nv == 1:
         _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H, K, V, BK, BV, BT,
-                           prec, num_warps=warps, **FUSION)
+                           prec, **launch_options(warps))
     else:
         _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H, K, V, BK // nk, BV, BT,
-                             prec, num_warps=warps, **FUSION)
+                             prec, **launch_options(warps))
         _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, eps, H, K, V, BK, BV // nv, BT, prec,
-                             num_warps=warps, **FUSION)
+                             **launch_options(warps))
     return dq, dk, dv, dS0, dz0
 
 

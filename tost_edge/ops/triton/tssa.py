@@ -36,7 +36,7 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _signal, _softmax_heads, _stat, _wait
 from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
-                    interpreting, next_pow2, on_input_device)
+                    interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -442,14 +442,15 @@ def _forward(w, temp, H: int, plan: list):
     if persistent and not fit:
         grid, per, NI = _persistent(B, N, HP, BD, w.device)
         _fwd_persistent[grid](w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
-                              *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS, **FUSION)
+                              *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["forward"] = "resident" if fit else "persistent" if persistent else "passes"
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
         KERNELS["sumsq"][grid](*stats, PASS=1, **FUSION)
         KERNELS["pi"][grid](*stats, PASS=2, **FUSION)
-        KERNELS["out"][lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))](*stats, PASS=3, **FUSION)
+        out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
+        KERNELS["out"][out_grid](*stats, PASS=3, **FUSION)   # the autotuner adds the warps
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
@@ -475,7 +476,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
         grid, per, NI = _persistent(B, N, HP, BD, w.device)
         _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
                               gws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
-                              QUEUE_TILE, QUEUE_LAG, num_warps=QUEUE_WARPS, **FUSION)
+                              QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["backward"] = "resident" if fit else "persistent" if persistent else "passes"
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_softmax_heads, _grad_w_dy, _grad_w_x, _rows, \
     _softmax_heads, _stat
-from .utils import FUSION, interpreting, next_pow2
+from .utils import interpreting, launch_options, next_pow2
 
 INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
 
@@ -384,13 +384,13 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spi
     registers a thread may use, where the capped kernel spills at most `spill` bytes a thread; where it spills more
     (the caps were chosen for one shape, and a wider head holds more per thread) the compiler's choice runs."""
     grid = (B * NS,)
-    options = {"num_warps": warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
+    options = launch_options(warps, maxnreg)
     if not interpreting():
         key = (kernel, warps, maxnreg, spill, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
         if key not in _FITS:
             compiled = kernel.warmup(*args, grid=grid, **options)
             if maxnreg > 0 and compiled is not None and _spilled(compiled) > spill:
-                options = {"num_warps": warps, **FUSION}
+                options = launch_options(warps)
                 compiled = kernel.warmup(*args, grid=grid, **options)
             held = capacity(compiled, warps, device) if compiled is not None else \
                 torch.cuda.get_device_properties(device).multi_processor_count

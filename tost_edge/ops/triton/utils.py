@@ -17,6 +17,11 @@ NAN_FILL = os.environ.get("TOST_EDGE_NAN_FILL", "0") == "1"
 FUSION = {"enable_fp_fusion": True}
 
 
+def launch_options(warps: int, maxnreg: int = 0) -> dict:
+    """The keyword options of a kernel launch: its warps, fused multiply-adds, and a register cap where maxnreg > 0."""
+    return {"num_warps": warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
