@@ -76,11 +76,11 @@ def _slice(T, per):
 
 
 @triton.jit
-def _energy(wsq, rden, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+def _energy(wr, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
             BOUNDED: tl.constexpr):
-    """e [HP] = sum_d w^2 / max(S, eps) + D * denom_bias[h, pos0 + t]."""
+    """e [HP] = sum_d wr + D * denom_bias[h, pos0 + t], from wr = w^2 / max(S, eps) [HP, BD]."""
     hc = tl.arange(0, HP)
-    e = tl.sum(wsq * rden, 1)
+    e = tl.sum(wr, 1)
     if BOUNDED:
         e += D * tl.load(bias + hc * tmax + p0 + t, mask=(hc < H) & valid, other=0.0)
     return e
@@ -106,7 +106,7 @@ def _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D: tl.constexpr, H: tl.cons
     wsq = x * x
     S = S + wsq
     rden = _rcp(tl.maximum(S, 1e-12))
-    e = _energy(wsq, rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
+    e = _energy(wsq * rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
     z = tl.where(hc < H, e * tv, float("-inf"))
     p = tl.exp(z - tl.max(z, 0))
     pi = tl.where(valid, p * _rcp(tl.sum(p, 0)), 0.0)
@@ -154,9 +154,10 @@ def _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, H: tl.constexpr,
             valid = _valid(t, hi, HP)
             x = _row(w, b, t, valid, T, C, so, sm)
             pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
-            A += pi[:, None] * x * x
+            px = pi[:, None] * x
+            A += px * x
             P += pi
-            out = -x * pi[:, None] * _rcp(1.0 + A * _rcp(P + 1e-8)[:, None])
+            out = -px * _rcp(1.0 + A * _rcp(P + 1e-8)[:, None])
             tl.store(y + (b * T + t) * C + so, out.to(y.dtype.element_ty), mask=sm & valid[:, None])
 
 
@@ -238,7 +239,9 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     GP = tl.zeros([HP], dtype=tl.float32)
     GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
     gt = tl.zeros([HP], dtype=tl.float32)
+    step = tl.arange(0, BT)[None, :]
     for t0 in range(lo, hi, BT):
+        ge_step = tl.zeros([HP, BT], dtype=tl.float32)   # stage 2's d energy of the step's tokens, stored together
         for i in tl.static_range(BT):
             t = t0 + i
             valid = _valid(t, hi, HP)
@@ -254,39 +257,52 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     rden = _rcp(tl.maximum(S, 1e-12))
             else:
                 S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
+            # y = -x pi inv with inv = 1 / (1 + A rpe): with q = g x inv^2, d loss / d A_t = q pi rpe and
+            # d loss / d P_t = -pi rpe^2 sum_d q A. The per-head factors are applied once a head (prpe), not once
+            # an element: the compiler keeps products in the order written.
             rpe = _rcp(P + 1e-8)
             inv = _rcp(1.0 + A * rpe[:, None])
-            gdots = g * x * pi[:, None] * inv * inv
-            ga = gdots * rpe[:, None]                                     # direct d loss / d A_t
-            gp = -tl.sum(gdots * A, 1) * rpe * rpe                        # direct d loss / d P_t
+            prpe = pi * rpe
+            gxi = g * inv * x
+            q = gxi * inv
             if STAGE >= 2:
+                wr = wsq * rden
                 if STAGE == 2:
                     if PI_STORED:
-                        e = _energy(wsq, rden, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
-                    gpi = tl.sum(-x * g * inv + Ra * wsq, 1) + Rp
+                        e = _energy(wr, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
+                    gpi = tl.sum(Ra * wsq - gxi, 1) + Rp
                     gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
                     gz = tl.where((hc < H) & valid, gz, 0.0)
                     ge = gz * tv
-                    tl.store(ge_io + (b * T + t) * H + hc, ge, mask=(hc < H) & valid)
-                    if BOUNDED:
-                        tl.atomic_add(gbias + hc * tmax + p0 + t, D * ge, mask=(hc < H) & valid)
+                    ge_step = tl.where(step == i, ge[:, None], ge_step)
                     gt += gz * e
+                    Rp += prpe * rpe * tl.sum(q * A, 1)
                 else:
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
-                gc = tl.where(S > 1e-12, -ge[:, None] * wsq * rden * rden, 0.0)   # direct d loss / d S_t
+                # minus the direct d loss / d S_t (-ge w^2 / S^2 where the forward's max(S, eps) took S)
+                gcn = tl.where(S > 1e-12, wr * rden, 0.0) * ge[:, None]
                 if STAGE == 3:
-                    grad = pi[:, None] * (2.0 * Ra * x - g * inv) + 2.0 * x * (ge[:, None] * rden + Rc.to(tl.float32))
+                    # pi (2 Ra x - g inv) + 2 x (ge rden + Rc), its products grouped per head
+                    inner = pi[:, None] * Ra + (ge[:, None] * rden + Rc.to(tl.float32))
+                    grad = (x + x) * inner - pi[:, None] * (g * inv)
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc -= gc.to(tl.float64)
+                    Rc += gcn.to(tl.float64)
                 else:
-                    GCs += gc.to(tl.float64)
-                Ra -= ga
-                Rp -= gp
+                    GCs -= gcn.to(tl.float64)
+                Ra -= q * prpe[:, None]
             else:
-                GA += ga
-                GP += gp
+                GA += q * prpe[:, None]
+                GP -= prpe * rpe * tl.sum(q * A, 1)
+        if STAGE == 2:
+            # one store a step, not a token: a per-head vector leaves the reductions' layout through shared memory
+            # (two barriers a move)
+            ts = t0 + step
+            hm = (hc < H)[:, None] & (ts < hi)
+            tl.store(ge_io + (b * T + ts) * H + hc[:, None], ge_step, mask=hm)
+            if BOUNDED:
+                tl.atomic_add(gbias + hc[:, None] * tmax + p0 + ts, D * ge_step, mask=hm, sem="relaxed")
     if STAGE == 2:
-        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
+        tl.atomic_add(gtemp + hc, gt, mask=hc < H, sem="relaxed")
     return GA, GP, GCs
 
 

@@ -151,10 +151,11 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.const
         vt = t < hi
         x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
         pi = _heads(pi_in, b, t, vt, T, H, HP)
-        piw = pi * x * x
+        px = pi * x
+        piw = px * x
         Ac = A + tl.cumsum(piw, 0)
         Pc = P + _heads_cumsum(pi)
-        out = -x * pi * _rcp(1.0 + Ac * _rcp(Pc + 1e-8))
+        out = -px * _rcp(1.0 + Ac * _rcp(Pc + 1e-8))
         _tile_store(y, out, b, t, vt, T, C, D, H, HP, BD)
         A += tl.sum(piw, 0, keep_dims=True)
         P += tl.sum(pi, 0, keep_dims=True)
@@ -216,7 +217,8 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 _store_heads(ge_io, ge, b, t, vt, T, H, HP)
                 if BOUNDED:
                     h2 = tl.arange(0, HP)[None, :]
-                    tl.atomic_add(gbias + h2 * tmax + p0 + t[:, None], D * tl.sum(ge, 2), mask=(h2 < H) & vt[:, None])
+                    tl.atomic_add(gbias + h2 * tmax + p0 + t[:, None], D * tl.sum(ge, 2),
+                                  mask=(h2 < H) & vt[:, None], sem="relaxed")
                 gt += tl.sum(gz * e, 0, keep_dims=True)
             else:
                 ge = _heads(ge_io, b, t, vt, T, H, HP)
@@ -237,5 +239,6 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
         A += tl.sum(piw, 0, keep_dims=True)
         P += tl.sum(pi, 0, keep_dims=True)
     if STAGE == 2:
-        tl.atomic_add(gtemp + tl.arange(0, HP), tl.sum(tl.sum(gt, 2), 0), mask=tl.arange(0, HP) < H)
+        tl.atomic_add(gtemp + tl.arange(0, HP), tl.sum(tl.sum(gt, 2), 0), mask=tl.arange(0, HP) < H,
+                      sem="relaxed")
     return tl.sum(GA, 0), tl.sum(tl.sum(GP, 2), 0), tl.sum(GCs, 0)
