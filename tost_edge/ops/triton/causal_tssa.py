@@ -234,9 +234,12 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     # after the slice plus the slice's own direct total) minus what the tokens already walked contributed.
     # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp and d denom_bias
     # (atomics), slice totals of the direct d S (fp64).  STAGE 3: dw.
+    # Stage 1 keeps the direct d P (-pi rpe^2 sum_d q A) per channel (GPc) and sums it over d once at the end: no
+    # later token needs it, so the walk reduces nothing a token. (Stage 2 could do the same with Rp and d temp's
+    # energy term, but the accumulators it would carry take it past 128 registers a thread: one program an SM.)
     hc = tl.arange(0, HP)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
-    GP = tl.zeros([HP], dtype=tl.float32)
+    GPc = tl.zeros([HP, BD], dtype=tl.float32)      # sum over the tokens walked of pi rpe^2 q A
     GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
     gt = tl.zeros([HP], dtype=tl.float32)
     step = tl.arange(0, BT)[None, :]
@@ -292,7 +295,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                 Ra -= q * prpe[:, None]
             else:
                 GA += q * prpe[:, None]
-                GP -= prpe * rpe * tl.sum(q * A, 1)
+                GPc += (prpe * rpe)[:, None] * (q * A)
         if STAGE == 2:
             # one store a step, not a token: a per-head vector leaves the reductions' layout through shared memory
             # (two barriers a move)
@@ -303,7 +306,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                 tl.atomic_add(gbias + hc[:, None] * tmax + p0 + ts, D * ge_step, mask=hm, sem="relaxed")
     if STAGE == 2:
         tl.atomic_add(gtemp + hc, gt, mask=hc < H, sem="relaxed")
-    return GA, GP, GCs
+    return GA, -tl.sum(GPc, 1), GCs
 
 
 @triton.jit
