@@ -68,7 +68,10 @@ def grid(**axes):
 # tokens) to 32% / 7% fewer than at 4 (`compile_report.py --layouts`, docs/benchmarks.md); smaller programs may then
 # want more of them. (4 warps with steps of 4 tokens is left out: at H12 the step is capped to 2, see
 # causal_tssa._tile_tokens.)
-CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n) for nw, n in ((8, 4), (8, 2), (8, 1), (4, 2), (4, 1))],
+# backward: warps a program x tokens a step x register cap (80 at 8 warps: 3 programs an SM; 128 at 4: 4), sm_90
+# Triton 3.6 compiles them at H12 without spilling but 4 x 2 (16 bytes uncapped, 8 capped; compile_report.py)
+CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap)
+                  for nw, n, cap in ((8, 4, 0), (8, 2, 0), (8, 1, 0), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))],
                  grid(TILED_WARPS=[0, 2, 1]),
                  grid(PROGRAMS=[1024, 2048, 4096])]
 

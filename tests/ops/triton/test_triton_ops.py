@@ -317,14 +317,17 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="warps and layouts exist only in compiled kernels")
-@pytest.mark.parametrize("H,tiled_warps,bwd_warps,bwd_unroll", [(12, 1, 4, 1), (12, 2, 4, 2), (20, 1, 8, 1),
-                                                                 (20, 2, 4, 2)],
+@pytest.mark.parametrize("H,tiled_warps,bwd_warps,bwd_unroll,bwd_maxnreg",
+                         [(12, 1, 4, 1, 0), (12, 2, 4, 2, 0), (20, 1, 8, 1, 0), (20, 2, 4, 2, 0), (12, 0, 8, 1, 80),
+                          (12, 0, 4, 2, 128), (20, 0, 8, 1, 128)],
                          ids=["H12-1warp-tiles-4warp-steps1", "H12-2warp-tiles-4warp-steps2",
-                              "H20-1warp-tiles-8warp-steps1", "H20-2warp-tiles-4warp-steps2"])
-def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_warps, bwd_unroll):
-    """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) give
-    the defaults' outputs, final state and every gradient, against the fp64 reference as well."""
-    fewer = dict(TILED_WARPS=tiled_warps, BWD_WARPS=bwd_warps, BWD_UNROLL=bwd_unroll)
+                              "H20-1warp-tiles-8warp-steps1", "H20-2warp-tiles-4warp-steps2",
+                              "H12-8warp-steps1-capped-80", "H12-4warp-steps2-capped-128", "H20-8warp-steps1-capped-128"])
+def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_warps, bwd_unroll, bwd_maxnreg):
+    """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) or
+    more programs an SM (a register cap on the backward) give the defaults' outputs, final state and every gradient,
+    against the fp64 reference as well."""
+    fewer = dict(TILED_WARPS=tiled_warps, BWD_WARPS=bwd_warps, BWD_UNROLL=bwd_unroll, BWD_MAXNREG=bwd_maxnreg)
     results = causal_at_benchmark_shape(monkeypatch, H, [{}, fewer, None])
     for name, default, small, ref in zip(CAUSAL_RESULTS, *results):
         assert_close(name, default.float(), small.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
@@ -750,7 +753,26 @@ def test_causal_backward_steps_are_capped_by_the_heads(monkeypatch, H, bwd_unrol
     monkeypatch.setattr(ct, "BWD_UNROLL", bwd_unroll)
     monkeypatch.setattr(ct, "BWD_WARPS", bwd_warps)
     plan = ct._plan(8, 4096, H, 64, 2)
-    assert plan[5] == expected and plan[-1] == bwd_warps, plan
+    assert plan[5] == expected and plan[14] == bwd_warps, plan
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["three-passes", "fused"])
+def test_causal_register_caps_reach_their_direction(monkeypatch, fused, launches):
+    """TILED_MAXNREG caps the tiled forward's launches and BWD_MAXNREG the backward's, each only its own (the scans
+    between passes are never capped)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "FUSED", fused)
+    monkeypatch.setattr(ct, "TILED", True)
+    monkeypatch.setattr(ct, "TILED_MAXNREG", 168)
+    monkeypatch.setattr(ct, "BWD_MAXNREG", 128)
+    w, temp, bias = leaf(2, 9, 32), leaf(2, rand=True, offset=0.5), leaf(2, 14, scale=0.1)
+    y, s = causal_tssa(w, temp, bias, 2, backend="triton")
+    forward = len(launches)
+    (y.sum() + s.sum_wsq.sum()).backward()
+    caps = lambda seen: {name: options.get("maxnreg") for name, options in seen}  # noqa: E731
+    walks = lambda seen: {cap for name, cap in caps(seen).items() if name != "_slice_scan"}  # noqa: E731
+    assert walks(launches[:forward]) == {168} and walks(launches[forward:]) == {128}, caps(launches)
+    assert caps(launches).get("_slice_scan") is None
 
 
 @pytest.mark.parametrize("fwd_tiled", [True, False], ids=["tiled-forward", "tiled-backward"])

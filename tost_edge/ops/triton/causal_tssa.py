@@ -51,9 +51,13 @@ BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per
                    # H100 sweep: 0.578 ms forward+backward from a graph against 0.477 walked: it spills, see below)
 TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the compiler's choice): a cap lets an SM
                    # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 189, 2 programs an SM; at 168
-                   # they spill 24 bytes). The tiled backward is not capped: it spills hundreds of bytes at 168
+                   # they spill 24 bytes). The backward's cap is BWD_MAXNREG (tiled, it spills hundreds of bytes at
+                   # 168)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
+BWD_MAXNREG = 0  # registers a thread of the backward may use (0: the compiler's choice): a cap lets an SM hold more
+                 # of its programs (Triton 3.6, sm_90: 8 warps with steps of 4 tokens take 108 at H12, 2 programs an
+                 # SM; H20 with steps of 2 takes 185, one program, and 8 warps a step of 1 fit 128 without spilling)
 BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
                  # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill (H100 sweep, from a
                  # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8). Capped by the heads (_tile_tokens):
@@ -559,11 +563,13 @@ def _tile_warps(HP: int, BD: int, itemsize: int) -> int:
 
 
 def _options(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> dict:
-    """Launch options of the walks: their warps, and the tiled forward's register cap."""
+    """Launch options of the walks: their warps, and the register caps (the tiled forward's, the backward's)."""
+    cap = BWD_MAXNREG if backward else (TILED_MAXNREG if tiled else 0)
     if tiled:
         nw = TILED_WARPS if TILED_WARPS > 0 else _tile_warps(HP, BD, itemsize)
-        return {"num_warps": nw, **({"maxnreg": TILED_MAXNREG} if TILED_MAXNREG > 0 and not backward else {})}
-    return {"num_warps": BWD_WARPS if backward else WARPS}
+    else:
+        nw = BWD_WARPS if backward else WARPS
+    return {"num_warps": nw, **({"maxnreg": cap} if cap > 0 else {})}
 
 
 def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
@@ -583,7 +589,8 @@ def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
 def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
-    BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps]."""
+    BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
+    register cap]."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
@@ -591,7 +598,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
     bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32 if bwd_tiled else 16))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
-            int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"]]
+            int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
+            bwd_opts.get("maxnreg", 0)]
 
 
 @on_input_device
@@ -601,7 +609,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _ = plan
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _ = plan
     opts = launch_options(warps, maxnreg)
     tmax = bias.shape[1]
     HD = H * D
@@ -636,8 +644,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps = plan
-    stored, opts = bool(stored), launch_options(bwd_warps, 0)
+    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg = plan
+    stored, opts = bool(stored), launch_options(bwd_warps, bwd_maxnreg)
     tmax = bias.shape[1]
     dev = w.device
     gy = torch.zeros_like(w) if gy is None else gy.contiguous()
