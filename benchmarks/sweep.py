@@ -64,14 +64,14 @@ def grid(**axes):
 # Causal TSSA's stages, the defaults first in each. The H100 sweep timed the tiled / walked forward and backward,
 # tokens a step, the tiled forward's register cap and FUSED; what it left is the warps. The walks are issue- and
 # latency-bound, and fewer warps a program replicate less per-head work across threads: the walked backward at 4
-# warps compiles to 17% fewer instructions an element than at 8, the tiled forward at 1 or 2 warps (tiles of 2 or 4
-# tokens) to 32% / 7% fewer than at 4 (`compile_report.py --layouts`, docs/benchmarks.md); smaller programs may then
+# warps compiles to 14% fewer instructions an element than at 8, the tiled forward at 1 or 2 warps (tiles of 2 or 4
+# tokens) to 33% / 7% fewer than at 4 (`compile_report.py --layouts`, docs/benchmarks.md); smaller programs may then
 # want more of them. (4 warps with steps of 4 tokens is left out: at H12 the step is capped to 2, see
 # causal_tssa._tile_tokens.)
-# backward: warps a program x tokens a step x register cap (80 at 8 warps: 3 programs an SM; 128 at 4: 4), sm_90
-# Triton 3.6 compiles them at H12 without spilling but 4 x 2 (16 bytes uncapped, 8 capped; compile_report.py)
-CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap)
-                  for nw, n, cap in ((8, 4, 0), (8, 2, 0), (8, 1, 0), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))],
+# backward: warps a program x tokens a step x register cap (the default first; 128 at 8 warps: 2 programs an SM, 80: 3;
+# at 4 warps uncapped 2, 128: 4). Triton 3.6, sm_90, H12: none spills but 4 x 2 capped (16 bytes); compile_report.py
+CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
+                  ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))],
                  grid(TILED_WARPS=[0, 2, 1]),
                  grid(PROGRAMS=[1024, 2048, 4096])]
 

@@ -31,7 +31,7 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
 from .fastmath import _rcp
 from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, join_runs,
-                    launch_options, next_pow2, on_input_device)
+                    launch_options, next_pow2, on_input_device, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -55,9 +55,10 @@ TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the com
                    # 168)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
-BWD_MAXNREG = 0  # registers a thread of the backward may use (0: the compiler's choice): a cap lets an SM hold more
-                 # of its programs (Triton 3.6, sm_90: 8 warps with steps of 4 tokens take 108 at H12, 2 programs an
-                 # SM; H20 with steps of 2 takes 185, one program, and 8 warps a step of 1 fit 128 without spilling)
+BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler's choice); a cap that spills more
+                   # than 16 bytes a thread runs uncapped (utils.unspilled). 128: two programs of 8 warps an SM, as
+                   # the H100 timed at H12 (108 registers then); the step's sums over heads taken at once raised it
+                   # to 151 uncapped under Triton 3.6, none spilled at 128. H20 (187) spills at 128: runs uncapped
 BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
                  # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill (H100 sweep, from a
                  # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8). Capped by the heads (_tile_tokens):
@@ -229,6 +230,12 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
+def _step_gc(m, ge_step, step, i: tl.constexpr):
+    """m * d energy of the step's token i [HP, BD], in fp64."""
+    return (m * tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None]).to(tl.float64)
+
+
+@triton.jit
 def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
             BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, so, sm):
@@ -248,7 +255,13 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     gt = tl.zeros([HP], dtype=tl.float32)
     step = tl.arange(0, BT)[None, :]
     for t0 in range(lo, hi, BT):
-        ge_step = tl.zeros([HP, BT], dtype=tl.float32)   # stage 2's d energy of the step's tokens, stored together
+        # stage 2 takes the softmax over heads of the step's tokens at once: their d Pi, Pi and energies gathered as
+        # [heads, tokens], and each token's -d S_t / d e_t (m) kept until its d energy is known
+        pi_step = tl.zeros([HP, BT], dtype=tl.float32)
+        gpi_step = tl.zeros([HP, BT], dtype=tl.float32)
+        e_step = tl.zeros([HP, BT], dtype=tl.float32)
+        m0 = tl.zeros([HP, BD], dtype=tl.float32)
+        m1, m2, m3, m4, m5, m6, m7 = m0, m0, m0, m0, m0, m0, m0
         for i in tl.static_range(BT):
             t = t0 + i
             valid = _valid(t, hi, HP)
@@ -274,37 +287,60 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             q = gxi * inv
             if STAGE >= 2:
                 wr = wsq * rden
+                m = tl.where(S > 1e-12, wr * rden, 0.0)   # -d S_t / d e_t where the forward's max(S, eps) took S
                 if STAGE == 2:
                     if PI_STORED:
                         e = _energy(wr, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
                     gpi = tl.sum(Ra * wsq - gxi, 1) + Rp
-                    gz = pi * (gpi - tl.sum(pi * gpi, 0))                 # softmax over heads
-                    gz = tl.where((hc < H) & valid, gz, 0.0)
-                    ge = gz * tv
-                    ge_step = tl.where(step == i, ge[:, None], ge_step)
-                    gt += gz * e
+                    pi_step = tl.where(step == i, pi[:, None], pi_step)
+                    gpi_step = tl.where(step == i, gpi[:, None], gpi_step)
+                    e_step = tl.where(step == i, e[:, None], e_step)
+                    if i == 0:
+                        m0 = m
+                    if i == 1:
+                        m1 = m
+                    if i == 2:
+                        m2 = m
+                    if i == 3:
+                        m3 = m
+                    if i == 4:
+                        m4 = m
+                    if i == 5:
+                        m5 = m
+                    if i == 6:
+                        m6 = m
+                    if i == 7:
+                        m7 = m
                     Rp += prpe * rpe * tl.sum(q * A, 1)
                 else:
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
-                # minus the direct d loss / d S_t (-ge w^2 / S^2 where the forward's max(S, eps) took S)
-                gcn = tl.where(S > 1e-12, wr * rden, 0.0) * ge[:, None]
-                if STAGE == 3:
                     # pi (2 Ra x - g inv) + 2 x (ge rden + Rc), its products grouped per head
                     inner = pi[:, None] * Ra + (ge[:, None] * rden + Rc.to(tl.float32))
                     grad = (x + x) * inner - pi[:, None] * (g * inv)
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc += gcn.to(tl.float64)
-                else:
-                    GCs -= gcn.to(tl.float64)
+                    Rc += (m * ge[:, None]).to(tl.float64)          # minus the direct d loss / d S_t
                 Ra -= q * prpe[:, None]
             else:
                 GA += q * prpe[:, None]
                 GPc += (prpe * rpe)[:, None] * (q * A)
         if STAGE == 2:
-            # one store a step, not a token: a per-head vector leaves the reductions' layout through shared memory
-            # (two barriers a move)
+            # one sum over heads (across warps: three barriers) and one store a step, not a token
             ts = t0 + step
             hm = (hc < H)[:, None] & (ts < hi)
+            gz = tl.where(hm, pi_step * (gpi_step - tl.sum(pi_step * gpi_step, 0)[None, :]), 0.0)   # softmax
+            ge_step = gz * tv[:, None]
+            gt += tl.sum(gz * e_step, 1)
+            GCs -= _step_gc(m0, ge_step, step, 0)            # minus the direct d loss / d S_t, token by token
+            if BT > 1:
+                GCs -= _step_gc(m1, ge_step, step, 1)
+            if BT > 2:
+                GCs -= _step_gc(m2, ge_step, step, 2)
+                GCs -= _step_gc(m3, ge_step, step, 3)
+            if BT > 4:
+                GCs -= _step_gc(m4, ge_step, step, 4)
+                GCs -= _step_gc(m5, ge_step, step, 5)
+                GCs -= _step_gc(m6, ge_step, step, 6)
+                GCs -= _step_gc(m7, ge_step, step, 7)
             tl.store(ge_io + (b * T + ts) * H + hc[:, None], ge_step, mask=hm)
             if BOUNDED:
                 tl.atomic_add(gbias + hc[:, None] * tmax + p0 + ts, D * ge_step, mask=hm, sem="relaxed")
@@ -670,20 +706,23 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
             sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
             part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
             part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
-            _b_fused[(nb * NT,)](g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias,
-                                 g(pos), g(gS_T), g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0),
-                                 g(gP0), sync, part, part64, T, tmax, per, NT, C, D, H, HP, BD, BT, bounded,
-                                 stored, bool(prefix), bool(tiled), **opts)
+            args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos), g(gS_T),
+                    g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0), g(gP0), sync, part, part64, T,
+                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled))
+            _b_fused[(nb * NT,)](*args, **unspilled(_b_fused, (nb * NT,), args, opts))
             continue
         grid = (nb, NT)
         args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
         tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
         tiled = bool(tiled)
-        _b_kernel[grid](*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, **opts)
+        stage = [(*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled),
+                 (*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled),
+                 (*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled)]
+        _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts))
         _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-        _b_kernel[grid](*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, **opts)
+        _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts))
         _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-        _b_kernel[grid](*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, **opts)
+        _b_kernel[grid](*stage[2], **unspilled(_b_kernel, grid, stage[2], opts))
     return dw, gtemp, gbias, gS0, gA0, gP0
 
 

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_softmax_heads, _grad_w_dy, _grad_w_x, _rows, \
     _softmax_heads, _stat
-from .utils import interpreting, launch_options, next_pow2
+from .utils import interpreting, launch_options, next_pow2, spilled
 
 INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
 
@@ -369,15 +369,6 @@ def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm
 _FITS: dict = {}
 
 
-def _spilled(compiled) -> int:
-    """Bytes a thread of a compiled kernel spills to local memory (0 where this Triton does not say)."""
-    try:
-        compiled._init_handles()
-        return int(getattr(compiled, "n_spills", 0) or 0)
-    except Exception:
-        return 0
-
-
 def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spill: int = 16) -> bool:
     """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once (decided once
     per kernel specialisation and NS: the compiled kernel's registers give the count). maxnreg > 0 caps the
@@ -389,7 +380,7 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spi
         key = (kernel, warps, maxnreg, spill, device, args[0].dtype, *[a for a in args if not torch.is_tensor(a)])
         if key not in _FITS:
             compiled = kernel.warmup(*args, grid=grid, **options)
-            if maxnreg > 0 and compiled is not None and _spilled(compiled) > spill:
+            if maxnreg > 0 and compiled is not None and spilled(compiled) > spill:
                 options = launch_options(warps)
                 compiled = kernel.warmup(*args, grid=grid, **options)
             held = capacity(compiled, warps, device) if compiled is not None else \

@@ -26,6 +26,35 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def spilled(compiled) -> int:
+    """Bytes a thread of a compiled kernel spills to local memory (0 where this Triton does not say)."""
+    try:
+        compiled._init_handles()
+        return int(getattr(compiled, "n_spills", 0) or 0)
+    except Exception:
+        return 0
+
+
+_UNSPILLED: dict = {}
+
+
+def unspilled(kernel, grid, args, options: dict, spill: int = 16) -> dict:
+    """The launch options of kernel[grid](*args), without their register cap where the kernel compiled under it
+    spills more than `spill` bytes a thread (a cap chosen at one shape can spill at another: wider heads hold more
+    a thread). Decided once per kernel, options, tensor dtypes and other arguments; the interpreter takes them as
+    they are."""
+    if interpreting() or not options.get("maxnreg"):
+        return options
+    key = (kernel, tuple(sorted(options.items())), spill,
+           *[(a.dtype, a.device) if torch.is_tensor(a) else a for a in args])
+    if key not in _UNSPILLED:
+        compiled = kernel.warmup(*args, grid=grid, **options)
+        if compiled is not None and spilled(compiled) > spill:
+            options = {k: v for k, v in options.items() if k != "maxnreg"}
+        _UNSPILLED[key] = options
+    return _UNSPILLED[key]
+
+
 def check_available(*tensors: torch.Tensor) -> None:
     """backend='triton' runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; never falls back."""
     try:
