@@ -64,6 +64,7 @@ def test_layouts_table_counts_the_walk_loops():
     rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("fwd ", "bwd "))]
     assert [row[:5] for row in rows] == [["fwd", "12", "walk", "8", "4"], ["bwd", "12", "walk", "8", "4"]], r.stdout
     for row in rows:
-        regs, per_sm, sass, barriers = int(row[5]), int(row[7]), float(row[8]), float(row[9])
+        cap, regs, per_sm, sass, barriers = int(row[5]), int(row[6]), int(row[8]), float(row[9]), float(row[10])
         assert 0 < regs <= 255 and per_sm >= 1, row
+        assert regs <= cap or cap == 0, row                   # the backward compiled as it launches: under its cap
         assert 10 < sass < 500 and 0 <= barriers < 50, row   # nan where the loops were not found

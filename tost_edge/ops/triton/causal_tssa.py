@@ -60,9 +60,9 @@ BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler
                    # the H100 timed at H12 (108 registers then); the step's sums over heads taken at once raised it
                    # to 151 uncapped under Triton 3.6, none spilled at 128. H20 (187) spills at 128: runs uncapped
 BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
-                 # forward's live tiles: at H12 tiles of 4 tokens fit in 255 registers, 8 spill (H100 sweep, from a
-                 # graph: 0.481 ms forward+backward at 4, 0.489 at 2, 0.762 at 8). Capped by the heads (_tile_tokens):
-                 # with 8 warps a walked step holds 4 tokens at H12, 2 at H20
+                 # forward's live tiles (H100 sweep, from a graph, kernels of the time: 0.481 ms forward+backward at 4,
+                 # 0.489 at 2, 0.762 at 8, which spilled). Capped by the heads (_tile_tokens): with 8 warps a walked
+                 # step holds up to 8 tokens at H12, 4 at H20
 
 
 @triton.jit
@@ -615,10 +615,11 @@ def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
 def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
     """The most tokens a tile or unrolled step may hold for each of its [tokens, HP, BD] tensors to take at most
     per_thread registers a thread: the tiled forward keeps ~3 such tensors live (64 fit), the tiled backward ~7 (32
-    fit); larger tiles spill. The walked backward's steps are capped at 16: at 32 a thread (H12 with 8 tokens a
-    step, H20 with 4, 8 warps) it compiles to over twice the barriers a token (sm_90, Triton 3.6: 11 against 5 at
-    H20; `compile_report.py --layouts`), and on an H100 steps of 8 tokens at H12 ran 0.76 ms forward+backward
-    against 0.48 for steps of 4."""
+    fit); larger tiles spill. The walked backward's steps are capped at 32 as well: its stage 2 takes one sum over
+    heads a step, so a longer step waits at fewer barriers a token (sm_90, Triton 3.6, 8 warps, H20: steps of 4
+    tokens 1.75 against 3.5 for steps of 2, 252 registers, nothing spilled; `compile_report.py --layouts`). (When
+    that sum was taken a token, steps of 32 a thread doubled the barriers, and on an H100 steps of 8 tokens at H12,
+    which spilled then, ran 0.76 ms forward+backward against 0.48 for steps of 4.)"""
     return max(1, per_thread * 32 * warps // (HP * BD))
 
 
@@ -632,7 +633,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
     BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
-    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32 if bwd_tiled else 16))
+    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
             bwd_opts.get("maxnreg", 0)]
