@@ -748,12 +748,14 @@ def test_every_linear_attention_launch_asks_for_fused_multiply_adds(linear_split
 
 
 @pytest.mark.parametrize("H,bwd_unroll,bwd_warps,expected", [(12, 4, 8, 4), (20, 4, 8, 4), (20, 0, 8, 4), (12, 0, 8, 8),
-                                                                (12, 0, 4, 4), (20, 4, 4, 2), (20, 4, 2, 1), (2, 4, 8, 4)],
+                                                                (12, 0, 4, 4), (20, 4, 4, 2), (20, 4, 2, 1), (2, 4, 8, 4),
+                                                                (2, 16, 8, 8)],
                          ids=["H12-steps4", "H20-steps4", "H20-steps-of-UNROLL-capped", "H12-steps-of-UNROLL",
-                              "H12-4warps-capped", "H20-4warps-capped", "H20-2warps-capped", "small-heads-uncapped"])
+                              "H12-4warps-capped", "H20-4warps-capped", "H20-2warps-capped", "small-heads-uncapped",
+                              "small-heads-at-most-8"])
 def test_causal_backward_steps_are_capped_by_the_heads(monkeypatch, H, bwd_unroll, bwd_warps, expected):
     """The walked backward takes BWD_UNROLL tokens a step (UNROLL where 0) but at most 32 padded elements a thread of
-    each token tensor: wider rows (H20) or fewer warps take fewer tokens a step."""
+    each token tensor (wider rows, H20, or fewer warps take fewer tokens a step) and at most 8 tokens."""
     from tost_edge.ops.triton import causal_tssa as ct
     monkeypatch.setattr(ct, "BWD_TILED", False)
     monkeypatch.setattr(ct, "UNROLL", 8)

@@ -253,10 +253,12 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     GPc = tl.zeros([HP, BD], dtype=tl.float32)      # sum over the tokens walked of pi rpe^2 q A
     GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
     gt = tl.zeros([HP], dtype=tl.float32)
+    tl.static_assert(BT <= 8, "the walked backward keeps at most 8 tokens' d S factors a step")
     step = tl.arange(0, BT)[None, :]
     for t0 in range(lo, hi, BT):
         # stage 2 takes the softmax over heads of the step's tokens at once: their d Pi, Pi and energies gathered as
-        # [heads, tokens], and each token's -d S_t / d e_t (m) kept until its d energy is known
+        # [heads, tokens], and each token's -d e_t / d S_t (m0..m7: steps of at most 8, see _plan) kept until its
+        # d energy is known
         pi_step = tl.zeros([HP, BT], dtype=tl.float32)
         gpi_step = tl.zeros([HP, BT], dtype=tl.float32)
         e_step = tl.zeros([HP, BT], dtype=tl.float32)
@@ -287,7 +289,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             q = gxi * inv
             if STAGE >= 2:
                 wr = wsq * rden
-                m = tl.where(S > 1e-12, wr * rden, 0.0)   # -d S_t / d e_t where the forward's max(S, eps) took S
+                m = tl.where(S > 1e-12, wr * rden, 0.0)   # -d e_t / d S_t where the forward's max(S, eps) took S
                 if STAGE == 2:
                     if PI_STORED:
                         e = _energy(wr, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
@@ -633,7 +635,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
     BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
-    bwd_tokens = _bwd_tokens(T, BT, _tile_tokens(HP, BD, bwd_opts["num_warps"], 32))
+    walk_cap = 1 << 30 if bwd_tiled else 8       # the walked backward keeps at most 8 tokens' d S factors a step
+    bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
             bwd_opts.get("maxnreg", 0)]
