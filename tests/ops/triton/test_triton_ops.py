@@ -322,7 +322,8 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
                           (12, 0, 4, 2, 128), (20, 0, 8, 1, 128), (12, 0, 8, 4, 0), (20, 0, 8, 2, 64)],
                          ids=["H12-1warp-tiles-4warp-steps1", "H12-2warp-tiles-4warp-steps2",
                               "H20-1warp-tiles-8warp-steps1", "H20-2warp-tiles-4warp-steps2",
-                              "H12-8warp-steps1-capped-80", "H12-4warp-steps2-capped-128", "H20-8warp-steps1-capped-128",
+                              "H12-8warp-steps1-capped-80", "H12-4warp-steps2-capped-128",
+                              "H20-8warp-steps1-capped-128",
                               "H12-8warp-steps4-uncapped", "H20-8warp-steps2-cap-64-spills-runs-uncapped"])
 def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_warps, bwd_unroll, bwd_maxnreg):
     """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) or
@@ -747,9 +748,9 @@ def test_every_linear_attention_launch_asks_for_fused_multiply_adds(linear_split
     assert unfused(launches) == []
 
 
-@pytest.mark.parametrize("H,bwd_unroll,bwd_warps,expected", [(12, 4, 8, 4), (20, 4, 8, 4), (20, 0, 8, 4), (12, 0, 8, 8),
-                                                                (12, 0, 4, 4), (20, 4, 4, 2), (20, 4, 2, 1), (2, 4, 8, 4),
-                                                                (2, 16, 8, 8)],
+@pytest.mark.parametrize("H,bwd_unroll,bwd_warps,expected",
+                         [(12, 4, 8, 4), (20, 4, 8, 4), (20, 0, 8, 4), (12, 0, 8, 8), (12, 0, 4, 4), (20, 4, 4, 2),
+                          (20, 4, 2, 1), (2, 4, 8, 4), (2, 16, 8, 8)],
                          ids=["H12-steps4", "H20-steps4", "H20-steps-of-UNROLL-capped", "H12-steps-of-UNROLL",
                               "H12-4warps-capped", "H20-4warps-capped", "H20-2warps-capped", "small-heads-uncapped",
                               "small-heads-at-most-8"])

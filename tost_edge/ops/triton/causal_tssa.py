@@ -58,7 +58,8 @@ TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a til
 BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler's choice); a cap that spills more
                    # than 16 bytes a thread runs uncapped (utils.unspilled). 128: two programs of 8 warps an SM, as
                    # the H100 timed at H12 (108 registers then); the step's sums over heads taken at once raised it
-                   # to 151 uncapped under Triton 3.6, none spilled at 128. H20 (187) spills at 128: runs uncapped
+                   # to 151 uncapped under Triton 3.6, none spilled at 128. H20 (steps of 4: 252) spills 248
+                   # bytes at 128: runs uncapped
 BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UNROLL. The backward holds ~3x the
                  # forward's live tiles (H100 sweep, from a graph, kernels of the time: 0.481 ms forward+backward at 4,
                  # 0.489 at 2, 0.762 at 8, which spilled). Capped by the heads (_tile_tokens): with 8 warps a walked
