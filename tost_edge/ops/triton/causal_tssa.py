@@ -248,7 +248,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     # (atomics), slice totals of the direct d S (fp64).  STAGE 3: dw.
     # Stage 1 keeps the direct d P (-pi rpe^2 sum_d q A) per channel (GPc) and sums it over d once at the end: no
     # later token needs it, so the walk reduces nothing a token. (Stage 2 could do the same with Rp and d temp's
-    # energy term, but the accumulators it would carry take it past 128 registers a thread: one program an SM.)
+    # energy term; the two accumulators took it from 106 to 145 registers a thread, sm_90, Triton 3.6: not kept.)
     hc = tl.arange(0, HP)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GPc = tl.zeros([HP, BD], dtype=tl.float32)      # sum over the tokens walked of pi rpe^2 q A
