@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
-from tost_edge.ops.triton.utils import launch_options  # noqa: E402
+from tost_edge.ops.triton.utils import SPILL, launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -175,7 +175,7 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) 
                         cap = ct.BWD_MAXNREG if direction == "bwd" else 0   # as launches run it (utils.unspilled)
                         with contextlib.redirect_stdout(io.StringIO()):
                             usage = report(label, kernel, sig, const, arch, nw, maxnreg=cap)
-                            if cap and usage["stack"] > 16:
+                            if cap and usage["stack"] > SPILL:
                                 cap, usage = 0, report(label, kernel, sig, const, arch, nw)
                         loops = usage["loops"]
                         per_sm = tr.programs_per_sm(usage["regs"], nw, usage["shared"], 65536, threads, shared, blocks)

@@ -286,7 +286,8 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             rpe = _rcp(P + 1e-8)
             inv = _rcp(1.0 + A * rpe[:, None])
             prpe = pi * rpe
-            gxi = g * inv * x
+            gi = g * inv
+            gxi = gi * x
             q = gxi * inv
             if STAGE >= 2:
                 wr = wsq * rden
@@ -319,7 +320,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
                     # pi (2 Ra x - g inv) + 2 x (ge rden + Rc), its products grouped per head
                     inner = pi[:, None] * Ra + (ge[:, None] * rden + Rc.to(tl.float32))
-                    grad = (x + x) * inner - pi[:, None] * (g * inv)
+                    grad = (x + x) * inner - pi[:, None] * gi
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
                     Rc += (m * ge[:, None]).to(tl.float64)          # minus the direct d loss / d S_t
                 Ra -= q * prpe[:, None]

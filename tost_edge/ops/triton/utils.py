@@ -35,10 +35,11 @@ def spilled(compiled) -> int:
         return 0
 
 
+SPILL = 16          # bytes a thread a capped kernel may spill before its cap is dropped (unspilled)
 _UNSPILLED: dict = {}
 
 
-def unspilled(kernel, grid, args, options: dict, spill: int = 16) -> dict:
+def unspilled(kernel, grid, args, options: dict, spill: int = SPILL) -> dict:
     """The launch options of kernel[grid](*args), without their register cap where the kernel compiled under it
     spills more than `spill` bytes a thread (a cap chosen at one shape can spill at another: wider heads hold more
     a thread). Decided once per kernel, options, tensor dtypes and other arguments; the interpreter takes them as
