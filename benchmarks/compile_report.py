@@ -157,6 +157,7 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) 
     _, _, threads, shared, blocks = CARDS.get(arch, CARDS[90])
     print(f"{'kernel':9s} {'H':>3s} {'scheme':6s} {'warps':>5s} {'tokens':>6s} {'cap':>4s} {'regs':>4s} {'spill':>5s} "
           f"{'per SM':>6s} {'SASS/elem':>9s} {'bar/token':>9s}", flush=True)
+    fwd_sig, bwd_sig = causal_sigs("*bf16")
     for direction in ("fwd", "bwd"):
         for H in heads:
             HP = triton.next_power_of_2(H)
@@ -167,7 +168,6 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) 
                             continue
                         const = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "BT": bt, "TILED": tiled,
                                  "BOUNDED": True, "PREFIX": True, **({"PI_STORED": True} if direction == "bwd" else {})}
-                        fwd_sig, bwd_sig = causal_sigs("*bf16")
                         kernel, sig = (ct._f_fused, fwd_sig) if direction == "fwd" else (ct._b_fused, bwd_sig)
                         label = f"causal {direction} {'tiled' if tiled else 'walk'} H{H} warps{nw} tokens{bt}"
                         if ONLY and not re.search(ONLY, label):
@@ -270,9 +270,9 @@ def main() -> None:
         report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), cc, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
-            report(f"causal bwd{st}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
+            report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
                    bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32,
-                   dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw)
+                   dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw, maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, fused_fwd, {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
