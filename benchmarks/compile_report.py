@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
 from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
-from tost_edge.ops.triton.utils import SPILL, launch_options  # noqa: E402
+from tost_edge.ops.triton.utils import FAST_FP64, SPILL, launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -56,10 +56,14 @@ def tile_layout(ttgir: str) -> str:
     return f"  tiles: tokens {'split' if split else 'in-thread'}, {moved} moved"
 
 
+FP64_OPS = re.compile(r"(@!?U?P\w+\s+)?(DADD|DMUL|DFMA|DSETP|DMNMX|F2F\S*F64)")
+
+
 def loop_bodies(sass: str, smallest: int = 60):
-    """(instructions, barriers) of every loop body in the SASS (a branch back to a lower address) of more than
-    `smallest` instructions: what one trip of a token walk or tile loop costs each thread. Loops that poll memory with
-    acquire loads (the decoupled look-back's) are left out."""
+    """(instructions, barriers, fp64 instructions) of every loop body in the SASS (a branch back to a lower address)
+    of more than `smallest` instructions: what one trip of a token walk or tile loop costs each thread. fp64 counts
+    what runs on the fp64 pipe (arithmetic and conversions to or from fp64): half the fp32 rate on data-centre parts,
+    1/32 to 1/64 on the others. Loops that poll memory with acquire loads (the decoupled look-back's) are left out."""
     ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)]
     at = {a: i for i, (a, _) in enumerate(ins)}
     bodies = []
@@ -68,7 +72,8 @@ def loop_bodies(sass: str, smallest: int = 60):
         if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
             body = [t for _, t in ins[at[int(m.group(1), 16)]:i + 1]]
             if len(body) > smallest and not any(t.startswith("LDG") and ".STRONG.GPU" in t for t in body):
-                bodies.append((len(body), sum("BAR.SYNC" in t for t in body)))
+                bodies.append((len(body), sum("BAR.SYNC" in t for t in body),
+                               sum(bool(FP64_OPS.match(t)) for t in body)))
     return bodies
 
 
@@ -109,7 +114,7 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
         ops[op] = ops.get(op, 0) + 1
     top = ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda x: -x[1])[:8])
     layout = tile_layout(k.asm["ttgir"])
-    loops = " ".join(f"{n}/{bars}" for n, bars in loop_bodies(sass, LOOP_MIN))
+    loops = " ".join(f"{n}/{bars}" for n, bars, _ in loop_bodies(sass, LOOP_MIN))
     layout += f"  loops (SASS/barriers) {loops}" if loops else ""
     print(f"{label:34s} warps {num_warps}  regs {grab('REG'):3d}  stack {grab('STACK'):5d}  "
           f"shared {grab('SHARED'):6d}  sass {len(instr):5d}  bar {ops.get('BAR', 0):3d}  [{top}]{layout}", flush=True)
@@ -145,18 +150,26 @@ def causal_sigs(t: str):
     return fwd, bwd
 
 
-def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) -> list:
+def suffix_pair(arch: int) -> bool:
+    """Whether launches on this architecture sum the causal backward's d S in fp32 pairs (ct.SUFFIX_FP64)."""
+    return not (ct.SUFFIX_FP64 if ct.SUFFIX_FP64 is not None else divmod(arch, 10) in FAST_FP64)
+
+
+def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8), pair: bool | None = None) -> list:
     """Causal TSSA's fused kernels (bf16, D64) walked (TILED off) or tiled, over warps a program x tokens a step or
     tile: what one token costs. The walks are latency- and issue-bound (docs/benchmarks.md), so the figures that
     decide are the SASS a padded element of the three walk loops takes (thread instructions: a loop trip's SASS x the
     program's threads / the tokens and padded channels it covers), the barriers a token waits at, and how many
     programs an SM holds (spill: bytes of local memory a thread). The backward compiles under BWD_MAXNREG ("cap"),
-    or uncapped where the cap spills over 16 bytes a thread, as its launches do. Returns the rows."""
+    or uncapped where the cap spills over 16 bytes a thread, as its launches do, and sums d S in fp64 or in fp32
+    pairs (pair; None: as launches decide for the architecture, ct.SUFFIX_FP64). Returns the rows."""
     global LOOP_MIN
     LOOP_MIN, rows = 20, []
+    pair = suffix_pair(arch) if pair is None else pair
+    print(f"the backward's d S sums: {'fp32 pairs' if pair else 'fp64'}")
     _, _, threads, shared, blocks = CARDS.get(arch, CARDS[90])
     print(f"{'kernel':9s} {'H':>3s} {'scheme':6s} {'warps':>5s} {'tokens':>6s} {'cap':>4s} {'regs':>4s} {'spill':>5s} "
-          f"{'per SM':>6s} {'SASS/elem':>9s} {'bar/token':>9s}", flush=True)
+          f"{'per SM':>6s} {'SASS/elem':>9s} {'bar/token':>9s} {'fp64/elem':>9s}", flush=True)
     fwd_sig, bwd_sig = causal_sigs("*bf16")
     for direction in ("fwd", "bwd"):
         for H in heads:
@@ -167,7 +180,8 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) 
                         if direction == "bwd" and bt > 4:       # the backward holds ~3x the forward's tiles
                             continue
                         const = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "BT": bt, "TILED": tiled,
-                                 "BOUNDED": True, "PREFIX": True, **({"PI_STORED": True} if direction == "bwd" else {})}
+                                 "BOUNDED": True, "PREFIX": True,
+                                 **({"PI_STORED": True, "PAIR": pair} if direction == "bwd" else {})}
                         kernel, sig = (ct._f_fused, fwd_sig) if direction == "fwd" else (ct._b_fused, bwd_sig)
                         label = f"causal {direction} {'tiled' if tiled else 'walk'} H{H} warps{nw} tokens{bt}"
                         if ONLY and not re.search(ONLY, label):
@@ -181,15 +195,18 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8)) 
                         per_sm = tr.programs_per_sm(usage["regs"], nw, usage["shared"], 65536, threads, shared, blocks)
                         # three walk loops (stages), one trip each per step; where the compiler unrolled a loop
                         # itself (a main loop and a remainder) a trip's tokens are unknown: not counted
-                        sass = sum(n for n, _ in loops) * 32 * nw / (bt * HP * 64) if len(loops) == 3 else math.nan
-                        bars = sum(b for _, b in loops) / bt if len(loops) == 3 else math.nan
+                        per_elem = 32 * nw / (bt * HP * 64)
+                        sass = sum(n for n, _, _ in loops) * per_elem if len(loops) == 3 else math.nan
+                        bars = sum(b for _, b, _ in loops) / bt if len(loops) == 3 else math.nan
+                        fp64 = sum(f for _, _, f in loops) * per_elem if len(loops) == 3 else math.nan
                         row = dict(kernel=direction, H=H, scheme="tiled" if tiled else "walk", warps=nw, tokens=bt,
                                    cap=cap, regs=usage["regs"], spill=usage["stack"], per_sm=per_sm, loops=len(loops),
-                                   sass_per_element=round(sass, 1), barriers_per_token=round(bars, 2))
+                                   sass_per_element=round(sass, 1), barriers_per_token=round(bars, 2),
+                                   fp64_per_element=round(fp64, 2))
                         rows.append(row)
                         note = "" if len(loops) == 3 else f"  ({len(loops)} loops: the compiler unrolled a walk)"
                         print(f"{direction:9s} {H:3d} {row['scheme']:6s} {nw:5d} {bt:6d} {cap:4d} {usage['regs']:4d} "
-                              f"{usage['stack']:5d} {per_sm:6d} {sass:9.1f} {bars:9.2f}{note}", flush=True)
+                              f"{usage['stack']:5d} {per_sm:6d} {sass:9.1f} {bars:9.2f} {fp64:9.2f}{note}", flush=True)
     return rows
 
 
@@ -261,7 +278,8 @@ def main() -> None:
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time; a walk step of UNROLL tokens forward,
     # BWD_UNROLL backward: what launches compile)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
-    bc = {**cc, "BT": ct._plan(8, 4096, 12, 64, 2)[5], "BOUNDED": True, "PI_STORED": True}   # tokens a step, capped
+    bc = {**cc, "BT": ct._plan(8, 4096, 12, 64, 2)[5], "BOUNDED": True, "PI_STORED": True,   # tokens a step, capped
+          "PAIR": suffix_pair(a)}
     fused_fwd, fused_bwd = causal_sigs(bf)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
@@ -294,7 +312,7 @@ def main() -> None:
                nw, maxnreg=mx)
         if not mx:                                        # the cap applies to the forward only
             report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
-                   {**tc, "BT": bwd_bt, "PI_STORED": True}, a, nw)
+                   {**tc, "BT": bwd_bt, "PI_STORED": True, "PAIR": suffix_pair(a)}, a, nw)
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)

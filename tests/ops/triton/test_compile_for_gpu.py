@@ -53,13 +53,16 @@ def test_kernels_compile_for_gpu(arch, triton_dir):
         assert all(ln.endswith("(resident)") for ln in resident), resident
 
 
-def test_layouts_table_counts_the_walk_loops():
+@pytest.mark.parametrize("arch", [90, 87], ids=["sm90", "sm87"])
+def test_layouts_table_counts_the_walk_loops(arch):
     """`compile_report.py --layouts` finds the three walk loops of each fused causal kernel (the loops that poll for
-    other programs' sums are not among them) and reports their cost a padded element and their barriers a token."""
+    other programs' sums are not among them) and reports their cost a padded element, their barriers a token and
+    their fp64 instructions: the backward's sums of d S in fp64 on sm_90, in fp32 pairs (none) on Orin's sm_87."""
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_report.py"), "--layouts", "--only",
-                        "walk H12 warps8 tokens4$"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_report.py"), "--layouts", "--arch",
+                        str(arch), "--only", "walk H12 warps8 tokens4$"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("fwd ", "bwd "))]
     assert [row[:5] for row in rows] == [["fwd", "12", "walk", "8", "4"], ["bwd", "12", "walk", "8", "4"]], r.stdout
@@ -68,3 +71,5 @@ def test_layouts_table_counts_the_walk_loops():
         assert 0 < regs <= 255 and per_sm >= 1, row
         assert regs <= cap or cap == 0, row                   # the backward compiled as it launches: under its cap
         assert 10 < sass < 500 and 0 <= barriers < 50, row   # nan where the loops were not found
+    fwd64, bwd64 = float(rows[0][11]), float(rows[1][11])
+    assert fwd64 == 0 and (bwd64 > 0 if arch == 90 else bwd64 == 0), rows

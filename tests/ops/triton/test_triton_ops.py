@@ -342,6 +342,17 @@ def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_
         assert ran and all("maxnreg" not in options for options in ran), ran
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="the fp32 pairs' unfused products (mul.rn) exist only in compiled kernels")
+@pytest.mark.parametrize("H", [12, 20], ids=["H12", "H20"])
+def test_causal_on_gpu_d_S_in_fp32_pairs(monkeypatch, H):
+    """At a benchmark shape the backward summing d S in fp32 pairs (slow-fp64 GPUs' default) gives the fp64 sums'
+    outputs, final state and every gradient, against the fp64 reference as well."""
+    results = causal_at_benchmark_shape(monkeypatch, H, [{"SUFFIX_FP64": True}, {"SUFFIX_FP64": False}, None])
+    for name, fp64, pairs, ref in zip(CAUSAL_RESULTS, *results):
+        assert_close(name, fp64.float(), pairs.float(), 1e-4, atol=1e-6)
+        assert_close(name + " vs fp64", ref, pairs.double(), 2e-2, atol=1e-5)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_linear_attention_on_gpu(dtype, linear_split):
@@ -803,6 +814,50 @@ def test_causal_backward_steps_of_eight_tokens(monkeypatch, fused):
     gr, _ = grads([yr, *sr], [w, temp, bias])
     for name, a, b in zip(["w", "temp", "denom_bias"], g, gr):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["three-passes", "fused"])
+@pytest.mark.parametrize("fp64", [True, False], ids=["fp64", "fp32-pairs"])
+@pytest.mark.parametrize("T,D,H,programs,first", [(20, 128, 3, 1024, 1e-3), (37, 32, 5, 3, 1e-2)],
+                         ids=["D128-one-slice", "D32-slices"])
+def test_causal_backward_sums_of_d_S_in_fp64_or_fp32_pairs(monkeypatch, fused, fp64, T, D, H, programs, first):
+    """At a sequence's first token d S dwarfs the later tokens' (S = w^2 there; here the first token is 100 or 1000
+    times smaller than the others), so the walked backward's sums of it cancel: in fp64, or in pairs of fp32 (what runs
+    on GPUs with slow fp64), every gradient stays as close to fp64 as elsewhere (sums in plain fp32: dw 6e-3 and 1e-2
+    off here, against 1e-6 and 3e-7)."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "FUSED", fused)
+    monkeypatch.setattr(ct, "BWD_TILED", False)
+    monkeypatch.setattr(ct, "SUFFIX_FP64", fp64)
+    monkeypatch.setattr(ct, "PROGRAMS", programs)
+    assert ct._plan(2, T, H, D, 4)[16] == int(fp64)
+    gen = torch.Generator().manual_seed(T)
+    w = torch.randn(2, T, H * D, generator=gen, dtype=torch.float64)
+    w[:, 0] *= first
+    w = w.to(DEVICE).float().requires_grad_()
+    temp = (torch.rand(H, generator=gen, dtype=torch.float64) + 0.5).to(DEVICE).float().requires_grad_()
+    bias = (0.1 * torch.randn(H, T, generator=gen, dtype=torch.float64)).to(DEVICE).float().requires_grad_()
+    y, s = causal_tssa(w, temp, bias, H, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H)
+    g, _ = grads([y, *s], [w, temp, bias])
+    gr, _ = grads([yr, *sr], [w, temp, bias])
+    for name, a, b in zip(["w", "temp", "denom_bias"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("capability,fp64", [((9, 0), 1), ((8, 0), 1), ((10, 0), 1), ((8, 7), 0), ((8, 9), 0),
+                                             ((11, 0), 0), ((12, 1), 0)])
+def test_causal_backward_sums_d_S_in_fp64_where_the_gpu_runs_it_fast(monkeypatch, capability, fp64):
+    """SUFFIX_FP64 = None decides by the device: fp64 on the data-centre parts, fp32 pairs on Orin (sm_87), Thor
+    (sm_110) and the consumer parts; the interpreter's CPU tensors take fp64; a setting overrides the device."""
+    from tost_edge.ops.triton import causal_tssa as ct, utils
+    monkeypatch.setattr(ct, "SUFFIX_FP64", None)
+    monkeypatch.setattr(utils.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(utils.torch.version, "hip", None)
+    assert ct._plan(1, 64, 12, 64, 2, torch.device("cuda", 0))[16] == fp64
+    assert ct._plan(1, 64, 12, 64, 2, torch.device("cpu"))[16] == 1
+    monkeypatch.setattr(ct, "SUFFIX_FP64", not fp64)
+    assert ct._plan(1, 64, 12, 64, 2, torch.device("cuda", 0))[16] == int(not fp64)
 
 
 @pytest.mark.parametrize("fwd_tiled", [True, False], ids=["tiled-forward", "tiled-backward"])

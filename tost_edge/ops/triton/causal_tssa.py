@@ -16,7 +16,9 @@ Backward, three passes that recompute the forward sums from w and the stored Pi 
   2. their suffix sums give d Pi -> d energy (stored), d temp, d denom_bias and slice totals of the direct d S;
   3. with the suffix sums of that, dw.
 The suffix sum of d S is a slice total minus what the walk has passed, kept in fp64: at a sequence's first tokens
-d S is huge (-d e w^2 / S^2 with S = w^2) and in fp32 the difference would lose every later token.
+d S is huge (-d e w^2 / S^2 with S = w^2) and in fp32 the difference would lose every later token. Where the GPU's
+fp64 is slow (SUFFIX_FP64), the walked backward keeps it as a pair of fp32 instead (_suffix_add); what passes between
+slices stays fp64 (one value a channel a slice).
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
-from .fastmath import _rcp
-from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, join_runs,
-                    launch_options, next_pow2, on_input_device, unspilled)
+from .fastmath import _mul_rn, _rcp
+from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, fast_fp64,
+                    join_runs, launch_options, next_pow2, on_input_device, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -55,6 +57,11 @@ TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the com
                    # 168)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
+SUFFIX_FP64: bool | None = None  # the walked backward adds up d S token by token in fp64 (True) or in pairs of fp32
+                                 # (False: ~8 fp32 instructions an element a token where fp64 takes 3 on its own
+                                 # pipe, which GPUs other than NVIDIA's data-centre parts run at 1/32 to 1/64 of the
+                                 # fp32 rate); None: fp64 where utils.fast_fp64 says the GPU has that rate. The tiled
+                                 # backward (BWD_TILED) always takes fp64
 BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler's choice); a cap that spills more
                    # than 16 bytes a thread runs uncapped (utils.unspilled). 128: two programs of 8 warps an SM, as
                    # the H100 timed at H12 (108 registers then); the step's sums over heads taken at once raised it
@@ -231,15 +238,49 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
+def _suffix_add(hi, lo, v, PAIR: tl.constexpr):
+    """(hi, lo) + v [HP, BD] for the sums of d S: hi in fp64 (lo unused), or where PAIR an fp32 pair whose value is
+    hi + lo (Knuth's TwoSum: lo takes the rounding error of every hi + v, so the pair keeps ~48 bits)."""
+    if PAIR:
+        s = hi + v
+        vs = s - hi
+        return s, lo + ((hi - (s - vs)) + (v - vs))
+    else:
+        return hi + v.to(tl.float64), lo
+
+
+@triton.jit
+def _suffix_split(x, PAIR: tl.constexpr):
+    """An fp64 [HP, BD] as _suffix_add's (hi, lo)."""
+    if PAIR:
+        hi = x.to(tl.float32)
+        return hi, (x - hi.to(tl.float64)).to(tl.float32)
+    else:
+        return x, tl.zeros(x.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _suffix_value(hi, lo, PAIR: tl.constexpr, DTYPE: tl.constexpr):
+    """The value of _suffix_add's (hi, lo) in DTYPE."""
+    if PAIR:
+        if DTYPE == tl.float64:
+            return hi.to(tl.float64) + lo.to(tl.float64)
+        else:
+            return hi + lo
+    else:
+        return hi.to(DTYPE)
+
+
+@triton.jit
 def _step_gc(m, ge_step, step, i: tl.constexpr):
-    """m * d energy of the step's token i [HP, BD], in fp64."""
-    return (m * tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None]).to(tl.float64)
+    """-d loss / d S_t of the step's token i [HP, BD]: m * its d energy (rounded as written: see _suffix_add)."""
+    return _mul_rn(m, tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None])
 
 
 @triton.jit
 def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-            BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, so, sm):
+            BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, PAIR: tl.constexpr, so, sm):
     # Walks tokens [lo, hi) forwards, recomputing the forward sums (S, A, P) from their values at token lo, w and
     # the Pi stored by the forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients flowing
     # into A, P, S at the current token from it and every later token: their value at token lo (what flows in
@@ -252,7 +293,10 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
     hc = tl.arange(0, HP)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GPc = tl.zeros([HP, BD], dtype=tl.float32)      # sum over the tokens walked of pi rpe^2 q A
-    GCs = tl.zeros([HP, BD], dtype=tl.float64)      # fp64: see the module docstring
+    # d S: its slice total (stage 2) and what flows in at the current token (Rc, stage 3) in fp64 or fp32 pairs
+    # (PAIR; see the module docstring)
+    GCs, GCl = _suffix_split(tl.zeros([HP, BD], dtype=tl.float64), PAIR)
+    Rc, Rl = _suffix_split(Rc, PAIR)
     gt = tl.zeros([HP], dtype=tl.float32)
     tl.static_assert(BT <= 8, "the walked backward keeps at most 8 tokens' d S factors a step")
     step = tl.arange(0, BT)[None, :]
@@ -319,10 +363,10 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                 else:
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
                     # pi (2 Ra x - g inv) + 2 x (ge rden + Rc), its products grouped per head
-                    inner = pi[:, None] * Ra + (ge[:, None] * rden + Rc.to(tl.float32))
+                    inner = pi[:, None] * Ra + (ge[:, None] * rden + _suffix_value(Rc, Rl, PAIR, tl.float32))
                     grad = (x + x) * inner - pi[:, None] * gi
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc += (m * ge[:, None]).to(tl.float64)          # minus the direct d loss / d S_t
+                    Rc, Rl = _suffix_add(Rc, Rl, _mul_rn(m, ge[:, None]), PAIR)   # minus the direct d loss / d S_t
                 Ra -= q * prpe[:, None]
             else:
                 GA += q * prpe[:, None]
@@ -334,35 +378,37 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             gz = tl.where(hm, pi_step * (gpi_step - tl.sum(pi_step * gpi_step, 0)[None, :]), 0.0)   # softmax
             ge_step = gz * tv[:, None]
             gt += tl.sum(gz * e_step, 1)
-            GCs -= _step_gc(m0, ge_step, step, 0)            # minus the direct d loss / d S_t, token by token
+            # minus the direct d loss / d S_t, token by token
+            GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m0, ge_step, step, 0), PAIR)
             if BT > 1:
-                GCs -= _step_gc(m1, ge_step, step, 1)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m1, ge_step, step, 1), PAIR)
             if BT > 2:
-                GCs -= _step_gc(m2, ge_step, step, 2)
-                GCs -= _step_gc(m3, ge_step, step, 3)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m2, ge_step, step, 2), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m3, ge_step, step, 3), PAIR)
             if BT > 4:
-                GCs -= _step_gc(m4, ge_step, step, 4)
-                GCs -= _step_gc(m5, ge_step, step, 5)
-                GCs -= _step_gc(m6, ge_step, step, 6)
-                GCs -= _step_gc(m7, ge_step, step, 7)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m4, ge_step, step, 4), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m5, ge_step, step, 5), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m6, ge_step, step, 6), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m7, ge_step, step, 7), PAIR)
             tl.store(ge_io + (b * T + ts) * H + hc[:, None], ge_step, mask=hm)
             if BOUNDED:
                 tl.atomic_add(gbias + hc[:, None] * tmax + p0 + ts, D * ge_step, mask=hm, sem="relaxed")
     if STAGE == 2:
         tl.atomic_add(gtemp + hc, gt, mask=hc < H, sem="relaxed")
-    return GA, -tl.sum(GPc, 1), GCs
+    return GA, -tl.sum(GPc, 1), _suffix_value(GCs, GCl, PAIR, tl.float64)
 
 
 @triton.jit
 def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
              C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-             BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, TILED: tl.constexpr, so, sm):
+             BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, TILED: tl.constexpr,
+             PAIR: tl.constexpr, so, sm):
     if TILED:
         GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi,
                                   T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE)
     else:
         GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
-                             tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, so, sm)
+                             tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR, so, sm)
     return GA, GP, GC
 
 
@@ -370,7 +416,7 @@ def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, t
 def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-              STAGE: tl.constexpr, TILED: tl.constexpr):
+              STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr):
     # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
     b, k, lo, hi = _slice(T, per)
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
@@ -391,7 +437,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
         Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
             + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
     GA, GP, GCs = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, tl.load(pos + b),
-                           b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED, so, sm)
+                           b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED, PAIR, so, sm)
     if STAGE == 1:
         tl.store(GAP + k * F + so, GA, mask=sm)
         tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
@@ -523,7 +569,7 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
 def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gtemp, gbias, dw, gS0,
              gA0, gP0, sync, part, part64, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-             PREFIX: tl.constexpr, TILED: tl.constexpr):
+             PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr):
     # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
     # the slice comes from _lookback over the later slices.
     HD: tl.constexpr = H * D
@@ -540,7 +586,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     zv = tl.zeros([HP], dtype=tl.float32)
     z64 = tl.zeros([HP, BD], dtype=tl.float64)
     GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo, hi, T,
-                         tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, so, sm)
+                         tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, PAIR, so, sm)
     Ra, Rp = _lookback(sync + 1, part, b, s, NS, GA, GP, tl.load(gA_T + b * HD + so, mask=sm, other=0.0),
                        tl.load(gP_T + b * H + hc, mask=hc < H, other=0.0), so, sm, hc, H, HD, True, True, PREFIX)
     Ra += GA
@@ -549,7 +595,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
         tl.store(gA0 + b * HD + so, Ra, mask=sm)
         tl.store(gP0 + b * H + hc, Rp, mask=hc < H)
     _, _, GC = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo, hi, T,
-                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, so, sm)
+                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, PAIR, so, sm)
     Rc, _ = _lookback(sync + 1 + nB * NS, part64, b, s, NS, GC, zv.to(tl.float64),
                       tl.load(gS_T + b * HD + so, mask=sm, other=0.0).to(tl.float64), zv.to(tl.float64), so, sm, hc,
                       H, HD, False, True, PREFIX)
@@ -557,7 +603,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     if s == 0:
         tl.store(gS0 + b * HD + so, Rc.to(tl.float32), mask=sm)
     _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C, D, H,
-             HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, so, sm)
+             HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, PAIR, so, sm)
 
 
 def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
@@ -627,11 +673,11 @@ def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
     return max(1, per_thread * 32 * warps // (HP * BD))
 
 
-def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
+def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | None = None) -> list:
     """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
-    register cap]."""
+    register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device)]."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
@@ -641,7 +687,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int) -> list:
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
-            bwd_opts.get("maxnreg", 0)]
+            bwd_opts.get("maxnreg", 0), int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)]
 
 
 @on_input_device
@@ -651,7 +697,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _ = plan
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _ = plan
     opts = launch_options(warps, maxnreg)
     tmax = bias.shape[1]
     HD = H * D
@@ -686,8 +732,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg = plan
-    stored, opts = bool(stored), launch_options(bwd_warps, bwd_maxnreg)
+    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64 = plan
+    stored, opts, pair = bool(stored), launch_options(bwd_warps, bwd_maxnreg), not fp64
     tmax = bias.shape[1]
     dev = w.device
     gy = torch.zeros_like(w) if gy is None else gy.contiguous()
@@ -714,16 +760,16 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
             part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos), g(gS_T),
                     g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0), g(gP0), sync, part, part64, T,
-                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled))
+                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled), pair)
             _b_fused[(nb * NT,)](*args, **unspilled(_b_fused, (nb * NT,), args, opts))
             continue
         grid = (nb, NT)
         args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
         tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
         tiled = bool(tiled)
-        stage = [(*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled),
-                 (*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled),
-                 (*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled)]
+        stage = [(*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, pair),
+                 (*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, pair),
+                 (*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, pair)]
         _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts))
         _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
         _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts))
@@ -813,7 +859,7 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     bounded = bias is not None
     bias_t = bias.float() if bounded else torch.zeros(H, 1, device=w.device)
     args = (w.contiguous(), temp.float().contiguous(), bias_t.contiguous(), pos.contiguous(),
-            *(s.float().contiguous() for s in state), H, bounded, _plan(B, T, H, D, w.element_size()))
+            *(s.float().contiguous() for s in state), H, bounded, _plan(B, T, H, D, w.element_size(), w.device))
     if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
         y, S, A, P = _forward_op(*args)[:4]
     else:

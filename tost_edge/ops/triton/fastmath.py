@@ -1,5 +1,5 @@
-"""PTX helpers of the kernels: a fast reciprocal (causal TSSA walks and tiles). The interpreter cannot run PTX and
-takes the plain operations."""
+"""PTX helpers of the kernels: a fast reciprocal (causal TSSA walks and tiles) and a product kept apart from the sums
+that follow it (causal TSSA backward). The interpreter cannot run PTX and takes the plain operations."""
 from __future__ import annotations
 
 import triton
@@ -19,3 +19,14 @@ def _rcp(x):
                                          pack=1)
     else:
         return 1.0 / x
+
+
+@triton.jit
+def _mul_rn(a, b):
+    """a * b rounded to fp32 as written (mul.rn: never contracted into a fused multiply-add with a later sum), for
+    the error-free sums of causal_tssa._suffix_add, which need the product as the value they add."""
+    if PTX:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return a * b

@@ -161,6 +161,18 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+# compute capabilities whose fp64 runs at half the fp32 rate (P100, V100, A100, H100 / H200, B200); the others run
+# it at 1/32 to 1/64 (the consumer parts, Jetson Orin sm_87 and Thor sm_110, the later Blackwell parts)
+FAST_FP64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+
+
+def fast_fp64(device: torch.device | None) -> bool:
+    """Whether kernels on this device may lean on fp64 arithmetic; true off NVIDIA GPUs (the interpreter, ROCm)."""
+    if device is None or torch.device(device).type != "cuda" or torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) in FAST_FP64
+
+
 def cpu_timer(fn, quantiles=None, **_):
     """A `do_bench` stand-in for triton.autotune under the interpreter (no GPU timer there)."""
     import time
