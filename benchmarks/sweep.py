@@ -73,7 +73,8 @@ def grid(**axes):
 CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
                   ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))],
                  grid(TILED_WARPS=[0, 2, 1]),
-                 grid(PROGRAMS=[1024, 2048, 4096])]
+                 grid(PROGRAMS=[1024, 2048, 4096]),
+                 grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
 
 
 def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):

@@ -238,15 +238,21 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
-def _suffix_add(hi, lo, v, PAIR: tl.constexpr):
-    """(hi, lo) + v [HP, BD] for the sums of d S: hi in fp64 (lo unused), or where PAIR an fp32 pair whose value is
-    hi + lo (Knuth's TwoSum: lo takes the rounding error of every hi + v, so the pair keeps ~48 bits)."""
+def _suffix_add(hi, lo, v, PAIR: tl.constexpr, SUB: tl.constexpr = False):
+    """(hi, lo) + v (- v where SUB) [HP, BD] for the sums of d S: hi in fp64 (lo unused), or where PAIR an fp32 pair
+    whose value is hi + lo (Knuth's TwoSum: lo takes the rounding error of every hi + v, so the pair keeps ~48
+    bits)."""
     if PAIR:
+        if SUB:
+            v = -v
         s = hi + v
         vs = s - hi
         return s, lo + ((hi - (s - vs)) + (v - vs))
     else:
-        return hi + v.to(tl.float64), lo
+        if SUB:
+            return hi - v.to(tl.float64), lo
+        else:
+            return hi + v.to(tl.float64), lo
 
 
 @triton.jit
@@ -272,9 +278,19 @@ def _suffix_value(hi, lo, PAIR: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _step_gc(m, ge_step, step, i: tl.constexpr):
-    """-d loss / d S_t of the step's token i [HP, BD]: m * its d energy (rounded as written: see _suffix_add)."""
-    return _mul_rn(m, tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None])
+def _suffix_term(a, b, PAIR: tl.constexpr):
+    """a * b, a term of _suffix_add: for the pairs rounded as written (the error-free sum needs the value it adds,
+    not a fused multiply-add's exact product)."""
+    if PAIR:
+        return _mul_rn(a, b)
+    else:
+        return a * b
+
+
+@triton.jit
+def _step_gc(m, ge_step, step, i: tl.constexpr, PAIR: tl.constexpr):
+    """-d loss / d S_t of the step's token i [HP, BD]: m * its d energy."""
+    return _suffix_term(m, tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None], PAIR)
 
 
 @triton.jit
@@ -366,7 +382,7 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     inner = pi[:, None] * Ra + (ge[:, None] * rden + _suffix_value(Rc, Rl, PAIR, tl.float32))
                     grad = (x + x) * inner - pi[:, None] * gi
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc, Rl = _suffix_add(Rc, Rl, _mul_rn(m, ge[:, None]), PAIR)   # minus the direct d loss / d S_t
+                    Rc, Rl = _suffix_add(Rc, Rl, _suffix_term(m, ge[:, None], PAIR), PAIR)   # minus the direct d loss / d S_t
                 Ra -= q * prpe[:, None]
             else:
                 GA += q * prpe[:, None]
@@ -379,17 +395,17 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             ge_step = gz * tv[:, None]
             gt += tl.sum(gz * e_step, 1)
             # minus the direct d loss / d S_t, token by token
-            GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m0, ge_step, step, 0), PAIR)
+            GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m0, ge_step, step, 0, PAIR), PAIR, True)
             if BT > 1:
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m1, ge_step, step, 1), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m1, ge_step, step, 1, PAIR), PAIR, True)
             if BT > 2:
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m2, ge_step, step, 2), PAIR)
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m3, ge_step, step, 3), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m2, ge_step, step, 2, PAIR), PAIR, True)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m3, ge_step, step, 3, PAIR), PAIR, True)
             if BT > 4:
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m4, ge_step, step, 4), PAIR)
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m5, ge_step, step, 5), PAIR)
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m6, ge_step, step, 6), PAIR)
-                GCs, GCl = _suffix_add(GCs, GCl, -_step_gc(m7, ge_step, step, 7), PAIR)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m4, ge_step, step, 4, PAIR), PAIR, True)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m5, ge_step, step, 5, PAIR), PAIR, True)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m6, ge_step, step, 6, PAIR), PAIR, True)
+                GCs, GCl = _suffix_add(GCs, GCl, _step_gc(m7, ge_step, step, 7, PAIR), PAIR, True)
             tl.store(ge_io + (b * T + ts) * H + hc[:, None], ge_step, mask=hm)
             if BOUNDED:
                 tl.atomic_add(gbias + hc[:, None] * tmax + p0 + ts, D * ge_step, mask=hm, sem="relaxed")
