@@ -30,7 +30,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
-from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
+from tost_edge.ops.triton import causal_tssa_tiles as ctiles, tssa_resident as tr  # noqa: E402
 from tost_edge.ops.triton.utils import FAST_FP64, SPILL, launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -181,7 +181,8 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8), 
                             continue
                         const = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "BT": bt, "TILED": tiled,
                                  "BOUNDED": True, "PREFIX": True,
-                                 **({"PI_STORED": True, "PAIR": pair} if direction == "bwd" else {})}
+                                 **({"PI_STORED": True, "PAIR": pair} if direction == "bwd" else
+                                    {"P_CHANNELS": tiled and ctiles.p_channels(nw)})}
                         kernel, sig = (ct._f_fused, fwd_sig) if direction == "fwd" else (ct._b_fused, bwd_sig)
                         label = f"causal {direction} {'tiled' if tiled else 'walk'} H{H} warps{nw} tokens{bt}"
                         if ONLY and not re.search(ONLY, label):
@@ -278,6 +279,7 @@ def main() -> None:
     # causal TSSA, B8 T4096 H12 D64 (one token row [16, 64] at a time; a walk step of UNROLL tokens forward,
     # BWD_UNROLL backward: what launches compile)
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
+    oc = {**cc, "P_CHANNELS": False}                     # the walked output loop
     bc = {**cc, "BT": ct._plan(8, 4096, 12, 64, 2)[5], "BOUNDED": True, "PI_STORED": True,   # tokens a step, capped
           "PAIR": suffix_pair(a)}
     fused_fwd, fused_bwd = causal_sigs(bf)
@@ -285,14 +287,14 @@ def main() -> None:
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
                T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)
-        report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), cc, a, nw)
+        report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), oc, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
             report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
                    bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32,
                    dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw, maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
-        report("causal fused fwd", ct._f_fused, fused_fwd, {**cc, "BOUNDED": True, "PREFIX": True}, a, nw)
+        report("causal fused fwd", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         report(f"causal fused bwd cap {ct.BWD_MAXNREG}", ct._b_fused, fused_bwd, {**bc, "PREFIX": True}, a, nw,
                maxnreg=ct.BWD_MAXNREG)
@@ -308,7 +310,8 @@ def main() -> None:
         fwd_sig, bwd_sig = causal_sigs(bf if dname == "bf16" else f32)
         tc = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "TILED": True, "BOUNDED": True, "PREFIX": True}
         capped = f" cap{mx}" if mx else ""
-        report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}{capped}", ct._f_fused, fwd_sig, {**tc, "BT": fwd_bt}, a,
+        report(f"causal tiled fwd {dname} H{H} tile{fwd_bt}{capped}", ct._f_fused, fwd_sig,
+               {**tc, "BT": fwd_bt, "P_CHANNELS": ctiles.p_channels(nw)}, a,
                nw, maxnreg=mx)
         if not mx:                                        # the cap applies to the forward only
             report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,

@@ -874,12 +874,16 @@ def test_causal_tiled_in_one_direction(monkeypatch, fwd_tiled):
     check_causal_with_state(2, 37, 3, 16, torch.tensor([2, 0], device=DEVICE))
 
 
+@pytest.mark.parametrize("warps", [0, 4], ids=["P-per-head", "P-per-channel"])
 @pytest.mark.parametrize("tiles", [(8, 4), (4, 2)], ids=["tiles8-4", "tiles4-2"])
-def test_causal_tiles_with_triangular_head_sums(monkeypatch, tiles):
+def test_causal_tiles_with_triangular_head_sums(monkeypatch, tiles, warps):
     """The per-head cumulative sums of the tiles as sums under a triangular mask (SCAN_HEADS off: what Triton before
-    3.9 compiles), forward and backward, against the reference."""
+    3.9 compiles), forward and backward, against the reference; with 4 warps the forward's output loop carries P per
+    channel instead (tiles.p_channels)."""
     from tost_edge.ops.triton import causal_tssa as ct, causal_tssa_tiles as tiles_mod
     monkeypatch.setattr(tiles_mod, "SCAN_HEADS", False)
+    monkeypatch.setattr(ct, "TILED_WARPS", warps)
+    assert tiles_mod.p_channels(ct._plan(2, 37, 3, 16, 4)[12]) == (warps == 4)
     monkeypatch.setattr(ct, "TILED", True)
     monkeypatch.setattr(ct, "BWD_TILED", True)
     monkeypatch.setattr(ct, "PROGRAMS", 3)

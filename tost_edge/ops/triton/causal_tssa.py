@@ -30,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
-from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum
+from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _mul_rn, _rcp
 from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, fast_fp64,
                     join_runs, launch_options, next_pow2, on_input_device, unspilled)
@@ -52,9 +52,9 @@ TILED = True     # forward: walk a slice UNROLL tokens at a time as one tile (ca
 BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked;
                    # H100 sweep: 0.578 ms forward+backward from a graph against 0.477 walked: it spills, see below)
 TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the compiler's choice): a cap lets an SM
-                   # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 189, 2 programs an SM; at 168
-                   # they spill 24 bytes). The backward's cap is BWD_MAXNREG (tiled, it spills hundreds of bytes at
-                   # 168)
+                   # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 164 since the output loop carries
+                   # P per channel, 3 programs an SM; 188 before). The backward's cap is BWD_MAXNREG (tiled, it
+                   # spills hundreds of bytes at 168)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
 SUFFIX_FP64: bool | None = None  # the walked backward adds up d S token by token in fp64 (True) or in pairs of fp32
@@ -196,9 +196,9 @@ def _pi_sums(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexpr, D:
 
 @triton.jit
 def _outputs(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-             BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr, so, sm):
+             BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr, so, sm, P_CHANNELS: tl.constexpr = False):
     if TILED:
-        _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT)
+        _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, P_CHANNELS)
     else:
         _walk_out(w, pi_in, y, A, P, b, lo, hi, T, C, H, HP, BT, so, sm)
 
@@ -228,13 +228,14 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
 
 @triton.jit
 def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr):
+           HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr,
+           P_CHANNELS: tl.constexpr = False):
     b, k, lo, hi = _slice(T, per)
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
     P = tl.load(AP_start + k * (H * D + H) + H * D + hc, mask=hc < H, other=0.0)
-    _outputs(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
+    _outputs(w, pi_in, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm, P_CHANNELS)
 
 
 @triton.jit
@@ -553,7 +554,8 @@ def _ticket(sync, NS, per, T, REVERSE: tl.constexpr):
 @triton.jit
 def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T, P_T, sync, part, T, tmax, per, NS,
              C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-             BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, TILED: tl.constexpr):
+             BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, TILED: tl.constexpr,
+             P_CHANNELS: tl.constexpr = False):
     # The three forward passes in one program per slice: the sums carried into the slice come from _lookback
     # instead of a scan kernel between launches; the slice is read three times, the last two soon after the first.
     HD: tl.constexpr = H * D
@@ -578,7 +580,7 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
         tl.store(S_T + b * HD + so, S + Sown, mask=sm)
         tl.store(A_T + b * HD + so, A + Aown, mask=sm)
         tl.store(P_T + b * H + hc, P + Pown, mask=hc < H)
-    _outputs(w, pi, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
+    _outputs(w, pi, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm, P_CHANNELS)
 
 
 @triton.jit
@@ -715,6 +717,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _ = plan
     opts = launch_options(warps, maxnreg)
+    p_ch = bool(tiled) and p_channels(warps)
     tmax = bias.shape[1]
     HD = H * D
     S_start, AP_start = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w,
@@ -730,7 +733,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
             part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
             _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
                                  g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
-                                 BD, BT, bounded, bool(prefix), bool(tiled), **opts)
+                                 BD, BT, bounded, bool(prefix), bool(tiled), P_CHANNELS=p_ch, **opts)
             continue
         grid = (nb, NT)
         _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
@@ -738,7 +741,8 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
         _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
                     bounded, bool(tiled), **opts)
         _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
-        _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
+        _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, bool(tiled), P_CHANNELS=p_ch,
+                     **opts)
     return y, S_T, A_T, P_T, pi if save_pi else pi.new_empty(0), S_start, AP_start
 
 

@@ -26,6 +26,17 @@ from .tssa_tile import _flat
 SCAN_HEADS = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9))
 
 
+def p_channels(warps: int) -> bool:
+    """Whether the tiled output loop carries P per channel, Pi broadcast over the tile and its cumulative sum an
+    in-thread scan like A's (one add and multiply an element more), rather than per head. Where per-head values
+    cannot be scanned (SCAN_HEADS off) their triangular sums move them between layouts, which at 4 warps or more
+    costs barriers and registers: sm_90, Triton 3.6, H12 tiles of 8 at 4 warps, 2 barriers a tile against 14 and
+    164 registers against 188 (an SM holds 3 programs, not 2); H20 at 8 warps likewise. At 1 and 2 warps the compiler
+    lays the per-channel form out worse (2 warps: 20 barriers against 12), so those keep per-head P
+    (`compile_report.py --layouts`)."""
+    return not SCAN_HEADS and warps >= 4
+
+
 @triton.jit
 def _tile_at(b, t, vt, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr):
     """Offsets and mask of tokens t [BT] of sequence b as flat [BT, HP * BD] rows (tssa_tile._flat: every Triton
@@ -142,20 +153,25 @@ def _tile_walk_pi(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C: tl.constexp
 
 @triton.jit
 def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-                   HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    """From the sums A, P at token lo: y of tokens [lo, hi)."""
+                   HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, P_CHANNELS: tl.constexpr = False):
+    """From the sums A, P at token lo: y of tokens [lo, hi). P_CHANNELS: P carried per channel (see p_channels)."""
     A = A[None, :, :]
-    P = P[None, :, None]
+    P = P[None, :, None] + tl.zeros([1, HP, BD], dtype=tl.float32) if P_CHANNELS else P[None, :, None]
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
         x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
         pi = _heads(pi_in, b, t, vt, T, H, HP)
+        if P_CHANNELS:
+            pi = pi + tl.zeros_like(x)
         px = pi * x
         piw = px * x
         Ac = A + tl.cumsum(piw, 0)
-        Pc = P + _heads_cumsum(pi)
-        out = -px * _rcp(1.0 + Ac * _rcp(Pc + 1e-8))
+        if P_CHANNELS:
+            Pe = P + tl.cumsum(pi, 0) + 1e-8
+            out = -px * Pe * _rcp(Pe + Ac)                                 # the same, A / P's divide folded in
+        else:
+            out = -px * _rcp(1.0 + Ac * _rcp(P + _heads_cumsum(pi) + 1e-8))
         _tile_store(y, out, b, t, vt, T, C, D, H, HP, BD)
         A += tl.sum(piw, 0, keep_dims=True)
         P += tl.sum(pi, 0, keep_dims=True)
