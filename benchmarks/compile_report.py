@@ -175,7 +175,8 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8), 
         for H in heads:
             HP = triton.next_power_of_2(H)
             for tiled in (False, True):
-                for nw in warps:
+                wider = (16,) if direction == "bwd" and not tiled else ()   # H20's rows at 4 elements a thread
+                for nw in warps + wider:
                     for bt in tokens:
                         if direction == "bwd" and bt > 4:       # the backward holds ~3x the forward's tiles
                             continue

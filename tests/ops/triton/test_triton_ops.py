@@ -319,16 +319,19 @@ def test_tiled_causal_on_gpu_matches_token_walk(monkeypatch, H, warps, unroll, b
 @pytest.mark.skipif(DEVICE != "cuda", reason="warps and layouts exist only in compiled kernels")
 @pytest.mark.parametrize("H,tiled_warps,bwd_warps,bwd_unroll,bwd_maxnreg",
                          [(12, 1, 4, 1, 0), (12, 2, 4, 2, 0), (20, 1, 8, 1, 0), (20, 2, 4, 2, 0), (12, 0, 8, 1, 80),
-                          (12, 0, 4, 2, 128), (20, 0, 8, 1, 128), (12, 0, 8, 4, 0), (20, 0, 8, 2, 64)],
+                          (12, 0, 4, 2, 128), (20, 0, 8, 1, 128), (12, 0, 8, 4, 0), (20, 0, 8, 2, 64),
+                          (20, 0, 16, 4, 0)],
                          ids=["H12-1warp-tiles-4warp-steps1", "H12-2warp-tiles-4warp-steps2",
                               "H20-1warp-tiles-8warp-steps1", "H20-2warp-tiles-4warp-steps2",
                               "H12-8warp-steps1-capped-80", "H12-4warp-steps2-capped-128",
                               "H20-8warp-steps1-capped-128",
-                              "H12-8warp-steps4-uncapped", "H20-8warp-steps2-cap-64-spills-runs-uncapped"])
+                              "H12-8warp-steps4-uncapped", "H20-8warp-steps2-cap-64-spills-runs-uncapped",
+                              "H20-16warp-steps4"])
 def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_warps, bwd_unroll, bwd_maxnreg):
     """The sweep's candidates with fewer warps a program (tiled forward of 1 or 2 warps, walked backward of 4) or
-    more programs an SM (a register cap on the backward) give the defaults' outputs, final state and every gradient,
-    against the fp64 reference as well."""
+    more programs an SM (a register cap on the backward), and at H20 a walked backward of 16 warps (4 padded
+    elements a thread a token, as H12 at 8: 128 registers, 16 warps an SM against 8), give the defaults' outputs,
+    final state and every gradient, against the fp64 reference as well."""
     fewer = dict(TILED_WARPS=tiled_warps, BWD_WARPS=bwd_warps, BWD_UNROLL=bwd_unroll, BWD_MAXNREG=bwd_maxnreg)
     results = causal_at_benchmark_shape(monkeypatch, H, [{}, fewer, None])
     for name, default, small, ref in zip(CAUSAL_RESULTS, *results):
