@@ -291,9 +291,10 @@ def main() -> None:
         report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), oc, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
-            report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32,
-                   bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32,
-                   dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw, maxnreg=ct.BWD_MAXNREG)
+            report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
+                   AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32,
+                   gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw,
+                   maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):

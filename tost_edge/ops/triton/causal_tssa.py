@@ -58,9 +58,9 @@ TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the com
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
 SUFFIX_FP64: bool | None = None  # the walked backward adds up d S token by token in fp64 (True) or in pairs of fp32
-                                 # (False: ~8 fp32 instructions an element a token where fp64 takes 3 on its own
-                                 # pipe, which GPUs other than NVIDIA's data-centre parts run at 1/32 to 1/64 of the
-                                 # fp32 rate); None: fp64 where utils.fast_fp64 says the GPU has that rate. The tiled
+                                 # (False: ~9 more fp32 instructions an element, where fp64 takes 5 on its own pipe,
+                                 # which GPUs other than NVIDIA's data-centre parts run at 1/32 to 1/64 of the fp32
+                                 # rate); None: fp64 where utils.fast_fp64 says the GPU has that rate. The tiled
                                  # backward (BWD_TILED) always takes fp64
 BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler's choice); a cap that spills more
                    # than 16 bytes a thread runs uncapped (utils.unspilled). 128: two programs of 8 warps an SM, as
@@ -383,7 +383,8 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     inner = pi[:, None] * Ra + (ge[:, None] * rden + _suffix_value(Rc, Rl, PAIR, tl.float32))
                     grad = (x + x) * inner - pi[:, None] * gi
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
-                    Rc, Rl = _suffix_add(Rc, Rl, _suffix_term(m, ge[:, None], PAIR), PAIR)   # minus the direct d loss / d S_t
+                    # minus the direct d loss / d S_t
+                    Rc, Rl = _suffix_add(Rc, Rl, _suffix_term(m, ge[:, None], PAIR), PAIR)
                 Ra -= q * prpe[:, None]
             else:
                 GA += q * prpe[:, None]
