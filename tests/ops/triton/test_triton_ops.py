@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -855,7 +857,8 @@ def test_causal_backward_sums_d_S_in_fp64_where_the_gpu_runs_it_fast(monkeypatch
     (sm_110) and the consumer parts; the interpreter's CPU tensors take fp64; a setting overrides the device."""
     from tost_edge.ops.triton import causal_tssa as ct, utils
     monkeypatch.setattr(ct, "SUFFIX_FP64", None)
-    monkeypatch.setattr(utils.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(utils.torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]))
     monkeypatch.setattr(utils.torch.version, "hip", None)
     assert ct._plan(1, 64, 12, 64, 2, torch.device("cuda", 0))[16] == fp64
     assert ct._plan(1, 64, 12, 64, 2, torch.device("cpu"))[16] == 1

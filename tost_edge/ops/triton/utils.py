@@ -167,10 +167,12 @@ FAST_FP64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
 
 
 def fast_fp64(device: torch.device | None) -> bool:
-    """Whether kernels on this device may lean on fp64 arithmetic; true off NVIDIA GPUs (the interpreter, ROCm)."""
+    """Whether kernels on this device may lean on fp64 arithmetic; true off NVIDIA GPUs (the interpreter, ROCm).
+    (The properties, not get_device_capability: torch.compile folds them into a constant while it traces.)"""
     if device is None or torch.device(device).type != "cuda" or torch.version.hip:
         return True
-    return torch.cuda.get_device_capability(device) in FAST_FP64
+    props = torch.cuda.get_device_properties(device)
+    return (props.major, props.minor) in FAST_FP64
 
 
 def cpu_timer(fn, quantiles=None, **_):
