@@ -351,6 +351,11 @@ def main() -> None:
                 walks = (walk, "walk") if ct.TILED else (CAUSAL_TILED, "tiled")
                 variants[f"triton-{walks[1]}"] = lambda: with_settings(
                     ct, walks[0], lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+            if H > 16 and ct.BWD_WARPS == 8:
+                # rows of 2048 padded elements: the 16-warp backward candidate (docs/benchmarks.md), even with
+                # --no-other
+                variants["triton-bwd-16-warps"] = lambda: with_setting(
+                    ct, "BWD_WARPS", 16, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
