@@ -821,18 +821,20 @@ def test_causal_backward_steps_of_eight_tokens(monkeypatch, fused):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("bwd_tiled", [False, True], ids=["walked", "tiled"])
 @pytest.mark.parametrize("fused", [False, True], ids=["three-passes", "fused"])
 @pytest.mark.parametrize("fp64", [True, False], ids=["fp64", "fp32-pairs"])
 @pytest.mark.parametrize("T,D,H,programs,first", [(20, 128, 3, 1024, 1e-3), (37, 32, 5, 3, 1e-2)],
                          ids=["D128-one-slice", "D32-slices"])
-def test_causal_backward_sums_of_d_S_in_fp64_or_fp32_pairs(monkeypatch, fused, fp64, T, D, H, programs, first):
+def test_causal_backward_sums_of_d_S_in_fp64_or_fp32_pairs(monkeypatch, fused, fp64, T, D, H, programs, first,
+                                                           bwd_tiled):
     """At a sequence's first token d S dwarfs the later tokens' (S = w^2 there; here the first token is 100 or 1000
-    times smaller than the others), so the walked backward's sums of it cancel: in fp64, or in pairs of fp32 (what runs
-    on GPUs with slow fp64), every gradient stays as close to fp64 as elsewhere (sums in plain fp32: dw 6e-3 and 1e-2
-    off here, against 1e-6 and 3e-7)."""
+    times smaller than the others), so the backward's sums of it cancel, walked or a tile at a time: in fp64, or in
+    pairs of fp32 (what runs on GPUs with slow fp64), every gradient stays as close to fp64 as elsewhere (walked sums
+    in plain fp32: dw 6e-3 and 1e-2 off here, against 1e-6 and 3e-7)."""
     from tost_edge.ops.triton import causal_tssa as ct
     monkeypatch.setattr(ct, "FUSED", fused)
-    monkeypatch.setattr(ct, "BWD_TILED", False)
+    monkeypatch.setattr(ct, "BWD_TILED", bwd_tiled)
     monkeypatch.setattr(ct, "SUFFIX_FP64", fp64)
     monkeypatch.setattr(ct, "PROGRAMS", programs)
     assert ct._plan(2, T, H, D, 4)[16] == int(fp64)

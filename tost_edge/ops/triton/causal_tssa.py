@@ -17,8 +17,8 @@ Backward, three passes that recompute the forward sums from w and the stored Pi 
   3. with the suffix sums of that, dw.
 The suffix sum of d S is a slice total minus what the walk has passed, kept in fp64: at a sequence's first tokens
 d S is huge (-d e w^2 / S^2 with S = w^2) and in fp32 the difference would lose every later token. Where the GPU's
-fp64 is slow (SUFFIX_FP64), the walked backward keeps it as a pair of fp32 instead (_suffix_add); what passes between
-slices stays fp64 (one value a channel a slice).
+fp64 is slow (SUFFIX_FP64), the backward keeps it as a pair of fp32 instead (fastmath._suffix_add); what passes
+between slices stays fp64 (one value a channel a slice).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
-from .fastmath import _mul_rn, _rcp
+from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
 from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, fast_fp64,
                     join_runs, launch_options, next_pow2, on_input_device, unspilled)
 
@@ -57,11 +57,10 @@ TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the com
                    # spills hundreds of bytes at 168)
 TILED_WARPS = 0  # warps of the tiled kernels; 0: _tile_warps, which keeps a tile's tokens in each thread
                  # (compile_report.py shows the layouts)
-SUFFIX_FP64: bool | None = None  # the walked backward adds up d S token by token in fp64 (True) or in pairs of fp32
-                                 # (False: ~9 more fp32 instructions an element, where fp64 takes 5 on its own pipe,
-                                 # which GPUs other than NVIDIA's data-centre parts run at 1/32 to 1/64 of the fp32
-                                 # rate); None: fp64 where utils.fast_fp64 says the GPU has that rate. The tiled
-                                 # backward (BWD_TILED) always takes fp64
+SUFFIX_FP64: bool | None = None  # the backward adds up d S in fp64 (True) or in pairs of fp32 (False: walked, ~9
+                                 # more fp32 instructions an element where fp64 takes 5 on its own pipe, which GPUs
+                                 # other than NVIDIA's data-centre parts run at 1/32 to 1/64 of the fp32 rate);
+                                 # None: fp64 where utils.fast_fp64 says the GPU has that rate
 BWD_MAXNREG = 128  # registers a thread of the backward may use (0: the compiler's choice); a cap that spills more
                    # than 16 bytes a thread runs uncapped (utils.unspilled). 128: two programs of 8 warps an SM, as
                    # the H100 timed at H12 (108 registers then); the step's sums over heads taken at once raised it
@@ -239,56 +238,6 @@ def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: t
 
 
 @triton.jit
-def _suffix_add(hi, lo, v, PAIR: tl.constexpr, SUB: tl.constexpr = False):
-    """(hi, lo) + v (- v where SUB) [HP, BD] for the sums of d S: hi in fp64 (lo unused), or where PAIR an fp32 pair
-    whose value is hi + lo (Knuth's TwoSum: lo takes the rounding error of every hi + v, so the pair keeps ~48
-    bits)."""
-    if PAIR:
-        if SUB:
-            v = -v
-        s = hi + v
-        vs = s - hi
-        return s, lo + ((hi - (s - vs)) + (v - vs))
-    else:
-        if SUB:
-            return hi - v.to(tl.float64), lo
-        else:
-            return hi + v.to(tl.float64), lo
-
-
-@triton.jit
-def _suffix_split(x, PAIR: tl.constexpr):
-    """An fp64 [HP, BD] as _suffix_add's (hi, lo)."""
-    if PAIR:
-        hi = x.to(tl.float32)
-        return hi, (x - hi.to(tl.float64)).to(tl.float32)
-    else:
-        return x, tl.zeros(x.shape, dtype=tl.float32)
-
-
-@triton.jit
-def _suffix_value(hi, lo, PAIR: tl.constexpr, DTYPE: tl.constexpr):
-    """The value of _suffix_add's (hi, lo) in DTYPE."""
-    if PAIR:
-        if DTYPE == tl.float64:
-            return hi.to(tl.float64) + lo.to(tl.float64)
-        else:
-            return hi + lo
-    else:
-        return hi.to(DTYPE)
-
-
-@triton.jit
-def _suffix_term(a, b, PAIR: tl.constexpr):
-    """a * b, a term of _suffix_add: for the pairs rounded as written (the error-free sum needs the value it adds,
-    not a fused multiply-add's exact product)."""
-    if PAIR:
-        return _mul_rn(a, b)
-    else:
-        return a * b
-
-
-@triton.jit
 def _step_gc(m, ge_step, step, i: tl.constexpr, PAIR: tl.constexpr):
     """-d loss / d S_t of the step's token i [HP, BD]: m * its d energy."""
     return _suffix_term(m, tl.sum(tl.where(step == i, ge_step, 0.0), 1)[:, None], PAIR)
@@ -423,7 +372,7 @@ def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, t
              PAIR: tl.constexpr, so, sm):
     if TILED:
         GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi,
-                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE)
+                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR)
     else:
         GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
                              tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR, so, sm)

@@ -9,14 +9,15 @@ layouts inside the loops. Same arguments and results as the walks they replace.
 
 Backward: the gradients flowing into A, P and S at token t (from t and every later token) are the value after the
 tile plus a reverse cumulative sum inside it, never a total minus what was passed inside the tile; the value
-carried between tiles for S stays fp64 (see causal_tssa.py's docstring).
+carried between tiles for S stays fp64, or an fp32 pair where the GPU's fp64 is slow (see causal_tssa.py's docstring;
+a tile's total then summed error-free, fastmath._two_sum).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .fastmath import _rcp
+from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value, _two_sum
 from .tssa_tile import _flat
 
 # tl.cumsum on per-head [BT, HP, 1] values: Triton 3.9 compiles it; 3.6 fails to wherever their layout lays more
@@ -180,7 +181,8 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.const
 @triton.jit
 def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
                  C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-                 BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr):
+                 BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr,
+                 PAIR: tl.constexpr):
     # The stages of causal_tssa._b_walk, a tile at a time. Ra, Rp (fp32) and Rc (fp64) enter as the gradients
     # flowing into A, P, S at token lo from it and every later token, and are carried as their value after each tile.
     hc = tl.arange(0, HP)[None, :, None]
@@ -193,7 +195,8 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
     tv = tv[None, :, None]
     GA = tl.zeros([1, HP, BD], dtype=tl.float32)
     GP = tl.zeros([1, HP, 1], dtype=tl.float32)
-    GCs = tl.zeros([1, HP, BD], dtype=tl.float64)
+    GCs, GCl = _suffix_split(tl.zeros([1, HP, BD], dtype=tl.float64), PAIR)    # fp64 or fp32 pairs, as Rc
+    Rc, Rl = _suffix_split(Rc, PAIR)
     gt = tl.zeros([1, HP, 1], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
@@ -238,15 +241,24 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 gt += tl.sum(gz * e, 0, keep_dims=True)
             else:
                 ge = _heads(ge_io, b, t, vt, T, H, HP)
-            gc = tl.where(Sc > 1e-12, -ge * wsq * rden * rden, 0.0)      # direct d loss / d S_t
-            gc_tile = tl.sum(gc.to(tl.float64), 0, keep_dims=True)
+            gc = tl.where(Sc > 1e-12, _suffix_term(-ge * wsq * rden, rden, PAIR), 0.0)   # direct d loss / d S_t
+            # the tile's total, which stage 3 takes off what stage 2 added: fp64, or as a pair summed error-free, so
+            # that the two agree whatever order the compiler sums each stage's tokens in
+            if PAIR:
+                gc_tile, gc_err = tl.reduce((gc, tl.zeros_like(gc)), 0, _two_sum, keep_dims=True)
+            else:
+                gc_tile, gc_err = tl.sum(gc.to(tl.float64), 0, keep_dims=True), 0.0
             if STAGE == 3:
-                Rc = Rc - gc_tile
-                Rc_t = Rc.to(tl.float32) + tl.cumsum(gc, 0, reverse=True)
+                Rc, Rl = _suffix_add(Rc, Rl, gc_tile, PAIR, True)
+                if PAIR:
+                    Rc, Rl = _suffix_add(Rc, Rl, gc_err, PAIR, True)
+                Rc_t = _suffix_value(Rc, Rl, PAIR, tl.float32) + tl.cumsum(gc, 0, reverse=True)
                 grad = pi * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge * rden + Rc_t)
                 _tile_store(dw, grad, b, t, vt, T, C, D, H, HP, BD)
             else:
-                GCs += gc_tile
+                GCs, GCl = _suffix_add(GCs, GCl, gc_tile, PAIR)
+                if PAIR:
+                    GCs, GCl = _suffix_add(GCs, GCl, gc_err, PAIR)
         else:
             GA += ga_tile
             GP += gp_tile
@@ -257,4 +269,4 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
     if STAGE == 2:
         tl.atomic_add(gtemp + tl.arange(0, HP), tl.sum(tl.sum(gt, 2), 0), mask=tl.arange(0, HP) < H,
                       sem="relaxed")
-    return tl.sum(GA, 0), tl.sum(tl.sum(GP, 2), 0), tl.sum(GCs, 0)
+    return tl.sum(GA, 0), tl.sum(tl.sum(GP, 2), 0), tl.sum(_suffix_value(GCs, GCl, PAIR, tl.float64), 0)
