@@ -250,15 +250,13 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 gc_tile, gc_err = tl.sum(gc.to(tl.float64), 0, keep_dims=True), 0.0
             if STAGE == 3:
                 Rc, Rl = _suffix_add(Rc, Rl, gc_tile, PAIR, True)
-                if PAIR:
-                    Rc, Rl = _suffix_add(Rc, Rl, gc_err, PAIR, True)
+                Rl -= gc_err                                   # the total's own rounding error (none in fp64)
                 Rc_t = _suffix_value(Rc, Rl, PAIR, tl.float32) + tl.cumsum(gc, 0, reverse=True)
                 grad = pi * (2.0 * Ra_t * x - g * inv) + 2.0 * x * (ge * rden + Rc_t)
                 _tile_store(dw, grad, b, t, vt, T, C, D, H, HP, BD)
             else:
                 GCs, GCl = _suffix_add(GCs, GCl, gc_tile, PAIR)
-                if PAIR:
-                    GCs, GCl = _suffix_add(GCs, GCl, gc_err, PAIR)
+                GCl += gc_err
         else:
             GA += ga_tile
             GP += gp_tile

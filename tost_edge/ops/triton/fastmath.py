@@ -34,16 +34,22 @@ def _mul_rn(a, b):
 
 
 @triton.jit
+def _sum_error(a, b, s):
+    """(a + b) - s exactly, s being a + b rounded to fp32 (Knuth's TwoSum, any order of magnitude)."""
+    bs = s - a
+    return (a - (s - bs)) + (b - bs)
+
+
+@triton.jit
 def _suffix_add(hi, lo, v, PAIR: tl.constexpr, SUB: tl.constexpr = False):
     """(hi, lo) + v (- v where SUB), for sums that cancel (causal TSSA's d S): hi in fp64 (lo unused), or where PAIR
-    an fp32 pair whose value is hi + lo (Knuth's TwoSum: lo takes the rounding error of every hi + v, so the pair
-    keeps ~48 bits)."""
+    an fp32 pair whose value is hi + lo (lo takes the rounding error of every hi + v, _sum_error, so the pair keeps
+    ~48 bits)."""
     if PAIR:
         if SUB:
             v = -v
         s = hi + v
-        vs = s - hi
-        return s, lo + ((hi - (s - vs)) + (v - vs))
+        return s, lo + _sum_error(hi, v, s)
     else:
         if SUB:
             return hi - v.to(tl.float64), lo
@@ -87,5 +93,4 @@ def _suffix_term(a, b, PAIR: tl.constexpr):
 def _two_sum(a, ea, b, eb):
     """Combines two (value, error) fp32 pairs: tl.reduce's step for a sum in _suffix_add's pairs."""
     s = a + b
-    bs = s - a
-    return s, ea + eb + ((a - (s - bs)) + (b - bs))
+    return s, ea + eb + _sum_error(a, b, s)
