@@ -30,7 +30,8 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
-from tost_edge.ops.triton import causal_tssa_tiles as ctiles, tssa_resident as tr  # noqa: E402
+from tost_edge.ops.triton import causal_tssa_tiles as ctiles, linear_attention_chunks as lch  # noqa: E402
+from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
 from tost_edge.ops.triton.utils import FAST_FP64, SPILL, launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -327,6 +328,16 @@ def main() -> None:
                T="i32", eps="fp32"), {**lc, "SPLIT": False}, a, la.WARPS)
         report(f"linear bwd dkv {name}", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32, gz_T=f32,
                dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
+        # PARALLEL: the state walks, then a program per chunk (linear_attention_chunks.py)
+        report(f"linear fwd states {name}", lch._f_states, dict(k=t, v=t, S0=f32, z0=f32, Sc=f32, zc=f32, S_T=f32,
+               z_T=f32, T="i32", NT="i32"), lc, a, la.WARPS, odd=("NT",))
+        report(f"linear fwd chunks {name}", lch._f_chunks, dict(q=t, k=t, v=t, Sc=f32, zc=f32, y=t, den=f32,
+               T="i32", eps="fp32", NT="i32"), lc, a, la.WARPS, odd=("NT",))
+        report(f"linear bwd states {name}", lch._b_states, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32, z0=f32,
+               gS_T=f32, gz_T=f32, Sc=f32, zc=f32, dSc=f32, dzc=f32, dS0=f32, dz0=f32, T="i32", eps="fp32",
+               NT="i32"), lc, a, la.WARPS, odd=("NT",))
+        report(f"linear bwd chunks {name}", lch._b_chunks, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, Sc=f32, zc=f32,
+               dSc=f32, dzc=f32, dq=t, dk=t, dv=t, T="i32", eps="fp32", NT="i32"), lc, a, la.WARPS, odd=("NT",))
         if name == "fp16" and args.quick:
             continue
         for split in (2, 4):                              # SPLIT: blocks of the key or value columns

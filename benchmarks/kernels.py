@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
-from tost_edge.ops.triton import causal_tssa as ct, tssa as tt  # noqa: E402
+from tost_edge.ops.triton import causal_tssa as ct, linear_attention as lat, tssa as tt  # noqa: E402
 
 SMOKE = False   # --smoke: the whole script on CPU under the interpreter, tiny shapes, nothing meaningful timed
 HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
@@ -367,6 +367,10 @@ def main() -> None:
             del w
             q, k_, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
             la = {"triton": lambda: causal_linear_attention(q, k_, v, backend="triton")[0]}
+            # the chunk scheme the settings did not choose (walked chunks / chunks in parallel), even with --no-other
+            # while PARALLEL has not been timed
+            la["triton-walk" if lat.PARALLEL else "triton-parallel"] = lambda: with_setting(
+                lat, "PARALLEL", not lat.PARALLEL, lambda: causal_linear_attention(q, k_, v, backend="triton")[0])
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]

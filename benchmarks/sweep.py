@@ -76,6 +76,11 @@ CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, c
                  grid(PROGRAMS=[1024, 2048, 4096]),
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
 
+# Causal linear attention: the chunk schemes first (PARALLEL: the chunks' dots in parallel after walks that carry the
+# state only; its backward chunk kernel holds 209 registers a thread at 8 warps, sm_90 bf16, and spills 120 bytes at
+# 4), then the column splits of the walked scheme and the chunk and warps of whichever won
+LINEAR_STAGES = [grid(PARALLEL=[False, True]), grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])]
+
 
 def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):
     """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings;
@@ -163,7 +168,7 @@ def main() -> None:
     if "causal_linear_attention" in ops:
         op = "causal_linear_attention"
         q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-        best[op] = sweep(f"{op} B{B} T{T} H{H} D{D}", op, [grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])],
+        best[op] = sweep(f"{op} B{B} T{T} H{H} D{D}", op, LINEAR_STAGES,
                          lambda: causal_linear_attention(q, k, v, backend="triton")[0], [q, k, v], rows, saver(op))
         save()
         del q, k, v

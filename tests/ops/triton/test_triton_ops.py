@@ -124,12 +124,15 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
-@pytest.fixture(params=[1, 2, 4], ids=["one-program", "split2", "split4"])
+@pytest.fixture(params=[(1, False), (2, False), (4, False), (1, True)],
+                ids=["one-program", "split2", "split4", "chunks-in-parallel"])
 def linear_split(request, monkeypatch):
     """Causal linear attention one program per (sequence, head), or SPLIT programs each taking a block of the value
-    columns (forward, dv) or of the key columns (dq, dk)."""
+    columns (forward, dv) or of the key columns (dq, dk), or (PARALLEL) walks that carry the state only and then a
+    program per chunk."""
     from tost_edge.ops.triton import linear_attention as la
-    monkeypatch.setattr(la, "SPLIT", request.param)
+    monkeypatch.setattr(la, "SPLIT", request.param[0])
+    monkeypatch.setattr(la, "PARALLEL", request.param[1])
     return request.param
 
 
@@ -937,6 +940,28 @@ def test_batches_past_32bit_offsets_run_in_parts(monkeypatch):
         tssa(w, temp, H, backend="triton")
 
 
+def test_linear_attention_chunks_in_parallel_count_their_states_in_the_32bit_offsets(monkeypatch):
+    """PARALLEL keeps the fp32 state of every chunk ([B, H, chunks, D, M]), which can outgrow q, k and v: the batch
+    runs are cut by the larger of the two, and the error names the states."""
+    from tost_edge.ops.triton import linear_attention as la_mod, utils
+    B, T, H, D = 2, 9, 2, 16       # one chunk: states of H * D * D = 512 elements a batch element, q's 288
+    q = leaf(B, T, H, D)
+    monkeypatch.setattr(utils, "MAX_OFFSET", 511)
+    monkeypatch.setattr(la_mod, "PARALLEL", True)
+    with pytest.raises(ValueError, match=r"the chunks' states \(PARALLEL\) has 512 elements per batch element"):
+        causal_linear_attention(q, q, q, backend="triton")
+    runs = []
+    monkeypatch.setattr(la_mod, "batch_runs", lambda *a: runs.append(utils.batch_runs(*a)) or runs[-1])
+    monkeypatch.setattr(utils, "MAX_OFFSET", 512)
+    y, s = causal_linear_attention(q, q, q, backend="triton")
+    assert len(runs[0]) == B
+    monkeypatch.setattr(la_mod, "PARALLEL", False)
+    y1, s1 = causal_linear_attention(q, q, q, backend="triton")     # the walked chunks keep no states: 288 fit
+    assert len(runs[-1]) == 1
+    assert_close("y", y1, y, 1e-6)
+    assert_close("state.kv", s1.kv, s.kv, 1e-6)
+
+
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):
     """With several configs each pass is timed repeatedly before it runs for real: every autotuner must zero the
     statistics its pass accumulates, and nothing another pass produced (on a GPU this decides the results)."""
@@ -988,9 +1013,12 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
         assert err <= 10 * base + 1e-5, f"{name}: triton rel err {err:.1e}, fp32 torch {base:.1e}"
 
 
-def test_linear_attention_fp16_state_past_fp16_range():
+@pytest.mark.parametrize("parallel", [False, True], ids=["walked-chunks", "chunks-in-parallel"])
+def test_linear_attention_fp16_state_past_fp16_range(monkeypatch, parallel):
     """A long fp16 stream whose state passes 65504 (fp16's largest value): the state dots run as fp32, so the
     output and the gradients stay finite and close to fp64."""
+    from tost_edge.ops.triton import linear_attention as la_mod
+    monkeypatch.setattr(la_mod, "PARALLEL", parallel)
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 1, 2300, 1, 16
     q, k, v = ((torch.randn(B, T, H, D, generator=g) * sd + m).to(DEVICE, torch.float16).requires_grad_()

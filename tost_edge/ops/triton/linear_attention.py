@@ -14,6 +14,8 @@ take a state, the scores or do run as fp32 (TF32: fp16's 10-bit mantissa, fp32's
 The feature map phi = elu + 1 and the normaliser are fused: q, k, v are read raw, y is written once, and the
 normaliser den [B, T, H] (fp32, 1/D of the activations) is kept for the backward pass, which recomputes phi and
 rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly.
+
+PARALLEL runs linear_attention_chunks.py instead: walks that carry only the state, then a program per chunk.
 """
 from __future__ import annotations
 
@@ -84,27 +86,36 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
         v0 = 0
         first = True
     b, h = bh // H, bh % H
-    dt = v.dtype.element_ty
-    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, 0, v0)                     # [BK, BV], [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
-        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
-        vc, vo, vm = _rows(v, b, h, t, T, H, V, BV, v0)
-        fq, _ = _phi(qr, qm)
-        fk, _ = _phi(kr, qm)
-        fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
-        A = tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC)              # [BT, BT]
-        A = tl.where(t[:, None] >= t[None, :], A, 0.0)
-        o = tl.dot(A.to(wt), vc.to(wt), input_precision=PREC) + tl.dot(fq.to(wt), S.to(wt), input_precision=PREC)
-        dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
-        tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
-        if first:
-            tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
+        fk_d, v_d, fk = _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H, K, V, BK, BV, PREC, v0, first)
         S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
         z += tl.sum(fk, 0)
     _store_state(S_T, z_T, S, z, bh, K, V, BK, BV, 0, v0, first)
+
+
+@triton.jit
+def _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, v0, first):
+    """y of the chunk of tokens t (the BV value columns from v0) from the state S, z at its start, and its
+    normaliser (stored where `first`). Returns phi(k) in the input dtype, v, and phi(k) in fp32 for the state."""
+    dt = v.dtype.element_ty
+    wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
+    qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
+    kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+    vc, vo, vm = _rows(v, b, h, t, T, H, V, BV, v0)
+    fq, _ = _phi(qr, qm)
+    fk, _ = _phi(kr, qm)
+    fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
+    A = tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC)              # [BT, BT]
+    A = tl.where(t[:, None] >= t[None, :], A, 0.0)
+    o = tl.dot(A.to(wt), vc.to(wt), input_precision=PREC) + tl.dot(fq.to(wt), S.to(wt), input_precision=PREC)
+    dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
+    tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
+    if first:
+        tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
+    return fk_d, v_d, fk
 
 
 @triton.jit
@@ -253,15 +264,21 @@ def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, eps, H: tl.constexpr, K: tl.constexpr
 CHUNK: int | None = None   # tokens per chunk (None: 64, or 32 for head sizes over 64)
 WARPS = 8      # warps per program (4 spill the [BT, BT] and state tiles at head size 64)
 SPLIT = 1      # programs per (sequence, head): the forward and dv split the value columns, dq and dk the key columns
-               # (blocks of at least 16); B8 H12 is 96 programs for 132 SMs at SPLIT = 1. Not yet timed on a GPU.
+               # (blocks of at least 16); B8 H12 is 96 programs for 132 SMs at SPLIT = 1 (H100: 2 and 4 slower)
+PARALLEL = False  # chunks in parallel (linear_attention_chunks.py, fla's chunk mode): walks carry only the state, then
+                  # one program per (sequence, head, chunk) does the dots; fp32 states of every chunk in memory (the
+                  # backward: twice q's bf16 size, two buffers). SPLIT does not apply. Not yet timed on a GPU
 
 
 def _plan(K: int, V: int) -> list:
-    """[BK, BV, BT, warps, nk, nv]: the blocks, chunk, warps and splits both directions of one call run with."""
+    """[BK, BV, BT, warps, nk, nv, parallel]: the blocks, chunk, warps, splits and scheme both directions of one call
+    run with."""
     BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
     BT = CHUNK or (64 if max(BK, BV) <= 64 else 32)   # the [BT, BT] and [BK, BV] tiles stay in registers
     nk, nv = max(1, min(SPLIT, BK // 16)), max(1, min(SPLIT, BV // 16))   # powers of two, like BK and BV
-    return [BK, BV, BT, WARPS, nk, nv]
+    if PARALLEL:
+        nk = nv = 1
+    return [BK, BV, BT, WARPS, nk, nv, int(PARALLEL)]
 
 
 @on_input_device
@@ -270,10 +287,14 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
     -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, BT, warps, nk, nv = plan
+    BK, BV, BT, warps, nk, nv, parallel = plan
     y = alloc(B, T, H, V, like=v)
     den = alloc(B, T, H, like=v, dtype=torch.float32)
     S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    if parallel:
+        from . import linear_attention_chunks as chunks
+        chunks.forward(q, k, v, S0, z0, y, den, S_T, z_T, eps, BK, BV, BT, warps, _prec(q.dtype))
+        return y, S_T, z_T, den
     _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype), nv > 1,
                       **launch_options(warps))
     return y, S_T, z_T, den
@@ -284,10 +305,14 @@ def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, BT, warps, nk, nv = plan
+    BK, BV, BT, warps, nk, nv, parallel = plan
     prec = _prec(q.dtype)
     dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
     dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    if parallel:
+        from . import linear_attention_chunks as chunks
+        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps, BK, BV, BT, warps, prec)
+        return dq, dk, dv, dS0, dz0
     _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
                          **launch_options(warps))
     if nk == 1 and nv == 1:
@@ -380,13 +405,17 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     check_available(q, k, v)
     if T == 0:
         return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
-    runs = batch_runs(B, T * H * max(D, M), "q, k, v")
+    plan = _plan(D, M)
+    per_element, name = T * H * max(D, M), "q, k, v"
+    if plan[6] and H * triton.cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
+        per_element, name = H * triton.cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
+    runs = batch_runs(B, per_element, name)
     if len(runs) > 1:
         return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),
                                                          eps) for r in runs])
     dt = q.dtype
     args = (q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), state.kv.float().contiguous(),
-            state.k_sum.float().contiguous(), float(eps), _plan(D, M))
+            state.k_sum.float().contiguous(), float(eps), plan)
     if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
         y, S_T, z_T, _ = _forward_op(*args)
     else:
