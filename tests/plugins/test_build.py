@@ -1,5 +1,6 @@
 """Configure and build the kernels and the plugin library against each TensorRT header set, for Orin (sm_87) and
 Thor (sm_110), and run the host-only plugin test (ctest). Skips with the reason when a tool or header is absent."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADERS = ROOT.parent / "shared" / "third_party" / "tensorrt"
+# one folder per TensorRT version, each with an include/ (a checkout elsewhere names it in TOST_EDGE_TENSORRT_HEADERS)
+HEADERS = Path(os.environ.get("TOST_EDGE_TENSORRT_HEADERS", ROOT.parent / "shared" / "third_party" / "tensorrt"))
 
 
 def _missing_tools():
