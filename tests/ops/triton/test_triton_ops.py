@@ -740,6 +740,31 @@ def launches(monkeypatch):
     return seen
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="thousands of chunk programs run at once on a GPU only")
+def test_linear_attention_chunks_in_parallel_at_the_benchmark_shape_on_gpu(monkeypatch):
+    """PARALLEL at B8·T4096·H12·D64 in bf16 with a carried state (6,144 chunk programs): output, final state and every
+    gradient against fp64, within the walked scheme's own error."""
+    from tost_edge.ops.triton import linear_attention as la_mod
+    B, T, H, D = 8, 4096, 12, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = [torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3)]
+    s0 = [torch.rand(B, H, D, D, device="cuda", generator=g), torch.rand(B, H, D, device="cuda", generator=g)]
+    cot = torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16)
+    results = {}
+    for scheme in ("walked", "parallel", "fp64"):
+        monkeypatch.setattr(la_mod, "PARALLEL", scheme == "parallel")
+        leaves = [(x.double() if scheme == "fp64" else x).clone().requires_grad_() for x in qkv + s0]
+        fn = naive_causal_linear_attention if scheme == "fp64" else \
+            lambda *a: causal_linear_attention(*a, backend="triton")
+        y, s = fn(*leaves[:3], LinearAttentionState(*leaves[3:]))
+        loss = (y * cot.to(y.dtype)).sum() + s.kv.sum() + s.k_sum.sum()
+        results[scheme] = [y, *s, *torch.autograd.grad(loss, leaves)]
+    names = ["y", "kv", "k_sum", "dq", "dk", "dv", "dkv0", "dk_sum0"]
+    for name, walked, parallel, ref in zip(names, results["walked"], results["parallel"], results["fp64"]):
+        err = lambda x: ((x.double() - ref).norm() / ref.norm()).item()   # noqa: E731
+        assert err(parallel) <= max(1.5 * err(walked), 1e-5), (name, err(parallel), err(walked))
+
+
 def unfused(seen):
     assert seen, "no kernel launched"
     return sorted({name for name, options in seen if options.get("enable_fp_fusion") is not True})
