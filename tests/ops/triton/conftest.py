@@ -12,6 +12,14 @@ def nan_filled_allocations(monkeypatch):
     monkeypatch.setattr(utils, "NAN_FILL", True)
 
 
+@pytest.fixture(autouse=True)
+def schemes_as_named(monkeypatch):
+    """The TSSA forward runs the scheme a test names (RESIDENT or the passes): on a GPU, RESIDENT_ONE_WAVE would run
+    short batches resident whatever RESIDENT says. Its own tests turn it back on (one_wave)."""
+    from tost_edge.ops.triton import tssa
+    monkeypatch.setattr(tssa, "RESIDENT_ONE_WAVE", False)
+
+
 @pytest.fixture
 def concurrent_programs(monkeypatch):
     """Under the interpreter, run the programs of every launch at once, in threads, as a GPU runs resident programs:

@@ -667,6 +667,79 @@ def test_resident_launch_on_a_gpu_checks_the_programs_fit_once(stand_in_card):
                      ("compile", (65,), 128), ("launch", (65,), 128)]
 
 
+def test_resident_launch_in_one_wave_needs_the_whole_batch_held(stand_in_card):
+    """With `whole` (RESIDENT_ONE_WAVE) the launch needs every program of the batch held at once, not a batch
+    element's: 12 on the stand-in card."""
+    from types import SimpleNamespace
+    tr, calls = stand_in_card, []
+
+    class Kernel:                   # 167 registers, 4 warps: 3 programs per SM, 12 on this card
+        def warmup(self, *args, grid, num_warps, enable_fp_fusion, maxnreg=0):
+            calls.append("compile")
+            return SimpleNamespace(_init_handles=lambda: None, n_regs=167, metadata=SimpleNamespace(shared=0))
+
+        def __getitem__(self, grid):
+            return lambda *args, **options: calls.append(("launch", grid))
+
+    kernel, w = Kernel(), torch.zeros(2, 3)
+    assert tr._launch(kernel, 2, 6, (w, 100, 6), 4, 0, "cuda:0", whole=True)           # 12 programs: one wave
+    assert not tr._launch(kernel, 3, 6, (w, 100, 6), 4, 0, "cuda:0", whole=True)       # 18
+    assert tr._launch(kernel, 3, 6, (w, 100, 6), 4, 0, "cuda:0")                       # a batch element's 6 fit
+    assert calls == ["compile", ("launch", (12,)), ("launch", (18,))]
+
+
+@pytest.mark.parametrize("settings,one_wave", [({}, 1), ({"PERSISTENT": True}, 0), ({"L2_GROUP": 2}, 0),
+                                               ({"RESIDENT_ONE_WAVE": False}, 0)],
+                         ids=["default", "persistent", "l2-groups", "off"])
+def test_tssa_plan_asks_for_one_wave_unless_another_scheme_is_set(monkeypatch, settings, one_wave):
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT_ONE_WAVE", True)
+    for name, value in settings.items():
+        monkeypatch.setattr(tt, name, value)
+    assert tt._plan()[5] == one_wave
+
+
+@pytest.mark.parametrize("resident,asked", [(False, [True]), (True, [False])], ids=["one-wave", "per-batch-element"])
+def test_tssa_forward_asks_for_one_wave_on_a_gpu(monkeypatch, resident, asked):
+    """On a GPU (never under the interpreter, which runs programs one at a time) the forward asks the resident
+    kernels to run where the whole launch fits at once, or where a batch element's programs do with RESIDENT;
+    declined, the passes run."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT_ONE_WAVE", True)
+    monkeypatch.setattr(tt, "RESIDENT", resident)
+    calls = []
+    monkeypatch.setattr(tt.resident, "forward", lambda *a: calls.append(a[-1]) or False)   # declines
+    w, temp = leaf(2, 9, 32), leaf(2, rand=True, offset=0.5)
+    tt._forward(w, temp, 2, tt._plan())
+    assert calls == ([] if not resident else [False])                  # the interpreter: no one-wave request
+    monkeypatch.setattr(tt, "interpreting", lambda: False)
+    calls.clear()
+    y, _, _ = tt._forward(w, temp, 2, tt._plan())
+    assert calls == asked and tt.last_run["forward"] == "passes"
+    assert_close("y", naive_tssa(w.double(), temp.double(), 2), y, 1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="waves of resident programs exist on a GPU only")
+def test_tssa_short_batches_run_resident_in_one_wave_on_gpu(monkeypatch):
+    """RESIDENT_ONE_WAVE on a real card: a vision-length batch (B8·N196·C384) runs its forward resident, a long one
+    (B64·N4096, many waves) the passes; both backward passes run the passes; results against fp64."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "RESIDENT_ONE_WAVE", True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for B, N, expected in ((8, 196, "resident"), (64, 4096, "passes")):
+        w = torch.randn(B, N, 384, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+        temp = (torch.rand(8, device="cuda", generator=g) + 0.5).requires_grad_()
+        y = tssa(w, temp, 8, backend="triton")
+        dw, dt = torch.autograd.grad(y.float().square().sum(), [w, temp])
+        assert tt.last_run == {"forward": expected, "backward": "passes"}, (B, N)
+        w64, t64 = w.detach().double().requires_grad_(), temp.detach().double().requires_grad_()
+        y64 = naive_tssa(w64, t64, 8)
+        dw64, dt64 = torch.autograd.grad(y64.square().sum(), [w64, t64])
+        assert_close("y", y64, y, 1e-2)
+        assert_close("dw", dw64, dw, 2e-2)
+        assert_close("dtemp", dt64, dt, 2e-2)
+
+
 @pytest.mark.parametrize("dtype,odd_start,expected", [(torch.bfloat16, False, (16384, 96)),
                                                       (torch.bfloat16, True, (16384, 0)),
                                                       (torch.float16, False, (16384, 96)),

@@ -67,6 +67,11 @@ RESIDENT_BWD_MAXNREG = 128  # fp32: the compiler's choice, see tssa_resident._se
                           # (compile_report.py; docs/benchmarks.md). Timed on an H100 (B64 N4096 C384 H8 bf16,
                           # from a CUDA graph): forward 0.387 ms against the passes' 0.355, forward+backward 1.28
                           # against 0.99; hence off by default
+RESIDENT_ONE_WAVE = True  # the forward runs resident, whatever RESIDENT says, where the GPU holds every program of
+                          # the launch at once (one wave: vision lengths), unless PERSISTENT or L2_GROUP is set; not
+                          # under the interpreter. H100, B64 N196 C384 H8 bf16 (448 programs of the 660 it holds):
+                          # forward 0.027 ms against the passes' 0.034 from a CUDA graph, 0.105 against 0.185 plain
+                          # (one launch instead of three); at N4096 (12 waves) 0.387 against 0.355
 RESIDENT_SPILL = 16       # bytes a thread a capped resident kernel may spill; where the cap spills more (wider heads:
                           # D64 holds a third more a thread than D48) the compiler's choice runs instead
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
@@ -418,10 +423,10 @@ def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
 
 
 def _plan() -> list:
-    """[resident forward, resident backward, persistent, L2 group, Pi saved]: the schemes both directions of one call
-    run with, whatever the settings are by the backward pass."""
+    """[resident forward, resident backward, persistent, L2 group, Pi saved, resident forward in one wave]: the
+    schemes both directions of one call run with, whatever the settings are by the backward pass."""
     return [int(RESIDENT), int(RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD), int(PERSISTENT), L2_GROUP,
-            int(SAVE_PI)]
+            int(SAVE_PI), int(RESIDENT_ONE_WAVE and not PERSISTENT and L2_GROUP <= 0)]
 
 
 @on_input_device
@@ -430,15 +435,16 @@ def _forward(w, temp, H: int, plan: list):
     P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32."""
     B, N, C = w.shape
     D = C // H
-    res, _, persistent, l2_group, save_pi = plan
+    res, _, persistent, l2_group, save_pi, one_wave = plan
+    whole = not res and bool(one_wave) and not interpreting()   # RESIDENT_ONE_WAVE
     HP, BD = _blocks(H, D)
     n = B * (2 * C + H)
     ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)   # one memset for all of them
     S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
     pi = alloc(B, N, H, like=w, dtype=torch.float32)
     y = alloc(B, N, C, like=w)
-    fit = res and resident.forward(w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
-                                   RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL)
+    fit = (res or whole) and resident.forward(w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
+                                              RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL, whole)
     if persistent and not fit:
         grid, per, NI = _persistent(B, N, HP, BD, w.device)
         _fwd_persistent[grid](w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
@@ -457,7 +463,7 @@ def _forward(w, temp, H: int, plan: list):
 @on_input_device
 def _backward(gy, w, temp, ws, pi, H: int, plan: list):
     """dw [B, N, C] and d temp [H] (fp32) from gy [B, N, C] and what _forward returned (pi empty: recomputed)."""
-    _, res, persistent, l2_group, _ = plan
+    _, res, persistent, l2_group, _, _ = plan
     B, N, C = w.shape
     D = C // H
     HP, BD = _blocks(H, D)

@@ -369,9 +369,11 @@ def programs_per_sm(regs: int, warps: int, shared: int, sm_regs: int = 65536, sm
 _FITS: dict = {}
 
 
-def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spill: int = 16) -> bool:
-    """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once (decided once
-    per kernel specialisation and NS: the compiled kernel's registers give the count). maxnreg > 0 caps the
+def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spill: int = 16,
+            whole: bool = False) -> bool:
+    """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once, or with `whole`
+    all B * NS (one wave; the count is decided once per kernel specialisation and NS: the compiled kernel's
+    registers give it). maxnreg > 0 caps the
     registers a thread may use, where the capped kernel spills at most `spill` bytes a thread; where it spills more
     (the caps were chosen for one shape, and a wider head holds more per thread) the compiler's choice runs."""
     grid = (B * NS,)
@@ -385,9 +387,9 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spi
                 compiled = kernel.warmup(*args, grid=grid, **options)
             held = capacity(compiled, warps, device) if compiled is not None else \
                 torch.cuda.get_device_properties(device).multi_processor_count
-            _FITS[key] = (NS <= held, options)
-        fits, options = _FITS[key]
-        if not fits:
+            _FITS[key] = (held, options)
+        held, options = _FITS[key]
+        if (B * NS if whole else NS) > held:
             return False
     kernel[grid](*args, **options)
     return True
@@ -401,15 +403,16 @@ def _setting(tile: int, maxnreg: int, w: torch.Tensor, D: int, *others: torch.Te
     return tile * 2 // w.element_size(), maxnreg if packed(D, w, *others) else 0
 
 
-def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0, spill=16) -> bool:
+def forward(w, temp, S, A, P, pi, y, sync, N, C, D, H, HP, tile, warps, maxnreg=0, spill=16, whole=False) -> bool:
     """All three forward passes in one launch of NS programs per batch element; False (nothing run) where the
-    sequences need more programs than the GPU holds at once, or the interpreter more than one."""
+    sequences need more programs than the GPU holds at once (with `whole`: where the whole batch's do), or the
+    interpreter more than one."""
     NP, BD = parts(D)
     tile, maxnreg = _setting(tile, maxnreg, w, D)
     fit = slices(N, tile, HP * BD * NP)
     return bool(fit) and _launch(_fwd_resident, w.shape[0], fit[1], (w, temp, S, A, P, pi, y, sync, N, fit[1], C, D,
                                                                      H, HP, BD, fit[0], packed(D, w), NP), warps,
-                                 maxnreg, w.device, spill)
+                                 maxnreg, w.device, spill, whole)
 
 
 def backward(w, gy, pi, temp, S, A, P, G, dS, gtemp, dw, sync, N, C, D, H, HP, pi_stored, keep_dy, tile, warps,
