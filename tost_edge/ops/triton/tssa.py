@@ -18,7 +18,8 @@ scalars pass between stages so that the middle stage does not read dy and the la
   3. dw                                                               (read w, dy, d energy; write dw)
 Forward and backward move 10 units of w's size (4 + 6) against the 5 that reading w and dy, and writing y and dw,
 need; RESIDENT runs tssa_resident.py's kernels instead, which hold w on chip and move the 5, where the GPU can hold
-all the programs of a batch element at once.
+all the programs of a batch element at once. The forward runs them by default where it can hold all the programs of
+the launch (RESIDENT_ONE_WAVE: short sequences, where one launch of them measured faster than the three passes).
 Tile size and warps are autotuned on a GPU (one config under the interpreter). A head of three times a power of
 two channels (48) is walked as three unpadded parts (PARTS), the others padded to a power of two.
 """
