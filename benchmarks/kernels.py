@@ -307,6 +307,11 @@ def main() -> None:
             if not args.no_other:
                 variants[f"triton-{other}"] = lambda: with_setting(tt, "RESIDENT", not tt.RESIDENT,
                                                                    lambda: tssa(w, temp, H, backend="triton"))
+                with torch.no_grad():
+                    tssa(w, temp, H, backend="triton")
+                if not tt.RESIDENT and tt.last_run["forward"] == "resident":   # RESIDENT_ONE_WAVE: the passes too
+                    variants["triton-passes"] = lambda: with_setting(tt, "RESIDENT_ONE_WAVE", False,
+                                                                     lambda: tssa(w, temp, H, backend="triton"))
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
