@@ -336,8 +336,10 @@ def main() -> None:
         report(f"linear bwd states {name}", lch._b_states, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32, z0=f32,
                gS_T=f32, gz_T=f32, Sc=f32, zc=f32, dSc=f32, dzc=f32, dS0=f32, dz0=f32, T="i32", eps="fp32",
                NT="i32"), lc, a, la.WARPS, odd=("NT",))
-        report(f"linear bwd chunks {name}", lch._b_chunks, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, Sc=f32, zc=f32,
-               dSc=f32, dzc=f32, dq=t, dk=t, dv=t, T="i32", eps="fp32", NT="i32"), lc, a, la.WARPS, odd=("NT",))
+        for part, what in ((0, ""), (1, " dq"), (2, " dk dv")):      # one kernel, or two (PARALLEL_BWD_SPLIT)
+            report(f"linear bwd chunks{what} {name}", lch._b_chunks, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, Sc=f32,
+                   zc=f32, dSc=f32, dzc=f32, dq=t, dk=t, dv=t, T="i32", eps="fp32", NT="i32"), {**lc, "PART": part}, a,
+                   la.WARPS, odd=("NT",))
         if name == "fp16" and args.quick:
             continue
         for split in (2, 4):                              # SPLIT: blocks of the key or value columns

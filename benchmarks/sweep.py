@@ -77,9 +77,10 @@ CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, c
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
 
 # Causal linear attention: the chunk schemes first (PARALLEL: the chunks' dots in parallel after walks that carry the
-# state only; its backward chunk kernel holds 209 registers a thread at 8 warps, sm_90 bf16, and spills 120 bytes at
-# 4), then the column splits of the walked scheme and the chunk and warps of whichever won
-LINEAR_STAGES = [grid(PARALLEL=[False, True]), grid(SPLIT=[1, 2, 4]), grid(CHUNK=[32, 64], WARPS=[4, 8])]
+# state only; its backward chunk kernel holds 153 registers a thread at 8 warps, sm_90 bf16: one program an SM; in two
+# kernels 107 and 128: two), then the column splits of the walked scheme and the chunk and warps of whichever won
+LINEAR_STAGES = [grid(PARALLEL=[False, True]), grid(PARALLEL_BWD_SPLIT=[None, True]), grid(SPLIT=[1, 2, 4]),
+                 grid(CHUNK=[32, 64], WARPS=[4, 8])]
 
 
 def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):

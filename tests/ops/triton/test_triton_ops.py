@@ -124,15 +124,16 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
-@pytest.fixture(params=[(1, False), (2, False), (4, False), (1, True)],
-                ids=["one-program", "split2", "split4", "chunks-in-parallel"])
+@pytest.fixture(params=[(1, False, None), (2, False, None), (4, False, None), (1, True, None), (1, True, True)],
+                ids=["one-program", "split2", "split4", "chunks-in-parallel", "chunks-in-parallel-backward-in-two"])
 def linear_split(request, monkeypatch):
     """Causal linear attention one program per (sequence, head), or SPLIT programs each taking a block of the value
     columns (forward, dv) or of the key columns (dq, dk), or (PARALLEL) walks that carry the state only and then a
-    program per chunk."""
+    program per chunk, its backward one kernel or two (PARALLEL_BWD_SPLIT)."""
     from tost_edge.ops.triton import linear_attention as la
     monkeypatch.setattr(la, "SPLIT", request.param[0])
     monkeypatch.setattr(la, "PARALLEL", request.param[1])
+    monkeypatch.setattr(la, "PARALLEL_BWD_SPLIT", request.param[2])
     return request.param
 
 
@@ -1058,6 +1059,30 @@ def test_linear_attention_chunks_in_parallel_count_their_states_in_the_32bit_off
     assert len(runs[-1]) == 1
     assert_close("y", y1, y, 1e-6)
     assert_close("state.kv", s1.kv, s.kv, 1e-6)
+
+
+@pytest.mark.parametrize("spills,expected", [((0, 0, 0), False), ((120, 0, 0), True), ((32, 0, 136), False),
+                                             ((16, 0, 0), False)],
+                         ids=["none-spill", "one-spills-two-do-not", "two-spill-more", "within-the-allowance"])
+def test_parallel_backward_in_two_kernels_where_they_spill_less(monkeypatch, spills, expected):
+    """PARALLEL_BWD_SPLIT = None decides from the compiled kernels (once per specialisation): two kernels where the
+    one doing d q, d k and d v spills more than the allowance and the two spill less; the setting overrides."""
+    from types import SimpleNamespace
+    from tost_edge.ops.triton import linear_attention_chunks as lch
+    compiled = []
+
+    class Kernel:
+        def warmup(self, *args, grid, **options):
+            compiled.append(args[-1])
+            return SimpleNamespace(_init_handles=lambda: None, n_spills=spills[args[-1]])
+
+    monkeypatch.setattr(lch, "_b_chunks", Kernel())
+    monkeypatch.setattr(lch, "interpreting", lambda: False)
+    monkeypatch.setattr(lch, "_SPLIT", {})
+    args = (torch.zeros(2), 9, 1e-6, 1, 2, 16, 16, 16, 16, 64, "tf32")
+    assert lch._split(None, (2, 1), args, 8) is expected
+    assert lch._split(None, (2, 1), args, 8) is expected and compiled == [0, 1, 2]      # decided once
+    assert lch._split(True, (2, 1), args, 8) is True and lch._split(False, (2, 1), args, 8) is False
 
 
 def test_tssa_autotuning_resets_only_its_own_statistics(monkeypatch):

@@ -268,17 +268,20 @@ SPLIT = 1      # programs per (sequence, head): the forward and dv split the val
 PARALLEL = False  # chunks in parallel (linear_attention_chunks.py, fla's chunk mode): walks carry only the state, then
                   # one program per (sequence, head, chunk) does the dots; fp32 states of every chunk in memory (the
                   # backward: twice q's bf16 size, two buffers). SPLIT does not apply. Not yet timed on a GPU
+PARALLEL_BWD_SPLIT: bool | None = None  # PARALLEL's backward chunks in two kernels (d q; d k, d v) or one;
+                                       # None: two where they spill less than the one (chunks._split)
 
 
 def _plan(K: int, V: int) -> list:
-    """[BK, BV, BT, warps, nk, nv, parallel]: the blocks, chunk, warps, splits and scheme both directions of one call
-    run with."""
+    """[BK, BV, BT, warps, nk, nv, parallel, parallel backward split (-1: decided by spills)]: the blocks, chunk, warps,
+    splits and scheme both directions of one call run with."""
     BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
     BT = CHUNK or (64 if max(BK, BV) <= 64 else 32)   # the [BT, BT] and [BK, BV] tiles stay in registers
     nk, nv = max(1, min(SPLIT, BK // 16)), max(1, min(SPLIT, BV // 16))   # powers of two, like BK and BV
     if PARALLEL:
         nk = nv = 1
-    return [BK, BV, BT, WARPS, nk, nv, int(PARALLEL)]
+    split = -1 if PARALLEL_BWD_SPLIT is None else int(PARALLEL_BWD_SPLIT)
+    return [BK, BV, BT, WARPS, nk, nv, int(PARALLEL), split]
 
 
 @on_input_device
@@ -287,7 +290,7 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
     -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, BT, warps, nk, nv, parallel = plan
+    BK, BV, BT, warps, nk, nv, parallel, _ = plan
     y = alloc(B, T, H, V, like=v)
     den = alloc(B, T, H, like=v, dtype=torch.float32)
     S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
@@ -305,13 +308,14 @@ def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, BT, warps, nk, nv, parallel = plan
+    BK, BV, BT, warps, nk, nv, parallel, split = plan
     prec = _prec(q.dtype)
     dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
     dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     if parallel:
         from . import linear_attention_chunks as chunks
-        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps, BK, BV, BT, warps, prec)
+        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps, BK, BV, BT, warps, prec,
+                        None if split < 0 else bool(split))
         return dq, dk, dv, dS0, dz0
     _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
                          **launch_options(warps))

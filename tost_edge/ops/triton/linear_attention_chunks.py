@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .linear_attention import _bwd_chunk, _grad_out, _load_state, _out_chunk, _phi, _rows, _store_state
-from .utils import alloc, launch_options
+from .utils import SPILL, alloc, interpreting, launch_options, spilled
 
 
 @triton.jit
@@ -92,17 +92,16 @@ def _b_states(q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz
 
 @triton.jit
 def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H: tl.constexpr, K: tl.constexpr,
-              V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+              V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+              PART: tl.constexpr = 0):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_c do_i + dden_i z_c
     # d phi(k)_j = sum_{i>=j} (do_i . v_j + dden_i) phi(q)_i + dS_c v_j + dz_c
     # dv_j = sum_{i>=j} A_ij do_i + phi(k)_j dS_c      (S_c, z_c: the state at the chunk's start; dS_c, dz_c: the
-    # gradient flowing into the state after it)
+    # gradient flowing into the state after it). PART 1: d q only, 2: d k and d v only, 0: all three
     bh, c = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see linear_attention's docstring
-    S, z = _load_state(Sc, zc, bh * NT + c, K, V, BK, BV)
-    dS, dz = _load_state(dSc, dzc, bh * NT + c, K, V, BK, BV)
     t = c * BT + tl.arange(0, BT)
     qr, kr, qo, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, 0)
     fq, dphi_q = _phi(qr, qm)
@@ -110,15 +109,19 @@ def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H: 
     fq_d, fk_d, v_d, do_d = fq.to(wt), fk.to(wt), vc.to(wt), do.to(wt)
     causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)                  # [i, j]; j <= i < T
     M = tl.where(causal, tl.dot(do_d, tl.trans(v_d), input_precision=PREC) + dd[:, None], 0.0)
-    A = tl.where(causal, tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC), 0.0)
-    dfq = tl.dot(M.to(wt), fk_d, input_precision=PREC) + tl.dot(do_d, tl.trans(S.to(wt)), input_precision=PREC)
-    dfq += dd[:, None] * z[None, :]
-    tl.store(dq + qo, (dfq * dphi_q).to(dq.dtype.element_ty), mask=qm)
-    dfk = tl.dot(tl.trans(M.to(wt)), fq_d, input_precision=PREC) \
-        + tl.dot(v_d, tl.trans(dS.to(wt)), input_precision=PREC) + dz[None, :]
-    tl.store(dk + qo, (dfk * dphi_k).to(dk.dtype.element_ty), mask=qm)
-    dvc = tl.dot(tl.trans(A.to(wt)), do_d, input_precision=PREC) + tl.dot(fk_d, dS.to(wt), input_precision=PREC)
-    tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
+    if PART != 2:
+        S, z = _load_state(Sc, zc, bh * NT + c, K, V, BK, BV)
+        dfq = tl.dot(M.to(wt), fk_d, input_precision=PREC) + tl.dot(do_d, tl.trans(S.to(wt)), input_precision=PREC)
+        dfq += dd[:, None] * z[None, :]
+        tl.store(dq + qo, (dfq * dphi_q).to(dq.dtype.element_ty), mask=qm)
+    if PART != 1:
+        dS, dz = _load_state(dSc, dzc, bh * NT + c, K, V, BK, BV)
+        dfk = tl.dot(tl.trans(M.to(wt)), fq_d, input_precision=PREC) \
+            + tl.dot(v_d, tl.trans(dS.to(wt)), input_precision=PREC) + dz[None, :]
+        tl.store(dk + qo, (dfk * dphi_k).to(dk.dtype.element_ty), mask=qm)
+        A = tl.where(causal, tl.dot(fq_d, tl.trans(fk_d), input_precision=PREC), 0.0)
+        dvc = tl.dot(tl.trans(A.to(wt)), do_d, input_precision=PREC) + tl.dot(fk_d, dS.to(wt), input_precision=PREC)
+        tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
 
 
 def _states(B: int, H: int, T: int, K: int, V: int, BT: int, like: torch.Tensor):
@@ -138,13 +141,36 @@ def forward(q, k, v, S0, z0, y, den, S_T, z_T, eps: float, BK: int, BV: int, BT:
 
 
 def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps: float, BK: int, BV: int, BT: int,
-             warps: int, prec: str):
-    """Fills dq, dk, dv, dS0, dz0 (see linear_attention._backward): both state walks in one launch, then the chunks."""
+             warps: int, prec: str, split: bool | None = None):
+    """Fills dq, dk, dv, dS0, dz0 (see linear_attention._backward): both state walks in one launch, then the chunks,
+    d q apart from d k and d v where `split` (None: where that spills less than one kernel doing all three, _split)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT, Sc, zc = _states(B, H, T, K, V, BT, q)
     _, dSc, dzc = _states(B, H, T, K, V, BT, q)
     _b_states[(B * H, 2)](q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, eps, NT, H, K, V,
                           BK, BV, BT, prec, **launch_options(warps))
-    _b_chunks[(B * H, NT)](q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H, K, V, BK, BV, BT, prec,
-                           **launch_options(warps))
+    grid = (B * H, NT)
+    args = (q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H, K, V, BK, BV, BT, prec)
+    for part in ((1, 2) if _split(split, grid, args, warps) else (0,)):
+        _b_chunks[grid](*args, part, **launch_options(warps))
+
+
+_SPLIT: dict = {}
+
+
+def _split(split: bool | None, grid, args, warps: int) -> bool:
+    """Whether the backward's chunks run as two kernels (d q; d k and d v), each reading the chunk again but holding
+    fewer tiles: as asked, or (None) where the one kernel doing all three spills more than utils.SPILL bytes a thread
+    and the two spill less (Triton 3.6: sm_87 fp16 120 bytes against none; sm_87 bf16 32 against 136 for d k, d v,
+    so one; sm_90 none), decided once per specialisation from the compiled kernels. The interpreter runs the one."""
+    if split is not None or interpreting():
+        return bool(split)
+    key = (warps, args[0].dtype, args[0].device, *[a for a in args if not torch.is_tensor(a)])
+    if key not in _SPLIT:
+        spills = []
+        for part in (0, 1, 2):
+            compiled = _b_chunks.warmup(*args, part, grid=grid, **launch_options(warps))
+            spills.append(spilled(compiled) if compiled is not None else 0)
+        _SPLIT[key] = spills[0] > SPILL and max(spills[1:]) < spills[0]
+    return _SPLIT[key]
