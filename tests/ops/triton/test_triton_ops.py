@@ -1082,6 +1082,8 @@ def test_parallel_backward_in_two_kernels_where_they_spill_less(monkeypatch, spi
     args = (torch.zeros(2), 9, 1e-6, 1, 2, 16, 16, 16, 16, 64, "tf32")
     assert lch._split(None, (2, 1), args, 8) is expected
     assert lch._split(None, (2, 1), args, 8) is expected and compiled == [0, 1, 2]      # decided once
+    longer = (torch.zeros(2), 130, 1e-6, 3, 2, 16, 16, 16, 16, 64, "tf32")                # another length
+    assert lch._split(None, (2, 3), longer, 8) is expected and compiled == [0, 1, 2]
     assert lch._split(True, (2, 1), args, 8) is True and lch._split(False, (2, 1), args, 8) is False
 
 

@@ -163,10 +163,11 @@ def _split(split: bool | None, grid, args, warps: int) -> bool:
     """Whether the backward's chunks run as two kernels (d q; d k and d v), each reading the chunk again but holding
     fewer tiles: as asked, or (None) where the one kernel doing all three spills more than utils.SPILL bytes a thread
     and the two spill less (Triton 3.6: sm_87 fp16 120 bytes against none; sm_87 bf16 32 against 136 for d k, d v,
-    so one; sm_90 none), decided once per specialisation from the compiled kernels. The interpreter runs the one."""
+    so one; sm_90 none), decided once per dtype, device, warps and constexprs (H, K, V, BK, BV, BT, PREC: the last
+    seven arguments), not per sequence length, from the compiled kernels. The interpreter runs the one."""
     if split is not None or interpreting():
         return bool(split)
-    key = (warps, args[0].dtype, args[0].device, *[a for a in args if not torch.is_tensor(a)])
+    key = (warps, args[0].dtype, args[0].device, *args[-7:])
     if key not in _SPLIT:
         spills = []
         for part in (0, 1, 2):

@@ -373,9 +373,9 @@ def _launch(kernel, B: int, NS: int, args, warps: int, maxnreg: int, device, spi
             whole: bool = False) -> bool:
     """Launch B * NS programs of a resident kernel if the GPU can hold a batch element's NS at once, or with `whole`
     all B * NS (one wave; the count is decided once per kernel specialisation and NS: the compiled kernel's
-    registers give it). maxnreg > 0 caps the
-    registers a thread may use, where the capped kernel spills at most `spill` bytes a thread; where it spills more
-    (the caps were chosen for one shape, and a wider head holds more per thread) the compiler's choice runs."""
+    registers give it). maxnreg > 0 caps the registers a thread may use, where the capped kernel spills at most
+    `spill` bytes a thread; where it spills more (the caps were chosen for one shape, and a wider head holds more per
+    thread) the compiler's choice runs."""
     grid = (B * NS,)
     options = launch_options(warps, maxnreg)
     if not interpreting():
