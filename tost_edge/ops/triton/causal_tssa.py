@@ -70,6 +70,11 @@ BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UN
                  # forward's live tiles (H100 sweep, from a graph, kernels of the time: 0.481 ms forward+backward at 4,
                  # 0.489 at 2, 0.762 at 8, which spilled). Capped by the heads (_tile_tokens): with 8 warps a walked
                  # step holds up to 8 tokens at H12, 4 at H20
+CHUNKED = False  # one program per (sequence, head, chunk of CHUNK tokens), cumulative sums over the chunk instead of
+                 # a token walk, heads unpadded, two launches per direction (causal_tssa_chunks.py); off until a GPU
+                 # times it against the walks
+CHUNK = 64       # tokens a chunk of the CHUNKED kernels
+CHUNK_WARPS = 4  # warps a program of the CHUNKED kernels
 
 
 @triton.jit
@@ -645,8 +650,15 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
-    register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device)]."""
+    register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED]. CHUNKED plans chunks of
+    CHUNK tokens (BT = per, NT chunks a sequence), CHUNK_WARPS warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
+    fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
+    if CHUNKED:
+        BT = max(2, min(next_pow2(CHUNK), next_pow2(T)))
+        NT = triton.cdiv(T, BT)
+        return [BD, HP, BT, NT, BT, BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), CHUNK_WARPS, 0, CHUNK_WARPS, 0,
+                fp64, 1]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
@@ -655,7 +667,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
-            bwd_opts.get("maxnreg", 0), int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)]
+            bwd_opts.get("maxnreg", 0), fp64, 0]
 
 
 @on_input_device
@@ -665,7 +677,9 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _ = plan
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked = plan
+    if chunked:
+        return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, NT, bool(prefix), warps)
     opts = launch_options(warps, maxnreg)
     p_ch = bool(tiled) and p_channels(warps)
     tmax = bias.shape[1]
@@ -702,7 +716,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64 = plan
+    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked \
+        = plan
     stored, opts, pair = bool(stored), launch_options(bwd_warps, bwd_maxnreg), not fp64
     tmax = bias.shape[1]
     dev = w.device
@@ -715,6 +730,10 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
     gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
     gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
+    if chunked:
+        dw, gS0, gA0, gP0 = chunks.backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gtemp,
+                                            gbias, H, bounded, BD, HP, per, NT, bool(prefix), bwd_warps)
+        return dw, gtemp, gbias, gS0, gA0, gP0
     if not fused:                                     # slice totals and what flows in after each slice
         GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))
         GC = alloc(B, NT, H * D, like=w, dtype=torch.float64)
@@ -812,6 +831,9 @@ def _op_backward(ctx, gy, gS_T, gA_T, gP_T, *_):
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+from . import causal_tssa_chunks as chunks  # noqa: E402  (its kernels reuse this module's look-back)
 
 
 def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
