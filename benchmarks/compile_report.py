@@ -30,7 +30,8 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt  # noqa: E402
-from tost_edge.ops.triton import causal_tssa_tiles as ctiles, linear_attention_chunks as lch  # noqa: E402
+from tost_edge.ops.triton import causal_tssa_chunks as cch, causal_tssa_tiles as ctiles  # noqa: E402
+from tost_edge.ops.triton import linear_attention_chunks as lch  # noqa: E402
 from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
 from tost_edge.ops.triton.utils import FAST_FP64, SPILL, launch_options  # noqa: E402
 
@@ -319,6 +320,30 @@ def main() -> None:
         if not mx:                                        # the cap applies to the forward only
             report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
                    {**tc, "BT": bwd_bt, "PI_STORED": True, "PAIR": suffix_pair(a)}, a, nw)
+    # causal TSSA CHUNKED: a program per (sequence, group of heads, chunk) walking tiles of tokens held in each thread
+    # (causal_tssa_chunks.py); at H12 a group is 4 heads, none padded
+    G = cch.group_size(12)
+    chunked = [(ct.CHUNK_TILE, ct.CHUNK_BWD_TILE)] if args.quick else [(2, 2), (4, 2), (4, 4), (8, 2)]
+    for fwd_bt, bwd_bt in chunked:
+        for dname, t in (("bf16", bf), ("fp16", "*fp16"), ("fp32", f32)) if not args.quick else (("bf16", bf),):
+            nw = ct.CHUNK_WARPS or ct._tile_warps(G, 64, {"bf16": 2, "fp16": 2, "fp32": 4}[dname])
+            kc = {"C": 768, "D": 64, "H": 12, "G": G, "BD": 64, "PREFIX": True}
+            link = dict(sync="*i32", part=f32)
+            sizes = dict(per="i32", NS="i32")
+            if (fwd_bt, bwd_bt) == chunked[0] or fwd_bt != chunked[chunked.index((fwd_bt, bwd_bt)) - 1][0]:
+                report(f"causal chunked energy {dname} tile{fwd_bt}", cch._f_energy, dict(w=t, bias=f32, pos="*i64",
+                       S0=f32, E=f32, S_start=f32, S_T=f32, **link, T="i32", tmax="i32", **sizes),
+                       {**kc, "BT": fwd_bt, "BOUNDED": True}, a, nw, odd=("NS",))
+                report(f"causal chunked output {dname} tile{fwd_bt}", cch._f_output, dict(w=t, temp=f32, E=f32,
+                       pi=f32, A0=f32, P0=f32, y=t, AP_start=f32, A_T=f32, P_T=f32, **link, T="i32", **sizes),
+                       {**kc, "HP": 16, "BT": fwd_bt}, a, nw, odd=("NS",))
+            report(f"causal chunked bwd pi {dname} tile{bwd_bt}", cch._b_pi, dict(w=t, gy=t, pi=f32, AP_start=f32,
+                   gA_T=f32, gP_T=f32, gpi=f32, R_start=f32, gA0=f32, gP0=f32, **link, T="i32", **sizes),
+                   {**kc, "BT": bwd_bt}, a, nw, odd=("NS",))
+            report(f"causal chunked bwd dw {dname} tile{bwd_bt}", cch._b_dw, dict(w=t, gy=t, pi=f32, gpi=f32,
+                   S_start=f32, AP_start=f32, R_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32, gtemp=f32,
+                   gbias=f32, dw=t, gS0=f32, sync="*i32", part="*fp64", T="i32", tmax="i32", **sizes),
+                   {**kc, "HP": 16, "BT": bwd_bt, "BOUNDED": True, "PAIR": suffix_pair(a)}, a, nw, odd=("NS",))
     # linear attention, D64
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32"}
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)

@@ -70,11 +70,13 @@ BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UN
                  # forward's live tiles (H100 sweep, from a graph, kernels of the time: 0.481 ms forward+backward at 4,
                  # 0.489 at 2, 0.762 at 8, which spilled). Capped by the heads (_tile_tokens): with 8 warps a walked
                  # step holds up to 8 tokens at H12, 4 at H20
-CHUNKED = False  # one program per (sequence, head, chunk of CHUNK tokens), cumulative sums over the chunk instead of
-                 # a token walk, heads unpadded, two launches per direction (causal_tssa_chunks.py); off until a GPU
-                 # times it against the walks
-CHUNK = 64       # tokens a chunk of the CHUNKED kernels
-CHUNK_WARPS = 4  # warps a program of the CHUNKED kernels
+CHUNKED = False  # a program per (sequence, group of up to 4 heads, chunk of CHUNK tokens), tiles of tokens held in
+                 # each thread, no barrier, heads unpadded, the softmax over heads between two launches per direction
+                 # (causal_tssa_chunks.py); off until a GPU times it against the walks
+CHUNK = 64       # tokens a program of the CHUNKED kernels walks (look-back between chunks)
+CHUNK_TILE = 4   # tokens a tile of the CHUNKED forward (a thread holds 8 channels of each: 32 fp32 a tensor)
+CHUNK_BWD_TILE = 2  # tokens a tile of the CHUNKED backward (it keeps ~3x the forward's tensors live)
+CHUNK_WARPS = 0  # warps a program of the CHUNKED kernels; 0: those that keep the tile's tokens in each thread
 
 
 @triton.jit
@@ -651,14 +653,16 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
     register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED]. CHUNKED plans chunks of
-    CHUNK tokens (BT = per, NT chunks a sequence), CHUNK_WARPS warps both ways, Pi saved."""
+    CHUNK tokens (per, NT chunks a sequence) walked in tiles of CHUNK_TILE (BT) and CHUNK_BWD_TILE tokens, the same
+    warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:
-        BT = max(2, min(next_pow2(CHUNK), next_pow2(T)))
-        NT = triton.cdiv(T, BT)
-        return [BD, HP, BT, NT, BT, BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), CHUNK_WARPS, 0, CHUNK_WARPS, 0,
-                fp64, 1]
+        BT, bwd_BT = (max(1, min(next_pow2(n), next_pow2(T))) for n in (CHUNK_TILE, CHUNK_BWD_TILE))
+        per = max(BT, bwd_BT) * triton.cdiv(min(CHUNK, T), max(BT, bwd_BT))       # whole tiles both ways
+        warps = CHUNK_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
+        return [BD, HP, BT, triton.cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
+                warps, 0, fp64, 1]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
@@ -679,7 +683,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked = plan
     if chunked:
-        return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, NT, bool(prefix), warps)
+        return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, per, NT, bool(prefix), warps)
     opts = launch_options(warps, maxnreg)
     p_ch = bool(tiled) and p_channels(warps)
     tmax = bias.shape[1]
@@ -732,7 +736,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
     if chunked:
         dw, gS0, gA0, gP0 = chunks.backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gtemp,
-                                            gbias, H, bounded, BD, HP, per, NT, bool(prefix), bwd_warps)
+                                            gbias, H, bounded, BD, HP, BT, per, NT, bool(prefix), bwd_warps, pair)
         return dw, gtemp, gbias, gS0, gA0, gP0
     if not fused:                                     # slice totals and what flows in after each slice
         GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))

@@ -26,227 +26,373 @@ import torch
 import triton
 import triton.language as tl
 
-from .causal_tssa import _lookback, _ticket
-from .fastmath import _rcp
+from .causal_tssa import _lookback, _stat, _ticket
+from .causal_tssa_tiles import _heads_cumsum, _tile_rows, _tile_store
+from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value, _two_sum
 from .utils import alloc, launch_options
 
 
 @triton.jit
-def _tile(ptr, b, t, T, h, C: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
-    """Head h of tokens t of sequence b: [BT, BD] fp32, zeros past T and D."""
-    d = tl.arange(0, BD)
-    m = (t < T)[:, None] & (d < D)[None, :]
-    return tl.load(ptr + (b * T + t)[:, None] * C + h * D + d[None, :], mask=m, other=0.0).to(tl.float32)
+def _tile(ptr, b, t, T, hi, grp, C: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    """Heads of group grp, tokens t of sequence b: [BT, G, BD] fp32, zeros from token hi and past D (loaded as flat
+    rows, each thread holding its channels of every token it has: see causal_tssa_tiles)."""
+    return _tile_rows(ptr + grp * G * D, b, t, t < hi, T, C, D, G, G, BD)
 
 
 @triton.jit
-def _head(ptr, b, h, t, T, H: tl.constexpr):
-    """Per-token values of head h [BT] from a [B, T, H] buffer, zeros past T."""
-    return tl.load(ptr + (b * T + t) * H + h, mask=t < T, other=0.0)
+def _store(ptr, v, b, t, T, hi, grp, C: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    _tile_store(ptr + grp * G * D, v, b, t, t < hi, T, C, D, G, G, BD)
 
 
 @triton.jit
-def _chain(sync, part, c, s, NS, mat, val, init_mat, init_val, D: tl.constexpr, BD: tl.constexpr,
-           HAS_VAL: tl.constexpr, REVERSE: tl.constexpr, PREFIX: tl.constexpr):
-    """_lookback along chain c = b * H + h: init + the totals (mat [BD], val a scalar) of the chunks before chunk s
-    (after it when REVERSE)."""
-    d = tl.arange(0, BD)
-    two = tl.arange(0, 2)                                # the scalar rides in a vector of 2, only its first entry set
-    vec = tl.where(two == 0, val, 0.0)
-    init_vec = tl.where(two == 0, init_val, 0.0)
-    m, v = _lookback(sync + 1, part, c, s, NS, mat, vec, init_mat, init_vec, d, d < D, two, 1, D, HAS_VAL, REVERSE,
-                     PREFIX)
-    return m, tl.sum(v, 0)
+def _group(ptr, b, t, T, hi, grp, H: tl.constexpr, G: tl.constexpr):
+    """Per-head values of the group's heads [BT, G, 1] from a [B, T, H] buffer, zeros from token hi."""
+    g = tl.arange(0, G)[None, :]
+    return tl.load(ptr + (b * T + t)[:, None] * H + grp * G + g, mask=(t < hi)[:, None] & (g < G),
+                   other=0.0)[:, :, None]
 
 
 @triton.jit
-def _sums_a(x, pi, A, P):
-    """A_t, P_t after each token of the chunk, 1 / (P_t + eps) and 1 / (1 + A_t / (P_t + eps)): [BT, BD], [BT]."""
-    Ac = A[None, :] + tl.cumsum(pi[:, None] * (x * x), 0)
-    rpe = _rcp(P + tl.cumsum(pi, 0) + 1e-8)
-    return Ac, rpe, _rcp(1.0 + Ac * rpe[:, None])
+def _store_group(ptr, v, b, t, T, hi, grp, H: tl.constexpr, G: tl.constexpr):
+    g = tl.arange(0, G)[None, :]
+    tl.store(ptr + (b * T + t)[:, None] * H + grp * G + g, tl.sum(v, 2), mask=(t < hi)[:, None] & (g < G))
 
 
 @triton.jit
-def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, NS, C: tl.constexpr, D: tl.constexpr,
-              H: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr):
-    c, s, _, lo, _, _ = _ticket(sync, NS, BT, T, False)
-    b, h = c // H, c % H
-    t = lo + tl.arange(0, BT)
-    d = tl.arange(0, BD)
-    dm = d < D
-    x = _tile(w, b, t, T, h, C, D, BD)
-    q = x * x
-    own = tl.sum(q, 0)
-    S, _ = _chain(sync, part, c, s, NS, own, 0.0, tl.load(S0 + c * D + d, mask=dm, other=0.0), 0.0, D, BD, False,
-                  False, PREFIX)
-    tl.store(S_start + (b * NS + s) * (H * D) + h * D + d, S, mask=dm)
-    if s == NS - 1:
-        tl.store(S_T + c * D + d, S + own, mask=dm)
-    rden = _rcp(tl.maximum(S[None, :] + tl.cumsum(q, 0), 1e-12))
-    e = tl.sum(q * rden, 1)
-    if BOUNDED:
-        e += D * tl.load(bias + h * tmax + tl.load(pos + b) + t, mask=t < T, other=0.0)
-    tl.store(E + (b * T + t) * H + h, e, mask=t < T)
+def _chain(sync, part, c, s, NS, mat, vec, init_mat, init_vec, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr,
+           HAS_VEC: tl.constexpr, REVERSE: tl.constexpr, PREFIX: tl.constexpr):
+    """_lookback along chain c (a sequence's group of heads): init + the totals (mat [G, BD], vec [G]) of the chunks
+    before chunk s (after it when REVERSE), as [1, G, BD] and [1, G, 1]."""
+    so, sm = _stat(G, D, G, BD)
+    m, v = _lookback(sync + 1, part, c, s, NS, mat, vec, init_mat, init_vec, so, sm, tl.arange(0, G), G, G * D,
+                     HAS_VEC, REVERSE, PREFIX)
+    return m[None, :, :], v[None, :, None]
 
 
 @triton.jit
-def _f_output(w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, sync, part, T, NS, C: tl.constexpr, D: tl.constexpr,
-              H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, PREFIX: tl.constexpr):
-    c, s, _, lo, _, _ = _ticket(sync, NS, BT, T, False)
-    b, h = c // H, c % H
-    t = lo + tl.arange(0, BT)
-    d = tl.arange(0, BD)
-    dm = d < D
+def _state(ptr, c, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    """The group's rows [G, BD] of a [B, H, D] state (chain c = b * H / G + group)."""
+    so, sm = _stat(G, D, G, BD)
+    return tl.load(ptr + c * G * D + so, mask=sm, other=0.0)
+
+
+@triton.jit
+def _put_state(ptr, v, c, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    so, sm = _stat(G, D, G, BD)
+    tl.store(ptr + c * G * D + so, tl.reshape(v, (G, BD)), mask=sm)
+
+
+@triton.jit
+def _row_at(ptr, k, grp, W: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    """The group's channels of row k of a [.., W] buffer of per-chunk sums: pointer offsets [G, BD] and mask."""
+    so, sm = _stat(G, D, G, BD)
+    return ptr + k * W + grp * G * D + so, sm
+
+
+@triton.jit
+def _vec(x):
+    """[G, 1] -> [G]."""
+    return tl.sum(x, 1)
+
+
+@triton.jit
+def _tile_a(x, p, A, P):
+    """From A [1, G, BD], P [1, G, 1] before the tile: Pi w^2, A_t [BT, G, BD], 1 / (P_t + eps) [BT, G, 1] and
+    1 / (1 + A_t / (P_t + eps)) after each token."""
+    pq = p * (x * x)
+    Ac = A + tl.cumsum(pq, 0)
+    rpe = _rcp(P + _heads_cumsum(p) + 1e-8)
+    return pq, Ac, rpe, _rcp(1.0 + Ac * rpe)
+
+
+@triton.jit
+def _tile_pi(E, temp, b, t, T, hi, grp, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr):
+    """Pi of the group's heads [BT, G, 1] from the energies of all heads of tokens t (0 from token hi)."""
     hc = tl.arange(0, HP)
-    z = tl.load(E + (b * T + t)[:, None] * H + hc[None, :], mask=(t < T)[:, None] & (hc < H)[None, :], other=0.0)
+    z = tl.load(E + (b * T + t)[:, None] * H + hc[None, :], mask=(t < hi)[:, None] & (hc < H)[None, :], other=0.0)
     z = tl.where((hc < H)[None, :], z * tl.load(temp + hc, mask=hc < H, other=0.0)[None, :], float("-inf"))
     zmax = tl.max(z, 1)
-    own = tl.exp(_head(E, b, h, t, T, H) * tl.load(temp + h) - zmax)
-    p = tl.where(t < T, own * _rcp(tl.sum(tl.exp(z - zmax[:, None]), 1)), 0.0)      # [BT]
-    tl.store(pi + (b * T + t) * H + h, p, mask=t < T)
-    x = _tile(w, b, t, T, h, C, D, BD)
-    a = p[:, None] * (x * x)
-    own_a, own_p = tl.sum(a, 0), tl.sum(p, 0)
-    A, P = _chain(sync, part, c, s, NS, own_a, own_p, tl.load(A0 + c * D + d, mask=dm, other=0.0), tl.load(P0 + c),
-                  D, BD, True, False, PREFIX)
-    row = AP_start + (b * NS + s) * (H * D + H)
-    tl.store(row + h * D + d, A, mask=dm)
-    tl.store(row + H * D + h, P)
-    if s == NS - 1:
-        tl.store(A_T + c * D + d, A + own_a, mask=dm)
-        tl.store(P_T + c, P + own_p)
-    _, _, inv = _sums_a(x, p, A, P)
-    out = -x * p[:, None] * inv
-    tl.store(y + (b * T + t)[:, None] * C + h * D + d[None, :], out.to(y.dtype.element_ty),
-             mask=(t < T)[:, None] & dm[None, :])
+    rsum = _rcp(tl.sum(tl.exp(z - zmax[:, None]), 1))
+    tg = tl.load(temp + grp * G + tl.arange(0, G))[None, :, None]
+    p = tl.exp(_group(E, b, t, T, hi, grp, H, G) * tg - zmax[:, None, None]) * rsum[:, None, None]
+    return tl.where((t < hi)[:, None, None], p, 0.0)
 
 
 @triton.jit
-def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_after, gA0, gP0, sync, part, T, NS, C: tl.constexpr,
-          D: tl.constexpr, H: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, PREFIX: tl.constexpr):
-    # y = -x pi inv, inv = 1 / (1 + A rpe): with q = g x inv^2, d loss / d A_t = q pi rpe and
-    # d loss / d P_t = -pi rpe^2 sum_d q A_t; d Pi_t = sum_d (RA_t x^2 - g x inv) + RP_t, where RA_t, RP_t flow
-    # into A, P at token t from it and every later token.
-    c, s, _, lo, _, _ = _ticket(sync, NS, BT, T, True)
-    b, h = c // H, c % H
-    t = lo + tl.arange(0, BT)
-    d = tl.arange(0, BD)
-    dm = d < D
-    x = _tile(w, b, t, T, h, C, D, BD)
-    g = _tile(gy, b, t, T, h, C, D, BD)
-    p = _head(pi, b, h, t, T, H)
-    row = AP_start + (b * NS + s) * (H * D + H)
-    Ac, rpe, inv = _sums_a(x, p, tl.load(row + h * D + d, mask=dm, other=0.0), tl.load(row + H * D + h))
-    gxi = g * inv * x
-    prpe = p * rpe
-    dA = gxi * inv * prpe[:, None]
-    dP = -prpe * rpe * tl.sum(gxi * inv * Ac, 1)
-    own_a, own_p = tl.sum(dA, 0), tl.sum(dP, 0)
-    RA, RP = _chain(sync, part, c, s, NS, own_a, own_p, tl.load(gA_T + c * D + d, mask=dm, other=0.0),
-                    tl.load(gP_T + c), D, BD, True, True, PREFIX)
-    after = R_after + (b * NS + s) * (H * D + H)
-    tl.store(after + h * D + d, RA, mask=dm)
-    tl.store(after + H * D + h, RP)
-    if s == 0:
-        tl.store(gA0 + c * D + d, RA + own_a, mask=dm)
-        tl.store(gP0 + c, RP + own_p)
-    RAc = RA[None, :] + tl.cumsum(dA, 0, reverse=True)
-    g_pi = tl.sum(RAc * (x * x) - gxi, 1) + (RP + tl.cumsum(dP, 0, reverse=True))
-    tl.store(gpi + (b * T + t) * H + h, g_pi, mask=t < T)
-
-
-@triton.jit
-def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_after, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0, sync, part, T,
-          tmax, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr):
-    # d e_t = temp_h Pi (d Pi - sum_h' Pi d Pi) over the token's heads; d loss / d S_t = -d e_t x^2 / S_t^2 where the
-    # forward's max(S, eps) took S_t; dw = 2 x (Pi RA_t + d e_t / S_t + RS_t) - Pi g inv.
-    c, s, _, lo, _, _ = _ticket(sync, NS, BT, T, True)
-    b, h = c // H, c % H
-    t = lo + tl.arange(0, BT)
-    tm = t < T
-    d = tl.arange(0, BD)
-    dm = d < D
+def _tile_ge(pi, gpi, temp, b, t, T, hi, grp, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr):
+    """Pi, d loss / d (temp_h e_t) and d e_t of the group's heads [BT, G, 1]: the softmax's backward over all heads."""
     hc = tl.arange(0, HP)
     heads = (b * T + t)[:, None] * H + hc[None, :]
-    hm = tm[:, None] & (hc < H)[None, :]
+    hm = (t < hi)[:, None] & (hc < H)[None, :]
     mix = tl.sum(tl.load(pi + heads, mask=hm, other=0.0) * tl.load(gpi + heads, mask=hm, other=0.0), 1)
-    p = _head(pi, b, h, t, T, H)
-    gz = p * (_head(gpi, b, h, t, T, H) - mix)           # d loss / d (temp_h e_t)
-    ge = gz * tl.load(temp + h)
-    x = _tile(w, b, t, T, h, C, D, BD)
+    p = _group(pi, b, t, T, hi, grp, H, G)
+    gz = p * (_group(gpi, b, t, T, hi, grp, H, G) - mix[:, None, None])
+    return p, gz, gz * tl.load(temp + grp * G + tl.arange(0, G))[None, :, None]
+
+
+@triton.jit
+def _tile_s(x, S):
+    """w^2, S_t [BT, G, BD] and 1 / max(S_t, eps) after each token of the tile, from S [1, G, BD] before it."""
     q = x * x
-    Sc = tl.load(S_start + (b * NS + s) * (H * D) + h * D + d, mask=dm, other=0.0)[None, :] + tl.cumsum(q, 0)
-    rden = _rcp(tl.maximum(Sc, 1e-12))
-    wr = q * rden
-    e = tl.sum(wr, 1)
-    if BOUNDED:
-        p0 = tl.load(pos + b)
-        e += D * tl.load(bias + h * tmax + p0 + t, mask=tm, other=0.0)
-        tl.atomic_add(gbias + h * tmax + p0 + t, D * ge, mask=tm, sem="relaxed")
-    tl.atomic_add(gtemp + h, tl.sum(gz * e, 0), sem="relaxed")
-    dS = tl.where(Sc > 1e-12, wr * rden, 0.0) * -ge[:, None]
-    own = tl.sum(dS, 0)
-    RS, _ = _chain(sync, part, c, s, NS, own, 0.0, tl.load(gS_T + c * D + d, mask=dm, other=0.0), 0.0, D, BD, False,
-                   True, PREFIX)
-    if s == 0:
-        tl.store(gS0 + c * D + d, RS + own, mask=dm)
-    row = AP_start + (b * NS + s) * (H * D + H)
-    Ac, rpe, inv = _sums_a(x, p, tl.load(row + h * D + d, mask=dm, other=0.0), tl.load(row + H * D + h))
-    g = _tile(gy, b, t, T, h, C, D, BD)
+    Sc = S + tl.cumsum(q, 0)
+    return q, Sc, _rcp(tl.maximum(Sc, 1e-12))
+
+
+@triton.jit
+def _tile_ds(ge, q, Sc, rden, PAIR: tl.constexpr):
+    """The direct d loss / d S_t [BT, G, BD] and the tile's total of it, error-free: fp64, or an fp32 pair (value,
+    error) where PAIR (both passes over a chunk must take off exactly what the other added)."""
+    dS = tl.where(Sc > 1e-12, _suffix_term(-ge * q * rden, rden, PAIR), 0.0)
+    if PAIR:
+        tot, err = tl.reduce((dS, tl.zeros_like(dS)), 0, _two_sum, keep_dims=True)
+    else:
+        tot, err = tl.sum(dS.to(tl.float64), 0, keep_dims=True), 0.0
+    return dS, tot, err
+
+
+@triton.jit
+def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr,
+              H: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
+              PREFIX: tl.constexpr):
+    c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, False)
+    b, grp = c // (H // G), c % (H // G)
+    own = tl.zeros([1, G, BD], dtype=tl.float32)
+    for t0 in range(lo, hi, BT):
+        x = _tile(w, b, t0 + tl.arange(0, BT), T, hi, grp, C, D, G, BD)
+        own += tl.sum(x * x, 0, keep_dims=True)
+    own = tl.sum(own, 0)
+    S = _chain(sync, part, c, s, NS, own, tl.zeros([G], dtype=tl.float32), _state(S0, c, D, G, BD),
+                  tl.zeros([G], dtype=tl.float32), D, G, BD, False, False, PREFIX)[0]
+    at, m = _row_at(S_start, b * NS + s, grp, H * D, D, G, BD)
+    tl.store(at, tl.reshape(S, (G, BD)), mask=m)
+    if s == NS - 1:
+        _put_state(S_T, S + own[None, :, :], c, D, G, BD)
+    p0 = tl.load(pos + b)
+    g = tl.arange(0, G)[None, :]
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        q, Sc, rden = _tile_s(_tile(w, b, t, T, hi, grp, C, D, G, BD), S)
+        e = tl.sum(q * rden, 2, keep_dims=True)
+        if BOUNDED:
+            e += D * tl.load(bias + (grp * G + g) * tmax + p0 + t[:, None], mask=(t < hi)[:, None] & (g < G),
+                             other=0.0)[:, :, None]
+        _store_group(E, e, b, t, T, hi, grp, H, G)
+        S += tl.sum(q, 0, keep_dims=True)
+
+
+@triton.jit
+def _f_output(w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, sync, part, T, per, NS, C: tl.constexpr,
+              D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+              PREFIX: tl.constexpr):
+    c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, False)
+    b, grp = c // (H // G), c % (H // G)
+    g = tl.arange(0, G)
+    own_a = tl.zeros([1, G, BD], dtype=tl.float32)
+    own_p = tl.zeros([1, G, 1], dtype=tl.float32)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        p = _tile_pi(E, temp, b, t, T, hi, grp, H, HP, G)
+        _store_group(pi, p, b, t, T, hi, grp, H, G)
+        x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
+        own_a += tl.sum(p * (x * x), 0, keep_dims=True)
+        own_p += tl.sum(p, 0, keep_dims=True)
+    own_a, own_p = tl.sum(own_a, 0), _vec(tl.sum(own_p, 0))
+    A, P = _chain(sync, part, c, s, NS, own_a, own_p, _state(A0, c, D, G, BD), tl.load(P0 + c * G + g), D, G, BD,
+                  True, False, PREFIX)
+    Ph = _vec(tl.reshape(P, (G, 1)))
+    at, m = _row_at(AP_start, b * NS + s, grp, H * D + H, D, G, BD)
+    tl.store(at, tl.reshape(A, (G, BD)), mask=m)
+    tl.store(AP_start + (b * NS + s) * (H * D + H) + H * D + grp * G + g, Ph)
+    if s == NS - 1:
+        _put_state(A_T, A + own_a[None, :, :], c, D, G, BD)
+        tl.store(P_T + c * G + g, Ph + own_p)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        p = _tile_pi(E, temp, b, t, T, hi, grp, H, HP, G)     # again, not read back: the first loop's threads stored it
+        x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
+        pq, Ac, rpe, inv = _tile_a(x, p, A, P)
+        _store(y, -x * p * inv, b, t, T, hi, grp, C, D, G, BD)
+        A += tl.sum(pq, 0, keep_dims=True)
+        P += tl.sum(p, 0, keep_dims=True)
+
+
+@triton.jit
+def _ap(AP_start, k, grp, H: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BD: tl.constexpr):
+    """A [1, G, BD] and P [1, G, 1] of row k of a [.., H * D + H] buffer (AP_start, R_start)."""
+    at, m = _row_at(AP_start, k, grp, H * D + H, D, G, BD)
+    P = tl.load(AP_start + k * (H * D + H) + H * D + grp * G + tl.arange(0, G))
+    return tl.load(at, mask=m, other=0.0)[None, :, :], P[None, :, None]
+
+
+@triton.jit
+def _tile_da(x, g, p, A, P):
+    """Pi w^2, the direct d loss / d A_t [BT, G, BD] and d loss / d P_t [BT, G, 1], g x inv and g inv: with
+    y = -x Pi inv, inv = 1 / (1 + A_t rpe), d y / d A_t = x Pi inv^2 rpe and d y / d P_t = -x Pi inv^2 A_t rpe^2."""
+    pq, Ac, rpe, inv = _tile_a(x, p, A, P)
     gi = g * inv
-    dA = gi * x * inv * (p * rpe)[:, None]
-    after = R_after + (b * NS + s) * (H * D + H)
-    RAc = tl.load(after + h * D + d, mask=dm, other=0.0)[None, :] + tl.cumsum(dA, 0, reverse=True)
-    inner = p[:, None] * RAc + (ge[:, None] * rden + (RS[None, :] + tl.cumsum(dS, 0, reverse=True)))
-    grad = (x + x) * inner - p[:, None] * gi
-    tl.store(dw + (b * T + t)[:, None] * C + h * D + d[None, :], grad.to(dw.dtype.element_ty),
-             mask=tm[:, None] & dm[None, :])
+    gxi = gi * x
+    dA = gxi * inv * (p * rpe)
+    dP = -tl.sum(gxi * inv * Ac, 2, keep_dims=True) * (p * rpe * rpe)
+    return pq, dA, dP, gxi, gi
 
 
-def _links(chains: int, NS: int, D: int, like: torch.Tensor):
+@triton.jit
+def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T, per, NS, C: tl.constexpr,
+          D: tl.constexpr, H: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+          PREFIX: tl.constexpr):
+    # d Pi_t = sum_d (RA_t w^2 - g x inv) + RP_t, RA_t and RP_t flowing into A, P at token t from it and every later
+    # token: what flows in after the chunk (look-back) plus the chunk's own direct totals, less what the walk passed.
+    c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, True)
+    b, grp = c // (H // G), c % (H // G)
+    g = tl.arange(0, G)
+    A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
+    own_a = tl.zeros([1, G, BD], dtype=tl.float32)
+    own_p = tl.zeros([1, G, 1], dtype=tl.float32)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
+        p = _group(pi, b, t, T, hi, grp, H, G)
+        pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
+        own_a += tl.sum(dA, 0, keep_dims=True)
+        own_p += tl.sum(dP, 0, keep_dims=True)
+        A += tl.sum(pq, 0, keep_dims=True)
+        P += tl.sum(p, 0, keep_dims=True)
+    RA, RP = _chain(sync, part, c, s, NS, tl.sum(own_a, 0), _vec(tl.sum(own_p, 0)), _state(gA_T, c, D, G, BD),
+                    tl.load(gP_T + c * G + g), D, G, BD, True, True, PREFIX)
+    RA += own_a
+    RP += own_p
+    RPh = _vec(tl.reshape(RP, (G, 1)))
+    at, m = _row_at(R_start, b * NS + s, grp, H * D + H, D, G, BD)
+    tl.store(at, tl.reshape(RA, (G, BD)), mask=m)
+    tl.store(R_start + (b * NS + s) * (H * D + H) + H * D + grp * G + g, RPh)
+    if s == 0:
+        _put_state(gA0, RA, c, D, G, BD)
+        tl.store(gP0 + c * G + g, RPh)
+    A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
+        p = _group(pi, b, t, T, hi, grp, H, G)
+        pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
+        RA -= tl.sum(dA, 0, keep_dims=True)                                 # flowing in after the tile
+        RP -= tl.sum(dP, 0, keep_dims=True)
+        RAc = RA + tl.cumsum(dA, 0, reverse=True)                           # ... and from tokens t.. of the tile
+        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + _heads_cumsum(dP, True))
+        _store_group(gpi, g_pi, b, t, T, hi, grp, H, G)
+        A += tl.sum(pq, 0, keep_dims=True)
+        P += tl.sum(p, 0, keep_dims=True)
+
+
+@triton.jit
+def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0, sync, part, T,
+          tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr,
+          BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, PAIR: tl.constexpr):
+    # d e_t = temp_h Pi (d Pi - sum_h' Pi d Pi) over the token's heads; d loss / d S_t = -d e_t w^2 / S_t^2 where the
+    # forward's max(S, eps) took S_t; dw = 2 x (Pi RA_t + d e_t / S_t + RS_t) - Pi g inv. RS is carried in fp64 or
+    # an fp32 pair (PAIR): d S is huge at a sequence's first tokens, and RS_t is what flows in at the chunk's start
+    # less what the walk passed.
+    c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, True)
+    b, grp = c // (H // G), c % (H // G)
+    g = tl.arange(0, G)
+    at, m = _row_at(S_start, b * NS + s, grp, H * D, D, G, BD)
+    S = tl.load(at, mask=m, other=0.0)[None, :, :]
+    p0 = tl.load(pos + b)
+    own, own_l = _suffix_split(tl.zeros([1, G, BD], dtype=tl.float64), PAIR)
+    gt = tl.zeros([1, G, 1], dtype=tl.float32)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        p, gz, ge = _tile_ge(pi, gpi, temp, b, t, T, hi, grp, H, HP, G)
+        q, Sc, rden = _tile_s(_tile(w, b, t, T, hi, grp, C, D, G, BD), S)
+        e = tl.sum(q * rden, 2, keep_dims=True)
+        if BOUNDED:
+            at_b = (grp * G + g[None, :]) * tmax + p0 + t[:, None]
+            bm = (t < hi)[:, None] & (g < G)[None, :]
+            e += D * tl.load(bias + at_b, mask=bm, other=0.0)[:, :, None]
+            tl.atomic_add(gbias + at_b, D * tl.sum(ge, 2), mask=bm, sem="relaxed")
+        gt += tl.sum(gz * e, 0, keep_dims=True)
+        dS, tot, err = _tile_ds(ge, q, Sc, rden, PAIR)
+        own, own_l = _suffix_add(own, own_l, tot, PAIR)
+        own_l += err
+        S += tl.sum(q, 0, keep_dims=True)
+    tl.atomic_add(gtemp + grp * G + g, _vec(tl.sum(gt, 0)), sem="relaxed")
+    own64 = tl.sum(_suffix_value(own, own_l, PAIR, tl.float64), 0)
+    RS = _chain(sync, part, c, s, NS, own64, tl.zeros([G], dtype=tl.float64),
+                   _state(gS_T, c, D, G, BD).to(tl.float64), tl.zeros([G], dtype=tl.float64), D, G, BD, False, True,
+                   PREFIX)[0]
+    RS, RS_l = _suffix_split(RS + own64[None, :, :], PAIR)                  # flowing into S at the chunk's start
+    if s == 0:
+        _put_state(gS0, _suffix_value(RS, RS_l, PAIR, tl.float32), c, D, G, BD)
+    S = tl.load(at, mask=m, other=0.0)[None, :, :]
+    A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
+    RA, RP = _ap(R_start, b * NS + s, grp, H, D, G, BD)
+    for t0 in range(lo, hi, BT):
+        t = t0 + tl.arange(0, BT)
+        p, gz, ge = _tile_ge(pi, gpi, temp, b, t, T, hi, grp, H, HP, G)
+        x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
+        q, Sc, rden = _tile_s(x, S)
+        dS, tot, err = _tile_ds(ge, q, Sc, rden, PAIR)
+        RS, RS_l = _suffix_add(RS, RS_l, tot, PAIR, True)
+        RS_l -= err
+        RSc = _suffix_value(RS, RS_l, PAIR, tl.float32) + tl.cumsum(dS, 0, reverse=True)
+        pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
+        RA -= tl.sum(dA, 0, keep_dims=True)
+        RAc = RA + tl.cumsum(dA, 0, reverse=True)
+        _store(dw, (x + x) * (p * RAc + (ge * rden + RSc)) - p * gi, b, t, T, hi, grp, C, D, G, BD)
+        S += tl.sum(q, 0, keep_dims=True)
+        A += tl.sum(pq, 0, keep_dims=True)
+        P += tl.sum(p, 0, keep_dims=True)
+
+
+def group_size(H: int) -> int:
+    """Heads a program takes: the largest of 4, 2, 1 that divides H (no head padded; 4 bf16 heads of 64 channels
+    fill a warp's lanes with 16 bytes each, so no lane lies on the token axis)."""
+    return next(g for g in (4, 2, 1) if H % g == 0)
+
+
+def _links(chains: int, NS: int, G: int, D: int, like: torch.Tensor, dtype=torch.float32):
     """A launch's look-back buffers: sync (its ticket counter and a flag per chunk, zeroed) and part (two rows of
-    D + 1 per chunk)."""
+    G * (D + 1) per chunk)."""
     sync = torch.zeros(1 + chains * NS, device=like.device, dtype=torch.int32)
-    return sync, alloc(chains * NS * 2 * (D + 1), like=like, dtype=torch.float32)
+    return sync, alloc(chains * NS * 2 * G * (D + 1), like=like, dtype=dtype)
 
 
-def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: int, BT: int, NS: int, prefix: bool,
-            warps: int):
+def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: int, BT: int, per: int, NS: int,
+            prefix: bool, warps: int):
     """y [B, T, C], S_T, A_T, P_T, Pi [B, T, H], S_start [B, NS, H * D], AP_start [B, NS, H * D + H] (as
-    causal_tssa._forward)."""
+    causal_tssa._forward): chunks of per tokens, walked BT at a time."""
     B, T, C = w.shape
-    D = C // H
+    D, G = C // H, group_size(H)
     opts = launch_options(warps)
-    grid = (B * H * NS,)
+    chains = B * H // G
+    grid = (chains * NS,)
     S_start = alloc(B, NS, C, like=w, dtype=torch.float32)
     AP_start = alloc(B, NS, C + H, like=w, dtype=torch.float32)
     S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
     E, pi = alloc(B, T, H, like=w, dtype=torch.float32), alloc(B, T, H, like=w, dtype=torch.float32)
     y = alloc(B, T, C, like=w)
-    tmax = bias.shape[1]
-    _f_energy[grid](w, bias, pos, S0, E, S_start, S_T, *_links(B * H, NS, D, w), T, tmax, NS, C, D, H, BD, BT, bounded,
-                    prefix, **opts)
-    _f_output[grid](w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, *_links(B * H, NS, D, w), T, NS, C, D, H, HP, BD,
-                    BT, prefix, **opts)
+    _f_energy[grid](w, bias, pos, S0, E, S_start, S_T, *_links(chains, NS, G, D, w), T, bias.shape[1], per, NS, C, D,
+                    H, G, BD, BT, bounded, prefix, **opts)
+    _f_output[grid](w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, *_links(chains, NS, G, D, w), T, per, NS, C, D, H,
+                    HP, G, BD, BT, prefix, **opts)
     return y, S_T, A_T, P_T, pi, S_start, AP_start
 
 
 def backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gtemp, gbias, H: int, bounded: bool,
-             BD: int, HP: int, BT: int, NS: int, prefix: bool, warps: int):
+             BD: int, HP: int, BT: int, per: int, NS: int, prefix: bool, warps: int, pair: bool):
     """dw, gS0, gA0, gP0 (as causal_tssa._backward); gtemp [H] and gbias [H, Tmax] are zeroed fp32 accumulators."""
     B, T, C = w.shape
-    D = C // H
+    D, G = C // H, group_size(H)
     opts = launch_options(warps)
-    grid = (B * H * NS,)
+    chains = B * H // G
+    grid = (chains * NS,)
     gS0, gA0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32)
     gP0 = alloc(B, H, like=w, dtype=torch.float32)
     gpi = alloc(B, T, H, like=w, dtype=torch.float32)
-    R_after = alloc(B, NS, C + H, like=w, dtype=torch.float32)
+    R_start = alloc(B, NS, C + H, like=w, dtype=torch.float32)
     dw = alloc(B, T, C, like=w)
-    _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_after, gA0, gP0, *_links(B * H, NS, D, w), T, NS, C, D, H, BD,
-                BT, prefix, **opts)
-    _b_dw[grid](w, gy, pi, gpi, S_start, AP_start, R_after, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0,
-                *_links(B * H, NS, D, w), T, bias.shape[1], NS, C, D, H, HP, BD, BT, bounded, prefix, **opts)
+    _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, *_links(chains, NS, G, D, w), T, per, NS, C,
+                D, H, G, BD, BT, prefix, **opts)
+    _b_dw[grid](w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0,
+                *_links(chains, NS, G, D, w, torch.float64), T, bias.shape[1], per, NS, C, D, H, HP, G, BD, BT, bounded,
+                prefix, pair, **opts)
     return dw, gS0, gA0, gP0
