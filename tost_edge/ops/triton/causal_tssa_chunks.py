@@ -101,7 +101,7 @@ def _tile_a(x, p, A, P):
     1 / (1 + A_t / (P_t + eps)) after each token."""
     pq = p * (x * x)
     Ac = A + tl.cumsum(pq, 0)
-    rpe = _rcp(P + _heads_cumsum(p) + 1e-8)
+    rpe = _rcp(P + tl.cumsum(tl.sum(p, 2), 0)[:, :, None] + 1e-8)
     return pq, Ac, rpe, _rcp(1.0 + Ac * rpe)
 
 
@@ -277,7 +277,7 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
         RA -= tl.sum(dA, 0, keep_dims=True)                                 # flowing in after the tile
         RP -= tl.sum(dP, 0, keep_dims=True)
         RAc = RA + tl.cumsum(dA, 0, reverse=True)                           # ... and from tokens t.. of the tile
-        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + _heads_cumsum(dP, True))
+        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + tl.cumsum(tl.sum(dP, 2), 0, reverse=True)[:, :, None])
         _store_group(gpi, g_pi, b, t, T, hi, grp, H, G)
         A += tl.sum(pq, 0, keep_dims=True)
         P += tl.sum(p, 0, keep_dims=True)
