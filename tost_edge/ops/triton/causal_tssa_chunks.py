@@ -96,6 +96,24 @@ def _vec(x):
 
 
 @triton.jit
+def _csum(x, REVERSE: tl.constexpr = False):
+    """Inclusive cumulative sum over the tokens (axis 0) of a [BT, G, BD] tile, from the end where REVERSE: a sum under
+    a triangular mask, which keeps each thread's tokens in the thread. (Triton 3.6, sm_90, tiles of 2 / 4 tokens:
+    tl.cumsum takes 8 / 16 shuffles a thread and its reverse form 168 / 336, the masked sums none.)"""
+    s = tl.arange(0, x.shape[0])
+    take = (s[None, :] >= s[:, None]) if REVERSE else (s[None, :] <= s[:, None])       # [t, u]
+    return tl.sum(tl.where(take[:, :, None, None], x[None, :, :, :], 0.0), 1)
+
+
+@triton.jit
+def _csum_heads(v, REVERSE: tl.constexpr = False):
+    """_csum of per-head values [BT, G]."""
+    s = tl.arange(0, v.shape[0])
+    take = (s[None, :] >= s[:, None]) if REVERSE else (s[None, :] <= s[:, None])
+    return tl.sum(tl.where(take[:, :, None], v[None, :, :], 0.0), 1)
+
+
+@triton.jit
 def _tile_a(x, p, A, P):
     """From A [1, G, BD], P [1, G, 1] before the tile: Pi w^2, A_t [BT, G, BD], 1 / (P_t + eps) [BT, G, 1] and
     1 / (1 + A_t / (P_t + eps)) after each token."""
@@ -276,8 +294,8 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
         pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
         RA -= tl.sum(dA, 0, keep_dims=True)                                 # flowing in after the tile
         RP -= tl.sum(dP, 0, keep_dims=True)
-        RAc = RA + tl.cumsum(dA, 0, reverse=True)                           # ... and from tokens t.. of the tile
-        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + tl.cumsum(tl.sum(dP, 2), 0, reverse=True)[:, :, None])
+        RAc = RA + _csum(dA, True)                           # ... and from tokens t.. of the tile
+        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + _csum_heads(tl.sum(dP, 2), True)[:, :, None])
         _store_group(gpi, g_pi, b, t, T, hi, grp, H, G)
         A += tl.sum(pq, 0, keep_dims=True)
         P += tl.sum(p, 0, keep_dims=True)
@@ -333,10 +351,10 @@ def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gte
         dS, tot, err = _tile_ds(ge, q, Sc, rden, PAIR)
         RS, RS_l = _suffix_add(RS, RS_l, tot, PAIR, True)
         RS_l -= err
-        RSc = _suffix_value(RS, RS_l, PAIR, tl.float32) + tl.cumsum(dS, 0, reverse=True)
+        RSc = _suffix_value(RS, RS_l, PAIR, tl.float32) + _csum(dS, True)
         pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
         RA -= tl.sum(dA, 0, keep_dims=True)
-        RAc = RA + tl.cumsum(dA, 0, reverse=True)
+        RAc = RA + _csum(dA, True)
         _store(dw, (x + x) * (p * RAc + (ge * rden + RSc)) - p * gi, b, t, T, hi, grp, C, D, G, BD)
         S += tl.sum(q, 0, keep_dims=True)
         A += tl.sum(pq, 0, keep_dims=True)
