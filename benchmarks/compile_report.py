@@ -323,10 +323,10 @@ def main() -> None:
     # causal TSSA CHUNKED: a program per (sequence, group of heads, chunk) walking tiles of tokens held in each thread
     # (causal_tssa_chunks.py); at H12 a group is 4 heads, none padded
     G = cch.group_size(12)
-    chunked = [(ct.CHUNK_TILE, ct.CHUNK_BWD_TILE)] if args.quick else [(2, 2), (4, 2), (4, 4), (8, 2)]
+    chunked = [(ct.CHUNKED_TILE, ct.CHUNKED_BWD_TILE)] if args.quick else [(2, 2), (4, 2), (4, 4), (8, 2)]
     for fwd_bt, bwd_bt in chunked:
         for dname, t in (("bf16", bf), ("fp16", "*fp16"), ("fp32", f32)) if not args.quick else (("bf16", bf),):
-            nw = ct.CHUNK_WARPS or ct._tile_warps(G, 64, {"bf16": 2, "fp16": 2, "fp32": 4}[dname])
+            nw = ct.CHUNKED_WARPS or ct._tile_warps(G, 64, {"bf16": 2, "fp16": 2, "fp32": 4}[dname])
             kc = {"C": 768, "D": 64, "H": 12, "G": G, "BD": 64, "PREFIX": True}
             link = dict(sync="*i32", part=f32)
             sizes = dict(per="i32", NS="i32")

@@ -356,6 +356,10 @@ def main() -> None:
                 walks = (walk, "walk") if ct.TILED else (CAUSAL_TILED, "tiled")
                 variants[f"triton-{walks[1]}"] = lambda: with_settings(
                     ct, walks[0], lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+            # the scheme CHUNKED does not run (a program per group of heads and chunk; the walks), even with
+            # --no-other while CHUNKED has not been timed
+            variants["triton-walks" if ct.CHUNKED else "triton-chunked"] = lambda: with_setting(
+                ct, "CHUNKED", not ct.CHUNKED, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if H > 16 and ct.BWD_WARPS == 8:
                 # rows of 2048 padded elements: the 16-warp backward candidate (docs/benchmarks.md), even with
                 # --no-other
@@ -366,7 +370,7 @@ def main() -> None:
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
-                for variant in [v for v in variants if v in ("triton-tiled", "triton-walk")]:
+                for variant in [v for v in variants if v in ("triton-tiled", "triton-walk", "triton-chunked")]:
                     profiles[f"causal_tssa {variant} {shape}"] = profile(f"causal_tssa {variant} {shape}",
                                                                          variants[variant], [w, temp, bias])
             del w

@@ -61,19 +61,26 @@ def grid(**axes):
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-# Causal TSSA's stages, the defaults first in each. The H100 sweep timed the tiled / walked forward and backward,
-# tokens a step, the tiled forward's register cap and FUSED; what it left is the warps. The walks are issue- and
-# latency-bound, and fewer warps a program replicate less per-head work across threads: the walked backward at 4
-# warps compiles to 14% fewer instructions an element than at 8, the tiled forward at 1 or 2 warps (tiles of 2 or 4
-# tokens) to 33% / 7% fewer than at 4 (`compile_report.py --layouts`, docs/benchmarks.md); smaller programs may then
-# want more of them. (4 warps with steps of 4 tokens is left out: at H12 the step is capped to 2, see
-# causal_tssa._tile_tokens.)
+# Causal TSSA's stages, the defaults first in each. CHUNKED first: the walks (the defaults) or a program per group of
+# heads and chunk (one warp each, no barrier; at 64 tokens a chunk, B8 T4096 H12: 1,536 programs a launch, at 32:
+# 3,072), then its chunk length and tiles where it won, or the walks' stages where they did.
+# The H100 sweep timed the tiled / walked forward and backward, tokens a step, the tiled forward's register cap and
+# FUSED; what it left is the warps. The walks are issue- and latency-bound, and fewer warps a program replicate less
+# per-head work across threads: the walked backward at 4 warps compiles to 14% fewer instructions an element than at 8,
+# the tiled forward at 1 or 2 warps (tiles of 2 or 4 tokens) to 33% / 7% fewer than at 4 (`compile_report.py
+# --layouts`, docs/benchmarks.md); smaller programs may then want more of them. (4 warps with steps of 4 tokens is left
+# out: at H12 the step is capped to 2, see causal_tssa._tile_tokens.)
 # backward: warps a program x tokens a step x register cap (the default first; 128 at 8 warps: 2 programs an SM, 80: 3;
 # at 4 warps uncapped 2, 128: 4). Triton 3.6, sm_90, H12: none spills but 4 x 2 capped (16 bytes); compile_report.py
-CAUSAL_STAGES = [[dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
-                  ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))],
-                 grid(TILED_WARPS=[0, 2, 1]),
-                 grid(PROGRAMS=[1024, 2048, 4096]),
+chunked = lambda best: best.get("CHUNKED", False)  # noqa: E731
+walks = lambda best: not best.get("CHUNKED", False)  # noqa: E731
+CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
+                 ([dict(CHUNKED_TOKENS=n, CHUNKED_TILE=t, CHUNKED_BWD_TILE=bt) for n, t, bt in
+                   ((64, 4, 2), (32, 4, 2), (128, 4, 2), (64, 8, 2), (64, 2, 2), (64, 4, 4))], chunked),
+                 ([dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
+                   ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))], walks),
+                 (grid(TILED_WARPS=[0, 2, 1]), walks),
+                 (grid(PROGRAMS=[1024, 2048, 4096]), walks),
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
 
 # Causal linear attention: the chunk schemes first (PARALLEL: the chunks' dots in parallel after walks that carry the
@@ -84,7 +91,8 @@ LINEAR_STAGES = [grid(PARALLEL=[False, True]), grid(PARALLEL_BWD_SPLIT=[None, Tr
 
 
 def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):
-    """Time each config of each stage; the best of a stage stays set for the next. Returns the best settings;
+    """Time each config of each stage; the best of a stage stays set for the next. A stage is a list of configs, or
+    (configs, applies) where applies(best settings so far) says whether it runs. Returns the best settings;
     save(best so far) runs after every config, so a sweep stopped part-way keeps what it measured.
 
     The forward+backward replayed from a CUDA graph chooses (the plain one where capture failed): plain timings
@@ -94,7 +102,10 @@ def sweep(label, op, stages, fn, inputs, rows, save=lambda best: None):
         ref = fn().float()
     best_cfg = {}
     with settings.using({op: settings.current()[op]}):   # what the stages set is undone at the end
-        for configs in stages:
+        for stage in stages:
+            configs, applies = stage if isinstance(stage, tuple) else (stage, lambda best: True)
+            if not applies(best_cfg):          # a stage of the scheme an earlier stage did not choose
+                continue
             configs = configs[:2] if SMOKE else configs
             timed_rows = []
             for cfg in configs:

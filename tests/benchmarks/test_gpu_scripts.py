@@ -142,3 +142,26 @@ def test_sweep_chooses_by_the_graph_timing(monkeypatch):
     timings[32] = (0.1, 0.5, float("nan"))
     assert sweep.sweep("la", "causal_linear_attention", [[{"CHUNK": 32}, {"CHUNK": 64}]], lambda: torch.ones(2), [],
                        []) == {"CHUNK": 32}
+
+
+def test_sweep_skips_the_stages_of_the_scheme_it_did_not_choose(monkeypatch):
+    """A stage given as (configs, applies) runs only where applies(the best settings so far) holds: CHUNKED's chunk
+    lengths after it won, the walks' settings after they did."""
+    import torch
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sweep
+    from tost_edge.ops.triton import settings
+    timed = []
+
+    def timing(fn, inputs):
+        cfg = settings.current()["causal_tssa"]
+        timed.append((cfg["CHUNKED"], cfg["CHUNKED_TOKENS"], cfg["PROGRAMS"]))
+        return (0.1, 0.5, 0.2 if cfg["CHUNKED"] else 0.3)          # CHUNKED wins from a graph
+    monkeypatch.setattr(sweep, "timed", timing)
+    stages = [sweep.grid(CHUNKED=[False, True]), (sweep.grid(CHUNKED_TOKENS=[32, 64]), sweep.chunked),
+              (sweep.grid(PROGRAMS=[1024, 2048]), sweep.walks)]
+    best = sweep.sweep("ct", "causal_tssa", stages, lambda: torch.ones(2), [], [])
+    assert best == {"CHUNKED": True, "CHUNKED_TOKENS": 32}
+    programs = settings.current()["causal_tssa"]["PROGRAMS"]
+    assert timed == [(False, 64, programs), (True, 64, programs), (True, 32, programs), (True, 64, programs)]
+    assert [c for c in sweep.CAUSAL_STAGES if isinstance(c, tuple)], "the causal stages name their scheme"

@@ -87,16 +87,20 @@ def tssa_launch(request, monkeypatch):
     assert tt.last_run == {"forward": expected, "backward": expected}
 
 
-@pytest.fixture(params=[(False, False), (True, False), (True, True)], ids=["three-passes", "fused", "fused-tiled"])
+@pytest.fixture(params=[(False, False, False), (True, False, False), (True, True, False), (True, False, True)],
+                ids=["three-passes", "fused", "fused-tiled", "chunked"])
 def causal_launch(request, monkeypatch):
     """The causal TSSA kernels one launch per pass (slices chained by a scan kernel) or fused into one launch per
     direction (slices chained by look-back); their slices walked token by token or a tile of tokens at a time (the
-    backward's tiles smaller than the forward's)."""
+    backward's tiles smaller than the forward's); or CHUNKED: a program per group of heads and chunk of 8 tokens
+    (several a sequence here, the last one short), walked in tiles of 4 tokens forward and 2 backward."""
     from tost_edge.ops.triton import causal_tssa as ct
-    fused, tiled = request.param
+    fused, tiled, chunked = request.param
     monkeypatch.setattr(ct, "FUSED", fused)
     monkeypatch.setattr(ct, "TILED", tiled)
     monkeypatch.setattr(ct, "BWD_TILED", tiled)
+    monkeypatch.setattr(ct, "CHUNKED", chunked)
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", 8)
     if tiled:
         monkeypatch.setattr(ct, "BWD_UNROLL", 2)
     return request.param
@@ -351,6 +355,22 @@ def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_
         assert ran and all("maxnreg" not in options for options in ran), ran
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="thousands of programs chained by look-back run concurrently on a GPU only")
+@pytest.mark.parametrize("H,chunk,tile,bwd_tile,fp64", [(12, 64, 4, 2, None), (20, 64, 4, 2, None),
+                                                        (12, 256, 8, 2, None), (12, 64, 4, 2, False),
+                                                        (12, 16, 2, 4, None)],
+                         ids=["H12-chunks64", "H20-chunks64", "H12-chunks256-tiles8", "H12-chunks64-d-S-in-pairs",
+                              "H12-chunks16-backward-tiles4"])
+def test_chunked_causal_on_gpu_matches_token_walk(monkeypatch, H, chunk, tile, bwd_tile, fp64):
+    """At a benchmark shape CHUNKED (thousands of one-warp programs chained by look-back along each group of heads)
+    gives the default kernels' outputs, final state and every gradient, against the fp64 reference as well."""
+    chunked = dict(CHUNKED=True, CHUNKED_TOKENS=chunk, CHUNKED_TILE=tile, CHUNKED_BWD_TILE=bwd_tile, SUFFIX_FP64=fp64)
+    results = causal_at_benchmark_shape(monkeypatch, H, [{}, chunked, None])
+    for name, default, chunks, ref in zip(CAUSAL_RESULTS, *results):
+        assert_close(name, default.float(), chunks.float(), 1e-2 if name in ("y", "dw") else 1e-4, atol=1e-6)
+        assert_close(name + " vs fp64", ref, chunks.double(), 2e-2, atol=1e-5)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the fp32 pairs' unfused products (mul.rn) exist only in compiled kernels")
 @pytest.mark.parametrize("H", [12, 20], ids=["H12", "H20"])
 def test_causal_on_gpu_d_S_in_fp32_pairs(monkeypatch, H):
@@ -602,6 +622,31 @@ def test_fused_causal_and_persistent_tssa_with_programs_running_at_once(monkeypa
     monkeypatch.setattr(tt, "QUEUE_TOKENS", 4)
     check_causal_with_state(2, 23, 2, 16, 1)
     check_tssa(leaf(2, 13, 2 * 16), leaf(2, rand=True, offset=0.5), 2)
+
+
+@pytest.mark.parametrize("H", [4, 6], ids=["H4-one-group", "H6-three-groups-of-2"])
+def test_chunked_causal_with_programs_running_at_once(monkeypatch, concurrent_programs, H):
+    """CHUNKED with all programs of a launch running at once: each chunk's look-back (forward along the sequence,
+    backward from its end) finds what its neighbours published, in any interleaving."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "CHUNKED", True)
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", 4)
+    check_causal_with_state(2, 17, H, 16, 1)
+
+
+def test_chunked_causal_plan(monkeypatch):
+    """CHUNKED plans chunks of whole tiles both ways, warps that keep a tile's tokens in each thread (a group of 4
+    bf16 heads of 64 channels fills one warp's lanes; fp32, two), Pi kept for the backward pass."""
+    from tost_edge.ops.triton import causal_tssa as ct, causal_tssa_chunks as chunks
+    monkeypatch.setattr(ct, "CHUNKED", True)
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", 62)
+    assert [chunks.group_size(h) for h in (12, 20, 6, 3, 1)] == [4, 4, 2, 1, 1]
+    plan = ct._plan(8, 4096, 12, 64, 2)
+    BD, HP, BT, NT, per, bwd_BT, *_ = plan
+    assert (BD, HP, BT, bwd_BT, per, NT) == (64, 16, 4, 2, 64, 64)
+    assert plan[9] == 1 and plan[17] == 1 and plan[12] == plan[14] == 1
+    assert ct._plan(8, 4096, 12, 64, 4)[12] == 2
+    assert ct._plan(2, 3, 5, 48, 4)[2:6] == [4, 1, 4, 2]          # T = 3: one chunk, one tile past its end
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's slice limit; on a GPU the stand-in card tests cover it")
@@ -923,11 +968,14 @@ def test_causal_backward_steps_of_eight_tokens(monkeypatch, fused):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
+D_S_SHAPES = pytest.mark.parametrize("T,D,H,programs,first", [(20, 128, 3, 1024, 1e-3), (37, 32, 5, 3, 1e-2)],
+                                     ids=["D128-one-slice", "D32-slices"])
+
+
 @pytest.mark.parametrize("bwd_tiled", [False, True], ids=["walked", "tiled"])
 @pytest.mark.parametrize("fused", [False, True], ids=["three-passes", "fused"])
 @pytest.mark.parametrize("fp64", [True, False], ids=["fp64", "fp32-pairs"])
-@pytest.mark.parametrize("T,D,H,programs,first", [(20, 128, 3, 1024, 1e-3), (37, 32, 5, 3, 1e-2)],
-                         ids=["D128-one-slice", "D32-slices"])
+@D_S_SHAPES
 def test_causal_backward_sums_of_d_S_in_fp64_or_fp32_pairs(monkeypatch, fused, fp64, T, D, H, programs, first,
                                                            bwd_tiled):
     """At a sequence's first token d S dwarfs the later tokens' (S = w^2 there; here the first token is 100 or 1000
@@ -937,8 +985,24 @@ def test_causal_backward_sums_of_d_S_in_fp64_or_fp32_pairs(monkeypatch, fused, f
     from tost_edge.ops.triton import causal_tssa as ct
     monkeypatch.setattr(ct, "FUSED", fused)
     monkeypatch.setattr(ct, "BWD_TILED", bwd_tiled)
-    monkeypatch.setattr(ct, "SUFFIX_FP64", fp64)
     monkeypatch.setattr(ct, "PROGRAMS", programs)
+    check_first_token_d_S(monkeypatch, fp64, T, D, H, first)
+
+
+@pytest.mark.parametrize("chunk", [4, 16], ids=lambda c: f"chunks-of-{c}")
+@pytest.mark.parametrize("fp64", [True, False], ids=["fp64", "fp32-pairs"])
+@D_S_SHAPES
+def test_chunked_causal_backward_sums_of_d_S(monkeypatch, fp64, T, D, H, programs, first, chunk):
+    """The same for CHUNKED, whose walks carry d S from a chunk's start less what they passed, a tile at a time."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "CHUNKED", True)
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", chunk)
+    check_first_token_d_S(monkeypatch, fp64, T, D, H, first)
+
+
+def check_first_token_d_S(monkeypatch, fp64, T, D, H, first):
+    from tost_edge.ops.triton import causal_tssa as ct
+    monkeypatch.setattr(ct, "SUFFIX_FP64", fp64)
     assert ct._plan(2, T, H, D, 4)[16] == int(fp64)
     gen = torch.Generator().manual_seed(T)
     w = torch.randn(2, T, H * D, generator=gen, dtype=torch.float64)
@@ -1106,10 +1170,12 @@ def _rel(a, b):
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(B=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 17, 40]), H=st.integers(1, 5),
        D=st.sampled_from([32, 48, 64]), programs=st.sampled_from([1, 3, 7, 1024]), unroll=st.sampled_from([1, 2, 4, 8]),
-       with_state=st.booleans(), fused=st.booleans(), seed=st.integers(0, 2**16))
-def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, programs, unroll, with_state, fused, seed):
-    """Random shapes, slicings, unrolls and start positions: every output and gradient of the kernels is as close to
-    fp64 as fp32 PyTorch's own (dtemp and dbias are ill-conditioned in fp32 at some inputs, for both)."""
+       with_state=st.booleans(), fused=st.booleans(), chunk=st.sampled_from([0, 0, 2, 8]), seed=st.integers(0, 2**16))
+def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, programs, unroll, with_state, fused, chunk,
+                                                             seed):
+    """Random shapes, slicings, unrolls, chunks (CHUNKED where chunk > 0) and start positions: every output and
+    gradient of the kernels is as close to fp64 as fp32 PyTorch's own (dtemp and dbias are ill-conditioned in fp32 at
+    some inputs, for both)."""
     from tost_edge.ops.triton import causal_tssa as ct
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(B, T, H * D, generator=g, dtype=torch.float64)
@@ -1119,8 +1185,9 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
           torch.rand(B, H, generator=g, dtype=torch.float64)] if with_state else []
     pos = torch.randint(0, 5, (B,), generator=g)
     results = {}
-    old = (ct.PROGRAMS, ct.UNROLL, ct.FUSED)
+    old = (ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS)
     ct.PROGRAMS, ct.UNROLL, ct.FUSED = programs, unroll, fused
+    ct.CHUNKED, ct.CHUNKED_TOKENS = chunk > 0, chunk or ct.CHUNKED_TOKENS
     try:
         for name, dt, backend in (("ref", torch.float64, "torch"), ("torch32", torch.float32, "torch"),
                                   ("triton", torch.float32, "triton")):
@@ -1131,7 +1198,7 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
             cot = [torch.randn(o.shape, generator=cg, dtype=torch.float64).to(DEVICE, dt) for o in [y, *s]]
             results[name] = [y, *s, *torch.autograd.grad([y, *s], leaves, cot)]
     finally:
-        ct.PROGRAMS, ct.UNROLL, ct.FUSED = old
+        ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS = old
     names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
     for name, ref, t32, tri in zip(names, results["ref"], results["torch32"], results["triton"]):
         err, base = _rel(tri, ref), _rel(t32, ref)

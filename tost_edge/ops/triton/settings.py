@@ -83,7 +83,7 @@ def _type_names(types) -> str:
     return " or ".join("None" if t is type(None) else t.__name__ for t in types)
 
 
-_AUTO_ZERO = {"TILED_WARPS", "BWD_UNROLL"}   # 0: the kernels choose
+_AUTO_ZERO = {"TILED_WARPS", "BWD_UNROLL", "CHUNKED_WARPS"}   # 0: the kernels choose
 
 
 def _range_problem(name: str, value) -> str | None:
@@ -102,7 +102,7 @@ def _range_problem(name: str, value) -> str | None:
         return "takes a power of two of at least 16"
     if name.endswith(("TILE", "UNROLL", "SPLIT")) and not pow2:
         return "takes a power of two"
-    if name in ("PROGRAMS", "QUEUE_PER_SM", "QUEUE_TOKENS") and value < 1:
+    if name in ("PROGRAMS", "QUEUE_PER_SM", "QUEUE_TOKENS", "CHUNKED_TOKENS") and value < 1:
         return "takes at least 1"
     return None
 
