@@ -1,24 +1,29 @@
-"""Causal TSSA with its chunks and heads in parallel (causal_tssa.CHUNKED): no token walk.
+"""Causal TSSA with its chunks and heads in parallel (causal_tssa.CHUNKED): one-warp programs, no barrier.
 
-The kernels of causal_tssa.py give a program a slice of one sequence with every head, walked a token (or a small
-tile) at a time, because the softmax over heads needs all heads of a token: each token waits on the sums of the one
-before. Here a program holds one head of one chunk of BT tokens, [BT, D], and takes its running sums with
-cumulative sums over the chunk's tokens; what the chunks before it carry in (after it, in the backward pass) comes
-from a decoupled look-back along the (sequence, head), as in the fused kernels. The softmax over heads sits between
-two launches, so each direction is two kernels:
+The kernels of causal_tssa.py give a program a slice of one sequence with every head (padded to a power of two:
+H12 as 16), because the softmax over heads needs all heads of a token; their sums over heads cross warps, a few
+barriers a tile or step. Here a program holds a group of G heads (the largest of 4, 2, 1 dividing H: none padded) of
+one chunk of CHUNKED_TOKENS tokens, and walks it in tiles of BT tokens. At G = 4 and 64 channels a head, one warp's
+lanes take a token row's 256 bf16 channels 16 bytes each, so every token of a tile stays in its thread: running sums
+inside a tile are in-thread cumulative sums, reductions over a head's channels are shuffles inside the warp, and
+nothing waits at a barrier. What the chunks before a chunk carry in (after it, in the backward pass) comes from a
+decoupled look-back along the (sequence, group), as in the fused kernels, so each program first walks its chunk for
+its own totals, then again with the sums carried in. The softmax over heads sits between two launches, so each
+direction is two kernels:
 
 Forward (w: [B, T, C], C = H * D):
   1. _f_energy: S_t = S + cumsum(w^2), e_t = sum_d w^2 / max(S_t, 1e-12) + D * denom_bias[h, pos]  -> E [B, T, H]
   2. _f_output: Pi = softmax_h(temp_h E) (stored), A_t = A + cumsum(Pi w^2), P_t = P + cumsum(Pi),
      y = -w Pi / (1 + A_t / (P_t + 1e-8))
-Backward (the forward's Pi and the sums at each chunk's start, S_start / AP_start, as the walked kernels keep):
-  1. _b_pi: the reverse cumulative sums of the direct d A_t, d P_t give d Pi                        -> [B, T, H]
-  2. _b_dw: the softmax's backward (all heads of a token) gives d e; the reverse cumulative sum of the direct d S_t,
-     and dw.
-The suffix sums the backward needs are summed directly (a reverse cumulative sum inside the chunk, the later chunks'
-totals from the look-back), never as a total minus a prefix, so fp32 holds them where d S is huge at a sequence's
-first tokens. B * H * T / BT programs a launch (6,144 at B8 T4096 H12 with chunks of 64), heads never padded; w is
-read twice forward and w, dy twice backward.
+Backward (the forward's Pi and the sums at each chunk's start, S_start / AP_start, as the walks keep them):
+  1. _b_pi: what flows into A_t and P_t from token t on gives d Pi                                  -> [B, T, H]
+  2. _b_dw: the softmax's backward over all heads of a token gives d e; what flows into S_t from t on, and dw.
+What flows in from later tokens is carried from a chunk's start less what the walk passed (d S in fp64, or in fp32
+pairs where the GPU's fp64 is slow, as the walks do: it is huge at a sequence's first tokens), plus a reverse sum
+inside the tile taken directly, under a triangular mask.
+
+w is read twice forward (a chunk's second walk mostly from cache) and w, dy twice in each backward kernel.
+B * H / G * T / CHUNKED_TOKENS programs a launch: 1,536 at B8 T4096 H12 with chunks of 64.
 """
 from __future__ import annotations
 
