@@ -103,15 +103,19 @@ def test_the_plan_of_a_call_holds_for_its_backward(monkeypatch):
     outs = torch.compile(fn, backend="aot_eager", fullgraph=True)(*leaves)
     monkeypatch.setattr(ct, "SAVE_PI", not ct.SAVE_PI)
     monkeypatch.setattr(ct, "FUSED", not ct.FUSED)
+    monkeypatch.setattr(ct, "CHUNKED", not ct.CHUNKED)   # the saved sums are per chunk, not per slice, there
     sum((o.float() * wt.to(DEVICE)).sum() for o, wt in zip(outs, weights)).backward()
     for a, b in zip(expected, [t.grad for t in leaves]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention"])
-def test_custom_ops_pass_opcheck(op):
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_tssa-chunked", "causal_linear_attention"])
+def test_custom_ops_pass_opcheck(op, monkeypatch):
     """torch.library.opcheck: schema, fake (meta) shapes against the real outputs, autograd registration, and the
     ops through AOT dispatch, forward and backward."""
+    op, _, scheme = op.partition("-")
+    monkeypatch.setattr(ct, "CHUNKED", scheme == "chunked")
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", 4)
     module = {"tssa": tt, "causal_tssa": ct, "causal_linear_attention": la}[op]
     make = CASES[op][0]
     inputs, fn = make(torch.Generator().manual_seed(2))
