@@ -340,7 +340,7 @@ def main() -> None:
             report(f"causal chunked bwd pi {dname} tile{bwd_bt}", cch._b_pi, dict(w=t, gy=t, pi=f32, AP_start=f32,
                    gA_T=f32, gP_T=f32, gpi=f32, R_start=f32, gA0=f32, gP0=f32, **link, T="i32", **sizes),
                    {**kc, "BT": bwd_bt}, a, nw, odd=("NS",))
-            report(f"causal chunked bwd dw {dname} tile{bwd_bt}", cch._b_dw, dict(w=t, gy=t, pi=f32, gpi=f32,
+            report(f"causal chunked bwd dw {dname} tile{bwd_bt}", cch._b_dw, dict(w=t, gy=t, pi=f32, gpi=f32, ge_io=f32,
                    S_start=f32, AP_start=f32, R_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32, gtemp=f32,
                    gbias=f32, dw=t, gS0=f32, sync="*i32", part="*fp64", T="i32", tmax="i32", **sizes),
                    {**kc, "HP": 16, "BT": bwd_bt, "BOUNDED": True, "PAIR": suffix_pair(a)}, a, nw, odd=("NS",))

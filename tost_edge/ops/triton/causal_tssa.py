@@ -70,9 +70,9 @@ BWD_UNROLL = 4   # tokens per unrolled step or tile of the backward walks; 0: UN
                  # forward's live tiles (H100 sweep, from a graph, kernels of the time: 0.481 ms forward+backward at 4,
                  # 0.489 at 2, 0.762 at 8, which spilled). Capped by the heads (_tile_tokens): with 8 warps a walked
                  # step holds up to 8 tokens at H12, 4 at H20
-CHUNKED = False  # a program per (sequence, group of up to 4 heads, chunk of CHUNKED_TOKENS tokens), tiles of tokens held in
-                 # each thread, no barrier, heads unpadded, the softmax over heads between two launches per direction
-                 # (causal_tssa_chunks.py); off until a GPU times it against the walks
+CHUNKED = False  # a program per (sequence, group of up to 4 heads, chunk of CHUNKED_TOKENS tokens), tiles of tokens
+                 # held in each thread, no barrier between warps, heads unpadded, the softmax over heads between two
+                 # launches per direction (causal_tssa_chunks.py); off until a GPU times it against the walks
 CHUNKED_TOKENS = 64  # tokens a program of the CHUNKED kernels walks (look-back between chunks)
 CHUNKED_TILE = 4   # tokens a tile of the CHUNKED forward (a thread holds 8 channels of each: 32 fp32 a tensor)
 CHUNKED_BWD_TILE = 2  # tokens a tile of the CHUNKED backward (it keeps ~3x the forward's tensors live)
@@ -653,8 +653,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
     register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED]. CHUNKED plans chunks of
-    CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE tokens, the same
-    warps both ways, Pi saved."""
+    CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE
+    tokens, the same warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:

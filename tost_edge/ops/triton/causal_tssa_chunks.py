@@ -229,9 +229,10 @@ def _f_output(w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, sync, part, T, per,
     if s == NS - 1:
         _put_state(A_T, A + own_a[None, :, :], c, D, G, BD)
         tl.store(P_T + c * G + g, Ph + own_p)
+    tl.debug_barrier()                                    # the first walk's Pi, stored by other threads, read back
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
-        p = _tile_pi(E, temp, b, t, T, hi, grp, H, HP, G)     # again, not read back: the first loop's threads stored it
+        p = _group(pi, b, t, T, hi, grp, H, G)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
         pq, Ac, rpe, inv = _tile_a(x, p, A, P)
         _store(y, -x * p * inv, b, t, T, hi, grp, C, D, G, BD)
@@ -307,8 +308,8 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
 
 
 @triton.jit
-def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0, sync, part, T,
-          tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr,
+def _b_dw(w, gy, pi, gpi, ge_io, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0, sync, part,
+          T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr,
           BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, PAIR: tl.constexpr):
     # d e_t = temp_h Pi (d Pi - sum_h' Pi d Pi) over the token's heads; d loss / d S_t = -d e_t w^2 / S_t^2 where the
     # forward's max(S, eps) took S_t; dw = 2 x (Pi RA_t + d e_t / S_t + RS_t) - Pi g inv. RS is carried in fp64 or
@@ -333,6 +334,7 @@ def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gte
             e += D * tl.load(bias + at_b, mask=bm, other=0.0)[:, :, None]
             tl.atomic_add(gbias + at_b, D * tl.sum(ge, 2), mask=bm, sem="relaxed")
         gt += tl.sum(gz * e, 0, keep_dims=True)
+        _store_group(ge_io, ge, b, t, T, hi, grp, H, G)
         dS, tot, err = _tile_ds(ge, q, Sc, rden, PAIR)
         own, own_l = _suffix_add(own, own_l, tot, PAIR)
         own_l += err
@@ -348,9 +350,11 @@ def _b_dw(w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gte
     S = tl.load(at, mask=m, other=0.0)[None, :, :]
     A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
     RA, RP = _ap(R_start, b * NS + s, grp, H, D, G, BD)
+    tl.debug_barrier()                                    # the first walk's d e, stored by other threads, read back
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
-        p, gz, ge = _tile_ge(pi, gpi, temp, b, t, T, hi, grp, H, HP, G)
+        p = _group(pi, b, t, T, hi, grp, H, G)
+        ge = _group(ge_io, b, t, T, hi, grp, H, G)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
         q, Sc, rden = _tile_s(x, S)
         dS, tot, err = _tile_ds(ge, q, Sc, rden, PAIR)
@@ -415,7 +419,8 @@ def backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gt
     dw = alloc(B, T, C, like=w)
     _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, *_links(chains, NS, G, D, w), T, per, NS, C,
                 D, H, G, BD, BT, prefix, **opts)
-    _b_dw[grid](w, gy, pi, gpi, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0,
+    _b_dw[grid](w, gy, pi, gpi, alloc(B, T, H, like=w, dtype=torch.float32), S_start, AP_start, R_start, temp, bias,
+                pos, gS_T, gtemp, gbias, dw, gS0,
                 *_links(chains, NS, G, D, w, torch.float64), T, bias.shape[1], per, NS, C, D, H, HP, G, BD, BT, bounded,
                 prefix, pair, **opts)
     return dw, gS0, gA0, gP0
