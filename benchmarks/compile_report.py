@@ -327,7 +327,7 @@ def main() -> None:
     for fwd_bt, bwd_bt in chunked:
         for dname, t in (("bf16", bf), ("fp16", "*fp16"), ("fp32", f32)) if not args.quick else (("bf16", bf),):
             nw = ct.CHUNKED_WARPS or ct._tile_warps(G, 64, {"bf16": 2, "fp16": 2, "fp32": 4}[dname])
-            kc = {"C": 768, "D": 64, "H": 12, "G": G, "BD": 64, "PREFIX": True}
+            kc = {"C": 768, "D": 64, "H": 12, "G": G, "BD": 64, "PREFIX": True, "STAGES": ct.CHUNKED_STAGES}
             link = dict(sync="*i32", part=f32)
             sizes = dict(per="i32", NS="i32")
             if (fwd_bt, bwd_bt) == chunked[0] or fwd_bt != chunked[chunked.index((fwd_bt, bwd_bt)) - 1][0]:

@@ -77,6 +77,7 @@ walks = lambda best: not best.get("CHUNKED", False)  # noqa: E731
 CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
                  ([dict(CHUNKED_TOKENS=n, CHUNKED_TILE=t, CHUNKED_BWD_TILE=bt) for n, t, bt in
                     ((64, 4, 2), (32, 4, 2), (16, 4, 2), (128, 4, 2), (64, 8, 2), (64, 2, 2), (64, 4, 4))], chunked),
+                 (grid(CHUNKED_STAGES=[2, 1, 3]), chunked),
                  ([dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
                    ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))], walks),
                  (grid(TILED_WARPS=[0, 2, 1]), walks),

@@ -77,6 +77,9 @@ CHUNKED_TOKENS = 64  # tokens a program of the CHUNKED kernels walks (look-back 
 CHUNKED_TILE = 4   # tokens a tile of the CHUNKED forward (a thread holds 8 channels of each: 32 fp32 a tensor)
 CHUNKED_BWD_TILE = 2  # tokens a tile of the CHUNKED backward (it keeps ~3x the forward's tensors live)
 CHUNKED_WARPS = 0  # warps a program of the CHUNKED kernels; 0: those that keep the tile's tokens in each thread
+CHUNKED_STAGES = 2  # tiles of a CHUNKED walk in flight at once (the next ones' loads issued, through shared memory,
+                    # while a tile is computed: Triton's software pipelining; 1: none). A one-warp program holds
+                    # ~11 warps an SM at B8 T4096 H12 (175 registers), too few to hide a load's latency otherwise
 
 
 @triton.jit
@@ -652,7 +655,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
-    register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED]. CHUNKED plans chunks of
+    register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED, CHUNKED_STAGES (0 for the
+    walks)]. CHUNKED plans chunks of
     CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE
     tokens, the same warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
@@ -662,7 +666,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
         per = max(BT, bwd_BT) * triton.cdiv(min(CHUNKED_TOKENS, T), max(BT, bwd_BT))       # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
         return [BD, HP, BT, triton.cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
-                warps, 0, fp64, 1]
+                warps, 0, fp64, 1, CHUNKED_STAGES]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
@@ -671,7 +675,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
-            bwd_opts.get("maxnreg", 0), fp64, 0]
+            bwd_opts.get("maxnreg", 0), fp64, 0, 0]
 
 
 @on_input_device
@@ -681,9 +685,10 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked = plan
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages = plan
     if chunked:
-        return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, per, NT, bool(prefix), warps)
+        return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, per, NT, bool(prefix), warps,
+                              stages)
     opts = launch_options(warps, maxnreg)
     p_ch = bool(tiled) and p_channels(warps)
     tmax = bias.shape[1]
@@ -720,8 +725,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked \
-        = plan
+    BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked, \
+        stages = plan
     stored, opts, pair = bool(stored), launch_options(bwd_warps, bwd_maxnreg), not fp64
     tmax = bias.shape[1]
     dev = w.device
@@ -736,7 +741,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
     if chunked:
         dw, gS0, gA0, gP0 = chunks.backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gtemp,
-                                            gbias, H, bounded, BD, HP, BT, per, NT, bool(prefix), bwd_warps, pair)
+                                            gbias, H, bounded, BD, HP, BT, per, NT, bool(prefix), bwd_warps, pair,
+                                            stages)
         return dw, gtemp, gbias, gS0, gA0, gP0
     if not fused:                                     # slice totals and what flows in after each slice
         GAP, R_end = (alloc(B, NT, H * D + H, like=w, dtype=torch.float32) for _ in range(2))

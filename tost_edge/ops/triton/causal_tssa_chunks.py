@@ -176,11 +176,11 @@ def _tile_ds(ge, q, Sc, rden, PAIR: tl.constexpr):
 @triton.jit
 def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr,
               H: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
-              PREFIX: tl.constexpr):
+              PREFIX: tl.constexpr, STAGES: tl.constexpr):
     c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, False)
     b, grp = c // (H // G), c % (H // G)
     own = tl.zeros([1, G, BD], dtype=tl.float32)
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         x = _tile(w, b, t0 + tl.arange(0, BT), T, hi, grp, C, D, G, BD)
         own += tl.sum(x * x, 0, keep_dims=True)
     own = tl.sum(own, 0)
@@ -192,7 +192,7 @@ def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, per, NS, C
         _put_state(S_T, S + own[None, :, :], c, D, G, BD)
     p0 = tl.load(pos + b)
     g = tl.arange(0, G)[None, :]
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         q, Sc, rden = _tile_s(_tile(w, b, t, T, hi, grp, C, D, G, BD), S)
         e = tl.sum(q * rden, 2, keep_dims=True)
@@ -206,13 +206,13 @@ def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, per, NS, C
 @triton.jit
 def _f_output(w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, sync, part, T, per, NS, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-              PREFIX: tl.constexpr):
+              PREFIX: tl.constexpr, STAGES: tl.constexpr):
     c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, False)
     b, grp = c // (H // G), c % (H // G)
     g = tl.arange(0, G)
     own_a = tl.zeros([1, G, BD], dtype=tl.float32)
     own_p = tl.zeros([1, G, 1], dtype=tl.float32)
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         p = _tile_pi(E, temp, b, t, T, hi, grp, H, HP, G)
         _store_group(pi, p, b, t, T, hi, grp, H, G)
@@ -230,7 +230,7 @@ def _f_output(w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, sync, part, T, per,
         _put_state(A_T, A + own_a[None, :, :], c, D, G, BD)
         tl.store(P_T + c * G + g, Ph + own_p)
     tl.debug_barrier()                                    # the first walk's Pi, stored by other threads, read back
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         p = _group(pi, b, t, T, hi, grp, H, G)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
@@ -263,7 +263,7 @@ def _tile_da(x, g, p, A, P):
 @triton.jit
 def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T, per, NS, C: tl.constexpr,
           D: tl.constexpr, H: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-          PREFIX: tl.constexpr):
+          PREFIX: tl.constexpr, STAGES: tl.constexpr):
     # d Pi_t = sum_d (RA_t w^2 - g x inv) + RP_t, RA_t and RP_t flowing into A, P at token t from it and every later
     # token: what flows in after the chunk (look-back) plus the chunk's own direct totals, less what the walk passed.
     c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, True)
@@ -272,7 +272,7 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
     A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
     own_a = tl.zeros([1, G, BD], dtype=tl.float32)
     own_p = tl.zeros([1, G, 1], dtype=tl.float32)
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
         p = _group(pi, b, t, T, hi, grp, H, G)
@@ -293,7 +293,7 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
         _put_state(gA0, RA, c, D, G, BD)
         tl.store(gP0 + c * G + g, RPh)
     A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
         p = _group(pi, b, t, T, hi, grp, H, G)
@@ -310,7 +310,8 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
 @triton.jit
 def _b_dw(w, gy, pi, gpi, ge_io, S_start, AP_start, R_start, temp, bias, pos, gS_T, gtemp, gbias, dw, gS0, sync, part,
           T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, G: tl.constexpr,
-          BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, PAIR: tl.constexpr):
+          BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, PAIR: tl.constexpr,
+          STAGES: tl.constexpr):
     # d e_t = temp_h Pi (d Pi - sum_h' Pi d Pi) over the token's heads; d loss / d S_t = -d e_t w^2 / S_t^2 where the
     # forward's max(S, eps) took S_t; dw = 2 x (Pi RA_t + d e_t / S_t + RS_t) - Pi g inv. RS is carried in fp64 or
     # an fp32 pair (PAIR): d S is huge at a sequence's first tokens, and RS_t is what flows in at the chunk's start
@@ -323,7 +324,7 @@ def _b_dw(w, gy, pi, gpi, ge_io, S_start, AP_start, R_start, temp, bias, pos, gS
     p0 = tl.load(pos + b)
     own, own_l = _suffix_split(tl.zeros([1, G, BD], dtype=tl.float64), PAIR)
     gt = tl.zeros([1, G, 1], dtype=tl.float32)
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         p, gz, ge = _tile_ge(pi, gpi, temp, b, t, T, hi, grp, H, HP, G)
         q, Sc, rden = _tile_s(_tile(w, b, t, T, hi, grp, C, D, G, BD), S)
@@ -351,7 +352,7 @@ def _b_dw(w, gy, pi, gpi, ge_io, S_start, AP_start, R_start, temp, bias, pos, gS
     A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
     RA, RP = _ap(R_start, b * NS + s, grp, H, D, G, BD)
     tl.debug_barrier()                                    # the first walk's d e, stored by other threads, read back
-    for t0 in range(lo, hi, BT):
+    for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         p = _group(pi, b, t, T, hi, grp, H, G)
         ge = _group(ge_io, b, t, T, hi, grp, H, G)
@@ -384,7 +385,7 @@ def _links(chains: int, NS: int, G: int, D: int, like: torch.Tensor, dtype=torch
 
 
 def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: int, BT: int, per: int, NS: int,
-            prefix: bool, warps: int):
+            prefix: bool, warps: int, stages: int):
     """y [B, T, C], S_T, A_T, P_T, Pi [B, T, H], S_start [B, NS, H * D], AP_start [B, NS, H * D + H] (as
     causal_tssa._forward): chunks of per tokens, walked BT at a time."""
     B, T, C = w.shape
@@ -398,14 +399,14 @@ def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: 
     E, pi = alloc(B, T, H, like=w, dtype=torch.float32), alloc(B, T, H, like=w, dtype=torch.float32)
     y = alloc(B, T, C, like=w)
     _f_energy[grid](w, bias, pos, S0, E, S_start, S_T, *_links(chains, NS, G, D, w), T, bias.shape[1], per, NS, C, D,
-                    H, G, BD, BT, bounded, prefix, **opts)
+                    H, G, BD, BT, bounded, prefix, stages, **opts)
     _f_output[grid](w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, *_links(chains, NS, G, D, w), T, per, NS, C, D, H,
-                    HP, G, BD, BT, prefix, **opts)
+                    HP, G, BD, BT, prefix, stages, **opts)
     return y, S_T, A_T, P_T, pi, S_start, AP_start
 
 
 def backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gtemp, gbias, H: int, bounded: bool,
-             BD: int, HP: int, BT: int, per: int, NS: int, prefix: bool, warps: int, pair: bool):
+             BD: int, HP: int, BT: int, per: int, NS: int, prefix: bool, warps: int, pair: bool, stages: int):
     """dw, gS0, gA0, gP0 (as causal_tssa._backward); gtemp [H] and gbias [H, Tmax] are zeroed fp32 accumulators."""
     B, T, C = w.shape
     D, G = C // H, group_size(H)
@@ -418,9 +419,9 @@ def backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gt
     R_start = alloc(B, NS, C + H, like=w, dtype=torch.float32)
     dw = alloc(B, T, C, like=w)
     _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, *_links(chains, NS, G, D, w), T, per, NS, C,
-                D, H, G, BD, BT, prefix, **opts)
+                D, H, G, BD, BT, prefix, stages, **opts)
     _b_dw[grid](w, gy, pi, gpi, alloc(B, T, H, like=w, dtype=torch.float32), S_start, AP_start, R_start, temp, bias,
                 pos, gS_T, gtemp, gbias, dw, gS0,
                 *_links(chains, NS, G, D, w, torch.float64), T, bias.shape[1], per, NS, C, D, H, HP, G, BD, BT, bounded,
-                prefix, pair, **opts)
+                prefix, pair, stages, **opts)
     return dw, gS0, gA0, gP0

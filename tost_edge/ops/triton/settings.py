@@ -102,7 +102,7 @@ def _range_problem(name: str, value) -> str | None:
         return "takes a power of two of at least 16"
     if name.endswith(("TILE", "UNROLL", "SPLIT")) and not pow2:
         return "takes a power of two"
-    if name in ("PROGRAMS", "QUEUE_PER_SM", "QUEUE_TOKENS", "CHUNKED_TOKENS") and value < 1:
+    if name in ("PROGRAMS", "QUEUE_PER_SM", "QUEUE_TOKENS", "CHUNKED_TOKENS", "CHUNKED_STAGES") and value < 1:
         return "takes at least 1"
     return None
 
