@@ -355,7 +355,8 @@ def test_causal_programs_of_fewer_warps_on_gpu(monkeypatch, H, tiled_warps, bwd_
         assert ran and all("maxnreg" not in options for options in ran), ran
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="thousands of programs chained by look-back run concurrently on a GPU only")
+@pytest.mark.skipif(DEVICE != "cuda",
+                    reason="thousands of programs chained by look-back run concurrently on a GPU only")
 @pytest.mark.parametrize("H,chunk,tile,bwd_tile,fp64", [(12, 64, 4, 2, None), (20, 64, 4, 2, None),
                                                         (12, 256, 8, 2, None), (12, 64, 4, 2, False),
                                                         (12, 16, 2, 4, None)],

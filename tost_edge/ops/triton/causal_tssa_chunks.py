@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .causal_tssa import _lookback, _stat, _ticket
-from .causal_tssa_tiles import _heads_cumsum, _tile_rows, _tile_store
+from .causal_tssa_tiles import _tile_rows, _tile_store
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value, _two_sum
 from .utils import alloc, launch_options
 
@@ -185,7 +185,7 @@ def _f_energy(w, bias, pos, S0, E, S_start, S_T, sync, part, T, tmax, per, NS, C
         own += tl.sum(x * x, 0, keep_dims=True)
     own = tl.sum(own, 0)
     S = _chain(sync, part, c, s, NS, own, tl.zeros([G], dtype=tl.float32), _state(S0, c, D, G, BD),
-                  tl.zeros([G], dtype=tl.float32), D, G, BD, False, False, PREFIX)[0]
+               tl.zeros([G], dtype=tl.float32), D, G, BD, False, False, PREFIX)[0]
     at, m = _row_at(S_start, b * NS + s, grp, H * D, D, G, BD)
     tl.store(at, tl.reshape(S, (G, BD)), mask=m)
     if s == NS - 1:
@@ -300,8 +300,9 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
         pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
         RA -= tl.sum(dA, 0, keep_dims=True)                                 # flowing in after the tile
         RP -= tl.sum(dP, 0, keep_dims=True)
-        RAc = RA + _csum(dA, True)                           # ... and from tokens t.. of the tile
-        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + (RP + _csum_heads(tl.sum(dP, 2), True)[:, :, None])
+        RAc = RA + _csum(dA, True)                                          # ... and from tokens t.. of the tile
+        RPc = RP + _csum_heads(tl.sum(dP, 2), True)[:, :, None]
+        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + RPc
         _store_group(gpi, g_pi, b, t, T, hi, grp, H, G)
         A += tl.sum(pq, 0, keep_dims=True)
         P += tl.sum(p, 0, keep_dims=True)
@@ -343,8 +344,8 @@ def _b_dw(w, gy, pi, gpi, ge_io, S_start, AP_start, R_start, temp, bias, pos, gS
     tl.atomic_add(gtemp + grp * G + g, _vec(tl.sum(gt, 0)), sem="relaxed")
     own64 = tl.sum(_suffix_value(own, own_l, PAIR, tl.float64), 0)
     RS = _chain(sync, part, c, s, NS, own64, tl.zeros([G], dtype=tl.float64),
-                   _state(gS_T, c, D, G, BD).to(tl.float64), tl.zeros([G], dtype=tl.float64), D, G, BD, False, True,
-                   PREFIX)[0]
+                _state(gS_T, c, D, G, BD).to(tl.float64), tl.zeros([G], dtype=tl.float64), D, G, BD, False, True,
+                PREFIX)[0]
     RS, RS_l = _suffix_split(RS + own64[None, :, :], PAIR)                  # flowing into S at the chunk's start
     if s == 0:
         _put_state(gS0, _suffix_value(RS, RS_l, PAIR, tl.float32), c, D, G, BD)
