@@ -324,13 +324,15 @@ def main() -> None:
     # (causal_tssa_chunks.py); at H12 a group is 4 heads, none padded
     G = cch.group_size(12)
     chunked = [(ct.CHUNKED_TILE, ct.CHUNKED_BWD_TILE)] if args.quick else [(2, 2), (4, 2), (4, 4), (8, 2)]
+    fwd_done = set()                                     # a forward tile is reported once, whatever the backward's
     for fwd_bt, bwd_bt in chunked:
         for dname, t in (("bf16", bf), ("fp16", "*fp16"), ("fp32", f32)) if not args.quick else (("bf16", bf),):
             nw = ct.CHUNKED_WARPS or ct._tile_warps(G, 64, {"bf16": 2, "fp16": 2, "fp32": 4}[dname])
             kc = {"C": 768, "D": 64, "H": 12, "G": G, "BD": 64, "PREFIX": True, "STAGES": ct.CHUNKED_STAGES}
             link = dict(sync="*i32", part=f32)
             sizes = dict(per="i32", NS="i32")
-            if (fwd_bt, bwd_bt) == chunked[0] or fwd_bt != chunked[chunked.index((fwd_bt, bwd_bt)) - 1][0]:
+            if (fwd_bt, dname) not in fwd_done:
+                fwd_done.add((fwd_bt, dname))
                 report(f"causal chunked energy {dname} tile{fwd_bt}", cch._f_energy, dict(w=t, bias=f32, pos="*i64",
                        S0=f32, E=f32, S_start=f32, S_T=f32, **link, T="i32", tmax="i32", **sizes),
                        {**kc, "BT": fwd_bt, "BOUNDED": True}, a, nw, odd=("NS",))

@@ -656,9 +656,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
     register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED, CHUNKED_STAGES (0 for the
-    walks)]. CHUNKED plans chunks of
-    CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE
-    tokens, the same warps both ways, Pi saved."""
+    walks)]. CHUNKED plans chunks of CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE
+    (BT) and CHUNKED_BWD_TILE tokens, the same warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:

@@ -378,11 +378,13 @@ def group_size(H: int) -> int:
     return next(g for g in (4, 2, 1) if H % g == 0)
 
 
-def _links(chains: int, NS: int, G: int, D: int, like: torch.Tensor, dtype=torch.float32):
-    """A launch's look-back buffers: sync (its ticket counter and a flag per chunk, zeroed) and part (two rows of
-    G * (D + 1) per chunk)."""
-    sync = torch.zeros(1 + chains * NS, device=like.device, dtype=torch.int32)
-    return sync, alloc(chains * NS * 2 * G * (D + 1), like=like, dtype=dtype)
+def _links(chains: int, NS: int, G: int, D: int, like: torch.Tensor, dtypes=(torch.float32, torch.float32)):
+    """The look-back buffers of a direction's two launches: for each, sync (its ticket counter and a flag per chunk,
+    zeroed; both launches' from one memset) and part (two rows of G * (D + 1) per chunk, in its dtype)."""
+    n = 1 + chains * NS
+    sync = torch.zeros(2 * n, device=like.device, dtype=torch.int32)
+    return [(sync[i * n:(i + 1) * n], alloc(chains * NS * 2 * G * (D + 1), like=like, dtype=dt))
+            for i, dt in enumerate(dtypes)]
 
 
 def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: int, BT: int, per: int, NS: int,
@@ -399,9 +401,10 @@ def forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, BD: int, HP: 
     S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
     E, pi = alloc(B, T, H, like=w, dtype=torch.float32), alloc(B, T, H, like=w, dtype=torch.float32)
     y = alloc(B, T, C, like=w)
-    _f_energy[grid](w, bias, pos, S0, E, S_start, S_T, *_links(chains, NS, G, D, w), T, bias.shape[1], per, NS, C, D,
+    energy, output = _links(chains, NS, G, D, w)
+    _f_energy[grid](w, bias, pos, S0, E, S_start, S_T, *energy, T, bias.shape[1], per, NS, C, D,
                     H, G, BD, BT, bounded, prefix, stages, **opts)
-    _f_output[grid](w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, *_links(chains, NS, G, D, w), T, per, NS, C, D, H,
+    _f_output[grid](w, temp, E, pi, A0, P0, y, AP_start, A_T, P_T, *output, T, per, NS, C, D, H,
                     HP, G, BD, BT, prefix, stages, **opts)
     return y, S_T, A_T, P_T, pi, S_start, AP_start
 
@@ -419,10 +422,11 @@ def backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, gt
     gpi = alloc(B, T, H, like=w, dtype=torch.float32)
     R_start = alloc(B, NS, C + H, like=w, dtype=torch.float32)
     dw = alloc(B, T, C, like=w)
-    _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, *_links(chains, NS, G, D, w), T, per, NS, C,
+    d_pi, d_w = _links(chains, NS, G, D, w, (torch.float32, torch.float64))   # d S passes between chunks in fp64
+    _b_pi[grid](w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, *d_pi, T, per, NS, C,
                 D, H, G, BD, BT, prefix, stages, **opts)
     _b_dw[grid](w, gy, pi, gpi, alloc(B, T, H, like=w, dtype=torch.float32), S_start, AP_start, R_start, temp, bias,
                 pos, gS_T, gtemp, gbias, dw, gS0,
-                *_links(chains, NS, G, D, w, torch.float64), T, bias.shape[1], per, NS, C, D, H, HP, G, BD, BT, bounded,
+                *d_w, T, bias.shape[1], per, NS, C, D, H, HP, G, BD, BT, bounded,
                 prefix, pair, stages, **opts)
     return dw, gS0, gA0, gP0
