@@ -101,20 +101,30 @@ def _vec(x):
 
 
 @triton.jit
-def _csum(x, REVERSE: tl.constexpr = False):
-    """Inclusive cumulative sum over the tokens (axis 0) of a [BT, G, BD] tile, from the end where REVERSE: a sum under
-    a triangular mask, which keeps each thread's tokens in the thread. (Triton 3.6, sm_90, tiles of 2 / 4 tokens:
-    tl.cumsum takes 8 / 16 shuffles a thread and its reverse form 168 / 336, the masked sums none.)"""
-    s = tl.arange(0, x.shape[0])
-    take = (s[None, :] >= s[:, None]) if REVERSE else (s[None, :] <= s[:, None])       # [t, u]
+def _before(s, REVERSE: tl.constexpr, STRICT: tl.constexpr):
+    """[t, u]: token u of a tile counts in token t's cumulative sum (u <= t; u >= t where REVERSE; not t where
+    STRICT)."""
+    if REVERSE:
+        take = (s[None, :] > s[:, None]) if STRICT else (s[None, :] >= s[:, None])
+    else:
+        take = (s[None, :] < s[:, None]) if STRICT else (s[None, :] <= s[:, None])
+    return take
+
+
+@triton.jit
+def _csum(x, REVERSE: tl.constexpr = False, STRICT: tl.constexpr = False):
+    """Cumulative sum over the tokens (axis 0) of a [BT, G, BD] tile, from the end where REVERSE, each token's own
+    term left out where STRICT: a sum under a triangular mask, which keeps each thread's tokens in the thread.
+    (Triton 3.6, sm_90, tiles of 2 / 4 tokens: tl.cumsum takes 8 / 16 shuffles a thread and its reverse form
+    168 / 336, the masked sums none.)"""
+    take = _before(tl.arange(0, x.shape[0]), REVERSE, STRICT)                            # [t, u]
     return tl.sum(tl.where(take[:, :, None, None], x[None, :, :, :], 0.0), 1)
 
 
 @triton.jit
-def _csum_heads(v, REVERSE: tl.constexpr = False):
+def _csum_heads(v, REVERSE: tl.constexpr = False, STRICT: tl.constexpr = False):
     """_csum of per-head values [BT, G]."""
-    s = tl.arange(0, v.shape[0])
-    take = (s[None, :] >= s[:, None]) if REVERSE else (s[None, :] <= s[:, None])
+    take = _before(tl.arange(0, v.shape[0]), REVERSE, STRICT)
     return tl.sum(tl.where(take[:, :, None], v[None, :, :], 0.0), 1)
 
 
@@ -265,20 +275,26 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
           D: tl.constexpr, H: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
           PREFIX: tl.constexpr, STAGES: tl.constexpr):
     # d Pi_t = sum_d (RA_t w^2 - g x inv) + RP_t, RA_t and RP_t flowing into A, P at token t from it and every later
-    # token: what flows in after the chunk (look-back) plus the chunk's own direct totals, less what the walk passed.
+    # token: RA_t = RA_start less what flows in at the chunk's tokens before t, RA_start being what flows in after
+    # the chunk (look-back) plus the chunk's own totals. d Pi is linear in RA_start and RP_start, so the first walk
+    # stores all of it but the terms in them, and the second adds those: it reads w alone, no softmax or dy.
     c, s, k, lo, hi, chains = _ticket(sync, NS, per, T, True)
     b, grp = c // (H // G), c % (H // G)
     g = tl.arange(0, G)
     A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
-    own_a = tl.zeros([1, G, BD], dtype=tl.float32)
+    own_a = tl.zeros([1, G, BD], dtype=tl.float32)                          # flowing in at the tokens walked
     own_p = tl.zeros([1, G, 1], dtype=tl.float32)
     for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
         p = _group(pi, b, t, T, hi, grp, H, G)
         pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
+        dPh = tl.sum(dP, 2)
+        ea = own_a + _csum(dA, False, True)                                 # ... and at the tile's tokens before t
+        ep = own_p + _csum_heads(dPh, False, True)[:, :, None]
+        _store_group(gpi, -tl.sum(ea * (x * x) + gxi, 2, keep_dims=True) - ep, b, t, T, hi, grp, H, G)
         own_a += tl.sum(dA, 0, keep_dims=True)
-        own_p += tl.sum(dP, 0, keep_dims=True)
+        own_p += tl.sum(dPh, 0, keep_dims=True)[:, :, None]
         A += tl.sum(pq, 0, keep_dims=True)
         P += tl.sum(p, 0, keep_dims=True)
     RA, RP = _chain(sync, part, c, s, NS, tl.sum(own_a, 0), _vec(tl.sum(own_p, 0)), _state(gA_T, c, D, G, BD),
@@ -292,20 +308,12 @@ def _b_pi(w, gy, pi, AP_start, gA_T, gP_T, gpi, R_start, gA0, gP0, sync, part, T
     if s == 0:
         _put_state(gA0, RA, c, D, G, BD)
         tl.store(gP0 + c * G + g, RPh)
-    A, P = _ap(AP_start, b * NS + s, grp, H, D, G, BD)
+    tl.debug_barrier()                                    # the first walk's terms, stored by other threads, read back
     for t0 in tl.range(lo, hi, BT, num_stages=STAGES):
         t = t0 + tl.arange(0, BT)
         x = _tile(w, b, t, T, hi, grp, C, D, G, BD)
-        p = _group(pi, b, t, T, hi, grp, H, G)
-        pq, dA, dP, gxi, gi = _tile_da(x, _tile(gy, b, t, T, hi, grp, C, D, G, BD), p, A, P)
-        RA -= tl.sum(dA, 0, keep_dims=True)                                 # flowing in after the tile
-        RP -= tl.sum(dP, 0, keep_dims=True)
-        RAc = RA + _csum(dA, True)                                          # ... and from tokens t.. of the tile
-        RPc = RP + _csum_heads(tl.sum(dP, 2), True)[:, :, None]
-        g_pi = tl.sum(RAc * (x * x) - gxi, 2, keep_dims=True) + RPc
+        g_pi = _group(gpi, b, t, T, hi, grp, H, G) + tl.sum(RA * (x * x), 2, keep_dims=True) + RP
         _store_group(gpi, g_pi, b, t, T, hi, grp, H, G)
-        A += tl.sum(pq, 0, keep_dims=True)
-        P += tl.sum(p, 0, keep_dims=True)
 
 
 @triton.jit
