@@ -16,13 +16,14 @@ Forward (w: [B, T, C], C = H * D):
   2. _f_output: Pi = softmax_h(temp_h E) (stored), A_t = A + cumsum(Pi w^2), P_t = P + cumsum(Pi),
      y = -w Pi / (1 + A_t / (P_t + 1e-8))
 Backward (the forward's Pi and the sums at each chunk's start, S_start / AP_start, as the walks keep them):
-  1. _b_pi: what flows into A_t and P_t from token t on gives d Pi                                  -> [B, T, H]
+  1. _b_pi: what flows into A_t and P_t from token t on gives d Pi (the terms in what flows in after the chunk
+     added by a second walk over w alone, d Pi being linear in them)                                -> [B, T, H]
   2. _b_dw: the softmax's backward over all heads of a token gives d e; what flows into S_t from t on, and dw.
 What flows in from later tokens is carried from a chunk's start less what the walk passed (d S in fp64, or in fp32
 pairs where the GPU's fp64 is slow, as the walks do: it is huge at a sequence's first tokens), plus a reverse sum
 inside the tile taken directly, under a triangular mask.
 
-w is read twice forward (a chunk's second walk mostly from cache) and w, dy twice in each backward kernel.
+w is read twice in each kernel (a chunk's second walk mostly from cache), dy once in _b_pi and twice in _b_dw.
 B * H / G * T / CHUNKED_TOKENS programs a launch: 1,536 at B8 T4096 H12 with chunks of 64.
 """
 from __future__ import annotations
