@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEVICE, assert_close
@@ -1175,12 +1175,14 @@ def _rel(a, b):
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(B=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 17, 40]), H=st.integers(1, 5),
        D=st.sampled_from([32, 48, 64]), programs=st.sampled_from([1, 3, 7, 1024]), unroll=st.sampled_from([1, 2, 4, 8]),
-       with_state=st.booleans(), fused=st.booleans(), chunk=st.sampled_from([0, 0, 2, 8]), seed=st.integers(0, 2**16))
+       with_state=st.booleans(), fused=st.booleans(), chunk=st.sampled_from([0, 0, 2, 8]),
+       tile=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
+@example(B=2, T=17, H=4, D=48, programs=3, unroll=2, with_state=True, fused=False, chunk=8, tile=4, seed=1)
 def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, programs, unroll, with_state, fused, chunk,
-                                                             seed):
-    """Random shapes, slicings, unrolls, chunks (CHUNKED where chunk > 0) and start positions: every output and
-    gradient of the kernels is as close to fp64 as fp32 PyTorch's own (dtemp and dbias are ill-conditioned in fp32 at
-    some inputs, for both)."""
+                                                             tile, seed):
+    """Random shapes, slicings, unrolls, chunks (CHUNKED where chunk > 0, in tiles of `tile` tokens both ways) and
+    start positions: every output and gradient of the kernels is as close to fp64 as fp32 PyTorch's own (dtemp and
+    dbias are ill-conditioned in fp32 at some inputs, for both)."""
     from tost_edge.ops.triton import causal_tssa as ct
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(B, T, H * D, generator=g, dtype=torch.float64)
@@ -1190,9 +1192,10 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
           torch.rand(B, H, generator=g, dtype=torch.float64)] if with_state else []
     pos = torch.randint(0, 5, (B,), generator=g)
     results = {}
-    old = (ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS)
+    old = (ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS, ct.CHUNKED_TILE, ct.CHUNKED_BWD_TILE)
     ct.PROGRAMS, ct.UNROLL, ct.FUSED = programs, unroll, fused
     ct.CHUNKED, ct.CHUNKED_TOKENS = chunk > 0, chunk or ct.CHUNKED_TOKENS
+    ct.CHUNKED_TILE = ct.CHUNKED_BWD_TILE = tile
     try:
         for name, dt, backend in (("ref", torch.float64, "torch"), ("torch32", torch.float32, "torch"),
                                   ("triton", torch.float32, "triton")):
@@ -1203,7 +1206,7 @@ def test_causal_tssa_random_shapes_as_accurate_as_fp32_torch(B, T, H, D, program
             cot = [torch.randn(o.shape, generator=cg, dtype=torch.float64).to(DEVICE, dt) for o in [y, *s]]
             results[name] = [y, *s, *torch.autograd.grad([y, *s], leaves, cot)]
     finally:
-        ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS = old
+        ct.PROGRAMS, ct.UNROLL, ct.FUSED, ct.CHUNKED, ct.CHUNKED_TOKENS, ct.CHUNKED_TILE, ct.CHUNKED_BWD_TILE = old
     names = ["y", "S", "A", "P", "dw", "dtemp", "dbias", "dS0", "dA0", "dP0"]
     for name, ref, t32, tri in zip(names, results["ref"], results["torch32"], results["triton"]):
         err, base = _rel(tri, ref), _rel(t32, ref)
