@@ -147,8 +147,8 @@ def causal_sigs(t: str):
     fwd = dict(w=t, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=t, S_start=f32, AP_start=f32,
                S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32", NS="i32")
     bwd = dict(w=t, gy=t, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32, gA_T=f32,
-               gP_T=f32, ge_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32", part=f32,
-               part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
+               gP_T=f32, ge_io=f32, gpi_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32",
+               part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
     return fwd, bwd
 
 
@@ -184,8 +184,8 @@ def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8), 
                             continue
                         const = {"C": H * 64, "D": 64, "H": H, "HP": HP, "BD": 64, "BT": bt, "TILED": tiled,
                                  "BOUNDED": True, "PREFIX": True,
-                                 **({"PI_STORED": True, "PAIR": pair} if direction == "bwd" else
-                                    {"P_CHANNELS": tiled and ctiles.p_channels(nw)})}
+                                 **({"PI_STORED": True, "PAIR": pair, "SPLIT_PI": ct.BWD_SPLIT_PI}
+                                    if direction == "bwd" else {"P_CHANNELS": tiled and ctiles.p_channels(nw)})}
                         kernel, sig = (ct._f_fused, fwd_sig) if direction == "fwd" else (ct._b_fused, bwd_sig)
                         label = f"causal {direction} {'tiled' if tiled else 'walk'} H{H} warps{nw} tokens{bt}"
                         if ONLY and not re.search(ONLY, label):
@@ -284,7 +284,7 @@ def main() -> None:
     cc = {"C": 768, "D": 64, "H": 12, "HP": 16, "BD": 64, "BT": ct.UNROLL, "TILED": False}
     oc = {**cc, "P_CHANNELS": False}                     # the walked output loop
     bc = {**cc, "BT": ct._plan(8, 4096, 12, 64, 2)[5], "BOUNDED": True, "PI_STORED": True,   # tokens a step, capped
-          "PAIR": suffix_pair(a)}
+          "PAIR": suffix_pair(a), "SPLIT_PI": ct.BWD_SPLIT_PI}
     fused_fwd, fused_bwd = causal_sigs(bf)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal wsum", ct._f_wsum, dict(w=bf, Wsum=f32, T="i32", per="i32"), cc, a, nw)
@@ -294,7 +294,8 @@ def main() -> None:
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
             report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
-                   AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, GAP=f32, GC=f32,
+                   AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32,
+                   GC=f32,
                    gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw,
                    maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
@@ -319,7 +320,8 @@ def main() -> None:
                nw, maxnreg=mx)
         if not mx:                                        # the cap applies to the forward only
             report(f"causal tiled bwd {dname} H{H} tile{bwd_bt}", ct._b_fused, bwd_sig,
-                   {**tc, "BT": bwd_bt, "PI_STORED": True, "PAIR": suffix_pair(a)}, a, nw)
+                   {**tc, "BT": bwd_bt, "PI_STORED": True, "PAIR": suffix_pair(a),
+                    "SPLIT_PI": ct.BWD_SPLIT_PI}, a, nw)
     # causal TSSA CHUNKED: a program per (sequence, group of heads, chunk) walking tiles of tokens held in each thread
     # (causal_tssa_chunks.py); at H12 a group is 4 heads, none padded
     G = cch.group_size(12)

@@ -80,6 +80,7 @@ CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
                  (grid(CHUNKED_STAGES=[2, 1, 3]), chunked),
                  ([dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
                    ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))], walks),
+                 (grid(BWD_SPLIT_PI=[True, False]), walks),
                  (grid(TILED_WARPS=[0, 2, 1]), walks),
                  (grid(PROGRAMS=[1024, 2048, 4096]), walks),
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs

@@ -128,6 +128,18 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("T,D,H", [(1, 48, 3), (63, 64, 4)], ids=["T1-D48-H3", "T63-D64-H4"])
+def test_causal_backward_recomputing_all_of_d_pi(T, D, H, causal_launch, monkeypatch):
+    """BWD_SPLIT_PI off: the walks' second backward stage takes all of d Pi itself (dy, A, P and the look-back's
+    sums) instead of adding the terms in what flows in after the slice to what the first stage stored."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    if causal_launch[2]:
+        pytest.skip("CHUNKED has no such setting")
+    monkeypatch.setattr(ct, "BWD_SPLIT_PI", False)
+    assert ct._plan(2, T, H, D, 4)[19] == 0
+    test_causal_tssa_forward_state_and_gradients(T, D, H, True, causal_launch)
+
+
 @pytest.fixture(params=[(1, False, None), (2, False, None), (4, False, None), (1, True, None), (1, True, True)],
                 ids=["one-program", "split2", "split4", "chunks-in-parallel", "chunks-in-parallel-backward-in-two"])
 def linear_split(request, monkeypatch):

@@ -51,6 +51,11 @@ TILED = True     # forward: walk a slice UNROLL tokens at a time as one tile (ca
                  # from a CUDA graph: forward 0.125 ms against 0.159 walked, forward+backward 0.479 against 0.514
 BWD_TILED = False  # the same for the backward (its stage-2 loop: 8 barriers per 4-token tile against 20 per 4 walked;
                    # H100 sweep: 0.578 ms forward+backward from a graph against 0.477 walked: it spills, see below)
+BWD_SPLIT_PI = True  # the walked backward's first stage stores each token's d Pi but for its terms in what flows in
+                     # after the slice (d Pi is linear in them), so the second adds those from w alone: no dy, no
+                     # A, P or 1 / (1 + dots) there (sm_90, Triton 3.6, H12, fused, 8 warps: 1368 SASS a step of 4
+                     # tokens against 1522, one read of dy fewer) at two barriers more a step (the first stage's
+                     # store: 9 against 7). False: the second stage recomputes all of d Pi
 TILED_MAXNREG = 0  # registers a thread of the tiled forward may use (0: the compiler's choice): a cap lets an SM
                    # hold more of its programs (Triton 3.6: tiles of 8 at H12 take 164 since the output loop carries
                    # P per channel, 3 programs an SM; 188 before). The backward's cap is BWD_MAXNREG (tiled, it
@@ -254,18 +259,20 @@ def _step_gc(m, ge_step, step, i: tl.constexpr, PAIR: tl.constexpr):
 
 
 @triton.jit
-def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
+def _b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
-            BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, PAIR: tl.constexpr, so, sm):
+            BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, PAIR: tl.constexpr,
+            SPLIT_PI: tl.constexpr, so, sm):
     # Walks tokens [lo, hi) forwards, recomputing the forward sums (S, A, P) from their values at token lo, w and
     # the Pi stored by the forward pass (S only where needed: from stage 2). Ra, Rp, Rc are the gradients flowing
     # into A, P, S at the current token from it and every later token: their value at token lo (what flows in
     # after the slice plus the slice's own direct total) minus what the tokens already walked contributed.
-    # STAGE 1: slice totals of the direct d A and d P.  STAGE 2: d Pi -> d energy (stored), d temp and d denom_bias
-    # (atomics), slice totals of the direct d S (fp64).  STAGE 3: dw.
-    # Stage 1 keeps the direct d P (-pi rpe^2 sum_d q A) per channel (GPc) and sums it over d once at the end: no
-    # later token needs it, so the walk reduces nothing a token. (Stage 2 could do the same with Rp and d temp's
-    # energy term; the two accumulators took it from 106 to 145 registers a thread, sm_90, Triton 3.6: not kept.)
+    # STAGE 1: slice totals of the direct d A and d P, and where SPLIT_PI each token's d Pi less its terms in Ra, Rp
+    # at token lo (stored in gpi_io: d Pi_t = sum_d (Ra_t w^2 - g x inv) + Rp_t is linear in them).  STAGE 2: d Pi
+    # (where SPLIT_PI adding those terms: no dy, no A or P) -> d energy (stored), d temp and d denom_bias (atomics),
+    # slice totals of the direct d S (fp64).  STAGE 3: dw.
+    # Stage 1 keeps the direct d P (-pi rpe^2 sum_d q A) per channel (GPc) and sums it over d once at the end (and,
+    # where SPLIT_PI, for each token together with its part of d Pi).
     hc = tl.arange(0, HP)
     GA = tl.zeros([HP, BD], dtype=tl.float32)
     GPc = tl.zeros([HP, BD], dtype=tl.float32)      # sum over the tokens walked of pi rpe^2 q A
@@ -289,7 +296,6 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
             t = t0 + i
             valid = _valid(t, hi, HP)
             x = _row(w, b, t, valid, T, C, so, sm)
-            g = _row(gy, b, t, valid, T, C, so, sm)
             if PI_STORED:
                 pi = tl.load(pi_in + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
                 wsq = x * x
@@ -300,22 +306,28 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     rden = _rcp(tl.maximum(S, 1e-12))
             else:
                 S, A, P, e, pi, wsq, rden = _token(x, S, A, P, tv, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)
-            # y = -x pi inv with inv = 1 / (1 + A rpe): with q = g x inv^2, d loss / d A_t = q pi rpe and
-            # d loss / d P_t = -pi rpe^2 sum_d q A. The per-head factors are applied once a head (prpe), not once
-            # an element: the compiler keeps products in the order written.
-            rpe = _rcp(P + 1e-8)
-            inv = _rcp(1.0 + A * rpe[:, None])
-            prpe = pi * rpe
-            gi = g * inv
-            gxi = gi * x
-            q = gxi * inv
+            if STAGE != 2 or not SPLIT_PI:
+                # y = -x pi inv with inv = 1 / (1 + A rpe): with q = g x inv^2, d loss / d A_t = q pi rpe and
+                # d loss / d P_t = -pi rpe^2 sum_d q A. The per-head factors are applied once a head (prpe), not
+                # once an element: the compiler keeps products in the order written.
+                g = _row(gy, b, t, valid, T, C, so, sm)
+                rpe = _rcp(P + 1e-8)
+                inv = _rcp(1.0 + A * rpe[:, None])
+                prpe = pi * rpe
+                gi = g * inv
+                gxi = gi * x
+                q = gxi * inv
             if STAGE >= 2:
                 wr = wsq * rden
                 m = tl.where(S > 1e-12, wr * rden, 0.0)   # -d e_t / d S_t where the forward's max(S, eps) took S
                 if STAGE == 2:
                     if PI_STORED:
                         e = _energy(wr, bias, p0, t, valid, tmax, D, H, HP, BOUNDED)   # for d temp
-                    gpi = tl.sum(Ra * wsq - gxi, 1) + Rp
+                    if SPLIT_PI:
+                        gpi = tl.load(gpi_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0) \
+                            + tl.sum(Ra * wsq, 1) + Rp
+                    else:
+                        gpi = tl.sum(Ra * wsq - gxi, 1) + Rp
                     pi_step = tl.where(step == i, pi[:, None], pi_step)
                     gpi_step = tl.where(step == i, gpi[:, None], gpi_step)
                     e_step = tl.where(step == i, e[:, None], e_step)
@@ -335,7 +347,8 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                         m6 = m
                     if i == 7:
                         m7 = m
-                    Rp += prpe * rpe * tl.sum(q * A, 1)
+                    if not SPLIT_PI:
+                        Rp += prpe * rpe * tl.sum(q * A, 1)
                 else:
                     ge = tl.load(ge_io + (b * T + t) * H + hc, mask=(hc < H) & valid, other=0.0)
                     # pi (2 Ra x - g inv) + 2 x (ge rden + Rc), its products grouped per head
@@ -344,14 +357,21 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
                     tl.store(dw + (b * T + t) * C + so, grad.to(dw.dtype.element_ty), mask=sm & valid[:, None])
                     # minus the direct d loss / d S_t
                     Rc, Rl = _suffix_add(Rc, Rl, _suffix_term(m, ge[:, None], PAIR), PAIR)
-                Ra -= q * prpe[:, None]
+                if STAGE == 3 or not SPLIT_PI:
+                    Ra -= q * prpe[:, None]
             else:
+                # d Pi_t less sum_d Ra w^2 + Rp at token lo: what the tokens before t took off them, and -g x inv
+                # (stored a step at a time: a store a token moves each token's sums between layouts, two barriers)
+                if SPLIT_PI:
+                    gpi_step = tl.where(step == i, tl.sum(GPc - GA * wsq - gxi, 1)[:, None], gpi_step)
                 GA += q * prpe[:, None]
                 GPc += (prpe * rpe)[:, None] * (q * A)
+        ts = t0 + step
+        hm = (hc < H)[:, None] & (ts < hi)
+        if STAGE == 1 and SPLIT_PI:
+            tl.store(gpi_io + (b * T + ts) * H + hc[:, None], gpi_step, mask=hm)
         if STAGE == 2:
             # one sum over heads (across warps: three barriers) and one store a step, not a token
-            ts = t0 + step
-            hm = (hc < H)[:, None] & (ts < hi)
             gz = tl.where(hm, pi_step * (gpi_step - tl.sum(pi_step * gpi_step, 0)[None, :]), 0.0)   # softmax
             ge_step = gz * tv[:, None]
             gt += tl.sum(gz * e_step, 1)
@@ -376,24 +396,24 @@ def _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv
 
 
 @triton.jit
-def _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
+def _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
              C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
              BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr, TILED: tl.constexpr,
-             PAIR: tl.constexpr, so, sm):
+             PAIR: tl.constexpr, SPLIT_PI: tl.constexpr, so, sm):
     if TILED:
-        GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi,
-                                  T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR)
+        GA, GP, GC = _tile_b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0,
+                                  b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR, SPLIT_PI)
     else:
-        GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
-                             tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR, so, sm)
+        GA, GP, GC = _b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo,
+                             hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, PAIR, SPLIT_PI, so, sm)
     return GA, GP, GC
 
 
 @triton.jit
-def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, GAP, GC, gtemp,
+def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, gpi_io, GAP, GC, gtemp,
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-              STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr):
+              STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
     # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
     b, k, lo, hi = _slice(T, per)
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
@@ -413,8 +433,9 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     if STAGE == 3:
         Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
             + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
-    GA, GP, GCs = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, tl.load(pos + b),
-                           b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED, PAIR, so, sm)
+    GA, GP, GCs = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv,
+                           tl.load(pos + b), b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED,
+                           PAIR, SPLIT_PI, so, sm)
     if STAGE == 1:
         tl.store(GAP + k * F + so, GA, mask=sm)
         tl.store(GAP + k * F + H * D + hc, GP, mask=hc < H)
@@ -544,10 +565,10 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
 
 
 @triton.jit
-def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gtemp, gbias, dw, gS0,
+def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gpi_io, gtemp, gbias, dw, gS0,
              gA0, gP0, sync, part, part64, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-             PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr):
+             PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
     # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
     # the slice comes from _lookback over the later slices.
     HD: tl.constexpr = H * D
@@ -563,8 +584,8 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     zm = tl.zeros([HP, BD], dtype=tl.float32)
     zv = tl.zeros([HP], dtype=tl.float32)
     z64 = tl.zeros([HP, BD], dtype=tl.float64)
-    GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo, hi, T,
-                         tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, PAIR, so, sm)
+    GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo,
+                         hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, PAIR, SPLIT_PI, so, sm)
     Ra, Rp = _lookback(sync + 1, part, b, s, NS, GA, GP, tl.load(gA_T + b * HD + so, mask=sm, other=0.0),
                        tl.load(gP_T + b * H + hc, mask=hc < H, other=0.0), so, sm, hc, H, HD, True, True, PREFIX)
     Ra += GA
@@ -572,16 +593,16 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     if s == 0:                                           # the initial state's gradients
         tl.store(gA0 + b * HD + so, Ra, mask=sm)
         tl.store(gP0 + b * H + hc, Rp, mask=hc < H)
-    _, _, GC = _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo, hi, T,
-                        tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, PAIR, so, sm)
+    _, _, GC = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo,
+                        hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, PAIR, SPLIT_PI, so, sm)
     Rc, _ = _lookback(sync + 1 + nB * NS, part64, b, s, NS, GC, zv.to(tl.float64),
                       tl.load(gS_T + b * HD + so, mask=sm, other=0.0).to(tl.float64), zv.to(tl.float64), so, sm, hc,
                       H, HD, False, True, PREFIX)
     Rc += GC
     if s == 0:
         tl.store(gS0 + b * HD + so, Rc.to(tl.float32), mask=sm)
-    _b_stage(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C, D, H,
-             HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, PAIR, so, sm)
+    _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C,
+             D, H, HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, PAIR, SPLIT_PI, so, sm)
 
 
 def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
@@ -656,8 +677,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
     register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED, CHUNKED_STAGES (0 for the
-    walks)]. CHUNKED plans chunks of CHUNKED_TOKENS tokens (per, NT chunks a sequence) walked in tiles of CHUNKED_TILE
-    (BT) and CHUNKED_BWD_TILE tokens, the same warps both ways, Pi saved."""
+    walks), BWD_SPLIT_PI (0 for CHUNKED)]. CHUNKED plans chunks of CHUNKED_TOKENS tokens (per, NT chunks a sequence)
+    walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE tokens, the same warps both ways, Pi saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:
@@ -665,7 +686,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
         per = max(BT, bwd_BT) * triton.cdiv(min(CHUNKED_TOKENS, T), max(BT, bwd_BT))       # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
         return [BD, HP, BT, triton.cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
-                warps, 0, fp64, 1, CHUNKED_STAGES]
+                warps, 0, fp64, 1, CHUNKED_STAGES, 0]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
@@ -674,7 +695,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
             int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
-            bwd_opts.get("maxnreg", 0), fp64, 0, 0]
+            bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI)]
 
 
 @on_input_device
@@ -684,7 +705,8 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
     B, T, C = w.shape
     D = C // H
-    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages = plan
+    BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages, \
+        _ = plan
     if chunked:
         return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, per, NT, bool(prefix), warps,
                               stages)
@@ -725,7 +747,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     B, T, C = w.shape
     D = C // H
     BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked, \
-        stages = plan
+        stages, split = plan
     stored, opts, pair = bool(stored), launch_options(bwd_warps, bwd_maxnreg), not fp64
     tmax = bias.shape[1]
     dev = w.device
@@ -750,6 +772,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
         alloc(B, H, like=w, dtype=torch.float32)
     ge = alloc(B, T, H, like=w, dtype=torch.float32)
+    gpi = alloc(B, T, H, like=w, dtype=torch.float32) if split else ge     # d Pi's parts (SPLIT_PI)
     dw = alloc(B, T, C, like=w)
     for nb, g in _groups(B, l2_group):
         if fused:
@@ -757,17 +780,17 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
             part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
             part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos), g(gS_T),
-                    g(gA_T), g(gP_T), g(ge), gtemp, gbias, g(dw), g(gS0), g(gA0), g(gP0), sync, part, part64, T,
-                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled), pair)
+                    g(gA_T), g(gP_T), g(ge), g(gpi), gtemp, gbias, g(dw), g(gS0), g(gA0), g(gP0), sync, part, part64, T,
+                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled), pair, bool(split))
             _b_fused[(nb * NT,)](*args, **unspilled(_b_fused, (nb * NT,), args, opts))
             continue
         grid = (nb, NT)
         args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
         tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
         tiled = bool(tiled)
-        stage = [(*args, g(GAP), g(GC), g(ge), g(GAP), g(GC), *tail, 1, tiled, pair),
-                 (*args, g(R_end), g(GC), g(ge), g(GAP), g(GC), *tail, 2, tiled, pair),
-                 (*args, g(R_end), g(Rc_end), g(ge), g(GAP), g(GC), *tail, 3, tiled, pair)]
+        stage = [(*args, g(GAP), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 1, tiled, pair, bool(split)),
+                 (*args, g(R_end), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 2, tiled, pair, bool(split)),
+                 (*args, g(R_end), g(Rc_end), g(ge), g(gpi), g(GAP), g(GC), *tail, 3, tiled, pair, bool(split))]
         _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts))
         _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
         _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts))

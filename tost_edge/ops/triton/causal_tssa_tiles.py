@@ -179,12 +179,13 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.const
 
 
 @triton.jit
-def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax,
-                 C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+def _tile_b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T,
+                 tmax, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
                  BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr, STAGE: tl.constexpr,
-                 PAIR: tl.constexpr):
+                 PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
     # The stages of causal_tssa._b_walk, a tile at a time. Ra, Rp (fp32) and Rc (fp64) enter as the gradients
-    # flowing into A, P, S at token lo from it and every later token, and are carried as their value after each tile.
+    # flowing into A, P, S at token lo from it and every later token, and are carried as their value after each tile
+    # (where SPLIT_PI, stage 2 instead adds their terms at token lo to what stage 1 stored of d Pi).
     hc = tl.arange(0, HP)[None, :, None]
     S = S[None, :, :]
     A = A[None, :, :]
@@ -203,7 +204,6 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
         vt = t < hi
         hm = (hc < H) & vt[:, None, None]
         x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
-        g = _tile_rows(gy, b, t, vt, T, C, D, H, HP, BD)
         if PI_STORED:
             pi = _heads(pi_in, b, t, vt, T, H, HP)
             wsq = x * x
@@ -215,21 +215,26 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
         else:
             pi, e, wsq, Sc, rden = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
         piw = pi * wsq
-        Ac = A + tl.cumsum(piw, 0)
-        rpe = _rcp(P + _heads_cumsum(pi) + 1e-8)                          # [BT, HP, 1]
-        inv = _rcp(1.0 + Ac * rpe)
-        gdots = g * x * pi * inv * inv
-        ga = gdots * rpe                                                  # direct d loss / d A_t
-        gp = -tl.sum(gdots * Ac, 2, keep_dims=True) * rpe * rpe           # direct d loss / d P_t
-        ga_tile = tl.sum(ga, 0, keep_dims=True)
-        gp_tile = tl.sum(gp, 0, keep_dims=True)
+        if STAGE != 2 or not SPLIT_PI:
+            g = _tile_rows(gy, b, t, vt, T, C, D, H, HP, BD)
+            Ac = A + tl.cumsum(piw, 0)
+            rpe = _rcp(P + _heads_cumsum(pi) + 1e-8)                      # [BT, HP, 1]
+            inv = _rcp(1.0 + Ac * rpe)
+            gdots = g * x * pi * inv * inv
+            ga = gdots * rpe                                              # direct d loss / d A_t
+            gp = -tl.sum(gdots * Ac, 2, keep_dims=True) * rpe * rpe       # direct d loss / d P_t
+            ga_tile = tl.sum(ga, 0, keep_dims=True)
+            gp_tile = tl.sum(gp, 0, keep_dims=True)
         if STAGE >= 2:
-            Ra = Ra - ga_tile                                             # flowing in after the tile
-            Rp = Rp - gp_tile
-            Ra_t = Ra + tl.cumsum(ga, 0, reverse=True)                    # ... and from tokens t.. of the tile
-            Rp_t = Rp + _heads_cumsum(gp, True)
+            if STAGE == 3 or not SPLIT_PI:
+                Ra = Ra - ga_tile                                         # flowing in after the tile
+                Ra_t = Ra + tl.cumsum(ga, 0, reverse=True)                # ... and from tokens t.. of the tile
             if STAGE == 2:
-                gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp_t
+                if SPLIT_PI:
+                    gpi = _heads(gpi_io, b, t, vt, T, H, HP) + tl.sum(Ra * wsq, 2, keep_dims=True) + Rp
+                else:
+                    Rp = Rp - gp_tile
+                    gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp + _heads_cumsum(gp, True)
                 gz = pi * (gpi - tl.sum(pi * gpi, 1, keep_dims=True))      # softmax over heads
                 gz = tl.where(hm, gz, 0.0)
                 ge = gz * tv
@@ -258,6 +263,11 @@ def _tile_b_walk(w, gy, pi_in, ge_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, R
                 GCs, GCl = _suffix_add(GCs, GCl, gc_tile, PAIR)
                 GCl += gc_err
         else:
+            if SPLIT_PI:
+                # d Pi_t less sum_d Ra w^2 + Rp at token lo: what the tokens before t took off them, and -g x inv
+                ea = GA + tl.cumsum(ga, 0) - ga
+                ep = GP + _heads_cumsum(gp) - gp
+                _store_heads(gpi_io, tl.sum(-x * g * inv - ea * wsq, 2, keep_dims=True) - ep, b, t, vt, T, H, HP)
             GA += ga_tile
             GP += gp_tile
         if STAGE >= 2 or not PI_STORED:
