@@ -204,6 +204,8 @@ def _tile_b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, R
         vt = t < hi
         hm = (hc < H) & vt[:, None, None]
         x = _tile_rows(w, b, t, vt, T, C, D, H, HP, BD)
+        if STAGE != 2 or not SPLIT_PI:
+            g = _tile_rows(gy, b, t, vt, T, C, D, H, HP, BD)
         if PI_STORED:
             pi = _heads(pi_in, b, t, vt, T, H, HP)
             wsq = x * x
@@ -216,7 +218,6 @@ def _tile_b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, R
             pi, e, wsq, Sc, rden = _tile_pi(x, S, tv, bias, p0, t, vt, tmax, D, H, HP, BOUNDED)
         piw = pi * wsq
         if STAGE != 2 or not SPLIT_PI:
-            g = _tile_rows(gy, b, t, vt, T, C, D, H, HP, BD)
             Ac = A + tl.cumsum(piw, 0)
             rpe = _rcp(P + _heads_cumsum(pi) + 1e-8)                      # [BT, HP, 1]
             inv = _rcp(1.0 + Ac * rpe)
@@ -227,14 +228,17 @@ def _tile_b_walk(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, R
             gp_tile = tl.sum(gp, 0, keep_dims=True)
         if STAGE >= 2:
             if STAGE == 3 or not SPLIT_PI:
+                # (stage 3 carries Rp too, unused: without it Triton 3.6 moves the whole 1 / (1 + dots) tile between
+                # layouts rather than the per-head 1 / (P + eps), 14 barriers a tile more)
                 Ra = Ra - ga_tile                                         # flowing in after the tile
+                Rp = Rp - gp_tile
                 Ra_t = Ra + tl.cumsum(ga, 0, reverse=True)                # ... and from tokens t.. of the tile
+                Rp_t = Rp + _heads_cumsum(gp, True)
             if STAGE == 2:
                 if SPLIT_PI:
                     gpi = _heads(gpi_io, b, t, vt, T, H, HP) + tl.sum(Ra * wsq, 2, keep_dims=True) + Rp
                 else:
-                    Rp = Rp - gp_tile
-                    gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp + _heads_cumsum(gp, True)
+                    gpi = tl.sum(-x * g * inv + Ra_t * wsq, 2, keep_dims=True) + Rp_t
                 gz = pi * (gpi - tl.sum(pi * gpi, 1, keep_dims=True))      # softmax over heads
                 gz = tl.where(hm, gz, 0.0)
                 ge = gz * tv
