@@ -42,6 +42,11 @@ from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, ch
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
 L2_GROUP = 0     # >0: run all passes on this many batch elements before the next ones (see _groups); 0: whole batch
+PINGPONG = True     # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
+                    # slices from the sequence's end: programs start in launch order, batch elements before slices,
+                    # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
+                    # H200, a quarter of w at B64 N4096 C384 bf16) rather than what it evicted first. Not one
+                    # instruction more; not yet timed (False: every pass from the start)
 PERSISTENT = False  # one launch per direction: resident programs take the passes' work items by ticket
 QUEUE_TOKENS = 64   # persistent: tokens per work item
 QUEUE_LAG = 2       # persistent: waves of other work between a batch element's passes (see _item)
@@ -86,9 +91,12 @@ def _configs():
 
 
 @triton.jit
-def _slice(N, BN: tl.constexpr):
-    """This program's token range: the batch element's tokens cut into num_programs(1) slices of whole tiles."""
+def _slice(N, BN: tl.constexpr, REV: tl.constexpr = False):
+    """This program's token range: the batch element's tokens cut into num_programs(1) slices of whole tiles, taken
+    from the end where REV (PINGPONG)."""
     s = tl.program_id(1)
+    if REV:
+        s = tl.num_programs(1) - 1 - s
     per = tl.cdiv(tl.cdiv(N, tl.num_programs(1)), BN) * BN
     return s * per, tl.minimum(s * per + per, N)
 
@@ -185,9 +193,9 @@ def _inv_dots(A, so, sm, Pv):
 
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr):
+         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
-    lo, hi = _slice(N, BN)
+    lo, hi = _slice(N, BN, REV)
     _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP)
 
 
@@ -299,9 +307,9 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
-         TILE: tl.constexpr, STAGE: tl.constexpr):
+         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
-    lo, hi = _slice(N, BN)
+    lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
               BD, BN, PI_STORED, STAGE, NP)
 
@@ -455,7 +463,7 @@ def _forward(w, temp, H: int, plan: list):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
         KERNELS["sumsq"][grid](*stats, PASS=1, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, **FUSION)
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **FUSION)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         KERNELS["out"][out_grid](*stats, PASS=3, **FUSION)   # the autotuner adds the warps
     return y, ws, pi if save_pi else pi.new_empty(0)
@@ -490,7 +498,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
         for stage in (1, 2, 3):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
                                  gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
-                                 stored, STAGE=stage, **FUSION)
+                                 stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, **FUSION)
     return dw, gtemp
 
 
