@@ -570,7 +570,8 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
              PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
     # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
-    # the slice comes from _lookback over the later slices.
+    # the slice comes from _lookback over the later slices. The barrier each look-back starts with also orders what
+    # a stage stored per token (d Pi's parts, d e) before the next stage's threads read it back.
     HD: tl.constexpr = H * D
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, True)
