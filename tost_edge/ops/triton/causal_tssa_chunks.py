@@ -23,7 +23,7 @@ What flows in from later tokens is carried from a chunk's start less what the wa
 pairs where the GPU's fp64 is slow, as the walks do: it is huge at a sequence's first tokens), plus a reverse sum
 inside the tile taken directly, under a triangular mask.
 
-w is read twice in each kernel (a chunk's second walk mostly from cache), dy once in _b_pi and twice in _b_dw.
+w is read twice in each kernel (a chunk's second walk mostly from cache), dy once in each backward kernel.
 B * H / G * T / CHUNKED_TOKENS programs a launch: 1,536 at B8 T4096 H12 with chunks of 64.
 """
 from __future__ import annotations
