@@ -91,7 +91,7 @@ def _configs():
 
 
 @triton.jit
-def _slice(N, BN: tl.constexpr, REV: tl.constexpr = False):
+def _slice(N, BN: tl.constexpr, REV: tl.constexpr):
     """This program's token range: the batch element's tokens cut into num_programs(1) slices of whole tiles, taken
     from the end where REV (PINGPONG)."""
     s = tl.program_id(1)
@@ -193,7 +193,7 @@ def _inv_dots(A, so, sm, Pv):
 
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr = False):
+         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN, REV)
     _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP)
@@ -307,7 +307,7 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
-         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr = False):
+         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
@@ -462,10 +462,10 @@ def _forward(w, temp, H: int, plan: list):
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
-        KERNELS["sumsq"][grid](*stats, PASS=1, **FUSION)
+        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **FUSION)
         KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **FUSION)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
-        KERNELS["out"][out_grid](*stats, PASS=3, **FUSION)   # the autotuner adds the warps
+        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, **FUSION)   # the autotuner adds the warps
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
