@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .causal_tssa import _lookback, _stat, _ticket
-from .causal_tssa_tiles import _tile_rows, _tile_store
+from .causal_tssa_tiles import _before, _csum, _csum_masked, _tile_rows, _tile_store
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value, _two_sum
 from .utils import alloc, launch_options
 
@@ -99,45 +99,6 @@ def _row_at(ptr, k, grp, W: tl.constexpr, D: tl.constexpr, G: tl.constexpr, BD: 
 def _vec(x):
     """[G, 1] -> [G]."""
     return tl.sum(x, 1)
-
-
-@triton.jit
-def _before(s, REVERSE: tl.constexpr, STRICT: tl.constexpr):
-    """[t, u]: token u of a tile counts in token t's cumulative sum (u <= t; u >= t where REVERSE; not t where
-    STRICT)."""
-    if REVERSE:
-        take = (s[None, :] > s[:, None]) if STRICT else (s[None, :] >= s[:, None])
-    else:
-        take = (s[None, :] < s[:, None]) if STRICT else (s[None, :] <= s[:, None])
-    return take
-
-
-@triton.jit
-def _csum(x, REVERSE: tl.constexpr = False, STRICT: tl.constexpr = False):
-    """Cumulative sum over the tokens (axis 0) of a [BT, G, BD] tile, from the end where REVERSE, each token's own
-    term left out where STRICT: token by token, each taken out of the tile by a sum over the axis its thread holds,
-    so the tile keeps its layout. (Triton 3.6, sm_90, tiles of 2 / 4 tokens: tl.cumsum takes 8 / 16 shuffles a
-    thread and its reverse form 168 / 336; a sum under a triangular mask, _csum_masked, none, but it moves the
-    whole tile into a [BT, BT, G, BD] layout and back through shared memory. d Pi's first walk, tiles of 2: 454 →
-    424 SASS a trip and 124 → 95 registers with this form.)"""
-    s = tl.arange(0, x.shape[0])[:, None, None]
-    out = tl.zeros_like(x)
-    for u in tl.static_range(x.shape[0]):
-        xu = tl.sum(tl.where(s == u, x, 0.0), 0, keep_dims=True)                      # token u, [1, G, BD]
-        if REVERSE:
-            take = (s < u) if STRICT else (s <= u)
-        else:
-            take = (s > u) if STRICT else (s >= u)
-        out += tl.where(take, xu, 0.0)
-    return out
-
-
-@triton.jit
-def _csum_masked(x, REVERSE: tl.constexpr = False, STRICT: tl.constexpr = False):
-    """_csum as a sum under a triangular mask [t, u] (see _csum). dw's walk keeps it for its d A: there the
-    token-by-token form took 168 → 194 registers a thread (sm_90, tiles of 2; Triton 3.6), two warps an SM fewer."""
-    take = _before(tl.arange(0, x.shape[0]), REVERSE, STRICT)                            # [t, u]
-    return tl.sum(tl.where(take[:, :, None, None], x[None, :, :, :], 0.0), 1)
 
 
 @triton.jit
