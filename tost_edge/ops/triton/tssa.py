@@ -42,11 +42,12 @@ from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, ch
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
 L2_GROUP = 0     # >0: run all passes on this many batch elements before the next ones (see _groups); 0: whole batch
-PINGPONG = True     # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
+PINGPONG = False    # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
                     # slices from the sequence's end: programs start in launch order, batch elements before slices,
                     # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
                     # H200, a quarter of w at B64 N4096 C384 bf16) rather than what it evicted first. Not one
-                    # instruction more; not yet timed (False: every pass from the start)
+                    # instruction more, and no faster: H200, B64 N4096 C384 H8 bf16 forward+backward from a CUDA
+                    # graph 0.845 ms against 0.844 in order (benchmarks/results/h200_run5/sweep.log)
 PERSISTENT = False  # one launch per direction: resident programs take the passes' work items by ticket
 QUEUE_TOKENS = 64   # persistent: tokens per work item
 QUEUE_LAG = 2       # persistent: waves of other work between a batch element's passes (see _item)
