@@ -3,6 +3,7 @@ each kernel family runs best with. The defaults in tost_edge/ops/triton/*.py com
 
     python benchmarks/sweep.py --out benchmarks/results
     python benchmarks/sweep.py --ops tssa --out benchmarks/results      # one op; merged into an existing sweep.json
+    python benchmarks/sweep.py --ops causal_tssa --heads 20 --out benchmarks/results/h20   # ToST-large widths
     TRITON_INTERPRET=1 python benchmarks/sweep.py --smoke --out /tmp/s    # CPU check of this script
 
 bf16, triton.testing.do_bench medians, forward and forward+backward, and forward+backward replayed from a CUDA graph
@@ -73,6 +74,8 @@ def grid(**axes):
 # out: at H12 the step is capped to 2, see causal_tssa._tile_tokens.)
 # backward: warps a program x tokens a step x register cap (the default first; 128 at 8 warps: 2 programs an SM, 80: 3;
 # at 4 warps uncapped 2, 128: 4). Triton 3.6, sm_90, H12: none spills but 4 x 2 capped (16 bytes); compile_report.py
+# --layouts. At H20 (--heads 20) a row is 2048 padded elements: 8 warps with steps of 4 spill under the cap and run
+# uncapped at 248 registers, one program an SM; 16 warps capped at 128 hold it unspilled (one program, 16 warps).
 chunked = lambda best: best.get("CHUNKED", False)  # noqa: E731
 walks = lambda best: not best.get("CHUNKED", False)  # noqa: E731
 CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
@@ -82,7 +85,8 @@ CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
                  (grid(BWD_SPLIT_PI=[True, False]), walks),
                  (grid(BWD_TILED=[False, True]), walks),
                  ([dict(BWD_WARPS=nw, BWD_UNROLL=n, BWD_MAXNREG=cap) for nw, n, cap in
-                   ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0))], walks),
+                   ((8, 4, 128), (8, 4, 0), (8, 2, 128), (8, 1, 80), (4, 2, 0), (4, 2, 128), (4, 1, 0),
+                    (16, 4, 128))], walks),
                  (grid(TILED_WARPS=[0, 2, 1]), walks),
                  (grid(PROGRAMS=[1024, 2048, 4096]), walks),
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
@@ -140,9 +144,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    ap.add_argument("--heads", type=int, default=12,
+                    help="heads of the causal ops' shape, B8 T4096 D64: 12 (ToST-base, the default) or 20 (ToST-large)")
     smoke.add_flag(ap)
     args = ap.parse_args()
     ops = [op for op in args.ops.split(",") if op]
+    if args.heads < 1:
+        ap.error(f"--heads: expected a positive number of heads, got {args.heads}")
     if not ops or set(ops) - set(OPS):
         ap.error(f"--ops: expected a comma-separated subset of {','.join(OPS)}, got {args.ops!r}")
     global SMOKE
@@ -169,7 +177,7 @@ def main() -> None:
             save()
         return save_op
 
-    B, T, H, D = (2, 9, 2, 16) if SMOKE else (8, 4096, 12, 64)
+    B, T, H, D = (2, 9, 2, 16) if SMOKE else (8, 4096, args.heads, 64)
     if "causal_tssa" in ops:
         w = torch.randn(B, T, H * D, device=dev, dtype=dt, requires_grad=True)
         temp = (torch.rand(H, device=dev) + 0.5).requires_grad_()
