@@ -198,7 +198,9 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.const
                    HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, P_CHANNELS: tl.constexpr = False):
     """From the sums A, P at token lo: y of tokens [lo, hi). P_CHANNELS: P carried per channel (see p_channels)."""
     A = A[None, :, :]
-    P = P[None, :, None] + tl.zeros([1, HP, BD], dtype=tl.float32) if P_CHANNELS else P[None, :, None]
+    P = P[None, :, None] + 1e-8                      # P's epsilon added once, not once a token (y's 1 / (P + 1e-8))
+    if P_CHANNELS:
+        P = P + tl.zeros([1, HP, BD], dtype=tl.float32)
     for t0 in range(lo, hi, BT):
         t = t0 + tl.arange(0, BT)
         vt = t < hi
@@ -210,10 +212,10 @@ def _tile_walk_out(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.const
         piw = px * x
         Ac = A + tl.cumsum(piw, 0)
         if P_CHANNELS:
-            Pe = P + tl.cumsum(pi, 0) + 1e-8
+            Pe = P + tl.cumsum(pi, 0)
             out = -px * Pe * _rcp(Pe + Ac)                                 # the same, A / P's divide folded in
         else:
-            out = -px * _rcp(1.0 + Ac * _rcp(P + _heads_cumsum(pi) + 1e-8))
+            out = -px * _rcp(1.0 + Ac * _rcp(P + _heads_cumsum(pi)))
         _tile_store(y, out, b, t, vt, T, C, D, H, HP, BD)
         A += tl.sum(piw, 0, keep_dims=True)
         P += tl.sum(pi, 0, keep_dims=True)
