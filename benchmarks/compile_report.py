@@ -239,7 +239,9 @@ def main() -> None:
     part, NP = tt._parts(tc["D"], tc["BD"])                      # the passes' default: three parts of 16 (PARTS)
     heads = ((f" parts{NP}" if NP > 1 else "", {**tc, "BD": part, "NP": NP}),)
     heads += () if args.quick or NP == 1 else ((" padded", {**tc, "NP": 1}),)
-    for tile, nw in ((2048, 8),) if args.quick else ((2048, 8), (4096, 8)):
+    # every tile and warps the passes' autotuner may pick (tssa._configs): a larger tile holds more a thread
+    tiles = [(c.kwargs["TILE"], c.num_warps) for c in tt._configs()]
+    for tile, nw in ((2048, 8),) if args.quick else tiles:
         for label, pc in heads:
             for p in (1, 2, 3):
                 report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,

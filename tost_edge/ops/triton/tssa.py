@@ -123,10 +123,12 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
         so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
         so2, sm2, _, _ = _stat(b, H, D, HP, BD, 2 * GW, GW)
     hc = tl.arange(0, HP)
-    acc0 = tl.zeros([HP, BD], dtype=tl.float32)
-    acc1 = tl.zeros([HP, BD], dtype=tl.float32)
-    acc2 = tl.zeros([HP, BD], dtype=tl.float32)
-    P_acc = tl.zeros([HP], dtype=tl.float32)
+    # sums over tokens kept a tile wide and taken over the tile's tokens once, after the loop: a sum a tile would
+    # cross lanes (the tokens lie on them) with shuffles every trip, most of the loop's instructions
+    acc0 = tl.zeros([BN, HP, BD], dtype=tl.float32)
+    acc1 = tl.zeros([BN, HP, BD], dtype=tl.float32)
+    acc2 = tl.zeros([BN, HP, BD], dtype=tl.float32)
+    P_acc = tl.zeros([BN, HP], dtype=tl.float32)
     if PASS == 2:
         invS0 = _inv_sumsq(S, so0, sm0)
         if NP == 3:
@@ -148,21 +150,21 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
         if PASS == 1:
-            acc0 += tl.sum(x0 * x0, 0)
+            acc0 += x0 * x0
             if NP == 3:
-                acc1 += tl.sum(x1 * x1, 0)
-                acc2 += tl.sum(x2 * x2, 0)
+                acc1 += x1 * x1
+                acc2 += x2 * x2
         if PASS == 2:
             e = tl.sum(x0 * x0 * invS0[None, :, :], 2)
             if NP == 3:
                 e += tl.sum(x1 * x1 * invS1[None, :, :], 2) + tl.sum(x2 * x2 * invS2[None, :, :], 2)
             p = tl.where(n[:, None] < N, _softmax_heads(e, tv, H, HP), 0.0)
             tl.store(pi + tok, p, mask=nh)
-            acc0 += tl.sum(p[:, :, None] * x0 * x0, 0)
+            acc0 += p[:, :, None] * x0 * x0
             if NP == 3:
-                acc1 += tl.sum(p[:, :, None] * x1 * x1, 0)
-                acc2 += tl.sum(p[:, :, None] * x2 * x2, 0)
-            P_acc += tl.sum(p, 0)
+                acc1 += p[:, :, None] * x1 * x1
+                acc2 += p[:, :, None] * x2 * x2
+            P_acc += p
         if PASS == 3:
             p = tl.load(pi + tok, mask=nh, other=0.0, cache_modifier=".cg")
             tl.store(y + off0, (-x0 * p[:, :, None] * inv0[None, :, :]).to(y.dtype.element_ty), mask=m0)
@@ -170,16 +172,16 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
                 tl.store(y + off1, (-x1 * p[:, :, None] * inv1[None, :, :]).to(y.dtype.element_ty), mask=m1)
                 tl.store(y + off2, (-x2 * p[:, :, None] * inv2[None, :, :]).to(y.dtype.element_ty), mask=m2)
     if PASS == 1:
-        tl.atomic_add(S + so0, acc0, mask=sm0)
+        tl.atomic_add(S + so0, tl.sum(acc0, 0), mask=sm0)
         if NP == 3:
-            tl.atomic_add(S + so1, acc1, mask=sm1)
-            tl.atomic_add(S + so2, acc2, mask=sm2)
+            tl.atomic_add(S + so1, tl.sum(acc1, 0), mask=sm1)
+            tl.atomic_add(S + so2, tl.sum(acc2, 0), mask=sm2)
     if PASS == 2:
-        tl.atomic_add(A + so0, acc0, mask=sm0)
+        tl.atomic_add(A + so0, tl.sum(acc0, 0), mask=sm0)
         if NP == 3:
-            tl.atomic_add(A + so1, acc1, mask=sm1)
-            tl.atomic_add(A + so2, acc2, mask=sm2)
-        tl.atomic_add(P + ho, P_acc, mask=hm)
+            tl.atomic_add(A + so1, tl.sum(acc1, 0), mask=sm1)
+            tl.atomic_add(A + so2, tl.sum(acc2, 0), mask=sm2)
+        tl.atomic_add(P + ho, tl.sum(P_acc, 0), mask=hm)
 
 
 @triton.jit
@@ -237,10 +239,10 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         invS2, inv2, Gs2, dS2, gA2 = _bwd_stats(S, A, G, dS, so2, sm2, invPe, STAGE)
         gA += gA1 + gA2
     gPv = -gA * invPe * invPe                                               # d loss / d P (stage 2)
-    acc0 = tl.zeros([HP, BD], dtype=tl.float32)
-    acc1 = tl.zeros([HP, BD], dtype=tl.float32)
-    acc2 = tl.zeros([HP, BD], dtype=tl.float32)
-    gt = tl.zeros([HP], dtype=tl.float32)
+    acc0 = tl.zeros([BN, HP, BD], dtype=tl.float32)         # sums over tokens a tile wide (see _fwd_part)
+    acc1 = tl.zeros([BN, HP, BD], dtype=tl.float32)
+    acc2 = tl.zeros([BN, HP, BD], dtype=tl.float32)
+    gt = tl.zeros([BN, HP], dtype=tl.float32)
     for n0 in range(lo, hi, BN):
         x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
         if NP == 3:
@@ -259,13 +261,13 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
             pi = _softmax_heads(e, tv, H, HP)
         if STAGE == 1:
             g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
-            acc0 += tl.sum(g0 * x0 * pi[:, :, None], 0)
+            acc0 += g0 * x0 * pi[:, :, None]
             r = tl.sum(g0 * x0 * inv0[None, :, :], 2)
             if NP == 3:
                 g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
                 g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
-                acc1 += tl.sum(g1 * x1 * pi[:, :, None], 0)
-                acc2 += tl.sum(g2 * x2 * pi[:, :, None], 0)
+                acc1 += g1 * x1 * pi[:, :, None]
+                acc2 += g2 * x2 * pi[:, :, None]
                 r += tl.sum(g1 * x1 * inv1[None, :, :], 2) + tl.sum(g2 * x2 * inv2[None, :, :], 2)
             tl.store(r_io + tok, r, mask=nh)
         if STAGE == 2:
@@ -275,11 +277,11 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
                 q += tl.sum(Gs1[None, :, :] * x1 * x1, 2) + tl.sum(Gs2[None, :, :] * x2 * x2, 2)
             gz, ge = _d_softmax_heads(q - r + gPv[None, :], pi, tv, nh)
             tl.store(ge_io + tok, ge, mask=nh)
-            gt += tl.sum(gz * e, 0)
-            acc0 += tl.sum(ge[:, :, None] * x0 * x0, 0)
+            gt += gz * e
+            acc0 += ge[:, :, None] * x0 * x0
             if NP == 3:
-                acc1 += tl.sum(ge[:, :, None] * x1 * x1, 0)
-                acc2 += tl.sum(ge[:, :, None] * x2 * x2, 0)
+                acc1 += ge[:, :, None] * x1 * x1
+                acc2 += ge[:, :, None] * x2 * x2
         if STAGE == 3:
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
             g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
@@ -293,16 +295,16 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
                 grad = _grad_w(x2, g2, pi, Gs2, inv2, ge, invS2, dS2)
                 tl.store(dw + off2, grad.to(dw.dtype.element_ty), mask=m2)
     if STAGE == 1:
-        tl.atomic_add(G + so0, acc0 * inv0 * inv0, mask=sm0)
+        tl.atomic_add(G + so0, tl.sum(acc0, 0) * inv0 * inv0, mask=sm0)
         if NP == 3:
-            tl.atomic_add(G + so1, acc1 * inv1 * inv1, mask=sm1)
-            tl.atomic_add(G + so2, acc2 * inv2 * inv2, mask=sm2)
+            tl.atomic_add(G + so1, tl.sum(acc1, 0) * inv1 * inv1, mask=sm1)
+            tl.atomic_add(G + so2, tl.sum(acc2, 0) * inv2 * inv2, mask=sm2)
     if STAGE == 2:
-        tl.atomic_add(dS + so0, -acc0 * invS0 * invS0, mask=sm0)
+        tl.atomic_add(dS + so0, -tl.sum(acc0, 0) * invS0 * invS0, mask=sm0)
         if NP == 3:
-            tl.atomic_add(dS + so1, -acc1 * invS1 * invS1, mask=sm1)
-            tl.atomic_add(dS + so2, -acc2 * invS2 * invS2, mask=sm2)
-        tl.atomic_add(gtemp + hc, gt, mask=hc < H)
+            tl.atomic_add(dS + so1, -tl.sum(acc1, 0) * invS1 * invS1, mask=sm1)
+            tl.atomic_add(dS + so2, -tl.sum(acc2, 0) * invS2 * invS2, mask=sm2)
+        tl.atomic_add(gtemp + hc, tl.sum(gt, 0), mask=hc < H)
 
 
 @triton.jit
