@@ -155,15 +155,19 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
                 acc1 += x1 * x1
                 acc2 += x2 * x2
         if PASS == 2:
-            e = tl.sum(x0 * x0 * invS0[None, :, :], 2)
+            # w^2 once, for the energy and for A's sum (as p * w * w the compiler would multiply twice)
+            xx0 = x0 * x0
+            e = tl.sum(xx0 * invS0[None, :, :], 2)
             if NP == 3:
-                e += tl.sum(x1 * x1 * invS1[None, :, :], 2) + tl.sum(x2 * x2 * invS2[None, :, :], 2)
+                xx1 = x1 * x1
+                xx2 = x2 * x2
+                e += tl.sum(xx1 * invS1[None, :, :], 2) + tl.sum(xx2 * invS2[None, :, :], 2)
             p = tl.where(n[:, None] < N, _softmax_heads(e, tv, H, HP), 0.0)
             tl.store(pi + tok, p, mask=nh)
-            acc0 += p[:, :, None] * x0 * x0
+            acc0 += p[:, :, None] * xx0
             if NP == 3:
-                acc1 += p[:, :, None] * x1 * x1
-                acc2 += p[:, :, None] * x2 * x2
+                acc1 += p[:, :, None] * xx1
+                acc2 += p[:, :, None] * xx2
             P_acc += p
         if PASS == 3:
             p = tl.load(pi + tok, mask=nh, other=0.0, cache_modifier=".cg")
@@ -251,10 +255,14 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
+        xx0 = x0 * x0                                  # w^2 once (unused by stages 1 and 3 where Pi is stored)
+        if NP == 3:
+            xx1 = x1 * x1
+            xx2 = x2 * x2
         if STAGE == 2 or not PI_STORED:                                       # the energy, for d temp or Pi
-            e = tl.sum(x0 * x0 * invS0[None, :, :], 2)
+            e = tl.sum(xx0 * invS0[None, :, :], 2)
             if NP == 3:
-                e += tl.sum(x1 * x1 * invS1[None, :, :], 2) + tl.sum(x2 * x2 * invS2[None, :, :], 2)
+                e += tl.sum(xx1 * invS1[None, :, :], 2) + tl.sum(xx2 * invS2[None, :, :], 2)
         if PI_STORED:
             pi = tl.load(pi_in + tok, mask=nh, other=0.0)
         else:
@@ -272,16 +280,16 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
             tl.store(r_io + tok, r, mask=nh)
         if STAGE == 2:
             r = tl.load(r_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            q = tl.sum(Gs0[None, :, :] * x0 * x0, 2)
+            q = tl.sum(Gs0[None, :, :] * xx0, 2)
             if NP == 3:
-                q += tl.sum(Gs1[None, :, :] * x1 * x1, 2) + tl.sum(Gs2[None, :, :] * x2 * x2, 2)
+                q += tl.sum(Gs1[None, :, :] * xx1, 2) + tl.sum(Gs2[None, :, :] * xx2, 2)
             gz, ge = _d_softmax_heads(q - r + gPv[None, :], pi, tv, nh)
             tl.store(ge_io + tok, ge, mask=nh)
             gt += gz * e
-            acc0 += ge[:, :, None] * x0 * x0
+            acc0 += ge[:, :, None] * xx0
             if NP == 3:
-                acc1 += ge[:, :, None] * x1 * x1
-                acc2 += ge[:, :, None] * x2 * x2
+                acc1 += ge[:, :, None] * xx1
+                acc2 += ge[:, :, None] * xx2
         if STAGE == 3:
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
             g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
