@@ -130,6 +130,33 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("NS,F2,dtype", [(1, 2, torch.float32), (3, 0, torch.float64), (17, 2, torch.float64),
+                                          (40, 3, torch.float32)],
+                         ids=["one-slice", "3-slices-fp64", "17-slices-fp64", "40-slices"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forwards", "backwards"])
+def test_slice_scan_of_the_three_pass_scheme(NS, F2, dtype, reverse):
+    """The scan between the three-pass scheme's launches: what flows into each slice from the slices before it
+    (after it, backwards) and the sequence's total, against a sum in fp64. 17 and 40 slices lay the slices of a
+    program over several warps on a GPU."""
+    from tost_edge.ops.triton import causal_tssa as ct
+    B, F1 = 2, 37
+    g = torch.Generator().manual_seed(NS)
+    X = torch.randn(B, NS, F1 + F2, generator=g, dtype=torch.float64)
+    init1, init2 = torch.randn(B, F1, generator=g, dtype=torch.float64), torch.randn(B, F2, generator=g,
+                                                                                        dtype=torch.float64)
+    init = torch.cat([init1, init2], 1)
+    start = torch.full((B, NS, F1 + F2), float("nan"), device=DEVICE)
+    fin1, fin2 = torch.full((B, F1), float("nan"), device=DEVICE), torch.full((B, F2), float("nan"), device=DEVICE)
+    ct._scan(X.to(DEVICE, dtype), init1.float().to(DEVICE), init2.float().to(DEVICE) if F2 else None, start, fin1,
+             fin2 if F2 else None, reverse=reverse)
+    x = X.to(dtype).double()
+    before = torch.cumsum(x.flip(1), 1).flip(1) - x if reverse else torch.cumsum(x, 1) - x
+    assert_close("start", init.float().double()[:, None] + before, start, 1e-6)
+    assert_close("fin1", init1.float().double() + x.sum(1)[:, :F1], fin1, 1e-6)
+    if F2:
+        assert_close("fin2", init2.float().double() + x.sum(1)[:, F1:], fin2, 1e-6)
+
+
 @pytest.mark.parametrize("T,D,H", [(1, 48, 3), (63, 64, 4)], ids=["T1-D48-H3", "T63-D64-H4"])
 def test_causal_backward_recomputing_all_of_d_pi(T, D, H, causal_launch, monkeypatch):
     """BWD_SPLIT_PI off: the walks' second backward stage takes all of d Pi itself (dy, A, P and the look-back's

@@ -452,18 +452,21 @@ def _slice_scan(X, init1, init2, start, fin1, fin2, NS, F1: tl.constexpr, F2: tl
     b, j = tl.program_id(0), tl.program_id(1)
     F: tl.constexpr = F1 + F2
     f = j * BF + tl.arange(0, BF)
-    sl = tl.arange(0, NSP)[:, None]
+    sl = tl.arange(0, NSP)[:, None]                  # the scan's order
+    # REVERSE takes the slices last first and scans forwards: Triton's reverse scan compiles to another lowering
+    # (sm_90, 32 slices on 8 warps: 164 shuffles against none) that the forward one does not need
+    row = NS - 1 - sl if REVERSE else sl             # the slice at that place in the order
     m = (sl < NS) & (f[None, :] < F)
-    x = tl.load(X + (b * NS + sl) * F + f[None, :], mask=m, other=0.0).to(tl.float32)
+    x = tl.load(X + (b * NS + row) * F + f[None, :], mask=m, other=0.0).to(tl.float32)
     # the exclusive scan is the inclusive scan of the totals shifted by one slice, never inclusive minus own:
     # a slice total can dwarf the others (d S at a sequence's first tokens) and the difference would lose them
-    sh = sl + 1 if REVERSE else sl - 1
-    xs = tl.load(X + (b * NS + sh) * F + f[None, :], mask=(sh >= 0) & (sh < NS) & (f[None, :] < F),
+    sh = row + 1 if REVERSE else row - 1
+    xs = tl.load(X + (b * NS + sh) * F + f[None, :], mask=(sl < NS) & (sh >= 0) & (sh < NS) & (f[None, :] < F),
                  other=0.0).to(tl.float32)
     m1, m2 = f < F1, (f >= F1) & (f < F)
     init = tl.load(init1 + b * F1 + f, mask=m1, other=0.0) + tl.load(init2 + b * F2 + (f - F1), mask=m2, other=0.0)
-    excl = tl.cumsum(xs, 0, reverse=REVERSE)
-    tl.store(start + (b * NS + sl) * F + f[None, :], init[None, :] + excl, mask=m)
+    excl = tl.cumsum(xs, 0)
+    tl.store(start + (b * NS + row) * F + f[None, :], init[None, :] + excl, mask=m)
     run = init + tl.sum(x, 0)
     tl.store(fin1 + b * F1 + f, run, mask=m1)
     tl.store(fin2 + b * F2 + (f - F1), run, mask=m2)
