@@ -42,6 +42,9 @@ from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, ch
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
 L2_GROUP = 0     # >0: run all passes on this many batch elements before the next ones (see _groups); 0: whole batch
+PASS_STAGES = 1     # the passes' loops load this many tiles ahead through shared memory (Triton's pipelining, cp.async)
+                    # where > 1: more bytes in flight an SM, but the tile goes through shared memory (sm_90, three
+                    # parts, tiles of 4096 at 8 warps: forward 1 54 -> 70 SASS a trip, backward 2 161 -> 172)
 PINGPONG = False    # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
                     # slices from the sequence's end: programs start in launch order, batch elements before slices,
                     # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
@@ -112,7 +115,8 @@ def _tile(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: 
 
 @triton.jit
 def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
-              HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr, NP: tl.constexpr):
+              HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr, NP: tl.constexpr,
+              STAGES: tl.constexpr = 1):
     """Forward pass PASS over tokens [lo, hi) of batch element b. 1: S += sum w^2.  2: Pi (stored), A += sum Pi w^2,
     P += sum Pi.  3: y. A head's channels go in NP parts of D / NP, each padded to BD (parts(): D48 as three
     unpadded parts of 16; the per-token energy sums the parts'). Statistics and Pi are read from L2 (.cg): in the
@@ -141,7 +145,7 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
         if NP == 3:
             inv1 = _inv_dots(A, so1, sm1, Pv)
             inv2 = _inv_dots(A, so2, sm2, Pv)
-    for n0 in range(lo, hi, BN):
+    for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
         x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
         if NP == 3:
             x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
@@ -200,10 +204,11 @@ def _inv_dots(A, so, sm, Pv):
 
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr):
+         BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr,
+         STAGES: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN, REV)
-    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP)
+    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES)
 
 
 @triton.jit
@@ -225,7 +230,7 @@ def _bwd_stats(S, A, G, dS, so, sm, invPe, STAGE: tl.constexpr):
 @triton.jit
 def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-              PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr):
+              PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr = 1):
     # Backward stage STAGE over tokens [lo, hi) of batch element b, a head's channels in NP parts (see _fwd_part).
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
@@ -247,7 +252,7 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
     acc1 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     acc2 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     gt = tl.zeros([BN, HP], dtype=tl.float32)
-    for n0 in range(lo, hi, BN):
+    for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
         x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
         if NP == 3:
             x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
@@ -318,11 +323,11 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
-         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr):
+         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE, NP)
+              BD, BN, PI_STORED, STAGE, NP, STAGES)
 
 
 @triton.jit
@@ -398,7 +403,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
 
     def tune(fn, reset=None, variant=None):
         return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench,
-                               key=["NB", "C", "H", "NP"] + ([variant] if variant else []), **disk)(fn)
+                               key=["NB", "C", "H", "NP", "STAGES"] + ([variant] if variant else []),
+                               **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
             1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}
 
@@ -473,10 +479,10 @@ def _forward(w, temp, H: int, plan: list):
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
-        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **FUSION)
+        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, STAGES=PASS_STAGES, **FUSION)
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), STAGES=PASS_STAGES, **FUSION)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
-        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, **FUSION)   # the autotuner adds the warps
+        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, **FUSION)   # (the autotuner: warps)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
@@ -509,7 +515,8 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
         for stage in (1, 2, 3):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
                                  gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
-                                 stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, **FUSION)
+                                 stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
+                                 **FUSION)
     return dw, gtemp
 
 
