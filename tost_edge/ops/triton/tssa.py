@@ -44,7 +44,7 @@ SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes 
 L2_GROUP = 0     # >0: run all passes on this many batch elements before the next ones (see _groups); 0: whole batch
 PASS_STAGES = 1     # the passes' loops load this many tiles ahead through shared memory (Triton's pipelining, cp.async)
                     # where > 1: more bytes in flight an SM, but the tile goes through shared memory (sm_90, three
-                    # parts, tiles of 4096 at 8 warps: forward 1 54 -> 70 SASS a trip, backward 2 161 -> 172)
+                    # parts, tiles of 4096 at 8 warps: forward 1 54 -> 70 SASS a trip)
 PINGPONG = False    # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
                     # slices from the sequence's end: programs start in launch order, batch elements before slices,
                     # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
@@ -160,12 +160,14 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
                 acc2 += x2 * x2
         if PASS == 2:
             # w^2 once, for the energy and for A's sum (as p * w * w the compiler would multiply twice)
+            # (the parts' terms added before one sum over channels: one set of shuffles, not three)
             xx0 = x0 * x0
-            e = tl.sum(xx0 * invS0[None, :, :], 2)
+            te = xx0 * invS0[None, :, :]
             if NP == 3:
                 xx1 = x1 * x1
                 xx2 = x2 * x2
-                e += tl.sum(xx1 * invS1[None, :, :], 2) + tl.sum(xx2 * invS2[None, :, :], 2)
+                te += xx1 * invS1[None, :, :] + xx2 * invS2[None, :, :]
+            e = tl.sum(te, 2)
             p = tl.where(n[:, None] < N, _softmax_heads(e, tv, H, HP), 0.0)
             tl.store(pi + tok, p, mask=nh)
             acc0 += p[:, :, None] * xx0
@@ -265,9 +267,10 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
             xx1 = x1 * x1
             xx2 = x2 * x2
         if STAGE == 2 or not PI_STORED:                                       # the energy, for d temp or Pi
-            e = tl.sum(xx0 * invS0[None, :, :], 2)
+            te = xx0 * invS0[None, :, :]                   # the parts' terms added before one sum (see _fwd_part)
             if NP == 3:
-                e += tl.sum(xx1 * invS1[None, :, :], 2) + tl.sum(xx2 * invS2[None, :, :], 2)
+                te += xx1 * invS1[None, :, :] + xx2 * invS2[None, :, :]
+            e = tl.sum(te, 2)
         if PI_STORED:
             pi = tl.load(pi_in + tok, mask=nh, other=0.0)
         else:
@@ -275,19 +278,20 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         if STAGE == 1:
             g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
             acc0 += g0 * x0 * pi[:, :, None]
-            r = tl.sum(g0 * x0 * inv0[None, :, :], 2)
+            tr = g0 * x0 * inv0[None, :, :]
             if NP == 3:
                 g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
                 g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
                 acc1 += g1 * x1 * pi[:, :, None]
                 acc2 += g2 * x2 * pi[:, :, None]
-                r += tl.sum(g1 * x1 * inv1[None, :, :], 2) + tl.sum(g2 * x2 * inv2[None, :, :], 2)
-            tl.store(r_io + tok, r, mask=nh)
+                tr += g1 * x1 * inv1[None, :, :] + g2 * x2 * inv2[None, :, :]
+            tl.store(r_io + tok, tl.sum(tr, 2), mask=nh)
         if STAGE == 2:
             r = tl.load(r_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            q = tl.sum(Gs0[None, :, :] * xx0, 2)
+            tq = Gs0[None, :, :] * xx0
             if NP == 3:
-                q += tl.sum(Gs1[None, :, :] * xx1, 2) + tl.sum(Gs2[None, :, :] * xx2, 2)
+                tq += Gs1[None, :, :] * xx1 + Gs2[None, :, :] * xx2
+            q = tl.sum(tq, 2)
             gz, ge = _d_softmax_heads(q - r + gPv[None, :], pi, tv, nh)
             tl.store(ge_io + tok, ge, mask=nh)
             gt += gz * e
