@@ -7,6 +7,7 @@
 #   SWEEP=1          first run benchmarks/sweep.py, one process per op in SWEEP_OPS (default tssa causal_tssa
 #                    causal_linear_attention), each under SWEEP_LIMIT seconds (default 240); kernels.py then uses
 #                    the best settings
+#   SWEEP_ARGS       extra arguments of benchmarks/sweep.py, e.g. "--heads 20" (the causal ops at ToST-large's width)
 #   KERNELS_ARGS     extra arguments of benchmarks/kernels.py, e.g. "--quick --no-compile --profile --graph"
 #   SAMPLE=1         also samples/04_train_triton on the GPU (300 steps against the PyTorch backend, then export)
 #   TRAIN_STEP=1     also benchmarks/train_step.py (whole models' training steps against the softmax baseline), with
@@ -55,7 +56,7 @@ fi
 TUNED=${TUNED:+--tuned $TUNED}
 if [ -n "${SWEEP:-}" ]; then
   for op in ${SWEEP_OPS:-tssa causal_tssa causal_linear_attention}; do
-    timeout "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --ops "$op" --out "$RESULTS" 2>&1 \
+    timeout "${SWEEP_LIMIT:-240}" python3 benchmarks/sweep.py --ops "$op" ${SWEEP_ARGS:-} --out "$RESULTS" 2>&1 \
       | tee -a "$RESULTS/sweep.log" || { status=1; echo "sweep of $op stopped"; }
   done
   [ -f "$RESULTS/sweep.json" ] && TUNED="--tuned $RESULTS/sweep.json"
