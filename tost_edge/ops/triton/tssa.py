@@ -302,14 +302,14 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         if STAGE == 3:
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
             g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
-            grad = _grad_w(x0, g0, pi, Gs0, inv0, ge, invS0, dS0)
+            grad = _grad_w(x0, g0, pi, 2.0 * Gs0, inv0, ge, 2.0 * invS0, 2.0 * dS0)
             tl.store(dw + off0, grad.to(dw.dtype.element_ty), mask=m0)
             if NP == 3:
                 g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
-                grad = _grad_w(x1, g1, pi, Gs1, inv1, ge, invS1, dS1)
+                grad = _grad_w(x1, g1, pi, 2.0 * Gs1, inv1, ge, 2.0 * invS1, 2.0 * dS1)
                 tl.store(dw + off1, grad.to(dw.dtype.element_ty), mask=m1)
                 g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
-                grad = _grad_w(x2, g2, pi, Gs2, inv2, ge, invS2, dS2)
+                grad = _grad_w(x2, g2, pi, 2.0 * Gs2, inv2, ge, 2.0 * invS2, 2.0 * dS2)
                 tl.store(dw + off2, grad.to(dw.dtype.element_ty), mask=m2)
     if STAGE == 1:
         tl.atomic_add(G + so0, tl.sum(acc0, 0) * inv0 * inv0, mask=sm0)

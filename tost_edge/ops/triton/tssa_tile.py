@@ -99,9 +99,12 @@ def _grad_w_dy(g, pi, inv):
 
 
 @triton.jit
-def _grad_w(x, g, pi, Gs, inv, ge, invS, dSv):
-    """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics."""
-    return _grad_w_x(x, pi, Gs, ge, invS, dSv) - _grad_w_dy(g, pi, inv)
+def _grad_w(x, g, pi, Gs2, inv, ge, invS2, dS2):
+    """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics, the three of
+    _grad_w_x's given doubled (2 G / (P + eps), 2 / S, 2 dS: doubled once a program, not once an element): two fused
+    multiply-adds for the sum, five instructions an element in all instead of seven."""
+    s = pi[:, :, None] * Gs2[None, :, :] + (ge[:, :, None] * invS2[None, :, :] + dS2[None, :, :])
+    return x * s - _grad_w_dy(g, pi, inv)
 
 
 @triton.jit
