@@ -246,7 +246,7 @@ def _b_dw(xh, gh, w, gy, dw, zero, pi, ge, S, A, P, G, dS, b, n0, N, C: tl.const
     so, sm, Sv, invS, invPe, _, inv = _bwd_stats(S, A, P, b, H, D, HP, BD, c0, W)
     Gs = tl.load(G + so, mask=sm, other=0.0, cache_modifier=".cg") * invPe[:, None]
     dSv = tl.where(Sv > NORM_EPS_SQ, tl.load(dS + so, mask=sm, other=0.0, cache_modifier=".cg"), 0.0)
-    grad = _grad_w_x(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, Gs, ge, invS, dSv)   # one fp32 tile at a time
+    grad = _grad_w_x(_widen(xh, w, zero, BN, HP, BD, PACKED), pi, 2.0 * Gs, ge, 2.0 * invS, 2.0 * dSv)   # a tile
     if KEEP_DY:
         grad -= _grad_w_dy(_widen(gh, gy, zero, BN, HP, BD, PACKED), pi, inv)
     else:                                                                     # read again: half the registers held

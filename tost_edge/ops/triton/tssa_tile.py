@@ -87,9 +87,11 @@ def _d_softmax_heads(gpi, pi, tv, nh):
 
 
 @triton.jit
-def _grad_w_x(x, pi, Gs, ge, invS, dSv):
-    """The terms of dw that take w: 2 w (Pi G / (P + eps) + d energy / S + dS)."""
-    return 2.0 * x * (pi[:, :, None] * Gs[None, :, :] + ge[:, :, None] * invS[None, :, :] + dSv[None, :, :])
+def _grad_w_x(x, pi, Gs2, ge, invS2, dS2):
+    """The terms of dw that take w, 2 w (Pi G / (P + eps) + d energy / S + dS), from the three per-channel factors
+    given doubled (2 G / (P + eps), 2 / S, 2 dS: doubled once a program, not once an element): two fused
+    multiply-adds and a product an element."""
+    return x * (pi[:, :, None] * Gs2[None, :, :] + (ge[:, :, None] * invS2[None, :, :] + dS2[None, :, :]))
 
 
 @triton.jit
@@ -100,11 +102,9 @@ def _grad_w_dy(g, pi, inv):
 
 @triton.jit
 def _grad_w(x, g, pi, Gs2, inv, ge, invS2, dS2):
-    """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics, the three of
-    _grad_w_x's given doubled (2 G / (P + eps), 2 / S, 2 dS: doubled once a program, not once an element): two fused
-    multiply-adds for the sum, five instructions an element in all instead of seven."""
-    s = pi[:, :, None] * Gs2[None, :, :] + (ge[:, :, None] * invS2[None, :, :] + dS2[None, :, :])
-    return x * s - _grad_w_dy(g, pi, inv)
+    """dw of a tile from its w and dy, the per-token Pi and d energy, and the per-channel statistics (doubled as
+    _grad_w_x takes them)."""
+    return _grad_w_x(x, pi, Gs2, ge, invS2, dS2) - _grad_w_dy(g, pi, inv)
 
 
 @triton.jit
