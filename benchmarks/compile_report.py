@@ -246,8 +246,7 @@ def main() -> None:
             for p in (1, 2, 3):
                 report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
                        y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
-                        "STAGES": tt.PASS_STAGES},
-                       a, nw)
+                                                  "STAGES": tt.PASS_STAGES}, a, nw)
             for st in (1, 2, 3):
                 report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
                        A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
