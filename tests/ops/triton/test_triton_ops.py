@@ -75,18 +75,22 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
-@pytest.fixture(params=["launch-per-pass", "launch-per-pass-pingpong", "launch-per-pass-pipelined", "persistent",
-                        "resident"])
+@pytest.fixture(params=["launch-per-pass", "launch-per-pass-pingpong", "launch-per-pass-pipelined",
+                        "launch-per-pass-prefetch", "persistent", "resident"])
 def tssa_launch(request, monkeypatch):
     """TSSA one launch per pass (all in order, or the middle pass of each direction taking its slices from the end:
-    PINGPONG, or each pass's loop loading a tile ahead: PASS_STAGES 2); all passes in one launch of persistent
-    programs taking work items by ticket; or one launch per direction with each program holding its slice of w (and
-    dy) across the passes."""
+    PINGPONG, or each pass's loop loading a tile ahead: through shared memory, PASS_STAGES 2, or into registers,
+    PASS_PREFETCH, with few programs so that a slice takes several trips and most end before the sequence does);
+    all passes in one launch of persistent programs taking work items by ticket; or one launch per direction with
+    each program holding its slice of w (and dy) across the passes."""
     from tost_edge.ops.triton import tssa as tt
     monkeypatch.setattr(tt, "PERSISTENT", request.param == "persistent")
     monkeypatch.setattr(tt, "RESIDENT", request.param == "resident")
     monkeypatch.setattr(tt, "PINGPONG", request.param == "launch-per-pass-pingpong")
     monkeypatch.setattr(tt, "PASS_STAGES", 2 if request.param == "launch-per-pass-pipelined" else 1)
+    if request.param == "launch-per-pass-prefetch":
+        monkeypatch.setattr(tt, "PASS_PREFETCH", True)
+        monkeypatch.setattr(tt, "PROGRAMS", 5)   # N500: slices of 6, 6 and 4 tiles of 32 tokens (N130: 2, 2, 1)
     yield request.param
     expected = "passes" if request.param.startswith("launch-per-pass") else request.param
     assert tt.last_run == {"forward": expected, "backward": expected}

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
-from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _signal, _softmax_heads, _stat, _wait
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _rows, _signal, _softmax_heads, \
+    _stat, _wait
 from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
                     interpreting, launch_options, next_pow2, on_input_device)
 
@@ -45,6 +46,18 @@ L2_GROUP = 0     # >0: run all passes on this many batch elements before the nex
 PASS_STAGES = 1     # the passes' loops load this many tiles ahead through shared memory (Triton's pipelining, cp.async)
                     # where > 1: more bytes in flight an SM, but the tile goes through shared memory (sm_90, three
                     # parts, tiles of 4096 at 8 warps: forward 1 54 -> 70 SASS a trip)
+PASS_PREFETCH = False  # the passes' loops load the next tile's w (and dy) into registers before this tile's math, so
+                       # that a warp has two tiles' loads in flight where it had one (Little's law: an SM must keep
+                       # bandwidth x latency in flight, ~20 KB on an H200, which 8-warp programs reach only when
+                       # most of their warps wait on loads at once); costs the registers of one more tile
+FLAT_MIDDLE = True  # the middle pass of each direction (forward 2, backward 2: the softmax over heads and sums over
+                    # channels, no tile stored) loads w as flat [tokens, heads x channels] rows reshaped to a tile,
+                    # which puts a token's heads on one warp (a [tokens, heads, channels] load puts the heads on
+                    # different warps, and the softmax then crosses them through shared memory). sm_90, Triton 3.6,
+                    # three parts, at the tiles the H200 autotuned (2048 / 4096 at 4 warps): forward 2 140 -> 136
+                    # SASS and 8 -> 2 barriers a trip, backward 2 226 -> 213 and 5 -> 2 (the other passes store
+                    # tiles, which would then move between layouts: more of both). Chosen from the compiled code,
+                    # not yet timed
 PINGPONG = False    # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
                     # slices from the sequence's end: programs start in launch order, batch elements before slices,
                     # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
@@ -106,17 +119,60 @@ def _slice(N, BN: tl.constexpr, REV: tl.constexpr):
 
 
 @triton.jit
-def _tile(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
-          BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr):
-    """Channels [c0, c0 + W) of each head of tokens [n0, n0 + BN), as fp32 [BN, HP, BD], with their offsets and mask."""
+def _part(ptr, b, n0, N, lim, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr, FLAT: tl.constexpr, CUT: tl.constexpr = True):
+    """Channels [c0, c0 + W) of each head of tokens [n0, n0 + BN) below lim <= N (CUT; else below N), as stored,
+    [BN, HP, BD]. FLAT:
+    loaded as flat [BN, HP * BD] rows and reshaped (tssa_tile._flat), which puts a token's heads on one warp's lanes
+    where a [BN, HP, BD] load spreads them over the warps, so the softmax over heads shuffles instead of passing
+    through shared memory (FLAT_MIDDLE)."""
+    if FLAT:
+        off, m = _rows(b, n0, N, C, D, H, HP, BD, BN, c0, W)
+        if CUT:
+            m = m & (n0 + tl.arange(0, BN)[:, None] < lim)
+        return tl.reshape(tl.load(ptr + off, mask=m, other=0.0), (BN, HP, BD))
     off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN, c0, W)
-    return tl.load(ptr + off, mask=m, other=0.0).to(tl.float32), off, m
+    if CUT:
+        m = m & (n0 + tl.arange(0, BN)[:, None, None] < lim)
+    return tl.load(ptr + off, mask=m, other=0.0)
+
+
+@triton.jit
+def _tile(ptr, b, n0, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+          BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr, FLAT: tl.constexpr = False):
+    """Channels [c0, c0 + W) of each head of tokens [n0, n0 + BN), as fp32 [BN, HP, BD], with their offsets and mask
+    (for stores)."""
+    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN, c0, W)
+    return _part(ptr, b, n0, N, N, C, D, H, HP, BD, BN, c0, W, FLAT, False).to(tl.float32), off, m
+
+
+@triton.jit
+def _ahead_parts(ptr, b, lo, N, hi, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+                 BD: tl.constexpr, BN: tl.constexpr, GW: tl.constexpr, NP: tl.constexpr, FLAT: tl.constexpr):
+    """A slice's first tile as stored (PASS_PREFETCH), each of its NP parts of GW channels (one part: the same three
+    times, of which a loop carries only the first). Nothing from the slice's end hi on is read."""
+    x0 = _part(ptr, b, lo, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
+    x1 = x0
+    x2 = x0
+    if NP == 3:
+        x1 = _part(ptr, b, lo, N, hi, C, D, H, HP, BD, BN, GW, GW, FLAT)
+        x2 = _part(ptr, b, lo, N, hi, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
+    return x0, x1, x2
+
+
+@triton.jit
+def _prefetched(ptr, nx, b, n0, N, hi, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
+                BD: tl.constexpr, BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr, FLAT: tl.constexpr):
+    """_tile's (tile, offsets, mask) from nx, this trip's part as loaded a trip before, and the next trip's part as
+    stored, loaded before this trip's math (PASS_PREFETCH); past the slice's end hi it reads nothing."""
+    off, m = _offsets(b, n0, N, C, D, H, HP, BD, BN, c0, W)
+    return nx.to(tl.float32), off, m, _part(ptr, b, n0 + BN, N, hi, C, D, H, HP, BD, BN, c0, W, FLAT)
 
 
 @triton.jit
 def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
               HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr, NP: tl.constexpr,
-              STAGES: tl.constexpr = 1):
+              STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False):
     """Forward pass PASS over tokens [lo, hi) of batch element b. 1: S += sum w^2.  2: Pi (stored), A += sum Pi w^2,
     P += sum Pi.  3: y. A head's channels go in NP parts of D / NP, each padded to BD (parts(): D48 as three
     unpadded parts of 16; the per-token energy sums the parts'). Statistics and Pi are read from L2 (.cg): in the
@@ -145,11 +201,19 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
         if NP == 3:
             inv1 = _inv_dots(A, so1, sm1, Pv)
             inv2 = _inv_dots(A, so2, sm2, Pv)
+    if PREFETCH:
+        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
     for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
-        x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
-        if NP == 3:
-            x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
-            x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW)
+        if PREFETCH:
+            x0, off0, m0, nx0 = _prefetched(w, nx0, b, n0, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
+            if NP == 3:
+                x1, off1, m1, nx1 = _prefetched(w, nx1, b, n0, N, hi, C, D, H, HP, BD, BN, GW, GW, FLAT)
+                x2, off2, m2, nx2 = _prefetched(w, nx2, b, n0, N, hi, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
+        else:
+            x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW, FLAT)
+            if NP == 3:
+                x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW, FLAT)
+                x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
@@ -207,10 +271,11 @@ def _inv_dots(A, so, sm, Pv):
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
          BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr,
-         STAGES: tl.constexpr):
+         STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN, REV)
-    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES)
+    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES,
+              PREFETCH, FLAT)
 
 
 @triton.jit
@@ -232,7 +297,8 @@ def _bwd_stats(S, A, G, dS, so, sm, invPe, STAGE: tl.constexpr):
 @triton.jit
 def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-              PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr = 1):
+              PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr = 1,
+              PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False):
     # Backward stage STAGE over tokens [lo, hi) of batch element b, a head's channels in NP parts (see _fwd_part).
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
@@ -254,11 +320,31 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
     acc1 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     acc2 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     gt = tl.zeros([BN, HP], dtype=tl.float32)
+    if PREFETCH:                                   # w's parts, and dy's where the stage reads it (_fwd_part)
+        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
+        if STAGE != 2:
+            ng0, ng1, ng2 = _ahead_parts(gy, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
     for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
-        x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW)
-        if NP == 3:
-            x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW)
-            x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW)
+        if PREFETCH:
+            x0, off0, m0, nx0 = _prefetched(w, nx0, b, n0, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
+            if NP == 3:
+                x1, off1, m1, nx1 = _prefetched(w, nx1, b, n0, N, hi, C, D, H, HP, BD, BN, GW, GW, FLAT)
+                x2, off2, m2, nx2 = _prefetched(w, nx2, b, n0, N, hi, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
+            if STAGE != 2:
+                g0, ng0 = ng0.to(tl.float32), _part(gy, b, n0 + BN, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
+                if NP == 3:
+                    g1, ng1 = ng1.to(tl.float32), _part(gy, b, n0 + BN, N, hi, C, D, H, HP, BD, BN, GW, GW, FLAT)
+                    g2, ng2 = ng2.to(tl.float32), _part(gy, b, n0 + BN, N, hi, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
+        else:
+            x0, off0, m0 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 0, GW, FLAT)
+            if NP == 3:
+                x1, off1, m1 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, GW, GW, FLAT)
+                x2, off2, m2 = _tile(w, b, n0, N, C, D, H, HP, BD, BN, 2 * GW, GW, FLAT)
+            if STAGE != 2:
+                g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
+                if NP == 3:
+                    g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
+                    g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
         n = n0 + tl.arange(0, BN)
         nh = (n[:, None] < N) & (hc[None, :] < H)
         tok = (b * N + n[:, None]) * H + hc[None, :]                          # offsets of [BN, HP] per-token rows
@@ -276,12 +362,9 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
         else:
             pi = _softmax_heads(e, tv, H, HP)
         if STAGE == 1:
-            g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
             acc0 += g0 * x0 * pi[:, :, None]
             tr = g0 * x0 * inv0[None, :, :]
             if NP == 3:
-                g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
-                g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
                 acc1 += g1 * x1 * pi[:, :, None]
                 acc2 += g2 * x2 * pi[:, :, None]
                 tr += g1 * x1 * inv1[None, :, :] + g2 * x2 * inv2[None, :, :]
@@ -301,14 +384,11 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
                 acc2 += ge[:, :, None] * xx2
         if STAGE == 3:
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            g0 = tl.load(gy + off0, mask=m0, other=0.0).to(tl.float32)
             grad = _grad_w(x0, g0, pi, 2.0 * Gs0, inv0, ge, 2.0 * invS0, 2.0 * dS0)
             tl.store(dw + off0, grad.to(dw.dtype.element_ty), mask=m0)
             if NP == 3:
-                g1 = tl.load(gy + off1, mask=m1, other=0.0).to(tl.float32)
                 grad = _grad_w(x1, g1, pi, 2.0 * Gs1, inv1, ge, 2.0 * invS1, 2.0 * dS1)
                 tl.store(dw + off1, grad.to(dw.dtype.element_ty), mask=m1)
-                g2 = tl.load(gy + off2, mask=m2, other=0.0).to(tl.float32)
                 grad = _grad_w(x2, g2, pi, 2.0 * Gs2, inv2, ge, 2.0 * invS2, 2.0 * dS2)
                 tl.store(dw + off2, grad.to(dw.dtype.element_ty), mask=m2)
     if STAGE == 1:
@@ -327,11 +407,12 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 @triton.jit
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
-         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr):
+         TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr,
+         PREFETCH: tl.constexpr, FLAT: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE, NP, STAGES)
+              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT)
 
 
 @triton.jit
@@ -406,8 +487,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
     disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     def tune(fn, reset=None, variant=None):
-        return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench,
-                               key=["NB", "C", "H", "NP", "STAGES"] + ([variant] if variant else []),
+        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT"] + ([variant] if variant else [])
+        return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench, key=key,
                                **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
             1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}
@@ -483,10 +564,13 @@ def _forward(w, temp, H: int, plan: list):
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
-        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, STAGES=PASS_STAGES, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), STAGES=PASS_STAGES, **FUSION)
+        ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH))
+        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=bool(FLAT_MIDDLE), **FUSION)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
-        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, **FUSION)   # (the autotuner: warps)
+        # a tile a program (the autotuner: warps), so nothing to load ahead
+        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=False,
+                                 FLAT=False, **FUSION)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
@@ -520,6 +604,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
                                  gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
+                                 PREFETCH=bool(PASS_PREFETCH), FLAT=bool(FLAT_MIDDLE) and stage == 2,
                                  **FUSION)
     return dw, gtemp
 
