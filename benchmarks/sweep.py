@@ -203,7 +203,7 @@ def main() -> None:
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", "tssa",
                              [grid(PARTS=[True, False]), grid(PASS_STAGES=[1, 2]), grid(PASS_PREFETCH=[False, True]),
-                              grid(FLAT_MIDDLE=[True, False]),
+                              grid(FLAT_MIDDLE=[True, False]), grid(PDL=[False, True]),
                               grid(L2_GROUP=[0, 4, 8]),   # timed plain only (host-bound), never from a graph
                               [{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
                                                             RESIDENT_MAXNREG=mx)

@@ -76,19 +76,24 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
 
 
 @pytest.fixture(params=["launch-per-pass", "launch-per-pass-pingpong", "launch-per-pass-pipelined",
-                        "launch-per-pass-prefetch", "persistent", "resident"])
+                        "launch-per-pass-prefetch", "launch-per-pass-pdl", "persistent", "resident"])
 def tssa_launch(request, monkeypatch):
     """TSSA one launch per pass (all in order, or the middle pass of each direction taking its slices from the end:
     PINGPONG, or each pass's loop loading a tile ahead: through shared memory, PASS_STAGES 2, or into registers,
     PASS_PREFETCH, with few programs so that a slice takes several trips and most end before the sequence does);
     all passes in one launch of persistent programs taking work items by ticket; or one launch per direction with
-    each program holding its slice of w (and dy) across the passes."""
+    each program holding its slice of w (and dy) across the passes. "-pdl": the passes after the first of each
+    direction launched while the one before finishes (programmatic dependent launch, sm_90 and later only)."""
     from tost_edge.ops.triton import tssa as tt
+    if request.param == "launch-per-pass-pdl":
+        if DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("programmatic dependent launch needs a GPU of compute capability 9.0 or later")
+        monkeypatch.setattr(tt, "PDL", True)
     monkeypatch.setattr(tt, "PERSISTENT", request.param == "persistent")
     monkeypatch.setattr(tt, "RESIDENT", request.param == "resident")
     monkeypatch.setattr(tt, "PINGPONG", request.param == "launch-per-pass-pingpong")
     monkeypatch.setattr(tt, "PASS_STAGES", 2 if request.param == "launch-per-pass-pipelined" else 1)
-    if request.param == "launch-per-pass-prefetch":
+    if request.param in ("launch-per-pass-prefetch", "launch-per-pass-pdl"):
         monkeypatch.setattr(tt, "PASS_PREFETCH", True)
         monkeypatch.setattr(tt, "PROGRAMS", 5)   # N500: slices of 6, 6 and 4 tiles of 32 tokens (N130: 2, 2, 1)
     yield request.param
@@ -244,6 +249,30 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
         torch.cuda.synchronize()
     for name, a, b in zip(["y", "dw", "dtemp"], *results):
         assert_close(name, a.float(), b.float(), 1e-2 if name != "dtemp" else 1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs a GPU of compute capability 9.0 or later")
+@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
+def test_tssa_passes_launched_early_on_gpu_match(monkeypatch, prefetch):
+    """At the benchmark shape (4,096 programs a pass, several waves) the passes launched with PDL, each starting
+    while the one before finishes and waiting for it before reading its statistics, give the plain launches' output
+    and gradients (the same arithmetic; statistics summed in another order)."""
+    from tost_edge.ops.triton import tssa as tt
+    monkeypatch.setattr(tt, "PASS_PREFETCH", prefetch)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(64, 4096, 384, device="cuda", generator=g).to(torch.bfloat16)
+    temp = torch.rand(8, device="cuda", generator=g) + 0.5
+    cot = torch.randn(w.shape, device="cuda", generator=g).to(torch.bfloat16)
+    results = []
+    for pdl in (False, True):
+        monkeypatch.setattr(tt, "PDL", pdl)
+        leaves = [w.clone().requires_grad_(), temp.clone().requires_grad_()]
+        y = tssa(*leaves, 8, backend="triton")
+        results.append([y, *torch.autograd.grad(y, leaves, cot)])
+        torch.cuda.synchronize()
+    for name, a, b in zip(["y", "dw", "dtemp"], *results):
+        assert_close(name, a.float(), b.float(), 5e-3 if name != "dtemp" else 1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")

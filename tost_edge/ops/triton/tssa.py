@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import cuda as gdc   # grid dependency control (PDL)
 
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
@@ -50,6 +51,11 @@ PASS_PREFETCH = False  # the passes' loops load the next tile's w (and dy) into 
                        # that a warp has two tiles' loads in flight where it had one (Little's law: an SM must keep
                        # bandwidth x latency in flight, ~20 KB on an H200, which 8-warp programs reach only when
                        # most of their warps wait on loads at once); costs the registers of one more tile
+PDL = False         # the passes after the first of each direction launch with programmatic dependent launch (sm_90+):
+                    # their programs start while the pass before finishes, load their first tile of w (and dy) if
+                    # PASS_PREFETCH, then wait for it (griddepcontrol.wait) before reading what it wrote; the pass
+                    # before lets them start once all its programs have started. What it saves: each launch's
+                    # start-up and the last wave's tail, at 4 of the 6 boundaries of a forward+backward
 FLAT_MIDDLE = True  # the middle pass of each direction (forward 2, backward 2: the softmax over heads and sums over
                     # channels, no tile stored) loads w as flat [tokens, heads x channels] rows reshaped to a tile,
                     # which puts a token's heads on one warp (a [tokens, heads, channels] load puts the heads on
@@ -170,14 +176,34 @@ def _prefetched(ptr, nx, b, n0, N, hi, C: tl.constexpr, D: tl.constexpr, H: tl.c
 
 
 @triton.jit
+def _pdl_start(PDL: tl.constexpr):
+    """Lets the next pass's programs start (PDL): once every program of this launch has passed here."""
+    if PDL:
+        gdc.gdc_launch_dependents()
+
+
+@triton.jit
+def _pdl_wait(PDL: tl.constexpr):
+    """Waits until the launch before this one has finished and its writes are visible (PDL; a no-op otherwise)."""
+    if PDL:
+        gdc.gdc_wait()
+
+
+@triton.jit
 def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
               HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, PASS: tl.constexpr, NP: tl.constexpr,
-              STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False):
+              STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False,
+              PDL: tl.constexpr = False):
     """Forward pass PASS over tokens [lo, hi) of batch element b. 1: S += sum w^2.  2: Pi (stored), A += sum Pi w^2,
     P += sum Pi.  3: y. A head's channels go in NP parts of D / NP, each padded to BD (parts(): D48 as three
     unpadded parts of 16; the per-token energy sums the parts'). Statistics and Pi are read from L2 (.cg): in the
-    persistent kernel other programs wrote them."""
+    persistent kernel other programs wrote them. With PDL, nothing an earlier pass wrote is read, and nothing is
+    written, before _pdl_wait: only w (the first tile, with PREFETCH)."""
     GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
+    _pdl_start(PDL)
+    if PREFETCH:
+        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
+    _pdl_wait(PDL)
     so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
     if NP == 3:
         so1, sm1, _, _ = _stat(b, H, D, HP, BD, GW, GW)
@@ -201,8 +227,6 @@ def _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C: tl.constexpr, D: tl.cons
         if NP == 3:
             inv1 = _inv_dots(A, so1, sm1, Pv)
             inv2 = _inv_dots(A, so2, sm2, Pv)
-    if PREFETCH:
-        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
     for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
         if PREFETCH:
             x0, off0, m0, nx0 = _prefetched(w, nx0, b, n0, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
@@ -271,11 +295,11 @@ def _inv_dots(A, so, sm, Pv):
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
          BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr,
-         STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr):
+         STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN, REV)
     _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES,
-              PREFETCH, FLAT)
+              PREFETCH, FLAT, PDL)
 
 
 @triton.jit
@@ -298,12 +322,19 @@ def _bwd_stats(S, A, G, dS, so, sm, invPe, STAGE: tl.constexpr):
 def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
               PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr = 1,
-              PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False):
+              PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False, PDL: tl.constexpr = False):
     # Backward stage STAGE over tokens [lo, hi) of batch element b, a head's channels in NP parts (see _fwd_part).
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
     # STAGE 3: dw from the stored d energy (no softmax backward).
+    # With PDL, only w and dy (the first tiles, with PREFETCH) are read before _pdl_wait, and nothing is written.
     GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
+    _pdl_start(PDL)
+    if PREFETCH:                                   # w's parts, and dy's where the stage reads it (_fwd_part)
+        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
+        if STAGE != 2:
+            ng0, ng1, ng2 = _ahead_parts(gy, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
+    _pdl_wait(PDL)
     so0, sm0, ho, hm = _stat(b, H, D, HP, BD, 0, GW)
     hc = tl.arange(0, HP)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
@@ -320,10 +351,6 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
     acc1 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     acc2 = tl.zeros([BN, HP, BD], dtype=tl.float32)
     gt = tl.zeros([BN, HP], dtype=tl.float32)
-    if PREFETCH:                                   # w's parts, and dy's where the stage reads it (_fwd_part)
-        nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
-        if STAGE != 2:
-            ng0, ng1, ng2 = _ahead_parts(gy, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
     for n0 in tl.range(lo, hi, BN, num_stages=STAGES):
         if PREFETCH:
             x0, off0, m0, nx0 = _prefetched(w, nx0, b, n0, N, hi, C, D, H, HP, BD, BN, 0, GW, FLAT)
@@ -408,11 +435,11 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
          TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr,
-         PREFETCH: tl.constexpr, FLAT: tl.constexpr):
+         PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT)
+              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL)
 
 
 @triton.jit
@@ -487,7 +514,7 @@ def autotuned(configs=None, do_bench=None) -> dict:
     disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     def tune(fn, reset=None, variant=None):
-        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT"] + ([variant] if variant else [])
+        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL"] + ([variant] if variant else [])
         return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench, key=key,
                                **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
@@ -495,6 +522,13 @@ def autotuned(configs=None, do_bench=None) -> dict:
 
 
 KERNELS = autotuned()
+
+
+def _pdl(device) -> bool:
+    """Whether the passes launch with PDL: set, on a GPU of compute capability 9.0 or later (griddepcontrol), under
+    a Triton that has it; never under the interpreter."""
+    return bool(PDL) and not interpreting() and hasattr(gdc, "gdc_wait") and \
+        torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _blocks(H: int, D: int):
@@ -561,16 +595,19 @@ def _forward(w, temp, H: int, plan: list):
         _fwd_persistent[grid](w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
                               *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["forward"] = "resident" if fit else "persistent" if persistent else "passes"
+    pdl = _pdl(w.device)
+    after = {"launch_pdl": True} if pdl else {}    # the passes after the first: launched while it finishes
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
-        ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH))
+        ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
         KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=bool(FLAT_MIDDLE), **FUSION)
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=bool(FLAT_MIDDLE), **FUSION,
+                            **after)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         # a tile a program (the autotuner: warps), so nothing to load ahead
         KERNELS["out"][out_grid](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=False,
-                                 FLAT=False, **FUSION)
+                                 FLAT=False, PDL=pdl, **FUSION, **after)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
@@ -598,13 +635,15 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
                               gws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
                               QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["backward"] = "resident" if fit else "persistent" if persistent else "passes"
+    pdl = _pdl(w.device)
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         for stage in (1, 2, 3):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
                                  gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
-                                 PREFETCH=bool(PASS_PREFETCH), FLAT=bool(FLAT_MIDDLE) and stage == 2,
+                                 PREFETCH=bool(PASS_PREFETCH), FLAT=bool(FLAT_MIDDLE) and stage == 2, PDL=pdl,
+                                 **({"launch_pdl": True} if pdl and stage > 1 else {}),
                                  **FUSION)
     return dw, gtemp
 
