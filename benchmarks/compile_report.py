@@ -242,16 +242,16 @@ def main() -> None:
     heads += () if args.quick or NP == 1 else ((" padded", {**tc, "NP": 1}),)
     # every tile and warps the passes' autotuner may pick (tssa._configs): a larger tile holds more a thread
     tiles = [(c.kwargs["TILE"], c.num_warps) for c in tt._configs()]
-    # and each pass loading its next tile ahead into registers (PASS_PREFETCH; the third forward pass never does),
-    # and with that, on sm_90 and later, launched while the pass before finishes (PDL)
+    # and each pass loading its next tile ahead into registers (PASS_PREFETCH; the third forward pass only where it
+    # walks slices, OUT_SLICES), and with that, on sm_90 and later, launched while the pass before finishes (PDL)
     ahead = [(False, False), (True, False)] + ([(True, True)] if a >= 90 else [])
     for tile, nw in ((2048, 8),) if args.quick else tiles:
         for (label, pc), (pf, pdl) in itertools.product(heads, ahead):
             label += " prefetch" * pf + " pdl" * pdl
-            for p in (1, 2) if pf and not pdl else (1, 2, 3):
+            for p in (1, 2, 3):
                 report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
                        y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
-                                                  "STAGES": tt.PASS_STAGES, "PREFETCH": pf and p < 3,
+                                                  "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
                                                   "FLAT": tt.FLAT_MIDDLE and p == 2, "PDL": pdl}, a, nw)
             for st in (1, 2, 3):
                 report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,

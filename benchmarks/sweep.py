@@ -91,6 +91,23 @@ CAUSAL_STAGES = [grid(CHUNKED=[False, True]),
                  (grid(PROGRAMS=[1024, 2048, 4096]), walks),
                  grid(SUFFIX_FP64=[None, False])]   # the device's choice (fp64 on data-centre parts) or fp32 pairs
 
+# TSSA's stages: the passes' layouts (D48 in three parts; the middle passes' flat rows), how their loops keep loads in
+# flight (cp.async pipelining, or the next tile in registers), the output pass walking slices, launches that overlap
+# (PDL), batch elements in L2-sized groups (timed plain only before, where their extra launches cost host time), then
+# the resident kernels each direction and the programs a launch.
+TSSA_STAGES = [grid(PARTS=[True, False]), grid(FLAT_MIDDLE=[True, False]), grid(PASS_STAGES=[1, 2]),
+               grid(PASS_PREFETCH=[False, True]), grid(OUT_SLICES=[False, True]), grid(PDL=[False, True]),
+               grid(L2_GROUP=[0, 4, 8]),
+               [{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw, RESIDENT_MAXNREG=mx)
+                                        for t, nw, mx in ((16384, 4, 96), (16384, 4, 80), (8192, 4, 0), (16384, 4, 0),
+                                                          (32768, 8, 128))],
+               [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
+               [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw, RESIDENT_KEEP_DY=keep,
+                     RESIDENT_BWD_MAXNREG=mx)
+                for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 96), (16384, 8, True, 128),
+                                        (8192, 4, False, 96))],
+               grid(PROGRAMS=[2048, 4096])]
+
 # Causal linear attention: the chunk schemes first (PARALLEL: the chunks' dots in parallel after walks that carry the
 # state only; its backward chunk kernel holds 153 registers a thread at 8 warps, sm_90 bf16: one program an SM; in two
 # kernels 107 and 128: two), then the column splits of the walked scheme and the chunk and warps of whichever won
@@ -202,20 +219,7 @@ def main() -> None:
         w2 = torch.randn(B2, N2, C2, device=dev, dtype=dt, requires_grad=True)
         temp2 = (torch.rand(H2, device=dev) + 0.5).requires_grad_()
         best["tssa"] = sweep(f"tssa B{B2} N{N2} C{C2} H{H2}", "tssa",
-                             [grid(PARTS=[True, False]), grid(PASS_STAGES=[1, 2]), grid(PASS_PREFETCH=[False, True]),
-                              grid(FLAT_MIDDLE=[True, False]), grid(PDL=[False, True]),
-                              grid(L2_GROUP=[0, 4, 8]),   # timed plain only (host-bound), never from a graph
-                              [{"RESIDENT": False}] + [dict(RESIDENT=True, RESIDENT_TILE=t, RESIDENT_WARPS=nw,
-                                                            RESIDENT_MAXNREG=mx)
-                                                       for t, nw, mx in ((16384, 4, 96), (16384, 4, 80),
-                                                                         (8192, 4, 0), (16384, 4, 0),
-                                                                         (32768, 8, 128))],
-                              [{"RESIDENT_BWD": False}] +     # the backward decided apart from the forward
-                              [dict(RESIDENT_BWD=True, RESIDENT_BWD_TILE=t, RESIDENT_BWD_WARPS=nw,
-                                    RESIDENT_KEEP_DY=keep, RESIDENT_BWD_MAXNREG=mx)
-                               for t, nw, keep, mx in ((8192, 4, True, 128), (8192, 4, True, 96),
-                                                       (16384, 8, True, 128), (8192, 4, False, 96))],
-                              grid(PROGRAMS=[2048, 4096])],
+                             TSSA_STAGES,
                              lambda: tssa(w2, temp2, H2, backend="triton"), [w2, temp2], rows, saver("tssa"))
         save()
     print("best settings (fwd+bwd):", json.dumps(best))

@@ -52,7 +52,7 @@ def test_using_restores_after_an_error():
 @pytest.mark.parametrize("table,message", [
     ({"tsa": {"PROGRAMS": 1}}, "unknown op 'tsa'"),
     ({"tssa": {"PROGRAM": 1}}, "tssa.PROGRAM is not a launch setting (did you mean PROGRAMS?)"),
-    ({"tssa": {"CHUNK": 32}}, "tssa.CHUNK is not a launch setting (those of tssa: FLAT_MIDDLE, L2_GROUP, PARTS,"),
+    ({"tssa": {"CHUNK": 32}}, "tssa.CHUNK is not a launch setting (those of tssa: FLAT_MIDDLE, L2_GROUP,"),
     ({"tssa": {"PROGRAMS": True}}, "tssa.PROGRAMS takes int, got True (bool)"),
     ({"tssa": {"RESIDENT": 1}}, "tssa.RESIDENT takes bool, got 1 (int)"),
     ({"tssa": {"RESIDENT_BWD": "yes"}}, "tssa.RESIDENT_BWD takes bool or None, got 'yes' (str)"),

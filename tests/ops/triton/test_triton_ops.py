@@ -80,7 +80,8 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
 def tssa_launch(request, monkeypatch):
     """TSSA one launch per pass (all in order, or the middle pass of each direction taking its slices from the end:
     PINGPONG, or each pass's loop loading a tile ahead: through shared memory, PASS_STAGES 2, or into registers,
-    PASS_PREFETCH, with few programs so that a slice takes several trips and most end before the sequence does);
+    PASS_PREFETCH, with few programs so that a slice takes several trips and most end before the sequence does, and
+    the output pass walking slices too: OUT_SLICES);
     all passes in one launch of persistent programs taking work items by ticket; or one launch per direction with
     each program holding its slice of w (and dy) across the passes. "-pdl": the passes after the first of each
     direction launched while the one before finishes (programmatic dependent launch, sm_90 and later only)."""
@@ -95,6 +96,7 @@ def tssa_launch(request, monkeypatch):
     monkeypatch.setattr(tt, "PASS_STAGES", 2 if request.param == "launch-per-pass-pipelined" else 1)
     if request.param in ("launch-per-pass-prefetch", "launch-per-pass-pdl"):
         monkeypatch.setattr(tt, "PASS_PREFETCH", True)
+        monkeypatch.setattr(tt, "OUT_SLICES", True)
         monkeypatch.setattr(tt, "PROGRAMS", 5)   # N500: slices of 6, 6 and 4 tiles of 32 tokens (N130: 2, 2, 1)
     yield request.param
     expected = "passes" if request.param.startswith("launch-per-pass") else request.param

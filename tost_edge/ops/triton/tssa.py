@@ -51,6 +51,12 @@ PASS_PREFETCH = False  # the passes' loops load the next tile's w (and dy) into 
                        # that a warp has two tiles' loads in flight where it had one (Little's law: an SM must keep
                        # bandwidth x latency in flight, ~20 KB on an H200, which 8-warp programs reach only when
                        # most of their warps wait on loads at once); costs the registers of one more tile
+OUT_SLICES = False  # the forward's output pass walks slices of tiles as the first two passes do (PROGRAMS programs),
+                    # instead of one program a tile: a program's set-up (the per-channel statistics, 1 / (1 + dots),
+                    # their layout changes) is then paid once a slice, not once a tile: sm_90, Triton 3.6, three
+                    # parts, tiles of 2048 at 4 warps (the H200's choice): 256 SASS a tile of which the loop is 94,
+                    # so ~16 a thread's element against ~6.6 over 16 tiles. One tile a program keeps more programs,
+                    # each with its tile's loads in flight from its start; which is faster is the GPU's to say
 PDL = False         # the passes after the first of each direction launch with programmatic dependent launch (sm_90+):
                     # their programs start while the pass before finishes, load their first tile of w (and dy) if
                     # PASS_PREFETCH, then wait for it (griddepcontrol.wait) before reading what it wrote; the pass
@@ -518,6 +524,7 @@ def autotuned(configs=None, do_bench=None) -> dict:
         return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench, key=key,
                                **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
+            "out_slices": tune(_fwd, None, "PASS"),   # its own choices: another grid (OUT_SLICES)
             1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}
 
 
@@ -605,9 +612,10 @@ def _forward(w, temp, H: int, plan: list):
         KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=bool(FLAT_MIDDLE), **FUSION,
                             **after)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
-        # a tile a program (the autotuner: warps), so nothing to load ahead
-        KERNELS["out"][out_grid](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=False,
-                                 FLAT=False, PDL=pdl, **FUSION, **after)
+        # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
+        out = (KERNELS["out_slices"], grid) if OUT_SLICES else (KERNELS["out"], out_grid)
+        out[0][out[1]](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH and OUT_SLICES),
+                       FLAT=False, PDL=pdl, **FUSION, **after)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
