@@ -36,8 +36,8 @@ from triton.language.extra import cuda as gdc   # grid dependency control (PDL)
 
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
-from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w, _offsets, _rows, _signal, _softmax_heads, \
-    _stat, _wait
+from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
+    _softmax_heads, _stat, _wait
 from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
                     interpreting, launch_options, next_pow2, on_input_device)
 
@@ -63,7 +63,8 @@ PDL = False         # the passes after the first of each direction launch with p
                     # before lets them start once all its programs have started. What it saves: each launch's
                     # start-up and the last wave's tail, at 4 of the 6 boundaries of a forward+backward
 FLAT_MIDDLE = True  # the middle pass of each direction (forward 2, backward 2: the softmax over heads and sums over
-                    # channels, no tile stored) loads w as flat [tokens, heads x channels] rows reshaped to a tile,
+                    # channels, no tile stored) of a head in three parts (D48, see _flat_middle) loads w as flat
+                    # [tokens, heads x channels] rows reshaped to a tile,
                     # which puts a token's heads on one warp (a [tokens, heads, channels] load puts the heads on
                     # different warps, and the softmax then crosses them through shared memory). sm_90, Triton 3.6,
                     # three parts, at the tiles the H200 autotuned (2048 / 4096 at 4 warps): forward 2 140 -> 136
@@ -112,11 +113,20 @@ RESIDENT_SPILL = 16       # bytes a thread a capped resident kernel may spill; w
 last_run = {"forward": None, "backward": None}   # the scheme each direction last ran: benchmarks report it
 
 
-def _configs():
-    if interpreting():
-        return [triton.Config({"TILE": 4096}, num_warps=4)]
-    return [triton.Config({"TILE": t}, num_warps=nw) for t in (2048, 4096, 8192, 16384) for nw in (4, 8)
-            if t // (32 * nw) <= 64]   # at most 64 fp32 tile elements per thread
+def _anchored(tile: int, warps: int) -> bool:
+    """Whether the backward's dw takes every term as a product with the tile (tssa_tile._grad_w_anchored) where a
+    head is walked in three parts: at 4 warps and tiles of up to 4096, where Triton 3.6 otherwise moves 3 tiles a trip
+    between layouts (sm_90: 2048: 181 SASS / 3 barriers a trip -> 174 / 0; 4096: 315 / 3 -> 306 / 0). Elsewhere, and
+    for a head in one part (nothing moves there), it costs 12-24% more SASS."""
+    return warps == 4 and tile <= 4096
+
+
+def _configs(backward: bool = False):
+    """The tiles and warps the autotuner tries (the backward's with their dw formulation, ANCHOR)."""
+    shapes = [(4096, 4)] if interpreting() else [(t, nw) for t in (2048, 4096, 8192, 16384) for nw in (4, 8)
+                                                 if t // (32 * nw) <= 64]   # at most 64 fp32 tile elements a thread
+    return [triton.Config({"TILE": t, **({"ANCHOR": _anchored(t, nw)} if backward else {})}, num_warps=nw)
+            for t, nw in shapes]
 
 
 @triton.jit
@@ -328,13 +338,15 @@ def _bwd_stats(S, A, G, dS, so, sm, invPe, STAGE: tl.constexpr):
 def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C: tl.constexpr,
               D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
               PI_STORED: tl.constexpr, STAGE: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr = 1,
-              PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False, PDL: tl.constexpr = False):
+              PREFETCH: tl.constexpr = False, FLAT: tl.constexpr = False, PDL: tl.constexpr = False,
+              ANCHOR: tl.constexpr = False):
     # Backward stage STAGE over tokens [lo, hi) of batch element b, a head's channels in NP parts (see _fwd_part).
     # STAGE 1: G += sum_n dy w Pi / (1 + dots)^2 (atomics), r = sum_d dy w / (1 + dots) per token (stored).
     # STAGE 2: d energy per token (stored), d temp and dS (atomics); dy is not read: r carries what it needs.
     # STAGE 3: dw from the stored d energy (no softmax backward).
     # With PDL, only w and dy (the first tiles, with PREFETCH) are read before _pdl_wait, and nothing is written.
     GW: tl.constexpr = D // NP                                  # channels a part; parts 1 and 2 only where NP == 3
+    DW_ANCHOR: tl.constexpr = ANCHOR and NP == 3                # (one part: no tile moves, and more SASS anchored)
     _pdl_start(PDL)
     if PREFETCH:                                   # w's parts, and dy's where the stage reads it (_fwd_part)
         nx0, nx1, nx2 = _ahead_parts(w, b, lo, N, hi, C, D, H, HP, BD, BN, GW, NP, FLAT)
@@ -417,12 +429,12 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
                 acc2 += ge[:, :, None] * xx2
         if STAGE == 3:
             ge = tl.load(ge_io + tok, mask=nh, other=0.0, cache_modifier=".cg")
-            grad = _grad_w(x0, g0, pi, 2.0 * Gs0, inv0, ge, 2.0 * invS0, 2.0 * dS0)
+            grad = _grad_w_anchored(x0, g0, pi, 2.0 * Gs0, inv0, ge, 2.0 * invS0, 2.0 * dS0, DW_ANCHOR)
             tl.store(dw + off0, grad.to(dw.dtype.element_ty), mask=m0)
             if NP == 3:
-                grad = _grad_w(x1, g1, pi, 2.0 * Gs1, inv1, ge, 2.0 * invS1, 2.0 * dS1)
+                grad = _grad_w_anchored(x1, g1, pi, 2.0 * Gs1, inv1, ge, 2.0 * invS1, 2.0 * dS1, DW_ANCHOR)
                 tl.store(dw + off1, grad.to(dw.dtype.element_ty), mask=m1)
-                grad = _grad_w(x2, g2, pi, 2.0 * Gs2, inv2, ge, 2.0 * invS2, 2.0 * dS2)
+                grad = _grad_w_anchored(x2, g2, pi, 2.0 * Gs2, inv2, ge, 2.0 * invS2, 2.0 * dS2, DW_ANCHOR)
                 tl.store(dw + off2, grad.to(dw.dtype.element_ty), mask=m2)
     if STAGE == 1:
         tl.atomic_add(G + so0, tl.sum(acc0, 0) * inv0 * inv0, mask=sm0)
@@ -441,11 +453,11 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
          TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr,
-         PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr):
+         PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr, ANCHOR: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL)
+              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL, ANCHOR)
 
 
 @triton.jit
@@ -521,7 +533,7 @@ def autotuned(configs=None, do_bench=None) -> dict:
 
     def tune(fn, reset=None, variant=None):
         key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL"] + ([variant] if variant else [])
-        return triton.autotune(configs=configs or _configs(), reset_to_zero=reset, do_bench=do_bench, key=key,
+        return triton.autotune(configs=configs or _configs(fn is _bwd), reset_to_zero=reset, do_bench=do_bench, key=key,
                                **disk)(fn)
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
             "out_slices": tune(_fwd, None, "PASS"),   # its own choices: another grid (OUT_SLICES)
@@ -529,6 +541,13 @@ def autotuned(configs=None, do_bench=None) -> dict:
 
 
 KERNELS = autotuned()
+
+
+def _flat_middle(D: int, BD: int) -> bool:
+    """Whether the middle passes load flat rows (FLAT_MIDDLE): where a head is walked in three parts. A head in one
+    part keeps its [tokens, heads, channels] loads: there flat rows moved no barrier out of the loop and cost SASS
+    (sm_90, Triton 3.6, D64: forward 2 at 2048 / 4 warps 168 -> 204 a trip, backward 2 192 -> 209)."""
+    return bool(FLAT_MIDDLE) and _parts(D, BD)[1] == 3
 
 
 def _pdl(device) -> bool:
@@ -609,7 +628,7 @@ def _forward(w, temp, H: int, plan: list):
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
         ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
         KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=bool(FLAT_MIDDLE), **FUSION,
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(D, BD), **FUSION,
                             **after)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
@@ -650,7 +669,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
                                  gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
-                                 PREFETCH=bool(PASS_PREFETCH), FLAT=bool(FLAT_MIDDLE) and stage == 2, PDL=pdl,
+                                 PREFETCH=bool(PASS_PREFETCH), FLAT=_flat_middle(D, BD) and stage == 2, PDL=pdl,
                                  **({"launch_pdl": True} if pdl and stage > 1 else {}),
                                  **FUSION)
     return dw, gtemp
