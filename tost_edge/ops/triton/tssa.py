@@ -64,13 +64,12 @@ PDL = False         # the passes after the first of each direction launch with p
                     # start-up and the last wave's tail, at 4 of the 6 boundaries of a forward+backward
 FLAT_MIDDLE = True  # the middle pass of each direction (forward 2, backward 2: the softmax over heads and sums over
                     # channels, no tile stored) of a head in three parts (D48, see _flat_middle) loads w as flat
-                    # [tokens, heads x channels] rows reshaped to a tile,
-                    # which puts a token's heads on one warp (a [tokens, heads, channels] load puts the heads on
-                    # different warps, and the softmax then crosses them through shared memory). sm_90, Triton 3.6,
-                    # three parts, at the tiles the H200 autotuned (2048 / 4096 at 4 warps): forward 2 140 -> 136
-                    # SASS and 8 -> 2 barriers a trip, backward 2 226 -> 213 and 5 -> 2 (the other passes store
-                    # tiles, which would then move between layouts: more of both). Chosen from the compiled code,
-                    # not yet timed
+                    # [tokens, heads x channels] rows reshaped to a tile, which puts a token's heads on one warp (a
+                    # [tokens, heads, channels] load puts the heads on different warps, and the softmax then crosses
+                    # them through shared memory). sm_90, Triton 3.6, at the tiles the H200 autotuned (2048 / 4096
+                    # at 4 warps): forward 2 140 -> 136 SASS and 8 -> 2 barriers a trip, backward 2 226 -> 213 and
+                    # 5 -> 2 (the other passes store tiles, which would then move between layouts: more of both).
+                    # Chosen from the compiled code, not yet timed
 PINGPONG = False    # the middle pass of each direction (the forward's Pi pass, the backward's stage 2) takes its
                     # slices from the sequence's end: programs start in launch order, batch elements before slices,
                     # so what a pass reads first is what the pass before read last, still in L2 (50 MB on an H100 /
@@ -144,10 +143,9 @@ def _slice(N, BN: tl.constexpr, REV: tl.constexpr):
 def _part(ptr, b, n0, N, lim, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
           BN: tl.constexpr, c0: tl.constexpr, W: tl.constexpr, FLAT: tl.constexpr, CUT: tl.constexpr = True):
     """Channels [c0, c0 + W) of each head of tokens [n0, n0 + BN) below lim <= N (CUT; else below N), as stored,
-    [BN, HP, BD]. FLAT:
-    loaded as flat [BN, HP * BD] rows and reshaped (tssa_tile._flat), which puts a token's heads on one warp's lanes
-    where a [BN, HP, BD] load spreads them over the warps, so the softmax over heads shuffles instead of passing
-    through shared memory (FLAT_MIDDLE)."""
+    [BN, HP, BD]. FLAT: loaded as flat [BN, HP * BD] rows and reshaped (tssa_tile._flat), which puts a token's heads
+    on one warp's lanes where a [BN, HP, BD] load spreads them over the warps, so the softmax over heads shuffles
+    instead of passing through shared memory (FLAT_MIDDLE)."""
     if FLAT:
         off, m = _rows(b, n0, N, C, D, H, HP, BD, BN, c0, W)
         if CUT:
