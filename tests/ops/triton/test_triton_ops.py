@@ -259,6 +259,14 @@ def test_persistent_tssa_on_gpu_matches_launch_per_pass(monkeypatch, lag):
     tssa_at_benchmark_shape(monkeypatch, "PERSISTENT", (False, True), 1e-2)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="the passes' layouts and autotuned tiles exist only in compiled kernels")
+@pytest.mark.parametrize("setting", ["PASS_PREFETCH", "OUT_SLICES", "FLAT_MIDDLE"])
+def test_tssa_pass_settings_on_gpu_match(monkeypatch, setting):
+    """Each way the passes can load their tiles or split their work gives the same output and gradients at the
+    benchmark shape, on 4,096 programs a pass under the tiles the autotuner picks there."""
+    tssa_at_benchmark_shape(monkeypatch, setting, (False, True), 5e-3)
+
+
 @pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs a GPU of compute capability 9.0 or later")
 @pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
