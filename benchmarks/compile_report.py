@@ -252,14 +252,14 @@ def main() -> None:
                 report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
                        y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
                                                   "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
-                                                  "FLAT": tt.FLAT_MIDDLE and pc["NP"] == 3 and p == 2,
+                                                  "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
                                                   "PDL": pdl}, a, nw)
             for st in (1, 2, 3):
                 report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
                        A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
                        {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
                         "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
-                        "FLAT": tt.FLAT_MIDDLE and pc["NP"] == 3 and st == 2, "PDL": pdl,
+                        "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": pdl,
                         "ANCHOR": tt._anchored(tile, nw)}, a, nw)
     pc = heads[0][1]
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,

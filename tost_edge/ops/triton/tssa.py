@@ -541,11 +541,11 @@ def autotuned(configs=None, do_bench=None) -> dict:
 KERNELS = autotuned()
 
 
-def _flat_middle(D: int, BD: int) -> bool:
-    """Whether the middle passes load flat rows (FLAT_MIDDLE): where a head is walked in three parts. A head in one
+def _flat_middle(NP: int) -> bool:
+    """Whether the middle passes load flat rows (FLAT_MIDDLE): where a head is walked in NP = 3 parts. A head in one
     part keeps its [tokens, heads, channels] loads: there flat rows moved no barrier out of the loop and cost SASS
     (sm_90, Triton 3.6, D64: forward 2 at 2048 / 4 warps 168 -> 204 a trip, backward 2 192 -> 209)."""
-    return bool(FLAT_MIDDLE) and _parts(D, BD)[1] == 3
+    return bool(FLAT_MIDDLE) and NP == 3
 
 
 def _pdl(device) -> bool:
@@ -621,12 +621,13 @@ def _forward(w, temp, H: int, plan: list):
     last_run["forward"] = "resident" if fit else "persistent" if persistent else "passes"
     pdl = _pdl(w.device)
     after = {"launch_pdl": True} if pdl else {}    # the passes after the first: launched while it finishes
+    parts = _parts(D, BD)
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
-        stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *_parts(D, BD))
+        stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *parts)
         ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
         KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(D, BD), **FUSION,
+        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(parts[1]), **FUSION,
                             **after)
         out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
@@ -660,14 +661,14 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
                               gws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
                               QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["backward"] = "resident" if fit else "persistent" if persistent else "passes"
-    pdl = _pdl(w.device)
+    pdl, parts = _pdl(w.device), _parts(D, BD)
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         for stage in (1, 2, 3):
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
-                                 gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *_parts(D, BD),
+                                 gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *parts,
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
-                                 PREFETCH=bool(PASS_PREFETCH), FLAT=_flat_middle(D, BD) and stage == 2, PDL=pdl,
+                                 PREFETCH=bool(PASS_PREFETCH), FLAT=_flat_middle(parts[1]) and stage == 2, PDL=pdl,
                                  **({"launch_pdl": True} if pdl and stage > 1 else {}),
                                  **FUSION)
     return dw, gtemp
