@@ -269,7 +269,7 @@ def test_tssa_pass_settings_on_gpu_match(monkeypatch, setting):
 
 @pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs a GPU of compute capability 9.0 or later")
-@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
+@pytest.mark.parametrize("prefetch", [False, True], ids=["loads-in-place", "prefetch"])
 def test_tssa_passes_launched_early_on_gpu_match(monkeypatch, prefetch):
     """The passes launched with PDL, each starting while the one before finishes and waiting for it before reading
     its statistics, against plain launches at the benchmark shape."""

@@ -622,10 +622,10 @@ def _forward(w, temp, H: int, plan: list):
     pdl = _pdl(w.device)
     after = {"launch_pdl": True} if pdl else {}    # the passes after the first: launched while it finishes
     parts = _parts(D, BD)
+    ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
         stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *parts)
-        ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
         KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
         KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(parts[1]), **FUSION,
                             **after)
