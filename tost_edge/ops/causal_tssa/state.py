@@ -62,7 +62,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         fail("pos0", "positions >= 0", pos.tolist())
     if denom_bias is not None:
         if denom_bias.dim() == 3 and denom_bias.shape[2] == 1:
-            denom_bias = denom_bias[..., 0]
+            denom_bias = denom_bias.squeeze(2)     # a view both ways (see check_temp)
         if denom_bias.dim() != 2 or denom_bias.shape[0] != H:
             fail("denom_bias", f"shape ({H}, Tmax) or ({H}, Tmax, 1)", f"shape {tuple(denom_bias.shape)}")
         tmax = denom_bias.shape[1]

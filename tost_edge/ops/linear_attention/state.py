@@ -14,6 +14,14 @@ class LinearAttentionState(NamedTuple):
     kv: torch.Tensor
     k_sum: torch.Tensor
 
+    @staticmethod
+    def zeros(batch: int, num_heads: int, head_dim: int, value_dim: int, device=None,
+              dtype=torch.float32) -> "LinearAttentionState":
+        n = batch * num_heads * head_dim
+        kv, k_sum = torch.zeros(n * value_dim + n, device=device, dtype=dtype).split([n * value_dim, n])  # one fill
+        return LinearAttentionState(kv.view(batch, num_heads, head_dim, value_dim), k_sum.view(batch, num_heads,
+                                                                                                  head_dim))
+
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
     """phi(x) = elu(x) + 1 (Katharopoulos et al. 2020): positive, so the normaliser never vanishes."""
@@ -32,7 +40,7 @@ def prepare(q, k, v, state: Optional[LinearAttentionState]):
     M = v.shape[3]
     sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     if state is None:
-        state = LinearAttentionState(q.new_zeros(B, H, D, M, dtype=sdt), q.new_zeros(B, H, D, dtype=sdt))
+        state = LinearAttentionState.zeros(B, H, D, M, device=q.device, dtype=sdt)
     else:
         state = LinearAttentionState(*state)
         for name, t, shape in (("state.kv", state.kv, (B, H, D, M)), ("state.k_sum", state.k_sum, (B, H, D))):

@@ -756,11 +756,17 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     tmax = bias.shape[1]
     dev = w.device
     gy = torch.zeros_like(w) if gy is None else gy.contiguous()
-    # one zeroed workspace: d temp and d denom_bias (accumulated with atomics) and the absent state gradients
+    groups = _groups(B, l2_group)
+    # one zeroed workspace, one fill: the fused kernels' counters (first, in whole 16 bytes, so that what follows is
+    # aligned as a fresh allocation would be), d temp and d denom_bias (accumulated with atomics) and the absent
+    # state gradients
+    counters = [1 + 2 * nb * NT if fused and not chunked else 0 for nb, _ in groups]
+    lead = -(-sum(counters) // 4) * 4
     n, m = B * H * D, B * H
-    ws = torch.zeros(H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
-    gtemp, gbias = ws[:H], ws[H:H + bias.numel()].view(bias.shape)
-    zS, zA, zP = ws[H + bias.numel():].split([n, n, m])
+    ws = torch.zeros(lead + H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
+    syncs = ws[:sum(counters)].view(torch.int32).split(counters)
+    gtemp, gbias = ws[lead:lead + H], ws[lead + H:lead + H + bias.numel()].view(bias.shape)
+    zS, zA, zP = ws[lead + H + bias.numel():].split([n, n, m])
     gS_T = zS.view(B, H, D) if gS_T is None else gS_T.float().contiguous()
     gA_T = zA.view(B, H, D) if gA_T is None else gA_T.float().contiguous()
     gP_T = zP.view(B, H) if gP_T is None else gP_T.float().contiguous()
@@ -778,9 +784,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     ge = alloc(B, T, H, like=w, dtype=torch.float32)
     gpi = alloc(B, T, H, like=w, dtype=torch.float32) if split else ge     # d Pi's parts (SPLIT_PI)
     dw = alloc(B, T, C, like=w)
-    for nb, g in _groups(B, l2_group):
+    for (nb, g), sync in zip(groups, syncs):
         if fused:
-            sync = torch.zeros(1 + 2 * nb * NT, device=dev, dtype=torch.int32)
             part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
             part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos), g(gS_T),
@@ -808,6 +813,7 @@ class CausalTSSAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan):
+        ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
         y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan)
         ctx.save_for_backward(w, temp, bias, pos, *saved)
         ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
@@ -857,6 +863,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(w, temp, bias, pos, *output[4:])
     ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
     ctx.mark_non_differentiable(*output[4:])
+    ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, gy, gS_T, gA_T, gP_T, *_):

@@ -335,10 +335,13 @@ def _prec(dtype: torch.dtype) -> str:
 
 
 def _grads_in(dy, gS_T, gz_T, v, S0, z0):
-    """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32."""
+    """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32 (the absent
+    state gradients: views of one zero-filled buffer, one fill)."""
+    absent = [t.numel() if g is None else 0 for g, t in ((gS_T, S0), (gz_T, z0))]
+    zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if sum(absent) else (None, None)
     return (torch.zeros_like(v) if dy is None else dy.contiguous(),
-            torch.zeros_like(S0) if gS_T is None else gS_T.float().contiguous(),
-            torch.zeros_like(z0) if gz_T is None else gz_T.float().contiguous())
+            zS.view(S0.shape) if gS_T is None else gS_T.float().contiguous(),
+            zz.view(z0.shape) if gz_T is None else gz_T.float().contiguous())
 
 
 class ChunkLinearAttention(torch.autograd.Function):
@@ -346,6 +349,7 @@ class ChunkLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, S0, z0, eps, plan):
+        ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
         y, S_T, z_T, den = _forward(q, k, v, S0, z0, eps, plan)
         ctx.save_for_backward(q, k, v, S0, z0, y, den)
         ctx.eps, ctx.plan = eps, plan
@@ -388,6 +392,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, S0, z0, y, den)
     ctx.eps, ctx.plan = eps, plan
     ctx.mark_non_differentiable(den)
+    ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, dy, gS_T, gz_T, _gden):

@@ -16,7 +16,7 @@ NORM_EPS = 1e-12  # F.normalize's eps over the token axis
 def check_temp(temp: torch.Tensor, num_heads: int) -> torch.Tensor:
     """temp: [H] or the official [H, 1] -> [H]."""
     if temp.dim() == 2 and temp.shape[1] == 1:
-        temp = temp[:, 0]
+        temp = temp.squeeze(1)   # a view both ways: indexing's backward would zero-fill and copy (two kernels)
     if temp.dim() != 1 or temp.shape[0] != num_heads:
         fail("temp", f"shape ({num_heads},) or ({num_heads}, 1)", f"shape {tuple(temp.shape)}")
     check_float("temp", temp)
