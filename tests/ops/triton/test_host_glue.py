@@ -73,14 +73,22 @@ def linear_call():
     return [q, k, v], lambda: causal_linear_attention(q, k, v, backend="triton")[0]
 
 
+def linear_views_call():
+    qkv = leaf(2, 9, 3, 4, 16)                       # one projection, as a language model's c_attn gives q, k, v
+    q, k, v = qkv.unbind(2)
+    return [qkv], lambda: causal_linear_attention(q, k, v, backend="triton")[0]
+
+
 # forward, then backward: one zero-filled workspace each way (TSSA's statistics, their gradients); causal TSSA's
 # positions, zero initial state and look-back counters forward, one workspace backward; linear attention's zero
-# initial state forward and the unused final state's zero gradient backward
+# initial state forward and the unused final state's zero gradient backward; q, k, v unbound from one projection
+# are read where they lie (no copies), and autograd stacks their gradients back into the projection's
 @pytest.mark.parametrize("call,forward,backward", [
     (tssa_call, {"zeros": 1}, {"zeros": 1}),
     (causal_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
     (linear_call, {"zeros": 1}, {"new_zeros": 1}),
-], ids=["tssa", "causal_tssa", "causal_linear_attention"])
+    (linear_views_call, {"zeros": 1}, {"new_zeros": 1, "stack": 1}),
+], ids=["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention-qkv-views"])
 def test_torch_kernels_a_call_launches_besides_its_own(call, forward, backward, no_launches):
     """A training step launches these per layer: each costs host time and a launch on the GPU (the select that
     took an [H, 1] parameter to [H] cost a zero fill and a copy in the backward, and every unused output's gradient

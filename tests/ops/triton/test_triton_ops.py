@@ -216,6 +216,34 @@ def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state
         assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["qkv-views", "k-alone-strided", "v-alone-strided", "one-token", "wider-v"])
+def test_causal_linear_attention_reads_inputs_where_they_lie(layout, linear_split):
+    """q, k, v as views of one [B, T, 3, H, D] projection (a language model's c_attn) are read where they lie, their
+    tokens 3 * H * D elements apart; layouts the kernels cannot address (q and k apart, or a channel stride) are
+    copied first. Output, final state and gradients against the fp64 reference."""
+    B, T, H, D = 2, 1 if layout == "one-token" else 37, 3, 16
+    M = 32 if layout == "wider-v" else D
+    qkv = leaf(B, T, 3, H, max(D, M))
+    q, k, v = qkv[..., :D].unbind(2) if layout != "wider-v" else (qkv[:, :, 0, :, :D], qkv[:, :, 1, :, :D],
+                                                                     qkv[:, :, 2])
+    if layout == "k-alone-strided":
+        q = q.contiguous()
+    if layout == "v-alone-strided":
+        v = leaf(B, T, H, 2 * M)[..., ::2]                                  # channels 2 apart: copied
+    y, s = causal_linear_attention(q, k, v, backend="triton")
+    yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double())
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    inputs = [qkv] + ([v] if layout == "v-alone-strided" else [])
+    if layout == "k-alone-strided":
+        inputs = [qkv, q]
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for i, (a, b) in enumerate(zip(g, gr)):
+        assert_close(f"d input {i}", b, a, 1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_on_gpu(dtype, causal_launch):

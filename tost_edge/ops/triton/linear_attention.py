@@ -15,6 +15,11 @@ The feature map phi = elu + 1 and the normaliser are fused: q, k, v are read raw
 normaliser den [B, T, H] (fp32, 1/D of the activations) is kept for the backward pass, which recomputes phi and
 rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly.
 
+q, k and v are read where they lie wherever each token's [H, D] is contiguous and the sequences are evenly spaced:
+the views a language model unbinds from one [B, T, 3, H, D] projection cost no copy (their tokens lie 3 * H * D
+elements apart; the strides are compile-time constants, so contiguous inputs compile to the same code as before).
+Other layouts are copied first.
+
 PARALLEL runs linear_attention_chunks.py instead: walks that carry only the state, then a program per chunk.
 """
 from __future__ import annotations
@@ -32,12 +37,17 @@ from .utils import (alloc, batch_runs, check_available, check_dtype, join_runs, 
 
 
 @triton.jit
-def _rows(ptr, b, h, t, T, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, c0=0):
-    """A [BT, BK] tile of a [B, T, H, K] tensor from column c0, zero outside; returns it (fp32), its offsets and
-    mask."""
+def _at(b, h, t, T, R, K: tl.constexpr, BK: tl.constexpr, c0=0):
+    """Offsets and mask of a [BT, BK] tile from column c0 of a [B, T, H, K] tensor whose tokens lie R elements apart
+    (H * K where contiguous; more for q, k, v taken from one [B, T, 3, H, K] projection without a copy)."""
     kk = c0 + tl.arange(0, BK)
-    off = ((b * T + t[:, None]) * H + h) * K + kk[None, :]
-    m = (t[:, None] < T) & (kk[None, :] < K)
+    return (b * T + t[:, None]) * R + h * K + kk[None, :], (t[:, None] < T) & (kk[None, :] < K)
+
+
+@triton.jit
+def _rows(ptr, b, h, t, T, R, K: tl.constexpr, BK: tl.constexpr, c0=0):
+    """The tile of _at(...) (fp32, zero outside), its offsets and mask."""
+    off, m = _at(b, h, t, T, R, K, BK, c0)
     return tl.load(ptr + off, mask=m, other=0.0).to(tl.float32), off, m
 
 
@@ -58,15 +68,14 @@ def _state_at(bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.con
 
 
 @triton.jit
-def _load_state(S_ptr, z_ptr, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0=0,
-                v0=0):
+def _load_state(S_ptr, z_ptr, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0=0, v0=0):
     so, sm, zo, zm = _state_at(bh, K, V, BK, BV, k0, v0)
     return tl.load(S_ptr + so, mask=sm, other=0.0), tl.load(z_ptr + zo, mask=zm, other=0.0)
 
 
 @triton.jit
-def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 k0=0, v0=0, with_z=True):
+def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0=0,
+                 v0=0, with_z=True):
     so, sm, zo, zm = _state_at(bh, K, V, BK, BV, k0, v0)
     tl.store(S_ptr + so, S, mask=sm)
     if with_z:
@@ -74,8 +83,9 @@ def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: t
 
 
 @triton.jit
-def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-         BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
+         K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+         SPLIT: tl.constexpr):
     # SPLIT: program (bh, j) takes the BV value columns from j * BV (every program computes the normaliser; the
     # first stores it)
     bh = tl.program_id(0)
@@ -89,22 +99,24 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H: tl.constexpr, K: tl.const
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, 0, v0)                     # [BK, BV], [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        fk_d, v_d, fk = _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H, K, V, BK, BV, PREC, v0, first)
+        fk_d, v_d, fk = _out_chunk(q, k, v, y, den, S, z, b, h, t, T, RQK, RV, eps, H, K, V, BK, BV, PREC, v0,
+                                   first)
         S += tl.dot(tl.trans(fk_d), v_d, input_precision=PREC)
         z += tl.sum(fk, 0)
     _store_state(S_T, z_T, S, z, bh, K, V, BK, BV, 0, v0, first)
 
 
 @triton.jit
-def _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, v0, first):
+def _out_chunk(q, k, v, y, den, S, z, b, h, t, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
+               K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, v0, first):
     """y of the chunk of tokens t (the BV value columns from v0) from the state S, z at its start, and its
     normaliser (stored where `first`). Returns phi(k) in the input dtype, v, and phi(k) in fp32 for the state."""
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
-    qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
-    kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
-    vc, vo, vm = _rows(v, b, h, t, T, H, V, BV, v0)
+    qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK)
+    kr, _, _ = _rows(k, b, h, t, T, RQK, K, BK)
+    vc, _, vm = _rows(v, b, h, t, T, RV, V, BV, v0)
+    yo, _ = _at(b, h, t, T, H * V, V, BV, v0)
     fq, _ = _phi(qr, qm)
     fk, _ = _phi(kr, qm)
     fq_d, fk_d, v_d = fq.to(dt), fk.to(dt), vc.to(dt)
@@ -112,7 +124,7 @@ def _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H: tl.constexpr, K: tl.co
     A = tl.where(t[:, None] >= t[None, :], A, 0.0)
     o = tl.dot(A.to(wt), vc.to(wt), input_precision=PREC) + tl.dot(fq.to(wt), S.to(wt), input_precision=PREC)
     dn = tl.sum(A, 1) + tl.sum(fq * z[None, :], 1)                       # [BT]
-    tl.store(y + vo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
+    tl.store(y + yo, (o / (dn + eps)[:, None]).to(dt), mask=vm)
     if first:
         tl.store(den + (b * T + t) * H + h, dn, mask=t < T)
     return fk_d, v_d, fk
@@ -121,7 +133,7 @@ def _out_chunk(q, k, v, y, den, S, z, b, h, t, T, eps, H: tl.constexpr, K: tl.co
 @triton.jit
 def _grad_o(dy, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, v0):
     """do = dy / (den + eps) for the BV value columns from v0 [BT, BV], zero outside."""
-    g, _, _ = _rows(dy, b, h, t, T, H, V, BV, v0)
+    g, _, _ = _rows(dy, b, h, t, T, H * V, V, BV, v0)
     r = 1.0 / (tl.load(den + (b * T + t) * H + h, mask=t < T, other=0.0) + eps)    # one division per token
     return g * r[:, None]
 
@@ -130,25 +142,29 @@ def _grad_o(dy, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.c
 def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
     """do = dy / (den + eps) [BT, BV] and d den = -sum(dy * y) / (den + eps) = -sum(do * y) [BT], zero outside."""
     do = _grad_o(dy, den, b, h, t, T, eps, H, V, BV, 0)
-    yv, _, _ = _rows(y, b, h, t, T, H, V, BV)
+    yv, _, _ = _rows(y, b, h, t, T, H * V, V, BV)
     return do, -tl.sum(do * yv, 1)
 
 
 @triton.jit
-def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               BK: tl.constexpr, BV: tl.constexpr, k0):
-    """What every backward kernel reads of a chunk: q and k's BK columns from k0 (raw, fp32), their offsets and mask
-    (the same for q and k), v's columns, do and d den (all V columns)."""
-    qr, qo, qm = _rows(q, b, h, t, T, H, K, BK, k0)
-    kr, _, _ = _rows(k, b, h, t, T, H, K, BK, k0)
-    vc, vo, vm = _rows(v, b, h, t, T, H, V, BV)
+def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
+               K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0):
+    """What every backward kernel reads of a chunk: q and k's BK columns from k0 (raw, fp32), the offsets and mask of
+    those columns in the (contiguous) d q and d k, v's columns and their offsets and mask in d v, do and d den (all V
+    columns)."""
+    qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK, k0)
+    kr, _, _ = _rows(k, b, h, t, T, RQK, K, BK, k0)
+    vc, _, vm = _rows(v, b, h, t, T, RV, V, BV)
+    qo, _ = _at(b, h, t, T, H * K, K, BK, k0)
+    vo, _ = _at(b, h, t, T, H * V, V, BV)
     do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
     return qr, kr, qo, qm, vc, vo, vm, do, dd
 
 
 @triton.jit
-def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
+            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+            SPLIT: tl.constexpr):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
     # SPLIT: program (bh, j) takes the BK key columns from j * BK
     bh = tl.program_id(0)
@@ -162,7 +178,8 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, k0, 0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        qr, kr, qo, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, k0)
+        qr, kr, qo, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+                                                      BV, k0)
         _, dphi = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
         fk_d, v_d, do_d = fk.to(wt), vc.to(wt), do.to(wt)
@@ -177,8 +194,9 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, eps, H: tl.constexpr, K: tl.cons
 
 
 @triton.jit
-def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.constexpr, K: tl.constexpr,
-             V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, eps,
+             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+             PREC: tl.constexpr):
     # walking chunks backwards, dS / dz hold the gradient flowing into the state after the current chunk
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
@@ -188,7 +206,8 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, kr, ko, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, 0)
+        qr, kr, ko, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+                                                        BV, 0)
         fq, _ = _phi(qr, qm)
         fk, dphi = _phi(kr, qm)
         fq_d, fk_d, v_d, do_d = fq.to(wt), fk.to(wt), vc.to(wt), do.to(wt)
@@ -207,8 +226,8 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H: tl.co
 
 
 @triton.jit
-def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H: tl.constexpr, K: tl.constexpr,
-            V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
+            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     # _bwd_dkv's key half for the BK key columns from program_id(1) * BK (SPLIT > 1); also the initial state's
     # gradient rows of those columns
     bh, k0 = tl.program_id(0), tl.program_id(1) * BK
@@ -219,7 +238,8 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H: tl.constex
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, kr, ko, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, k0)
+        qr, kr, ko, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+                                                      BV, k0)
         fq, _ = _phi(qr, qm)
         _, dphi = _phi(kr, qm)
         fq_d, do_d = fq.to(wt), do.to(wt)
@@ -234,8 +254,8 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H: tl.constex
 
 
 @triton.jit
-def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-            BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     # _bwd_dkv's value half for the BV value columns from program_id(1) * BV (SPLIT > 1)
     bh, v0 = tl.program_id(0), tl.program_id(1) * BV
     b, h = bh // H, bh % H
@@ -246,11 +266,10 @@ def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, eps, H: tl.constexpr, K: tl.constexpr
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
-        kr, _, _ = _rows(k, b, h, t, T, H, K, BK)
+        qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK)
+        kr, _, _ = _rows(k, b, h, t, T, RQK, K, BK)
         do = _grad_o(dy, den, b, h, t, T, eps, H, V, BV, v0)
-        vv = v0 + tl.arange(0, BV)
-        vo, vm = ((b * T + t[:, None]) * H + h) * V + vv[None, :], (t[:, None] < T) & (vv[None, :] < V)
+        vo, vm = _at(b, h, t, T, H * V, V, BV, v0)
         fq, _ = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
         fq_d, do_d = fq.to(wt), do.to(wt)
@@ -284,6 +303,28 @@ def _plan(K: int, V: int) -> list:
     return [BK, BV, BT, WARPS, nk, nv, int(PARALLEL), split]
 
 
+def _row_stride(x: Tensor) -> int | None:
+    """Elements between consecutive tokens of x [B, T, H, D] where the kernels can address it as it lies (each
+    token's [H, D] contiguous, the batch's sequences T tokens apart: e.g. q, k, v unbound from one [B, T, 3, H, D]
+    projection), else None."""
+    B, T, H, D = x.shape
+    R = x.stride(1) if T > 1 else x.stride(0) if B > 1 else H * D
+    return R if all(n == 1 or s == want for n, s, want in zip(x.shape, x.stride(), (T * R, R, D, 1))) else None
+
+
+def _token_strides(q, k, v):
+    """(q, k, v, RQK, RV): the inputs as the kernels read them, copied only where their layout needs it (q and k
+    share one token stride), and the elements between their tokens."""
+    rqk, rv = _row_stride(q), _row_stride(v)
+    if rqk is None or _row_stride(k) != rqk:
+        q, k = q.contiguous(), k.contiguous()
+        rqk = q.shape[2] * q.shape[3]
+    if rv is None:
+        v = v.contiguous()
+        rv = v.shape[2] * v.shape[3]
+    return q, k, v, rqk, rv
+
+
 @on_input_device
 def _forward(q, k, v, S0, z0, eps: float, plan: list):
     """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
@@ -291,15 +332,16 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, BT, warps, nk, nv, parallel, _ = plan
+    q, k, v, RQK, RV = _token_strides(q, k, v)
     y = alloc(B, T, H, V, like=v)
     den = alloc(B, T, H, like=v, dtype=torch.float32)
     S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     if parallel:
         from . import linear_attention_chunks as chunks
-        chunks.forward(q, k, v, S0, z0, y, den, S_T, z_T, eps, BK, BV, BT, warps, _prec(q.dtype))
+        chunks.forward(q, k, v, S0, z0, y, den, S_T, z_T, RQK, RV, eps, BK, BV, BT, warps, _prec(q.dtype))
         return y, S_T, z_T, den
-    _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype), nv > 1,
-                      **launch_options(warps))
+    _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, RQK, RV, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype),
+                      nv > 1, **launch_options(warps))
     return y, S_T, z_T, den
 
 
@@ -310,22 +352,23 @@ def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     V = v.shape[-1]
     BK, BV, BT, warps, nk, nv, parallel, split = plan
     prec = _prec(q.dtype)
+    q, k, v, RQK, RV = _token_strides(q, k, v)
     dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
     dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     if parallel:
         from . import linear_attention_chunks as chunks
-        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps, BK, BV, BT, warps, prec,
-                        None if split < 0 else bool(split))
+        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK, RV, eps, BK, BV, BT,
+                        warps, prec, None if split < 0 else bool(split))
         return dq, dk, dv, dS0, dz0
-    _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
+    _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, RQK, RV, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
                          **launch_options(warps))
     if nk == 1 and nv == 1:
-        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, eps, H, K, V, BK, BV, BT,
+        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK, RV, eps, H, K, V, BK, BV, BT,
                            prec, **launch_options(warps))
     else:
-        _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, eps, H, K, V, BK // nk, BV, BT,
+        _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK, RV, eps, H, K, V, BK // nk, BV, BT,
                              prec, **launch_options(warps))
-        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, eps, H, K, V, BK, BV // nv, BT, prec,
+        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, RQK, RV, eps, H, K, V, BK, BV // nv, BT, prec,
                              **launch_options(warps))
     return dq, dk, dv, dS0, dz0
 
@@ -415,7 +458,8 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     if T == 0:
         return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
     plan = _plan(D, M)
-    per_element, name = T * H * max(D, M), "q, k, v"
+    rows = max(_row_stride(x) or 0 for x in (q, k, v))     # q, k, v are read where they lie where they can be
+    per_element, name = T * max(H * max(D, M), rows), "q, k, v"
     if plan[6] and H * triton.cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
         per_element, name = H * triton.cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
     runs = batch_runs(B, per_element, name)
@@ -423,7 +467,7 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
         return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),
                                                          eps) for r in runs])
     dt = q.dtype
-    args = (q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), state.kv.float().contiguous(),
+    args = (q, k.to(dt), v.to(dt), state.kv.float().contiguous(),
             state.k_sum.float().contiguous(), float(eps), plan)
     if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
         y, S_T, z_T, _ = _forward_op(*args)

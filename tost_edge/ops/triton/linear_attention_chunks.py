@@ -22,8 +22,9 @@ from .utils import SPILL, alloc, interpreting, launch_options, spilled
 
 
 @triton.jit
-def _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, bh, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                 BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, FINAL: tl.constexpr):
+def _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, bh, T, RQK: tl.constexpr, RV: tl.constexpr, NT, H: tl.constexpr,
+                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+                 PREC: tl.constexpr, FINAL: tl.constexpr):
     """Stores the state at the start of each chunk of (sequence, head) bh (Sc: [B, H, NT, K, V], zc: [B, H, NT, K])
     and, where FINAL, at the end."""
     b, h = bh // H, bh % H
@@ -32,8 +33,8 @@ def _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, bh, T, NT, H: tl.constexpr, K: 
     for c in range(0, NT):
         _store_state(Sc, zc, S, z, bh * NT + c, K, V, BK, BV)
         t = c * BT + tl.arange(0, BT)
-        kr, _, km = _rows(k, b, h, t, T, H, K, BK)
-        vc, _, _ = _rows(v, b, h, t, T, H, V, BV)
+        kr, _, km = _rows(k, b, h, t, T, RQK, K, BK)
+        vc, _, _ = _rows(v, b, h, t, T, RV, V, BV)
         fk, _ = _phi(kr, km)
         S += tl.dot(tl.trans(fk.to(dt)), vc.to(dt), input_precision=PREC)
         z += tl.sum(fk, 0)
@@ -42,7 +43,7 @@ def _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, bh, T, NT, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, eps, NT, H: tl.constexpr,
+def _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, RQK: tl.constexpr, eps, NT, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
                       PREC: tl.constexpr):
     """Walking the chunks backwards, stores the gradient flowing into the state after each chunk (dSc, dzc) and
@@ -55,7 +56,7 @@ def _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, eps,
         c = NT - 1 - i
         _store_state(dSc, dzc, dS, dz, bh * NT + c, K, V, BK, BV)
         t = c * BT + tl.arange(0, BT)
-        qr, _, qm = _rows(q, b, h, t, T, H, K, BK)
+        qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK)
         do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
         fq, _ = _phi(qr, qm)
         dS += tl.dot(tl.trans(fq.to(wt)), do.to(wt), input_precision=PREC)
@@ -64,36 +65,38 @@ def _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, eps,
 
 
 @triton.jit
-def _f_states(k, v, S0, z0, Sc, zc, S_T, z_T, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-              BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, tl.program_id(0), T, NT, H, K, V, BK, BV, BT, PREC, True)
-
-
-@triton.jit
-def _f_chunks(q, k, v, Sc, zc, y, den, T, eps, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-              BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
-    bh, c = tl.program_id(0), tl.program_id(1)
-    S, z = _load_state(Sc, zc, bh * NT + c, K, V, BK, BV)
-    _out_chunk(q, k, v, y, den, S, z, bh // H, bh % H, c * BT + tl.arange(0, BT), T, eps, H, K, V, BK, BV, PREC, 0,
-               True)
-
-
-@triton.jit
-def _b_states(q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, eps, NT, H: tl.constexpr,
+def _f_states(k, v, S0, z0, Sc, zc, S_T, z_T, T, RQK: tl.constexpr, RV: tl.constexpr, NT, H: tl.constexpr,
               K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
               PREC: tl.constexpr):
+    _walk_states(k, v, S0, z0, Sc, zc, S_T, z_T, tl.program_id(0), T, RQK, RV, NT, H, K, V, BK, BV, BT, PREC, True)
+
+
+@triton.jit
+def _f_chunks(q, k, v, Sc, zc, y, den, T, RQK: tl.constexpr, RV: tl.constexpr, eps, NT, H: tl.constexpr,
+              K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+              PREC: tl.constexpr):
+    bh, c = tl.program_id(0), tl.program_id(1)
+    S, z = _load_state(Sc, zc, bh * NT + c, K, V, BK, BV)
+    _out_chunk(q, k, v, y, den, S, z, bh // H, bh % H, c * BT + tl.arange(0, BT), T, RQK, RV, eps, H, K, V, BK, BV,
+               PREC, 0, True)
+
+
+@triton.jit
+def _b_states(q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, RQK: tl.constexpr,
+              RV: tl.constexpr, eps, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+              BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     # program (bh, 0) recomputes the forward's states, (bh, 1) walks the gradients back: independent walks, one launch
     bh = tl.program_id(0)
     if tl.program_id(1) == 0:
-        _walk_states(k, v, S0, z0, Sc, zc, S0, z0, bh, T, NT, H, K, V, BK, BV, BT, PREC, False)
+        _walk_states(k, v, S0, z0, Sc, zc, S0, z0, bh, T, RQK, RV, NT, H, K, V, BK, BV, BT, PREC, False)
     else:
-        _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, eps, NT, H, K, V, BK, BV, BT, PREC)
+        _walk_grad_states(q, dy, y, den, gS_T, gz_T, dSc, dzc, dS0, dz0, bh, T, RQK, eps, NT, H, K, V, BK, BV, BT, PREC)
 
 
 @triton.jit
-def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H: tl.constexpr, K: tl.constexpr,
-              V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
-              PART: tl.constexpr = 0):
+def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK: tl.constexpr, RV: tl.constexpr, eps, NT,
+              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+              PREC: tl.constexpr, PART: tl.constexpr = 0):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_c do_i + dden_i z_c
     # d phi(k)_j = sum_{i>=j} (do_i . v_j + dden_i) phi(q)_i + dS_c v_j + dz_c
     # dv_j = sum_{i>=j} A_ij do_i + phi(k)_j dS_c      (S_c, z_c: the state at the chunk's start; dS_c, dz_c: the
@@ -103,7 +106,8 @@ def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H: 
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see linear_attention's docstring
     t = c * BT + tl.arange(0, BT)
-    qr, kr, qo, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, eps, H, K, V, BK, BV, 0)
+    qr, kr, qo, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK, BV,
+                                                    0)
     fq, dphi_q = _phi(qr, qm)
     fk, dphi_k = _phi(kr, qm)
     fq_d, fk_d, v_d, do_d = fq.to(wt), fk.to(wt), vc.to(wt), do.to(wt)
@@ -131,27 +135,31 @@ def _states(B: int, H: int, T: int, K: int, V: int, BT: int, like: torch.Tensor)
                                                                             dtype=torch.float32)
 
 
-def forward(q, k, v, S0, z0, y, den, S_T, z_T, eps: float, BK: int, BV: int, BT: int, warps: int, prec: str):
-    """Fills y, den, S_T, z_T (see linear_attention._forward): a walk for the chunks' states, then the chunks."""
+def forward(q, k, v, S0, z0, y, den, S_T, z_T, RQK: int, RV: int, eps: float, BK: int, BV: int, BT: int, warps: int,
+            prec: str):
+    """Fills y, den, S_T, z_T (see linear_attention._forward): a walk for the chunks' states, then the chunks. RQK,
+    RV: elements between the tokens of q and k, of v (linear_attention._token_strides)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT, Sc, zc = _states(B, H, T, K, V, BT, q)
-    _f_states[(B * H,)](k, v, S0, z0, Sc, zc, S_T, z_T, T, NT, H, K, V, BK, BV, BT, prec, **launch_options(warps))
-    _f_chunks[(B * H, NT)](q, k, v, Sc, zc, y, den, T, eps, NT, H, K, V, BK, BV, BT, prec, **launch_options(warps))
+    _f_states[(B * H,)](k, v, S0, z0, Sc, zc, S_T, z_T, T, RQK, RV, NT, H, K, V, BK, BV, BT, prec,
+                        **launch_options(warps))
+    _f_chunks[(B * H, NT)](q, k, v, Sc, zc, y, den, T, RQK, RV, eps, NT, H, K, V, BK, BV, BT, prec,
+                           **launch_options(warps))
 
 
-def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, eps: float, BK: int, BV: int, BT: int,
-             warps: int, prec: str, split: bool | None = None):
+def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK: int, RV: int, eps: float, BK: int,
+             BV: int, BT: int, warps: int, prec: str, split: bool | None = None):
     """Fills dq, dk, dv, dS0, dz0 (see linear_attention._backward): both state walks in one launch, then the chunks,
     d q apart from d k and d v where `split` (None: where that spills less than one kernel doing all three, _split)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT, Sc, zc = _states(B, H, T, K, V, BT, q)
     _, dSc, dzc = _states(B, H, T, K, V, BT, q)
-    _b_states[(B * H, 2)](q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, eps, NT, H, K, V,
-                          BK, BV, BT, prec, **launch_options(warps))
+    _b_states[(B * H, 2)](q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, RQK, RV, eps, NT, H,
+                          K, V, BK, BV, BT, prec, **launch_options(warps))
     grid = (B * H, NT)
-    args = (q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, eps, NT, H, K, V, BK, BV, BT, prec)
+    args = (q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK, RV, eps, NT, H, K, V, BK, BV, BT, prec)
     for part in ((1, 2) if _split(split, grid, args, warps) else (0,)):
         _b_chunks[grid](*args, part, **launch_options(warps))
 
