@@ -150,3 +150,21 @@ def test_causal_linear_attention_gradients_through_some_outputs(used):
     yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double(),
                                            LinearAttentionState(*[x.double() for x in s0]))
     check_some_outputs([y, *s], [yr, *sr], [q, k, v, *s0], used)
+
+
+@pytest.mark.parametrize("call", [tssa_call, causal_call, linear_call], ids=["tssa", "causal_tssa",
+                                                                             "causal_linear_attention"])
+def test_a_second_derivative_is_refused_clearly(call):
+    """The kernels' gradients are constants to autograd: under create_graph=True they keep their values and stay
+    tied to the inputs, and differentiating them again (a gradient penalty) is an error naming the op, never a
+    silent zero for its share."""
+    inputs, run = call()
+    y = run()
+    gy = torch.rand_like(y)
+    plain = torch.autograd.grad(y, inputs, gy, retain_graph=True)
+    first = torch.autograd.grad(y, inputs, gy, create_graph=True)
+    for a, b in zip(first, plain):
+        assert_close("gradient", b.double(), a.detach(), 1e-6)   # (a GPU's atomic sums may differ in the last bits)
+        assert a.requires_grad
+    with pytest.raises(RuntimeError, match="backend='triton' has no second derivative"):
+        torch.autograd.grad(sum(g.square().sum() for g in first), inputs)

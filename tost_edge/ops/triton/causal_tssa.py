@@ -33,7 +33,7 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
 from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, fast_fp64,
-                    join_runs, launch_options, next_pow2, on_input_device, unspilled)
+                    first_order, join_runs, launch_options, next_pow2, on_input_device, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -824,7 +824,9 @@ class CausalTSSAFunction(torch.autograd.Function):
         w, temp, bias, pos, pi, S_start, AP_start = ctx.saved_tensors
         dw, gtemp, gbias, gS0, gA0, gP0 = _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start,
                                                     ctx.H, ctx.bounded, ctx.plan)
-        return dw, gtemp, gbias if ctx.bounded else None, None, gS0, gA0, gP0, None, None, None
+        grads = first_order("causal_tssa", (dw, gtemp, gbias if ctx.bounded else None, gS0, gA0, gP0),
+                            (w, temp, bias))
+        return *grads[:3], None, *grads[3:], None, None, None
 
 
 @torch.library.custom_op("tost_edge::causal_tssa_triton_forward", mutates_args=())

@@ -32,7 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import (alloc, batch_runs, check_available, check_dtype, join_runs, launch_options, next_pow2,
+from .utils import (alloc, batch_runs, check_available, check_dtype, first_order, join_runs, launch_options, next_pow2,
                     on_input_device)
 
 
@@ -402,7 +402,7 @@ class ChunkLinearAttention(torch.autograd.Function):
     def backward(ctx, dy, gS_T, gz_T):
         q, k, v, S0, z0, y, den = ctx.saved_tensors
         grads = _backward(*_grads_in(dy, gS_T, gz_T, v, S0, z0), q, k, v, S0, z0, y, den, ctx.eps, ctx.plan)
-        return (*grads, None, None)
+        return (*first_order("causal_linear_attention", grads, (q, k, v, S0, z0)), None, None)
 
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_triton_forward", mutates_args=())

@@ -39,7 +39,7 @@ from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
 from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
-                    interpreting, launch_options, next_pow2, on_input_device)
+                    first_order, interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -687,7 +687,8 @@ class TSSAFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         w, temp, ws, pi = ctx.saved_tensors
-        return (*_backward(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan), None, None)
+        grads = _backward(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan)
+        return (*first_order("tssa", grads, (w, temp)), None, None)
 
 
 @torch.library.custom_op("tost_edge::tssa_triton_forward", mutates_args=())

@@ -120,6 +120,36 @@ def on_input_device(fn):
     return run
 
 
+class _SecondDerivative(torch.autograd.Function):
+    """Passes gradients through, tied to the op's inputs; differentiating them again raises (see first_order)."""
+
+    @staticmethod
+    def forward(ctx, op: str, n: int, *tensors):
+        ctx.op = op
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{ctx.op} with backend='triton' has no second derivative (its backward runs Triton "
+                           f"kernels): differentiating its gradients again (create_graph=True: double backward, "
+                           f"gradient penalties) needs backend='torch'")
+
+
+def first_order(op: str, grads: tuple, inputs: tuple) -> tuple:
+    """An autograd Function's backward results. Where the backward runs with create_graph=True (grad mode on), the
+    kernels' gradients would come back as constants, so a second derivative through them would silently miss the
+    op's share; they are tied to the inputs instead through a node whose own backward is a clear error."""
+    held = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not torch.is_grad_enabled() or not held:
+        return grads
+    at = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+    tied = _SecondDerivative.apply(op, len(at), *[grads[i] for i in at], *held)
+    out = list(grads)
+    for i, g in zip(at, tied):
+        out[i] = g
+    return tuple(out)
+
+
 def alloc(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     t = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
     if NAN_FILL and t.dtype.is_floating_point:
