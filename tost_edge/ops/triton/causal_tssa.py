@@ -32,7 +32,7 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from .utils import (alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype, fast_fp64,
+from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype, fast_fp64,
                     first_order, join_runs, launch_options, next_pow2, on_input_device, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
@@ -619,7 +619,7 @@ def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
     fin2 = fin1 if fin2 is None else fin2
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
-    _slice_scan[(B, triton.cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
+    _slice_scan[(B, cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
                                           **launch_options(8, 0))
 
 
@@ -634,11 +634,11 @@ def _slicing(T: int, B: int, max_tokens: int = 1 << 30):
     """Tokens per unrolled step or tile BT, slices per sequence and tokens per slice."""
     B = min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
     BT = max(1, min(UNROLL, next_pow2(T), max_tokens))
-    NT = triton.cdiv(T, BT)
+    NT = cdiv(T, BT)
     # slices of whole unrolled steps, one program each: enough programs to fill a large GPU
-    slices = max(1, min(NT, triton.cdiv(PROGRAMS, max(B, 1))))
-    per = triton.cdiv(NT, slices) * BT
-    return BT, triton.cdiv(T, per), per
+    slices = max(1, min(NT, cdiv(PROGRAMS, max(B, 1))))
+    per = cdiv(NT, slices) * BT
+    return BT, cdiv(T, per), per
 
 
 def _tile_warps(HP: int, BD: int, itemsize: int) -> int:
@@ -687,9 +687,9 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:
         BT, bwd_BT = (max(1, min(next_pow2(n), next_pow2(T))) for n in (CHUNKED_TILE, CHUNKED_BWD_TILE))
-        per = max(BT, bwd_BT) * triton.cdiv(min(CHUNKED_TOKENS, T), max(BT, bwd_BT))       # whole tiles both ways
+        per = max(BT, bwd_BT) * cdiv(min(CHUNKED_TOKENS, T), max(BT, bwd_BT))       # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
-        return [BD, HP, BT, triton.cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
+        return [BD, HP, BT, cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
                 warps, 0, fp64, 1, CHUNKED_STAGES, 0]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)

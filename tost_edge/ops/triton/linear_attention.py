@@ -32,8 +32,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import (alloc, batch_runs, check_available, check_dtype, first_order, join_runs, launch_options, next_pow2,
-                    on_input_device)
+from .utils import (alloc, batch_runs, cdiv, check_available, check_dtype, first_order, join_runs, launch_options,
+                    next_pow2, on_input_device)
 
 
 @triton.jit
@@ -315,6 +315,8 @@ def _row_stride(x: Tensor) -> int | None:
 def _token_strides(q, k, v):
     """(q, k, v, RQK, RV): the inputs as the kernels read them, copied only where their layout needs it (q and k
     share one token stride), and the elements between their tokens."""
+    if q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
+        return q, k, v, q.shape[2] * q.shape[3], v.shape[2] * v.shape[3]
     rqk, rv = _row_stride(q), _row_stride(v)
     if rqk is None or _row_stride(k) != rqk:
         q, k = q.contiguous(), k.contiguous()
@@ -458,10 +460,10 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     if T == 0:
         return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
     plan = _plan(D, M)
-    rows = max(_row_stride(x) or 0 for x in (q, k, v))     # q, k, v are read where they lie where they can be
-    per_element, name = T * max(H * max(D, M), rows), "q, k, v"
-    if plan[6] and H * triton.cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
-        per_element, name = H * triton.cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
+    rows = 0 if q.is_contiguous() and v.is_contiguous() else max(_row_stride(x) or 0 for x in (q, k, v))
+    per_element, name = T * max(H * max(D, M), rows), "q, k, v"      # (q, k, v are read where they lie: see above)
+    if plan[6] and H * cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
+        per_element, name = H * cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
     runs = batch_runs(B, per_element, name)
     if len(runs) > 1:
         return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),

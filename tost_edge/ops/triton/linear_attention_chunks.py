@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .linear_attention import _bwd_chunk, _grad_out, _load_state, _out_chunk, _phi, _rows, _store_state
-from .utils import SPILL, alloc, interpreting, launch_options, spilled
+from .utils import SPILL, alloc, cdiv, interpreting, launch_options, spilled
 
 
 @triton.jit
@@ -130,7 +130,7 @@ def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK: tl.cons
 
 def _states(B: int, H: int, T: int, K: int, V: int, BT: int, like: torch.Tensor):
     """Per-chunk state buffers: S [B, H, NT, K, V] and z [B, H, NT, K], fp32."""
-    NT = triton.cdiv(T, BT)
+    NT = cdiv(T, BT)
     return NT, alloc(B, H, NT, K, V, like=like, dtype=torch.float32), alloc(B, H, NT, K, like=like,
                                                                             dtype=torch.float32)
 

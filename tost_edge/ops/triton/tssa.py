@@ -38,7 +38,7 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
-from .utils import (FUSION, alloc, batch_groups, batch_runs, check_available, check_deterministic, check_dtype,
+from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype,
                     first_order, interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -569,8 +569,8 @@ def _parts(D: int, BD: int) -> tuple[int, int]:
 
 def _slices(B: int, N: int, HP: int, BD: int):
     """Grid of the slice-walking passes: enough programs per batch element to fill a large GPU."""
-    return lambda meta: (B, max(1, min(triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))),
-                                       triton.cdiv(PROGRAMS, max(B, 1)))))
+    return lambda meta: (B, max(1, min(cdiv(N, max(1, meta["TILE"] // (HP * BD))),
+                                       cdiv(PROGRAMS, max(B, 1)))))
 
 
 def _groups(B: int, group: int):
@@ -585,8 +585,8 @@ def _groups(B: int, group: int):
 def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
     """(grid, tokens per item, items per pass and batch element) of the persistent kernels."""
     BN = max(1, QUEUE_TILE // (HP * BD))
-    per = triton.cdiv(max(QUEUE_TOKENS, 1), BN) * BN
-    NI = triton.cdiv(N, per)
+    per = cdiv(max(QUEUE_TOKENS, 1), BN) * BN
+    NI = cdiv(N, per)
     resident = 3 if interpreting() else torch.cuda.get_device_properties(device).multi_processor_count * QUEUE_PER_SM
     return (max(1, min(resident, (B + 2 * QUEUE_LAG) * 3 * NI)),), per, NI
 
@@ -629,7 +629,7 @@ def _forward(w, temp, H: int, plan: list):
         KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
         KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(parts[1]), **FUSION,
                             **after)
-        out_grid = lambda meta: (nb, triton.cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
+        out_grid = lambda meta: (nb, cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
         out = (KERNELS["out_slices"], grid) if OUT_SLICES else (KERNELS["out"], out_grid)
         out[0][out[1]](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH and OUT_SLICES),

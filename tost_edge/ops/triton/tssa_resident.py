@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _arrive_and_wait, _d_softmax_heads, _grad_w_dy, _grad_w_x, _rows, \
     _softmax_heads, _stat
-from .utils import interpreting, launch_options, next_pow2, spilled
+from .utils import cdiv, interpreting, launch_options, next_pow2, spilled
 
 INTERPRET_TOKENS = 512  # the interpreter runs programs one after another, so a slice there is the whole sequence
 
@@ -335,7 +335,7 @@ def slices(N: int, tile: int, row: int) -> tuple[int, int] | None:
     if interpreting():
         BN = max(16, next_pow2(N))
         return (BN, 1) if BN <= INTERPRET_TOKENS else None
-    return tokens, triton.cdiv(N, tokens)
+    return tokens, cdiv(N, tokens)
 
 
 def capacity(kernel, warps: int, device) -> int:

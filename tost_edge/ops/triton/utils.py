@@ -187,6 +187,12 @@ def join_runs(parts: list):
     return torch.cat([y for y, _ in parts]), type(state)(*(torch.cat(s) for s in zip(*[st for _, st in parts])))
 
 
+def cdiv(a: int, b: int) -> int:
+    """a / b rounded up, on the host (triton.cdiv is a constexpr function from Triton 3.9 on: several times slower
+    to call from Python, which every launch's glue does a few times)."""
+    return -(-a // b)
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
