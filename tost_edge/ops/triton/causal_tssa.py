@@ -620,7 +620,7 @@ def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
     NSP = max(2, next_pow2(NS))
     BF = max(16, min(next_pow2(F), 4096 // NSP))       # tiles of at most 4096 fp32
     _slice_scan[(B, cdiv(F, BF))](X, init1, init2, start, fin1, fin2, NS, F1, F2, NSP, BF, reverse,
-                                          **launch_options(8, 0))
+                                   **launch_options(8, 0))
 
 
 def _groups(B: int, group: int):

@@ -144,6 +144,7 @@ def first_order(op: str, grads: tuple, inputs: tuple) -> tuple:
         return grads
     at = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
     tied = _SecondDerivative.apply(op, len(at), *[grads[i] for i in at], *held)
+    tied = (tied,) if isinstance(tied, torch.Tensor) else tied
     out = list(grads)
     for i, g in zip(at, tied):
         out[i] = g
