@@ -1,5 +1,6 @@
-"""The host code around the Triton kernels: which torch kernels a call launches besides its own, and gradients that
-flow through only some of an op's outputs (the others' stay None rather than zero-filled tensors)."""
+"""The host code around the Triton kernels: which torch kernels a call launches besides its own, gradients that flow
+through only some of an op's outputs (the others' stay None rather than zero-filled tensors), and a second
+derivative refused by name."""
 from collections import Counter
 
 import pytest
