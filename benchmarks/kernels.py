@@ -381,15 +381,18 @@ def main() -> None:
             # while PARALLEL has not been timed
             la["triton-walk" if lat.PARALLEL else "triton-parallel"] = lambda: with_setting(
                 lat, "PARALLEL", not lat.PARALLEL, lambda: causal_linear_attention(q, k_, v, backend="triton")[0])
+            # q, k, v unbound from one [B, T, 3, H, D] projection, as the linear LM feeds them (read where they lie)
+            qkv = torch.randn(B, T, 3, H, D, device=dev, dtype=dt, requires_grad=True)
+            la["triton-qkv-views"] = lambda: causal_linear_attention(*qkv.unbind(2), backend="triton")[0]
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]
-            time_variants("causal_linear_attention", shape, la, [q, k_, v], (4, 11), nb)
+            time_variants("causal_linear_attention", shape, la, [q, k_, v, qkv], (4, 11), nb)
             if args.profile:
                 for variant, fn in la.items():
                     label = f"causal_linear_attention {variant} {shape}"
-                    profiles[label] = profile(label, fn, [q, k_, v])
-            del q, k_, v
+                    profiles[label] = profile(label, fn, [q, k_, v, qkv])
+            del q, k_, v, qkv
             torch.cuda.empty_cache()
         except Exception as e:  # one failing op or shape must not lose the rest of the run
             print(f"causal {T} {H} failed: {type(e).__name__}: {e}", flush=True)
