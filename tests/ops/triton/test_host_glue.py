@@ -69,6 +69,11 @@ def causal_call():
     return [w, temp, bias], lambda: causal_tssa(w, temp, bias, 4, backend="triton")[0]
 
 
+def causal_unbounded_call():
+    w, temp = leaf(2, 9, 96), leaf(4, 1)                      # a position-free model: no denom_bias
+    return [w, temp], lambda: causal_tssa(w, temp, None, 4, backend="triton")[0]
+
+
 def linear_call():
     q, k, v = leaf(2, 9, 4, 16), leaf(2, 9, 4, 16), leaf(2, 9, 4, 16)
     return [q, k, v], lambda: causal_linear_attention(q, k, v, backend="triton")[0]
@@ -87,9 +92,11 @@ def linear_views_call():
 @pytest.mark.parametrize("call,forward,backward", [
     (tssa_call, {"zeros": 1}, {"zeros": 1}),
     (causal_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
+    (causal_unbounded_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
     (linear_call, {"zeros": 1}, {"new_zeros": 1}),
     (linear_views_call, {"zeros": 1}, {"new_zeros": 1, "stack": 1}),
-], ids=["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention-qkv-views"])
+], ids=["tssa", "causal_tssa", "causal_tssa-position-free", "causal_linear_attention",
+        "causal_linear_attention-qkv-views"])
 def test_torch_kernels_a_call_launches_besides_its_own(call, forward, backward, no_launches):
     """A training step launches these per layer: each costs host time and a launch on the GPU (the select that
     took an [H, 1] parameter to [H] cost a zero fill and a copy in the backward, and every unused output's gradient

@@ -144,6 +144,26 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("T,D,H", [(1, 48, 3), (63, 64, 4)], ids=["T1-D48-H3", "T63-D64-H4"])
+def test_causal_tssa_position_free(T, D, H, causal_launch):
+    """A position-free (unbounded) model: no denom_bias, from a carried state at a late position. Output, final
+    state and the gradients of w, temp and the state against the fp64 reference."""
+    B = 2
+    w, temp = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5)
+    s0 = [leaf(B, H, D, rand=True), leaf(B, H, D, rand=True), leaf(B, H, rand=True)]
+    y, s = causal_tssa(w, temp, None, H, CausalTSSAState(*s0), 10 ** 6, backend="triton")
+    yr, sr = naive_causal_tssa(w.double(), temp.double(), None, H, CausalTSSAState(*[x.double() for x in s0]),
+                               10 ** 6)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    inputs = [w, temp, *s0]
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for name, a, b in zip(["w", "temp", "sum_wsq0", "sum_pi_wsq0", "sum_pi0"], g, gr):
+        assert_close(f"d{name}", b, a, 3e-3 if name == "temp" else 1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("NS,F2,dtype", [(1, 2, torch.float32), (3, 0, torch.float64), (17, 2, torch.float64),
                                           (40, 3, torch.float32)],
                          ids=["one-slice", "3-slices-fp64", "17-slices-fp64", "40-slices"])
