@@ -144,6 +144,29 @@ def test_causal_tssa_forward_state_and_gradients(T, D, H, with_state, causal_lau
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "denom_bias") else 1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("B,T", [(0, 5), (2, 0)], ids=["empty-batch", "empty-sequence"])
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention"])
+def test_empty_inputs_forward_and_backward(op, B, T):
+    """An empty batch (or, for the causal ops, an empty sequence) gives empty outputs and empty or zero gradients,
+    whatever the final state's gradient is (unused here: None inside the op)."""
+    if op == "tssa" and T == 0:
+        pytest.skip("TSSA needs a token (a clear error, tested elsewhere)")
+    H, D = 2, 16
+    if op == "causal_linear_attention":
+        qkv = leaf(B, T, 3, H, D)
+        y = causal_linear_attention(*qkv.unbind(2), backend="triton")[0]
+        inputs, shape = [qkv], (B, T, H, D)
+    else:
+        w, temp = leaf(B, T, H * D), leaf(H, 1, rand=True, offset=0.5)
+        y = tssa(w, temp, H, backend="triton") if op == "tssa" else \
+            causal_tssa(w, temp, leaf(H, 8, 1), H, backend="triton")[0]
+        inputs, shape = [w, temp], (B, T, H * D)
+    assert y.shape == shape
+    g = torch.autograd.grad(y.sum(), inputs, allow_unused=True)
+    assert g[0].shape == inputs[0].shape
+    assert all(x is None or not x.abs().sum() for x in g[1:])
+
+
 @pytest.mark.parametrize("T,D,H", [(1, 48, 3), (63, 64, 4)], ids=["T1-D48-H3", "T63-D64-H4"])
 def test_causal_tssa_position_free(T, D, H, causal_launch):
     """A position-free (unbounded) model: no denom_bias, from a carried state at a late position. Output, final

@@ -383,7 +383,8 @@ def _grads_in(dy, gS_T, gz_T, v, S0, z0):
     """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32 (the absent
     state gradients: views of one zero-filled buffer, one fill)."""
     absent = [t.numel() if g is None else 0 for g, t in ((gS_T, S0), (gz_T, z0))]
-    zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if sum(absent) else (None, None)
+    unused = gS_T is None or gz_T is None
+    zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if unused else (None, None)
     return (torch.zeros_like(v) if dy is None else dy.contiguous(),
             zS.view(S0.shape) if gS_T is None else gS_T.float().contiguous(),
             zz.view(z0.shape) if gz_T is None else gz_T.float().contiguous())
@@ -458,7 +459,8 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     check_dtype("q", q)
     check_available(q, k, v)
     if T == 0:
-        return v.new_zeros(B, 0, H, M).to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
+        # (empty, but on the graph: a loss over it differentiates to empty gradients, as for a longer sequence)
+        return v.clone().to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
     plan = _plan(D, M)
     rows = 0 if q.is_contiguous() and v.is_contiguous() else max(_row_stride(x) or 0 for x in (q, k, v))
     per_element, name = T * max(H * max(D, M), rows), "q, k, v"      # (q, k, v are read where they lie: see above)
