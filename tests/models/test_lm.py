@@ -107,6 +107,44 @@ def test_unbounded_model_streams_past_block_size():
     torch.testing.assert_close(logits, full[:, 10], rtol=1e-4, atol=1e-5)
 
 
+class DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the reads of a tensor's values back to the host (on a GPU: a wait for every queued kernel):
+    int() / item() as aten ops, and Tensor.tolist, which on a CPU tensor reads memory without one."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        tolist = torch.Tensor.tolist
+
+        def counted(t):
+            self.count += 1
+            return tolist(t)
+        monkeypatch.setattr(torch.Tensor, "tolist", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == "_local_scalar_dense"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,options", [("tost_lm_tiny", {}), ("tost_lm_tiny", {"unbounded": True}),
+                                          ("linear_lm_tiny", {}), ("gpt_lm_tiny", {})],
+                         ids=["tost", "tost-position-free", "linear", "gpt"])
+def test_a_training_step_reads_nothing_back_from_the_device(name, options, monkeypatch):
+    """model(idx) starts every sequence at position 0 and checks it against the position table without asking the
+    device, so a training step queues its kernels without waiting once a layer; a stream's state carries positions
+    (a tensor), which a position-free model's attention does not read back either."""
+    m = models.create(name, **options)
+    idx = torch.randint(0, 256, (2, 16))
+    with DeviceReads(monkeypatch) as reads:
+        m(idx).float().square().mean().backward()
+    assert reads.count == 0
+    if options.get("unbounded"):
+        state = m.init_state(2)
+        with DeviceReads(monkeypatch) as reads, torch.no_grad():
+            m.prefill(idx, state)
+        assert reads.count == 0
+
+
 def test_bad_state_is_named():
     m = models.create("tost_lm_tiny")
     state = m.init_state(2)

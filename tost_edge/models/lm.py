@@ -267,19 +267,23 @@ class CausalLM(nn.Module):
     def _trunk(self, idx: torch.Tensor, state: Optional[State]):
         self._check_input(idx)
         B, T = idx.shape[:2]
-        pos = torch.zeros(B, dtype=torch.long, device=idx.device) if state is None else state["pos"]
+        # without a state every sequence starts at 0: an int, so that neither the range check here nor the attention
+        # ops read positions back from the device (on a GPU, a wait for every queued kernel, once a layer)
+        pos = 0 if state is None else state["pos"]
         if state is not None:
             self._check_state(state, B)
-        if not self.config.unbounded and B and not tracing() and int(pos.max()) + T > self.config.block_size:
-            raise ValueError(
-                f"position: a sequence would reach position {int(pos.max()) + T}, beyond block_size="
-                f"{self.config.block_size} (the end of the model's position tables); "
-                "use a model with unbounded=True for endless streams")
+        if not self.config.unbounded and B and not tracing():
+            end = T if state is None else int(pos.max()) + T
+            if end > self.config.block_size:
+                raise ValueError(
+                    f"position: a sequence would reach position {end}, beyond block_size={self.config.block_size} "
+                    "(the end of the model's position tables); use a model with unbounded=True for endless streams")
         x = self._embed(idx)
         if not self.config.unbounded:
-            x = x + self.transformer.wpe(pos[:, None] + torch.arange(T, device=idx.device))
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device) if state is None else
+                                         pos[:, None] + torch.arange(T, device=idx.device))
         x = self.transformer.drop(x)
-        new_state = {"pos": pos + T}
+        new_state = {"pos": pos + T if state is not None else torch.full((B,), T, dtype=torch.long, device=idx.device)}
         for i, block in enumerate(self.transformer.h):
             layer_state = None if state is None else {q: state[f"{i}.{q}"] for q in block.attn.state_quantities}
             x, st = block(x, layer_state, pos)

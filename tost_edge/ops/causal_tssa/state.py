@@ -52,8 +52,11 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
             pos0 = pos0.reshape(1).expand(B)
         if pos0.shape != (B,) or pos0.dtype.is_floating_point:
             fail("pos0", f"an int or an integer tensor of shape ({B},)", f"{pos0.dtype} shape {tuple(pos0.shape)}")
-        # per-sequence positions are range-checked on the host: free for a CPU tensor, one read back for a GPU one
-        lo, hi = torch.stack(pos0.aminmax()).tolist() if B and not tracing() else (0, 0)
+        # per-sequence positions are range-checked on the host where they index denom_bias: free for a CPU tensor,
+        # one read back (a wait for the GPU) for a GPU one; a position-free model never reads them, so nothing is
+        # read back there
+        check = B and denom_bias is not None and not tracing()
+        lo, hi = torch.stack(pos0.aminmax()).tolist() if check else (0, 0)
         pos = pos0.to(device=w.device, dtype=torch.long)
     else:
         lo = hi = int(pos0)               # an int is checked as it is: no device read back (a sync) per call
