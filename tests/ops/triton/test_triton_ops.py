@@ -1,3 +1,4 @@
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -552,6 +553,31 @@ def test_half_precision_linear_attention_on_gpu(dtype, linear_split):
     gr, _ = grads([yr, *sr], [q64, k64, v64])
     for name, a, b in zip("qkv", g, gr):
         assert_close(f"d{name}", b, a, 2 * tol)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's case (on a GPU: test_half_precision_linear_attention)")
+def test_bf16_linear_attention_under_the_interpreter(linear_split):
+    """Triton's interpreter has no bf16 dot (it multiplies the bit patterns: outputs ~1e10); bf16 inputs run the
+    kernels in fp32 there, with a warning, and land within bf16's rounding of the fp64 reference."""
+    B, T, H, D = 2, 37, 2, 16
+    q, k, v = (torch.randn(B, T, H, D).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    with pytest.warns(UserWarning, match="no bfloat16 dot") if not _bf16_warned() else contextlib.nullcontext():
+        y, s = causal_linear_attention(q, k, v, backend="triton")
+    assert y.dtype == torch.bfloat16
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    yr, sr = naive_causal_linear_attention(q64, k64, v64)
+    assert_close("y", yr, y, 1e-2)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-2)
+    g, _ = grads([y, *s], [q, k, v])
+    gr, _ = grads([yr, *sr], [q64, k64, v64])
+    for name, a, b in zip("qkv", g, gr):
+        assert_close(f"d{name}", b, a, 2e-2)
+
+
+def _bf16_warned() -> bool:
+    from tost_edge.ops.triton import linear_attention as la
+    return la._BF16_WARNED
 
 
 def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):

@@ -24,6 +24,7 @@ PARALLEL runs linear_attention_chunks.py instead: walks that carry only the stat
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Tuple
 
 import torch
@@ -32,8 +33,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare
-from .utils import (alloc, batch_runs, cdiv, check_available, check_dtype, first_order, join_runs, launch_options,
-                    next_pow2, on_input_device)
+from .utils import (alloc, batch_runs, cdiv, check_available, check_dtype, first_order, interpreting, join_runs,
+                    launch_options, next_pow2, on_input_device)
 
 
 @triton.jit
@@ -450,6 +451,23 @@ def _op_backward(ctx, dy, gS_T, gz_T, _gden):
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
+_BF16_WARNED = False
+
+
+def _bf16_interpreted(q, k, v, state, eps):
+    """bf16 under TRITON_INTERPRET=1: Triton's interpreter has no bf16 dot (it multiplies the raw bit patterns:
+    triton-lang/triton#11584, declined upstream), so the kernels run in fp32 on the bf16-rounded inputs and the output
+    is rounded back to bf16: what a GPU computes, up to where its bf16 dots round."""
+    global _BF16_WARNED
+    if not _BF16_WARNED:
+        _BF16_WARNED = True
+        warnings.warn("causal_linear_attention with backend='triton' under TRITON_INTERPRET=1: Triton's interpreter "
+                      "has no bfloat16 dot, so bf16 inputs run the kernels in float32 there (a GPU runs them in bf16)",
+                      stacklevel=3)
+    y, st = triton_causal_linear_attention(q.float(), k.to(q.dtype).float(), v.to(q.dtype).float(), state, eps)
+    return y.to(torch.bfloat16), st
+
+
 def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     """Chunked causal linear attention; same contract as tost_edge.ops.causal_linear_attention.
 
@@ -458,6 +476,8 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
     B, T, H, D, M, sdt, state = prepare(q, k, v, state)
     check_dtype("q", q)
     check_available(q, k, v)
+    if q.dtype == torch.bfloat16 and interpreting():
+        return _bf16_interpreted(q, k, v, state, eps)
     if T == 0:
         # (empty, but on the graph: a loss over it differentiates to empty gradients, as for a longer sequence)
         return v.clone().to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
