@@ -283,7 +283,7 @@ class CausalLM(nn.Module):
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device) if state is None else
                                          pos[:, None] + torch.arange(T, device=idx.device))
         x = self.transformer.drop(x)
-        new_state = {"pos": pos + T if state is not None else torch.full((B,), T, dtype=torch.long, device=idx.device)}
+        new_state = {} if state is None else {"pos": pos + T}   # (without a state, model(idx) keeps only the logits)
         for i, block in enumerate(self.transformer.h):
             layer_state = None if state is None else {q: state[f"{i}.{q}"] for q in block.attn.state_quantities}
             x, st = block(x, layer_state, pos)

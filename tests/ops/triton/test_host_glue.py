@@ -8,6 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import DEVICE, assert_close
+from tests.ops.triton.test_triton_ops import leaf as reference_leaf
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa,
                            naive_causal_linear_attention, naive_causal_tssa, tssa)
 
@@ -111,11 +112,6 @@ def test_torch_kernels_a_call_launches_besides_its_own(call, forward, backward, 
     assert dict(bwd.ops) == backward
 
 
-def small(*shape, rand=False):
-    x = torch.rand(*shape, dtype=torch.float64) + 0.5 if rand else torch.randn(*shape, dtype=torch.float64)
-    return x.to(DEVICE).float().requires_grad_()
-
-
 def check_some_outputs(outs, refs, inputs, used):
     """Gradients of a loss on the outputs named by `used` alone against the fp64 reference's."""
     g = torch.Generator(device="cpu").manual_seed(3)
@@ -140,8 +136,9 @@ SOME_IDS = ["y-only", "final-sums-of-squares-only", "final-sum-pi-only"]
 @pytest.mark.parametrize("used", SOME, ids=SOME_IDS)
 def test_causal_tssa_gradients_through_some_outputs(used):
     B, T, H, D = 2, 11, 2, 48
-    w, temp, bias = small(B, T, H * D), small(H, 1, rand=True), small(H, T + 3, 1)
-    s0 = [small(B, H, D, rand=True), small(B, H, D, rand=True), small(B, H, rand=True)]
+    w, temp, bias = reference_leaf(B, T, H * D), reference_leaf(H, 1, rand=True, offset=0.5), \
+        reference_leaf(H, T + 3, 1)
+    s0 = [reference_leaf(*shape, rand=True, offset=0.5) for shape in ((B, H, D), (B, H, D), (B, H))]
     y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), 2, backend="triton")
     yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
                                CausalTSSAState(*[x.double() for x in s0]), 2)
@@ -152,8 +149,8 @@ def test_causal_tssa_gradients_through_some_outputs(used):
                          ids=["y-only", "final-kv-only", "final-k-sum-only"])
 def test_causal_linear_attention_gradients_through_some_outputs(used):
     B, T, H, D = 2, 11, 2, 16
-    q, k, v = small(B, T, H, D), small(B, T, H, D), small(B, T, H, D)
-    s0 = [small(B, H, D, D, rand=True), small(B, H, D, rand=True)]
+    q, k, v = (reference_leaf(B, T, H, D) for _ in range(3))
+    s0 = [reference_leaf(*shape, rand=True, offset=0.5) for shape in ((B, H, D, D), (B, H, D))]
     y, s = causal_linear_attention(q, k, v, LinearAttentionState(*s0), backend="triton")
     yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double(),
                                            LinearAttentionState(*[x.double() for x in s0]))

@@ -1,4 +1,3 @@
-import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -561,7 +560,7 @@ def test_bf16_linear_attention_under_the_interpreter(linear_split):
     kernels in fp32 there, with a warning, and land within bf16's rounding of the fp64 reference."""
     B, T, H, D = 2, 37, 2, 16
     q, k, v = (torch.randn(B, T, H, D).to(torch.bfloat16).requires_grad_() for _ in range(3))
-    with pytest.warns(UserWarning, match="no bfloat16 dot") if not _bf16_warned() else contextlib.nullcontext():
+    with pytest.warns(UserWarning, match="no bfloat16 dot"):
         y, s = causal_linear_attention(q, k, v, backend="triton")
     assert y.dtype == torch.bfloat16
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -573,11 +572,6 @@ def test_bf16_linear_attention_under_the_interpreter(linear_split):
     gr, _ = grads([yr, *sr], [q64, k64, v64])
     for name, a, b in zip("qkv", g, gr):
         assert_close(f"d{name}", b, a, 2e-2)
-
-
-def _bf16_warned() -> bool:
-    from tost_edge.ops.triton import linear_attention as la
-    return la._BF16_WARNED
 
 
 def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):

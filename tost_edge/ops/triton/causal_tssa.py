@@ -761,7 +761,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     # aligned as a fresh allocation would be), d temp and d denom_bias (accumulated with atomics) and the absent
     # state gradients
     counters = [1 + 2 * nb * NT if fused and not chunked else 0 for nb, _ in groups]
-    lead = -(-sum(counters) // 4) * 4
+    lead = cdiv(sum(counters), 4) * 4
     n, m = B * H * D, B * H
     ws = torch.zeros(lead + H + bias.numel() + 2 * n + m, device=dev, dtype=torch.float32)
     syncs = ws[:sum(counters)].view(torch.int32).split(counters)

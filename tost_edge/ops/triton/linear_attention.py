@@ -384,8 +384,7 @@ def _grads_in(dy, gS_T, gz_T, v, S0, z0):
     """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32 (the absent
     state gradients: views of one zero-filled buffer, one fill)."""
     absent = [t.numel() if g is None else 0 for g, t in ((gS_T, S0), (gz_T, z0))]
-    unused = gS_T is None or gz_T is None
-    zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if unused else (None, None)
+    zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if None in (gS_T, gz_T) else (None, None)
     return (torch.zeros_like(v) if dy is None else dy.contiguous(),
             zS.view(S0.shape) if gS_T is None else gS_T.float().contiguous(),
             zz.view(z0.shape) if gz_T is None else gz_T.float().contiguous())
@@ -451,19 +450,14 @@ def _op_backward(ctx, dy, gS_T, gz_T, _gden):
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-_BF16_WARNED = False
-
-
 def _bf16_interpreted(q, k, v, state, eps):
     """bf16 under TRITON_INTERPRET=1: Triton's interpreter has no bf16 dot (it multiplies the raw bit patterns:
     triton-lang/triton#11584, declined upstream), so the kernels run in fp32 on the bf16-rounded inputs and the output
-    is rounded back to bf16: what a GPU computes, up to where its bf16 dots round."""
-    global _BF16_WARNED
-    if not _BF16_WARNED:
-        _BF16_WARNED = True
-        warnings.warn("causal_linear_attention with backend='triton' under TRITON_INTERPRET=1: Triton's interpreter "
-                      "has no bfloat16 dot, so bf16 inputs run the kernels in float32 there (a GPU runs them in bf16)",
-                      stacklevel=3)
+    is rounded back to bf16: what a GPU computes, up to where its bf16 dots round. (Python's warning filters show the
+    warning once per call site.)"""
+    warnings.warn("causal_linear_attention with backend='triton' under TRITON_INTERPRET=1: Triton's interpreter has no "
+                  "bfloat16 dot, so bf16 inputs run the kernels in float32 there (a GPU runs them in bf16)",
+                  stacklevel=3)
     y, st = triton_causal_linear_attention(q.float(), k.to(q.dtype).float(), v.to(q.dtype).float(), state, eps)
     return y.to(torch.bfloat16), st
 
