@@ -363,21 +363,23 @@ def main() -> None:
                    {**kc, "HP": 16, "BT": bwd_bt, "BOUNDED": True, "PAIR": suffix_pair(a)}, a, nw, odd=("NS",))
     # linear attention, D64, contiguous q, k, v (RQK, RV: elements between their tokens)
     lc = {"H": 12, "K": 64, "V": 64, "BK": 64, "BV": 64, "BT": 64, "PREC": "tf32", "RQK": 768, "RV": 768}
+    lb = {**lc, "RG": 0}     # the backward's: contiguous d q, d k, d v (RG: their token stride, 0 for contiguous)
     for name, t in (("bf16", bf), ("fp16", "*fp16")):    # fp16 runs the state dots as TF32 (fp32 range)
         report(f"linear fwd {name}", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32, S_T=f32, z_T=f32,
                T="i32", eps="fp32"), {**lc, "SPLIT": False}, a, la.WARPS)
         report(f"linear bwd dq {name}", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32, z0=f32, dq=t,
-               T="i32", eps="fp32"), {**lc, "SPLIT": False}, a, la.WARPS)
+               T="i32", eps="fp32"), {**lb, "SPLIT": False}, a, la.WARPS)
         report(f"linear bwd dkv {name}", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32, gz_T=f32,
-               dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), lc, a, la.WARPS)
-        if name == "bf16":   # q, k, v read where they lie in one [B, T, 3, H, D] projection (the linear LM's)
-            views = {**lc, "RQK": 3 * 768, "RV": 3 * 768}
+               dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), lb, a, la.WARPS)
+        if name == "bf16":   # q, k, v read where they lie in one [B, T, 3, H, D] projection (the linear LM's), and
+            views = {**lc, "RQK": 3 * 768, "RV": 3 * 768}   # its gradient written where it lies (the packed form)
+            packed = {**views, "RG": 3 * 768}
             report("linear fwd bf16 qkv views", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32, S_T=f32,
                    z_T=f32, T="i32", eps="fp32"), {**views, "SPLIT": False}, a, la.WARPS)
-            report("linear bwd dq bf16 qkv views", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32,
-                   z0=f32, dq=t, T="i32", eps="fp32"), {**views, "SPLIT": False}, a, la.WARPS)
-            report("linear bwd dkv bf16 qkv views", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32,
-                   gz_T=f32, dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), views, a, la.WARPS)
+            report("linear bwd dq bf16 qkvpacked", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32,
+                   z0=f32, dq=t, T="i32", eps="fp32"), {**packed, "SPLIT": False}, a, la.WARPS)
+            report("linear bwd dkv bf16 qkvpacked", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32,
+                   gz_T=f32, dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), packed, a, la.WARPS)
         # PARALLEL: the state walks, then a program per chunk (linear_attention_chunks.py)
         report(f"linear fwd states {name}", lch._f_states, dict(k=t, v=t, S0=f32, z0=f32, Sc=f32, zc=f32, S_T=f32,
                z_T=f32, T="i32", NT="i32"), lc, a, la.WARPS, odd=("NT",))
@@ -388,7 +390,7 @@ def main() -> None:
                NT="i32"), lc, a, la.WARPS, odd=("NT",))
         for part, what in ((0, ""), (1, " dq"), (2, " dk dv")):      # one kernel, or two (PARALLEL_BWD_SPLIT)
             report(f"linear bwd chunks{what} {name}", lch._b_chunks, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, Sc=f32,
-                   zc=f32, dSc=f32, dzc=f32, dq=t, dk=t, dv=t, T="i32", eps="fp32", NT="i32"), {**lc, "PART": part},
+                   zc=f32, dSc=f32, dzc=f32, dq=t, dk=t, dv=t, T="i32", eps="fp32", NT="i32"), {**lb, "PART": part},
                    a, la.WARPS, odd=("NT",))
         if name == "fp16" and args.quick:
             continue
@@ -397,11 +399,11 @@ def main() -> None:
             report(f"linear fwd {name} split{split}", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t, den=f32,
                    S_T=f32, z_T=f32, T="i32", eps="fp32"), {**lc, "BV": blk, "SPLIT": True}, a, la.WARPS)
             report(f"linear bwd dq {name} split{split}", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, S0=f32,
-                   z0=f32, dq=t, T="i32", eps="fp32"), {**lc, "BK": blk, "SPLIT": True}, a, la.WARPS)
+                   z0=f32, dq=t, T="i32", eps="fp32"), {**lb, "BK": blk, "SPLIT": True}, a, la.WARPS)
             report(f"linear bwd dk {name} split{split}", la._bwd_dk, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32,
-                   gz_T=f32, dk=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), {**lc, "BK": blk}, a, la.WARPS)
+                   gz_T=f32, dk=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), {**lb, "BK": blk}, a, la.WARPS)
             report(f"linear bwd dv {name} split{split}", la._bwd_dv, dict(q=t, k=t, v=t, dy=t, den=f32, gS_T=f32,
-                   dv=t, T="i32", eps="fp32"), {**lc, "BV": blk}, a, la.WARPS)
+                   dv=t, T="i32", eps="fp32"), {**lb, "BV": blk}, a, la.WARPS)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smoke  # noqa: E402  (benchmarks/smoke.py)
-from tost_edge.ops import causal_linear_attention, causal_tssa, tssa  # noqa: E402
+from tost_edge.ops import causal_linear_attention, causal_linear_attention_qkvpacked, causal_tssa, tssa  # noqa: E402
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as lat, tssa as tt  # noqa: E402
 
 SMOKE = False   # --smoke: the whole script on CPU under the interpreter, tiny shapes, nothing meaningful timed
@@ -384,6 +384,8 @@ def main() -> None:
             # q, k, v unbound from one [B, T, 3, H, D] projection, as the linear LM feeds them (read where they lie)
             qkv = torch.randn(B, T, 3, H, D, device=dev, dtype=dt, requires_grad=True)
             la["triton-qkv-views"] = lambda: causal_linear_attention(*qkv.unbind(2), backend="triton")[0]
+            # the same projection through the packed form, which writes its gradient where it lies (no stack)
+            la["triton-qkvpacked"] = lambda: causal_linear_attention_qkvpacked(qkv, backend="triton")[0]
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]

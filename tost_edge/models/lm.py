@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import tracing
-from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa
+from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention_qkvpacked, causal_tssa
 
 State = Dict[str, torch.Tensor]
 
@@ -115,9 +115,9 @@ class CausalLinearAttention(nn.Module):
 
     def forward(self, x, state: Optional[State] = None, pos=0):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)  # [B, T, H, D] each
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)                 # [B, T, 3, H, D]
         st = None if state is None else LinearAttentionState(state["kv"], state["k_sum"])
-        y, st = causal_linear_attention(q, k, v, st, backend=self.backend)
+        y, st = causal_linear_attention_qkvpacked(qkv, st, backend=self.backend)            # y: [B, T, H, D]
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C))), dict(zip(self.state_quantities, st))
 
 

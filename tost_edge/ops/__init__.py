@@ -14,6 +14,7 @@ from .causal_tssa import (CausalTSSAState, chunk_causal_tssa, fused_recurrent_ca
 from .linear_attention import (LinearAttentionState, chunk_causal_linear_attention,
                                fused_recurrent_causal_linear_attention, naive_causal_linear_attention,
                                naive_linear_attention, step_linear_attention)
+from .linear_attention.state import unpack_qkv
 from .tssa import naive_tssa
 
 BACKENDS = ("torch", "triton", "plugin")  # "plugin": one custom op per call, for ONNX export
@@ -67,13 +68,26 @@ def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return naive_causal_linear_attention(q, k, v, state, eps)
 
 
+def causal_linear_attention_qkvpacked(qkv: torch.Tensor, state: Optional[LinearAttentionState] = None,
+                                      eps: float = 1e-6,
+                                      backend: str = "torch") -> Tuple[torch.Tensor, LinearAttentionState]:
+    """causal_linear_attention of q, k, v = qkv.unbind(2), qkv: [B, T, 3, H, D] (one projection, as a model makes
+    them). The same results; with backend="triton" qkv's gradient comes back as one tensor, written where it lies (the
+    unbound form has autograd stack d q, d k, d v into it: a copy of all three). Returns (y [B, T, H, D], state)."""
+    _check_backend(backend)
+    if backend == "triton":
+        from .triton import triton_causal_linear_attention_qkvpacked
+        return triton_causal_linear_attention_qkvpacked(qkv, state, eps)
+    return causal_linear_attention(*unpack_qkv(qkv), state, eps, backend)
+
+
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Non-causal linear attention. q, k: [B, T, H, D], v: [B, T, H, M] -> [B, T, H, M]."""
     return naive_linear_attention(q, k, v, eps)
 
 
-__all__ = ["tssa", "causal_tssa", "causal_linear_attention", "linear_attention", "CausalTSSAState",
-           "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
+__all__ = ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked", "linear_attention",
+           "CausalTSSAState", "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
            "fused_recurrent_causal_tssa", "step_causal_tssa", "naive_causal_linear_attention",
            "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
            "naive_linear_attention", "BACKENDS"]

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import DEVICE
 from tost_edge import models
-from tost_edge.ops import causal_linear_attention, causal_tssa, tssa
+from tost_edge.ops import causal_linear_attention, causal_linear_attention_qkvpacked, causal_tssa, tssa
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, tssa as tt
 
 
@@ -51,9 +51,21 @@ def _linear_case(gen):
     return (q, k, v, kv, k_sum), fn
 
 
+def _linear_packed_case(gen):
+    qkv = torch.randn(2, 9, 3, 2, 16, generator=gen)
+    kv, k_sum = torch.rand(2, 2, 16, 16, generator=gen), torch.rand(2, 2, 16, generator=gen)
+
+    def fn(qkv, kv, k_sum):
+        y, state = causal_linear_attention_qkvpacked(qkv, (kv, k_sum), backend="triton")
+        return (y, *state)
+    return (qkv, kv, k_sum), fn
+
+
 CASES = {"tssa": (_tssa_case, "tost_edge.tssa_triton_forward"),
          "causal_tssa": (_causal_case, "tost_edge.causal_tssa_triton_forward"),
-         "causal_linear_attention": (_linear_case, "tost_edge.causal_linear_attention_triton_forward")}
+         "causal_linear_attention": (_linear_case, "tost_edge.causal_linear_attention_triton_forward"),
+         "causal_linear_attention_qkvpacked": (_linear_packed_case,
+                                               "tost_edge.causal_linear_attention_qkvpacked_triton_forward")}
 
 
 def _step(fn, inputs, weights):
@@ -109,14 +121,15 @@ def test_the_plan_of_a_call_holds_for_its_backward(monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_tssa-chunked", "causal_linear_attention"])
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_tssa-chunked", "causal_linear_attention",
+                                "causal_linear_attention_qkvpacked"])
 def test_custom_ops_pass_opcheck(op, monkeypatch):
     """torch.library.opcheck: schema, fake (meta) shapes against the real outputs, autograd registration, and the
     ops through AOT dispatch, forward and backward."""
     op, _, scheme = op.partition("-")
     monkeypatch.setattr(ct, "CHUNKED", scheme == "chunked")
     monkeypatch.setattr(ct, "CHUNKED_TOKENS", 4)
-    module = {"tssa": tt, "causal_tssa": ct, "causal_linear_attention": la}[op]
+    module = {"tssa": tt, "causal_tssa": ct}.get(op, la)
     make = CASES[op][0]
     inputs, fn = make(torch.Generator().manual_seed(2))
     inputs = [t.to(DEVICE) for t in inputs]
@@ -126,15 +139,15 @@ def test_custom_ops_pass_opcheck(op, monkeypatch):
         w, temp, bias, S, A, P = inputs
         args = (w, temp, bias, torch.full((2,), 3, device=DEVICE), S, A, P, 2, True, ct._plan(2, 9, 2, 16, 4))
     else:
-        q, k, v, kv, k_sum = inputs
-        args = (q, k, v, kv, k_sum, 1e-6, la._plan(16, 16))
+        args = (*inputs, 1e-6, la._plan(16, 16))
     grads = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-    torch.library.opcheck(module._forward_op, grads)
+    torch.library.opcheck(la._forward_packed_op if op.endswith("qkvpacked") else module._forward_op, grads)
 
 
-def test_compiled_lm_training_step_matches_eager():
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
+def test_compiled_lm_training_step_matches_eager(name):
     torch.manual_seed(0)
-    eager = models.create("tost_lm_tiny", n_layer=1, n_embd=32, n_head=2).to(DEVICE).set_backend("triton")
+    eager = models.create(name, n_layer=1, n_embd=32, n_head=2).to(DEVICE).set_backend("triton")
     compiled = copy.deepcopy(eager)
     idx = torch.randint(0, 256, (2, 12), device=DEVICE)
     for model in (eager, torch.compile(compiled, backend="aot_eager", fullgraph=True)):

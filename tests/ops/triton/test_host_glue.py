@@ -9,13 +9,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import DEVICE, assert_close
 from tests.ops.triton.test_triton_ops import leaf as reference_leaf
-from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa,
-                           naive_causal_linear_attention, naive_causal_tssa, tssa)
+from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
+                           causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention,
+                           naive_causal_tssa, tssa)
 
 # aten ops that only describe or allocate memory: no kernel runs for them on a GPU
 NO_KERNEL = {"empty", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view", "_reshape_alias",
              "as_strided", "alias", "detach", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "slice",
-             "select", "split", "split_with_sizes", "reshape", "is_same_size", "view_as"}
+             "select", "split", "split_with_sizes", "unbind", "reshape", "is_same_size", "view_as"}
 
 
 class KernelCount(TorchDispatchMode):
@@ -86,18 +87,25 @@ def linear_views_call():
     return [qkv], lambda: causal_linear_attention(q, k, v, backend="triton")[0]
 
 
+def linear_packed_call():
+    qkv = leaf(2, 9, 3, 4, 16)
+    return [qkv], lambda: causal_linear_attention_qkvpacked(qkv, backend="triton")[0]
+
+
 # forward, then backward: one zero-filled workspace each way (TSSA's statistics, their gradients); causal TSSA's
 # positions, zero initial state and look-back counters forward, one workspace backward; linear attention's zero
 # initial state forward and the unused final state's zero gradient backward; q, k, v unbound from one projection
-# are read where they lie (no copies), and autograd stacks their gradients back into the projection's
+# are read where they lie (no copies), and autograd stacks their gradients back into the projection's, which the
+# packed form writes where it lies (no stack)
 @pytest.mark.parametrize("call,forward,backward", [
     (tssa_call, {"zeros": 1}, {"zeros": 1}),
     (causal_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
     (causal_unbounded_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
     (linear_call, {"zeros": 1}, {"new_zeros": 1}),
     (linear_views_call, {"zeros": 1}, {"new_zeros": 1, "stack": 1}),
+    (linear_packed_call, {"zeros": 1}, {"new_zeros": 1}),
 ], ids=["tssa", "causal_tssa", "causal_tssa-position-free", "causal_linear_attention",
-        "causal_linear_attention-qkv-views"])
+        "causal_linear_attention-qkv-views", "causal_linear_attention-qkvpacked"])
 def test_torch_kernels_a_call_launches_besides_its_own(call, forward, backward, no_launches):
     """A training step launches these per layer: each costs host time and a launch on the GPU (the select that
     took an [H, 1] parameter to [H] cost a zero fill and a copy in the backward, and every unused output's gradient
@@ -157,8 +165,8 @@ def test_causal_linear_attention_gradients_through_some_outputs(used):
     check_some_outputs([y, *s], [yr, *sr], [q, k, v, *s0], used)
 
 
-@pytest.mark.parametrize("call", [tssa_call, causal_call, linear_call], ids=["tssa", "causal_tssa",
-                                                                             "causal_linear_attention"])
+@pytest.mark.parametrize("call", [tssa_call, causal_call, linear_call, linear_packed_call],
+                         ids=["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention-qkvpacked"])
 def test_a_second_derivative_is_refused_clearly(call):
     """The kernels' gradients are constants to autograd: under create_graph=True they keep their values and stay
     tied to the inputs, and differentiating them again (a gradient penalty) is an error naming the op, never a

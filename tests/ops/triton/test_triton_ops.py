@@ -6,8 +6,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEVICE, assert_close
-from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention, causal_tssa,
-                           naive_causal_linear_attention, naive_causal_tssa, naive_tssa, tssa)
+from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
+                           causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention,
+                           naive_causal_tssa, naive_tssa, tssa)
 
 SIZES = [(1, 48, 3), (63, 64, 4), (130, 48, 2), (500, 64, 2)]          # (T or N, D, H)
 IDS = [f"T{t}-D{d}-H{h}" for t, d, h in SIZES]
@@ -285,6 +286,36 @@ def test_causal_linear_attention_reads_inputs_where_they_lie(layout, linear_spli
     gr, _ = grads([yr, *sr], inputs)
     for i, (a, b) in enumerate(zip(g, gr)):
         assert_close(f"d input {i}", b, a, 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 37], ids=["T1", "T37"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "carried-state"])
+def test_causal_linear_attention_qkvpacked_writes_one_gradient(T, with_state, linear_split):
+    """The packed form takes qkv [B, T, 3, H, D] and hands back its gradient as one tensor, which the kernels write
+    where it lies: autograd never stacks d q, d k, d v (no StackBackward, no UnbindBackward in the graph). Output,
+    final state and every gradient against the fp64 reference."""
+    B, H, D = 2, 3, 16
+    qkv = leaf(B, T, 3, H, D)
+    s0 = [leaf(B, H, D, D, rand=True), leaf(B, H, D, rand=True)] if with_state else None
+    y, s = causal_linear_attention_qkvpacked(qkv, LinearAttentionState(*s0) if s0 else None, backend="triton")
+    assert "Unbind" not in type(y.grad_fn.next_functions[0][0]).__name__
+    q, k, v = qkv.double().unbind(2)
+    yr, sr = naive_causal_linear_attention(q, k, v, LinearAttentionState(*[x.double() for x in s0]) if s0 else None)
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    inputs = [qkv] + (s0 or [])
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for name, a, b in zip(["qkv", "kv0", "k_sum0"], g, gr):
+        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
+
+
+def test_causal_linear_attention_qkvpacked_checks_its_input():
+    with pytest.raises(ValueError, match=r"qkv: expected a 5-D tensor \[B, T, 3, H, D\], got shape \(2, 5, 48\)"):
+        causal_linear_attention_qkvpacked(torch.randn(2, 5, 48, device=DEVICE), backend="triton")
+    with pytest.raises(ValueError, match=r"qkv.shape\[2\]: expected 3 \(q, k, v\), got 2"):
+        causal_linear_attention_qkvpacked(torch.randn(2, 5, 2, 3, 16, device=DEVICE), backend="triton")
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="fp16/bf16 kernels are checked on a GPU")

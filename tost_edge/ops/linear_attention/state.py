@@ -50,3 +50,11 @@ def prepare(q, k, v, state: Optional[LinearAttentionState]):
                 fail(name, "float32 (recurrent state is always fp32)", t.dtype)
         state = LinearAttentionState(state.kv.to(sdt), state.k_sum.to(sdt))
     return B, T, H, D, M, sdt, state
+
+
+def unpack_qkv(qkv: torch.Tensor):
+    """q, k, v: views of qkv [B, T, 3, H, D] (a model's one projection), [B, T, H, D] each."""
+    check_rank("qkv", qkv, 5, "[B, T, 3, H, D]")
+    if qkv.shape[2] != 3:
+        fail("qkv.shape[2]", "3 (q, k, v)", qkv.shape[2])
+    return qkv.unbind(2)

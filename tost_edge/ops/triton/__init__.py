@@ -18,7 +18,7 @@ except ImportError as e:  # pragma: no cover - exercised where Triton is absent
 
 if _IMPORT_ERROR is None:
     from .causal_tssa import triton_causal_tssa
-    from .linear_attention import triton_causal_linear_attention
+    from .linear_attention import triton_causal_linear_attention, triton_causal_linear_attention_qkvpacked
     from .tssa import triton_tssa
     from . import settings
     settings.apply_environment()
@@ -27,5 +27,7 @@ else:
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
     triton_tssa = triton_causal_tssa = triton_causal_linear_attention = _unavailable
+    triton_causal_linear_attention_qkvpacked = _unavailable
 
-__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_linear_attention"]
+__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_linear_attention",
+           "triton_causal_linear_attention_qkvpacked"]

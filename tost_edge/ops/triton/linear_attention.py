@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..linear_attention.state import LinearAttentionState, prepare
+from ..linear_attention.state import LinearAttentionState, prepare, unpack_qkv
 from .utils import (alloc, batch_runs, cdiv, check_available, check_dtype, first_order, interpreting, join_runs,
                     launch_options, next_pow2, on_input_device)
 
@@ -148,24 +148,25 @@ def _grad_out(dy, y, den, b, h, t, T, eps, H: tl.constexpr, V: tl.constexpr, BV:
 
 
 @triton.jit
-def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
-               K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0):
+def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr, eps,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, k0):
     """What every backward kernel reads of a chunk: q and k's BK columns from k0 (raw, fp32), the offsets and mask of
-    those columns in the (contiguous) d q and d k, v's columns and their offsets and mask in d v, do and d den (all V
-    columns)."""
+    those columns in d q and d k, v's columns and their offsets and mask in d v, do and d den (all V columns). The
+    gradients are contiguous [B, T, H, K] tensors (RG 0) or, for a packed qkv, views of one [B, T, 3, H, K] gradient
+    whose tokens lie RG elements apart: the projection's gradient is written where it lies, with no stacking copy."""
     qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK, k0)
     kr, _, _ = _rows(k, b, h, t, T, RQK, K, BK, k0)
     vc, _, vm = _rows(v, b, h, t, T, RV, V, BV)
-    qo, _ = _at(b, h, t, T, H * K, K, BK, k0)
-    vo, _ = _at(b, h, t, T, H * V, V, BV)
+    qo, _ = _at(b, h, t, T, H * K if RG == 0 else RG, K, BK, k0)
+    vo, _ = _at(b, h, t, T, H * V if RG == 0 else RG, V, BV)
     do, dd = _grad_out(dy, y, den, b, h, t, T, eps, H, V, BV)
     return qr, kr, qo, qm, vc, vo, vm, do, dd
 
 
 @triton.jit
-def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
-            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
-            SPLIT: tl.constexpr):
+def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr, eps,
+            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+            PREC: tl.constexpr, SPLIT: tl.constexpr):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
     # SPLIT: program (bh, j) takes the BK key columns from j * BK
     bh = tl.program_id(0)
@@ -179,7 +180,7 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.conste
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, k0, 0)
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        qr, kr, qo, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+        qr, kr, qo, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, RG, eps, H, K, V, BK,
                                                       BV, k0)
         _, dphi = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
@@ -195,9 +196,9 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.conste
 
 
 @triton.jit
-def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, eps,
-             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-             PREC: tl.constexpr):
+def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr,
+             RG: tl.constexpr, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+             BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     # walking chunks backwards, dS / dz hold the gradient flowing into the state after the current chunk
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
@@ -207,7 +208,7 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.const
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, kr, ko, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+        qr, kr, ko, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, RG, eps, H, K, V, BK,
                                                         BV, 0)
         fq, _ = _phi(qr, qm)
         fk, dphi = _phi(kr, qm)
@@ -227,8 +228,9 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.const
 
 
 @triton.jit
-def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
-            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr,
+            eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            BT: tl.constexpr, PREC: tl.constexpr):
     # _bwd_dkv's key half for the BK key columns from program_id(1) * BK (SPLIT > 1); also the initial state's
     # gradient rows of those columns
     bh, k0 = tl.program_id(0), tl.program_id(1) * BK
@@ -239,7 +241,7 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr,
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
         t = (NT - 1 - i) * BT + tl.arange(0, BT)
-        qr, kr, ko, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK,
+        qr, kr, ko, qm, vc, _, _, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, RG, eps, H, K, V, BK,
                                                       BV, k0)
         fq, _ = _phi(qr, qm)
         _, dphi = _phi(kr, qm)
@@ -255,8 +257,8 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr,
 
 
 @triton.jit
-def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr, K: tl.constexpr,
-            V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr, eps, H: tl.constexpr,
+            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     # _bwd_dkv's value half for the BV value columns from program_id(1) * BV (SPLIT > 1)
     bh, v0 = tl.program_id(0), tl.program_id(1) * BV
     b, h = bh // H, bh % H
@@ -270,13 +272,14 @@ def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, RQK: tl.constexpr, RV: tl.constexpr, 
         qr, _, qm = _rows(q, b, h, t, T, RQK, K, BK)
         kr, _, _ = _rows(k, b, h, t, T, RQK, K, BK)
         do = _grad_o(dy, den, b, h, t, T, eps, H, V, BV, v0)
-        vo, vm = _at(b, h, t, T, H * V, V, BV, v0)
+        vo, vm = _at(b, h, t, T, H * V if RG == 0 else RG, V, BV, v0)
         fq, _ = _phi(qr, qm)
         fk, _ = _phi(kr, qm)
         fq_d, do_d = fq.to(wt), do.to(wt)
         causal = (t[:, None] >= t[None, :]) & (t[:, None] < T)
         A = tl.where(causal, tl.dot(fq_d, tl.trans(fk.to(wt)), input_precision=PREC), 0.0)               # [i, j]
-        dvc = tl.dot(tl.trans(A.to(wt)), do_d, input_precision=PREC) + tl.dot(fk.to(wt), dS.to(wt), input_precision=PREC)
+        dvc = tl.dot(tl.trans(A.to(wt)), do_d, input_precision=PREC) \
+            + tl.dot(fk.to(wt), dS.to(wt), input_precision=PREC)
         tl.store(dv + vo, dvc.to(dv.dtype.element_ty), mask=vm)
         dS += tl.dot(tl.trans(fq_d), do_d, input_precision=PREC)
 
@@ -352,60 +355,90 @@ def _forward(q, k, v, S0, z0, eps: float, plan: list):
 def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
     """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
     B, T, H, K = q.shape
+    dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, v.shape[-1], like=v)
+    return (dq, dk, dv, *_backward_into(dq, dk, dv, 0, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan))
+
+
+def _forward_packed(qkv, S0, z0, eps: float, plan: list):
+    """_forward of q, k, v unbound from qkv [B, T, 3, H, D] (read where they lie)."""
+    return _forward(*qkv.unbind(2), S0, z0, eps, plan)
+
+
+@on_input_device
+def _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps: float, plan: list):
+    """Gradients of qkv [B, T, 3, H, D] (one tensor, its d q, d k, d v written where they lie: unbinding qkv before
+    the op would have autograd stack three separate gradients into it, a copy of all three), S0 and z0."""
+    B, T, _, H, D = qkv.shape
+    dqkv = alloc(B, T, 3, H, D, like=qkv)
+    return (dqkv, *_backward_into(*dqkv.unbind(2), 3 * H * D, dy, gS_T, gz_T, *qkv.unbind(2), S0, z0, y, den, eps,
+                                  plan))
+
+
+def _backward_into(dq, dk, dv, RG: int, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
+    """Fills dq, dk, dv (contiguous, RG 0, or views of one gradient whose tokens lie RG elements apart); returns the
+    gradients of S0 and z0."""
+    B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, BT, warps, nk, nv, parallel, split = plan
     prec = _prec(q.dtype)
     q, k, v, RQK, RV = _token_strides(q, k, v)
-    dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, V, like=v)
     dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
     if parallel:
         from . import linear_attention_chunks as chunks
-        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK, RV, eps, BK, BV, BT,
+        chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK, RV, RG, eps, BK, BV, BT,
                         warps, prec, None if split < 0 else bool(split))
-        return dq, dk, dv, dS0, dz0
-    _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, RQK, RV, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
+        return dS0, dz0
+    _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, RQK, RV, RG, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
                          **launch_options(warps))
     if nk == 1 and nv == 1:
-        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK, RV, eps, H, K, V, BK, BV, BT,
+        _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK, RV, RG, eps, H, K, V, BK, BV, BT,
                            prec, **launch_options(warps))
     else:
-        _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK, RV, eps, H, K, V, BK // nk, BV, BT,
-                             prec, **launch_options(warps))
-        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, RQK, RV, eps, H, K, V, BK, BV // nv, BT, prec,
+        _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK, RV, RG, eps, H, K, V, BK // nk, BV,
+                             BT, prec, **launch_options(warps))
+        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, RQK, RV, RG, eps, H, K, V, BK, BV // nv, BT, prec,
                              **launch_options(warps))
-    return dq, dk, dv, dS0, dz0
+    return dS0, dz0
 
 
 def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _grads_in(dy, gS_T, gz_T, v, S0, z0):
+def _grads_in(dy, gS_T, gz_T, y, S0, z0):
     """The incoming gradients with those of unused outputs as zeros, contiguous, the state's in fp32 (the absent
     state gradients: views of one zero-filled buffer, one fill)."""
     absent = [t.numel() if g is None else 0 for g, t in ((gS_T, S0), (gz_T, z0))]
     zS, zz = S0.new_zeros(sum(absent), dtype=torch.float32).split(absent) if None in (gS_T, gz_T) else (None, None)
-    return (torch.zeros_like(v) if dy is None else dy.contiguous(),
+    return (torch.zeros_like(y) if dy is None else dy.contiguous(),
             zS.view(S0.shape) if gS_T is None else gS_T.float().contiguous(),
             zz.view(z0.shape) if gz_T is None else gz_T.float().contiguous())
 
 
+# the directions by the op's tensor inputs: (q, k, v, S0, z0), or (qkv, S0, z0) packed
+_FORWARD = {5: _forward, 3: _forward_packed}
+_BACKWARD = {5: _backward, 3: _backward_packed}
+
+
 class ChunkLinearAttention(torch.autograd.Function):
-    """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
+    """Eager autograd over the directions above (under torch.compile the custom ops below run instead). Takes
+    (q, k, v, S0, z0, eps, plan) or (qkv, S0, z0, eps, plan)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, S0, z0, eps, plan):
+    def forward(ctx, *args):
         ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
-        y, S_T, z_T, den = _forward(q, k, v, S0, z0, eps, plan)
-        ctx.save_for_backward(q, k, v, S0, z0, y, den)
+        *inputs, eps, plan = args
+        y, S_T, z_T, den = _FORWARD[len(inputs)](*inputs, eps, plan)
+        ctx.save_for_backward(*inputs, y, den)
         ctx.eps, ctx.plan = eps, plan
         return y, S_T, z_T
 
     @staticmethod
     def backward(ctx, dy, gS_T, gz_T):
-        q, k, v, S0, z0, y, den = ctx.saved_tensors
-        grads = _backward(*_grads_in(dy, gS_T, gz_T, v, S0, z0), q, k, v, S0, z0, y, den, ctx.eps, ctx.plan)
-        return (*first_order("causal_linear_attention", grads, (q, k, v, S0, z0)), None, None)
+        *inputs, y, den = ctx.saved_tensors
+        grads = _BACKWARD[len(inputs)](*_grads_in(dy, gS_T, gz_T, y, *inputs[-2:]), *inputs, y, den, ctx.eps,
+                                       ctx.plan)
+        return (*first_order("causal_linear_attention", grads, tuple(inputs)), None, None)
 
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_triton_forward", mutates_args=())
@@ -432,22 +465,50 @@ def _(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(S0), torch.empty_like(z0)
 
 
+@torch.library.custom_op("tost_edge::causal_linear_attention_qkvpacked_triton_forward", mutates_args=())
+def _forward_packed_op(qkv: Tensor, S0: Tensor, z0: Tensor, eps: float,
+                       plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward_packed(qkv, S0, z0, eps, plan)
+
+
+@_forward_packed_op.register_fake
+def _(qkv, S0, z0, eps, plan):
+    B, T, _, H, D = qkv.shape
+    return (qkv.new_empty(B, T, H, D), torch.empty_like(S0), torch.empty_like(z0),
+            qkv.new_empty(B, T, H, dtype=torch.float32))
+
+
+@torch.library.custom_op("tost_edge::causal_linear_attention_qkvpacked_triton_backward", mutates_args=())
+def _backward_packed_op(dy: Tensor, gS_T: Tensor, gz_T: Tensor, qkv: Tensor, S0: Tensor, z0: Tensor, y: Tensor,
+                        den: Tensor, eps: float, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan)
+
+
+@_backward_packed_op.register_fake
+def _(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan):
+    return qkv.new_empty(qkv.shape), torch.empty_like(S0), torch.empty_like(z0)
+
+
+_BACKWARD_OP = {5: _backward_op, 3: _backward_packed_op}
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, S0, z0, eps, plan = inputs
+    *tensors, eps, plan = inputs
     y, _, _, den = output
-    ctx.save_for_backward(q, k, v, S0, z0, y, den)
+    ctx.save_for_backward(*tensors, y, den)
     ctx.eps, ctx.plan = eps, plan
     ctx.mark_non_differentiable(den)
     ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, dy, gS_T, gz_T, _gden):
-    q, k, v, S0, z0, y, den = ctx.saved_tensors
-    grads = _backward_op(*_grads_in(dy, gS_T, gz_T, v, S0, z0), q, k, v, S0, z0, y, den, ctx.eps, ctx.plan)
+    *inputs, y, den = ctx.saved_tensors
+    grads = _BACKWARD_OP[len(inputs)](*_grads_in(dy, gS_T, gz_T, y, *inputs[-2:]), *inputs, y, den, ctx.eps, ctx.plan)
     return (*grads, None, None)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
+_forward_packed_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def _bf16_interpreted(q, k, v, state, eps):
@@ -477,18 +538,41 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
         return v.clone().to(q.dtype), LinearAttentionState(state.kv.float(), state.k_sum.float())
     plan = _plan(D, M)
     rows = 0 if q.is_contiguous() and v.is_contiguous() else max(_row_stride(x) or 0 for x in (q, k, v))
-    per_element, name = T * max(H * max(D, M), rows), "q, k, v"      # (q, k, v are read where they lie: see above)
-    if plan[6] and H * cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
-        per_element, name = H * cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
-    runs = batch_runs(B, per_element, name)
+    runs = _runs(B, T, H, D, M, rows, plan)
     if len(runs) > 1:
         return join_runs([triton_causal_linear_attention(q[r], k[r], v[r], LinearAttentionState(*(s[r] for s in state)),
                                                          eps) for r in runs])
     dt = q.dtype
-    args = (q, k.to(dt), v.to(dt), state.kv.float().contiguous(),
-            state.k_sum.float().contiguous(), float(eps), plan)
-    if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
-        y, S_T, z_T, _ = _forward_op(*args)
-    else:
-        y, S_T, z_T = ChunkLinearAttention.apply(*args)
+    return _apply(_forward_op, q, k.to(dt), v.to(dt), state.kv.float().contiguous(), state.k_sum.float().contiguous(),
+                  float(eps), plan)
+
+
+def triton_causal_linear_attention_qkvpacked(qkv, state=None, eps: float = 1e-6):
+    """triton_causal_linear_attention of q, k, v = qkv.unbind(2), qkv: [B, T, 3, H, D] (a model's one projection):
+    the same outputs, and qkv's gradient comes back as one tensor that the kernels write where it lies, where unbinding
+    first would have autograd stack the three gradients into it (a copy of all three)."""
+    qkv = qkv.contiguous()
+    q, k, v = unpack_qkv(qkv)
+    B, T, H, D, M, sdt, state = prepare(q, k, v, state)
+    check_dtype("qkv", qkv)
+    check_available(qkv)
+    plan = _plan(D, M)
+    if (qkv.dtype == torch.bfloat16 and interpreting()) or T == 0 or len(_runs(B, T, H, D, M, 3 * H * D, plan)) > 1:
+        return triton_causal_linear_attention(q, k, v, state, eps)    # (the same results, from the unbound views)
+    return _apply(_forward_packed_op, qkv, state.kv.float().contiguous(), state.k_sum.float().contiguous(),
+                  float(eps), plan)
+
+
+def _runs(B: int, T: int, H: int, D: int, M: int, rows: int, plan: list) -> list:
+    """utils.batch_runs for q, k, v whose tokens lie `rows` elements apart (0: contiguous)."""
+    per_element, name = T * max(H * max(D, M), rows), "q, k, v"      # (q, k, v are read where they lie: see above)
+    if plan[6] and H * cdiv(T, plan[2]) * D * M > per_element:    # PARALLEL: the states of every chunk
+        per_element, name = H * cdiv(T, plan[2]) * D * M, "the chunks' states (PARALLEL)"
+    return batch_runs(B, per_element, name)
+
+
+def _apply(op, *args):
+    """The op's forward with autograd: the custom op under torch.compile (opaque to the compiler: one node per
+    direction, no graph break), else the autograd Function (no dispatcher overhead). -> (y, final state)."""
+    y, S_T, z_T = op(*args)[:3] if torch.compiler.is_compiling() else ChunkLinearAttention.apply(*args)
     return y, LinearAttentionState(S_T, z_T)

@@ -94,9 +94,9 @@ def _b_states(q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz
 
 
 @triton.jit
-def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK: tl.constexpr, RV: tl.constexpr, eps, NT,
-              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-              PREC: tl.constexpr, PART: tl.constexpr = 0):
+def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK: tl.constexpr, RV: tl.constexpr,
+              RG: tl.constexpr, eps, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+              BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr = 0):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_c do_i + dden_i z_c
     # d phi(k)_j = sum_{i>=j} (do_i . v_j + dden_i) phi(q)_i + dS_c v_j + dz_c
     # dv_j = sum_{i>=j} A_ij do_i + phi(k)_j dS_c      (S_c, z_c: the state at the chunk's start; dS_c, dz_c: the
@@ -106,7 +106,7 @@ def _b_chunks(q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK: tl.cons
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see linear_attention's docstring
     t = c * BT + tl.arange(0, BT)
-    qr, kr, qo, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, eps, H, K, V, BK, BV,
+    qr, kr, qo, qm, vc, vo, vm, do, dd = _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK, RV, RG, eps, H, K, V, BK, BV,
                                                     0)
     fq, dphi_q = _phi(qr, qm)
     fk, dphi_k = _phi(kr, qm)
@@ -148,10 +148,11 @@ def forward(q, k, v, S0, z0, y, den, S_T, z_T, RQK: int, RV: int, eps: float, BK
                            **launch_options(warps))
 
 
-def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK: int, RV: int, eps: float, BK: int,
-             BV: int, BT: int, warps: int, prec: str, split: bool | None = None):
-    """Fills dq, dk, dv, dS0, dz0 (see linear_attention._backward): both state walks in one launch, then the chunks,
-    d q apart from d k and d v where `split` (None: where that spills less than one kernel doing all three, _split)."""
+def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK: int, RV: int, RG: int, eps: float,
+             BK: int, BV: int, BT: int, warps: int, prec: str, split: bool | None = None):
+    """Fills dq, dk, dv, dS0, dz0 (see linear_attention._backward_into; RG: the gradients' token stride, 0 where they
+    are contiguous): both state walks in one launch, then the chunks, d q apart from d k and d v where `split` (None:
+    where that spills less than one kernel doing all three, _split)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT, Sc, zc = _states(B, H, T, K, V, BT, q)
@@ -159,7 +160,7 @@ def backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK:
     _b_states[(B * H, 2)](q, k, v, dy, y, den, S0, z0, gS_T, gz_T, Sc, zc, dSc, dzc, dS0, dz0, T, RQK, RV, eps, NT, H,
                           K, V, BK, BV, BT, prec, **launch_options(warps))
     grid = (B * H, NT)
-    args = (q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK, RV, eps, NT, H, K, V, BK, BV, BT, prec)
+    args = (q, k, v, dy, y, den, Sc, zc, dSc, dzc, dq, dk, dv, T, RQK, RV, RG, eps, NT, H, K, V, BK, BV, BT, prec)
     for part in ((1, 2) if _split(split, grid, args, warps) else (0,)):
         _b_chunks[grid](*args, part, **launch_options(warps))
 
@@ -172,10 +173,11 @@ def _split(split: bool | None, grid, args, warps: int) -> bool:
     fewer tiles: as asked, or (None) where the one kernel doing all three spills more than utils.SPILL bytes a thread
     and the two spill less (Triton 3.6: sm_87 fp16 120 bytes against none; sm_87 bf16 32 against 136 for d k, d v,
     so one; sm_90 none), decided once per dtype, device, warps and constexprs (H, K, V, BK, BV, BT, PREC: the last
-    seven arguments), not per sequence length, from the compiled kernels. The interpreter runs the one."""
+    seven arguments) and token strides, not per sequence length, from the compiled kernels. The interpreter runs the
+    one."""
     if split is not None or interpreting():
         return bool(split)
-    key = (warps, args[0].dtype, args[0].device, *args[-7:])
+    key = (warps, args[0].dtype, args[0].device, *args[14:17], *args[-7:])
     if key not in _SPLIT:
         spills = []
         for part in (0, 1, 2):
