@@ -14,6 +14,8 @@
 #                    TRAIN_ARGS (e.g. "--seq 4096 --vision none") under TRAIN_LIMIT seconds (default 300)
 #   NCU=1            also Nsight Compute over benchmarks/profile_ncu.py (one file each in RESULTS, NCU_LIMIT seconds
 #                    each, default 150): resident TSSA, the TSSA passes, causal TSSA; NCU_SECTIONS overrides what it reads
+#   HOST=1           also benchmarks/host_time.py (where the host's time goes in an eager forward+backward of each
+#                    op; under HOST_LIMIT seconds, default 120)
 #   TUNED            a sweep.json from an earlier run: kernels.py runs with its best settings (without SWEEP=1)
 #   SKIP_TESTS=1, SKIP_KERNELS=1   leave out the tests or the kernel benchmark (to split a run across two calls)
 #   TEST_FILTER      a pytest -k expression choosing the tests, e.g. "on_gpu" (the GPU-only ones) when time is short
@@ -72,6 +74,10 @@ if [ -n "${SAMPLE:-}" ]; then
       && python3 samples/01_stream_tokens/stream_tokens.py "$RESULTS/sample04_bundle" --tokens 16; } 2>&1 \
     | tee "$RESULTS/sample04.log"
   [ "${PIPESTATUS[0]}" -ne 0 ] && status=1
+fi
+if [ -n "${HOST:-}" ]; then
+  timeout "${HOST_LIMIT:-120}" python3 benchmarks/host_time.py --out "$RESULTS" 2>&1 | tee "$RESULTS/host_time.log" \
+    || status=1
 fi
 if [ -n "${TRAIN_STEP:-}" ]; then
   timeout "${TRAIN_LIMIT:-300}" python3 benchmarks/train_step.py ${TRAIN_ARGS:-} --out "$RESULTS" 2>&1 \

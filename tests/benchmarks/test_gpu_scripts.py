@@ -167,3 +167,12 @@ def test_sweep_skips_the_stages_of_the_scheme_it_did_not_choose(monkeypatch):
     programs = settings.current()["causal_tssa"]["PROGRAMS"]
     assert timed == [(False, 64, programs), (True, 64, programs), (True, 32, programs), (True, 64, programs)]
     assert [c for c in sweep.CAUSAL_STAGES if isinstance(c, tuple)], "the causal stages name their scheme"
+
+
+def test_host_time_smoke(tmp_path):
+    out = smoke("host_time.py", "--ops", "tssa", "causal_linear_attention", out=tmp_path)
+    result = json.loads((tmp_path / "host_time.json").read_text())
+    assert set(result["ops"]) == {"tssa", "causal_linear_attention"}
+    for r in result["ops"].values():
+        assert 0 < r["host_us"] <= r["wall_us"] and r["top"] and "tost_edge" in r["own_us_by_package"]
+    assert "host-bound" in out or "GPU-bound" in out

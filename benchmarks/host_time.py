@@ -1,0 +1,103 @@
+"""Where the host's time goes in an eager forward+backward of each op (GPU): what the plain timings pay beyond the
+kernels.
+
+    python benchmarks/host_time.py --out results/          # writes results/host_time.json
+    HOST=1 bash benchmarks/run_gpu.sh                        # the same, in the GPU script
+    TRITON_INTERPRET=1 python benchmarks/host_time.py --smoke --out /tmp/h   # CPU check of this script
+
+Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the causal ops B8 T4096 H12 D64, bf16):
+- host µs a call: the time Python takes to queue one forward+backward (the GPU still busy with earlier calls, so
+  nothing waits for it), against the GPU's µs a call (the same calls' wall time once the queue has drained). Where the
+  host's time is the larger, the plain timings measure the host, not the kernels.
+- the functions that host time is spent in (cProfile, own time a call, the largest first; Python runs slower under
+  the profiler, so these add up to more than the host's time above) and its sum by package (tost_edge,
+  triton, torch, the rest), so that the heaviest part, the ops' host code, autograd's or Triton's launch path, shows
+  by name.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import smoke  # noqa: E402  (benchmarks/smoke.py)
+from profile_ncu import call  # noqa: E402  (benchmarks/profile_ncu.py: the op at its benchmark shape)
+
+OPS = ("tssa", "causal_tssa", "causal_linear_attention")
+
+
+def measure(fn, inputs, calls: int, sync) -> dict:
+    """Host and wall µs per forward+backward over `calls` calls queued back to back."""
+    def step():
+        out = fn()
+        out.backward(torch.ones_like(out))
+        for t in inputs:
+            t.grad = None
+    for _ in range(3):           # autotuning and compiles
+        step()
+    sync()
+    host = 0.0
+    start = time.perf_counter()
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        step()
+        host += time.perf_counter() - t0
+    sync()
+    wall = time.perf_counter() - start
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        step()
+    profile.disable()
+    sync()
+    stats = pstats.Stats(profile)
+    top = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:15]     # (file, line, name) -> (cc, nc, tt, ct, _)
+    packages = {}
+    for (f, _, _), (_, _, tt, _, _) in stats.stats.items():
+        package = next((p for p in ("tost_edge", "triton", "torch") if f"/{p}/" in f), "other (builtins, C calls)")
+        packages[package] = packages.get(package, 0.0) + 1e6 * tt / calls
+    return {"host_us": 1e6 * host / calls, "wall_us": 1e6 * wall / calls, "own_us_by_package": packages,
+            "top": [{"function": f"{Path(f).name}:{line} {name}", "calls_per_step": nc / calls,
+                     "own_us_per_step": 1e6 * tt / calls, "cumulative_us_per_step": 1e6 * ct / calls}
+                    for (f, line, name), (_, nc, tt, ct, _) in top]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    ap.add_argument("--calls", type=int, default=50,
+                    help="forward+backward calls queued back to back (few enough that the launch queue never fills)")
+    ap.add_argument("--out", type=Path, default=Path("."), help="folder for host_time.json")
+    smoke.add_flag(ap)
+    args = ap.parse_args()
+    small = smoke.check(args, "benchmarks/host_time.py")
+    dev, dt = ("cpu", torch.float32) if small else ("cuda", torch.bfloat16)
+    sync = (lambda: None) if small else torch.cuda.synchronize
+    calls = 2 if small else args.calls
+    results = {"device": "CPU smoke check" if small else torch.cuda.get_device_name(), "ops": {}}
+    for op in args.ops:
+        fn, inputs = call(op, dev, dt, small)
+        r = measure(fn, inputs, calls, sync)
+        results["ops"][op] = r
+        bound = "host-bound" if r["host_us"] > 0.9 * r["wall_us"] else "GPU-bound"
+        print(f"{op}: host {r['host_us']:.0f} µs a forward+backward, wall {r['wall_us']:.0f} µs ({bound})", flush=True)
+        print("    under cProfile (which slows Python ~2-3x), own time by package: " + ", ".join(f"{p} {us:.0f} µs" for p, us in
+                                                     sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])))
+        for row in r["top"][:10]:
+            print(f"    {row['own_us_per_step']:8.1f} µs own  {row['cumulative_us_per_step']:8.1f} µs with callees  "
+                  f"x{row['calls_per_step']:<5.0f} {row['function']}", flush=True)
+        del fn, inputs
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "host_time.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
