@@ -18,7 +18,8 @@ rebuilds do = dy / (den + eps) and d den = -sum(dy * y) / (den + eps) on the fly
 q, k and v are read where they lie wherever each token's [H, D] is contiguous and the sequences are evenly spaced:
 the views a language model unbinds from one [B, T, 3, H, D] projection cost no copy (their tokens lie 3 * H * D
 elements apart; the strides are compile-time constants, so contiguous inputs compile to the same code as before).
-Other layouts are copied first.
+Other layouts are copied first. Given the projection itself (triton_causal_linear_attention_qkvpacked), the backward
+writes its gradient where it lies too (token stride RG), which unbound views cannot have: autograd stacks theirs.
 
 PARALLEL runs linear_attention_chunks.py instead: walks that carry only the state, then a program per chunk.
 """
