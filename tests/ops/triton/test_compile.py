@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from tests.conftest import DEVICE
 from tost_edge import models
@@ -23,17 +24,17 @@ def fresh_compiler():
     torch._dynamo.reset()
 
 
-def _tssa_case(gen):
-    w = torch.randn(2, 9, 32, generator=gen)
+def _tssa_case(gen, B=2, T=9):
+    w = torch.randn(B, T, 32, generator=gen)
     temp = torch.rand(2, generator=gen) + 0.5
     return (w, temp), lambda w, temp: (tssa(w, temp, 2, backend="triton"),)
 
 
-def _causal_case(gen):
-    w = torch.randn(2, 9, 32, generator=gen)
-    temp, bias = torch.rand(2, generator=gen) + 0.5, 0.1 * torch.randn(2, 16, generator=gen)
-    S, A, P = torch.rand(2, 2, 16, generator=gen) + 0.5, torch.rand(2, 2, 16, generator=gen), \
-        torch.rand(2, 2, generator=gen) + 0.5
+def _causal_case(gen, B=2, T=9):
+    w = torch.randn(B, T, 32, generator=gen)
+    temp, bias = torch.rand(2, generator=gen) + 0.5, 0.1 * torch.randn(2, 16 + T, generator=gen)
+    S, A, P = torch.rand(B, 2, 16, generator=gen) + 0.5, torch.rand(B, 2, 16, generator=gen), \
+        torch.rand(B, 2, generator=gen) + 0.5
 
     def fn(w, temp, bias, S, A, P):
         y, state = causal_tssa(w, temp, bias, 2, (S, A, P), 3, backend="triton")
@@ -41,9 +42,9 @@ def _causal_case(gen):
     return (w, temp, bias, S, A, P), fn
 
 
-def _linear_case(gen):
-    q, k, v = (torch.randn(2, 9, 2, 16, generator=gen) for _ in range(3))
-    kv, k_sum = torch.rand(2, 2, 16, 16, generator=gen), torch.rand(2, 2, 16, generator=gen)
+def _linear_case(gen, B=2, T=9):
+    q, k, v = (torch.randn(B, T, 2, 16, generator=gen) for _ in range(3))
+    kv, k_sum = torch.rand(B, 2, 16, 16, generator=gen), torch.rand(B, 2, 16, generator=gen)
 
     def fn(q, k, v, kv, k_sum):
         y, state = causal_linear_attention(q, k, v, (kv, k_sum), backend="triton")
@@ -51,9 +52,9 @@ def _linear_case(gen):
     return (q, k, v, kv, k_sum), fn
 
 
-def _linear_packed_case(gen):
-    qkv = torch.randn(2, 9, 3, 2, 16, generator=gen)
-    kv, k_sum = torch.rand(2, 2, 16, 16, generator=gen), torch.rand(2, 2, 16, generator=gen)
+def _linear_packed_case(gen, B=2, T=9):
+    qkv = torch.randn(B, T, 3, 2, 16, generator=gen)
+    kv, k_sum = torch.rand(B, 2, 16, 16, generator=gen), torch.rand(B, 2, 16, generator=gen)
 
     def fn(qkv, kv, k_sum):
         y, state = causal_linear_attention_qkvpacked(qkv, (kv, k_sum), backend="triton")
@@ -103,6 +104,29 @@ def test_compiled_op_is_one_node_and_matches_eager(op, save_pi, monkeypatch):
     assert all(g is not None and g.abs().sum() > 0 for g in compiled_grads)
     torch._dynamo.reset()
     assert _nodes(fn, inputs) == [node + ".default"]
+
+
+@pytest.mark.parametrize("op", list(CASES) + ["causal_tssa-chunked", "causal_tssa-three-passes"])
+def test_dynamic_shapes_compile_one_graph_for_every_length(op, monkeypatch):
+    """torch.compile(dynamic=True): one graph serves the batch sizes and lengths after the first (the launch plan
+    is an expression of the sizes, not a guard on each), and computes what eager calls do."""
+    op, _, scheme = op.partition("-")
+    monkeypatch.setattr(ct, "CHUNKED", scheme == "chunked")
+    monkeypatch.setattr(ct, "CHUNKED_TOKENS", 4)
+    monkeypatch.setattr(ct, "FUSED", scheme != "three-passes")
+    make = CASES[op][0]
+    fn = make(torch.Generator().manual_seed(0))[1]
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=True)
+    counters.clear()
+    for B, T in ((4, 9), (5, 14), (7, 11)):     # (B unlike the 2 heads and the 3 of qkv: equal sizes share a symbol)
+        inputs = make(torch.Generator().manual_seed(T), B, T)[0]
+        weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i))
+                   for i, o in enumerate(fn(*[t.to(DEVICE) for t in inputs]))]
+        eager_out, eager_grads = _step(fn, inputs, weights)
+        compiled_out, compiled_grads = _step(compiled, inputs, weights)
+        for a, b in zip(eager_out + eager_grads, compiled_out + compiled_grads):
+            torch.testing.assert_close(b, a, **SAME)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_the_plan_of_a_call_holds_for_its_backward(monkeypatch):

@@ -33,7 +33,8 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
 from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype, fast_fp64,
-                    first_order, join_runs, launch_options, next_pow2, on_input_device, unspilled)
+                    first_order, join_runs, launch_options, next_pow2, next_pow2_capped, on_input_device,
+                    unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -632,11 +633,12 @@ def _groups(B: int, group: int):
 
 def _slicing(T: int, B: int, max_tokens: int = 1 << 30):
     """Tokens per unrolled step or tile BT, slices per sequence and tokens per slice."""
-    B = min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
-    BT = max(1, min(UNROLL, next_pow2(T), max_tokens))
+    B = torch.sym_min(B, L2_GROUP) if L2_GROUP > 0 else B     # sequences per launch
+    BT = next_pow2_capped(T, max(1, min(UNROLL, max_tokens)))
     NT = cdiv(T, BT)
-    # slices of whole unrolled steps, one program each: enough programs to fill a large GPU
-    slices = max(1, min(NT, cdiv(PROGRAMS, max(B, 1))))
+    # slices of whole unrolled steps, one program each: enough programs to fill a large GPU (sym_min / sym_max:
+    # under torch.compile with dynamic shapes, an expression of the length rather than a guard on it)
+    slices = torch.sym_max(1, torch.sym_min(NT, cdiv(PROGRAMS, torch.sym_max(B, 1))))
     per = cdiv(NT, slices) * BT
     return BT, cdiv(T, per), per
 
@@ -662,7 +664,7 @@ def _options(backward: bool, tiled: bool, HP: int, BD: int, itemsize: int) -> di
 
 
 def _bwd_tokens(T: int, BT: int, max_tokens: int = 1 << 30) -> int:
-    return max(1, min(BWD_UNROLL, next_pow2(T), max_tokens)) if BWD_UNROLL > 0 else min(BT, max_tokens)
+    return next_pow2_capped(T, max(1, min(BWD_UNROLL, max_tokens))) if BWD_UNROLL > 0 else min(BT, max_tokens)
 
 
 def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
@@ -686,8 +688,8 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     if CHUNKED:
-        BT, bwd_BT = (max(1, min(next_pow2(n), next_pow2(T))) for n in (CHUNKED_TILE, CHUNKED_BWD_TILE))
-        per = max(BT, bwd_BT) * cdiv(min(CHUNKED_TOKENS, T), max(BT, bwd_BT))       # whole tiles both ways
+        BT, bwd_BT = (next_pow2_capped(T, next_pow2(n)) for n in (CHUNKED_TILE, CHUNKED_BWD_TILE))
+        per = max(BT, bwd_BT) * cdiv(torch.sym_min(CHUNKED_TOKENS, T), max(BT, bwd_BT))   # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
         return [BD, HP, BT, cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
                 warps, 0, fp64, 1, CHUNKED_STAGES, 0]

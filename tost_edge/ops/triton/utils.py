@@ -177,8 +177,10 @@ def batch_runs(B: int, per_element: int, name: str) -> list:
         raise ValueError(f"backend='triton': {name} has {per_element:,} elements per batch element, more than the "
                          f"kernels' 32-bit offsets address ({MAX_OFFSET:,}): split the sequence, or use "
                          f"backend='torch'")
+    if B * per_element <= MAX_OFFSET:   # (first: under torch.compile with dynamic shapes, a range guard, no
+        return [slice(0, B)]            # specialisation on the sizes)
     step = max(1, MAX_OFFSET // max(1, per_element))
-    return [slice(b, min(b + step, B)) for b in range(0, B, step)] or [slice(0, 0)]
+    return [slice(b, min(b + step, B)) for b in range(0, B, step)]
 
 
 def join_runs(parts: list):
@@ -196,6 +198,13 @@ def cdiv(a: int, b: int) -> int:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def next_pow2_capped(n, cap: int) -> int:
+    """min(next_pow2(n), cap) for a power of two cap. n may be a torch.SymInt (a length under torch.compile with
+    dynamic shapes): past cap / 2 only that comparison is decided (a range guard), so every longer length shares
+    one compiled graph; below it the length itself (next_pow2 specialises)."""
+    return cap if n > cap // 2 else next_pow2(n)
 
 
 # compute capabilities whose fp64 runs at half the fp32 rate (P100, V100, A100, H100 / H200, B200); the others run
