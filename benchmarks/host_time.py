@@ -8,7 +8,8 @@ kernels.
 Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the causal ops B8 T4096 H12 D64, bf16):
 - host µs a call: the time Python takes to queue one forward+backward (the GPU still busy with earlier calls, so
   nothing waits for it), against the GPU's µs a call (the same calls' wall time once the queue has drained). Where the
-  host's time is the larger, the plain timings measure the host, not the kernels.
+  host's time is the larger, the plain timings measure the host, not the kernels. Then the host µs again with the
+  Triton kernels replaced by stubs that launch nothing: the difference is Triton's launch path.
 - the functions that host time is spent in (cProfile, own time a call, the largest first; Python runs slower under
   the profiler, so these add up to more than the host's time above) and its sum by package (tost_edge,
   triton, torch, the rest), so that the heaviest part, the ops' host code, autograd's or Triton's launch path, shows
@@ -17,6 +18,7 @@ Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the cau
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -34,15 +36,38 @@ from profile_ncu import call  # noqa: E402  (benchmarks/profile_ncu.py: the op a
 OPS = ("tssa", "causal_tssa", "causal_linear_attention")
 
 
-def measure(fn, inputs, calls: int, sync) -> dict:
-    """Host and wall µs per forward+backward over `calls` calls queued back to back."""
-    def step():
-        out = fn()
-        out.backward(torch.ones_like(out))
-        for t in inputs:
-            t.grad = None
-    for _ in range(3):           # autotuning and compiles
-        step()
+class NoLaunch:
+    """A Triton kernel that launches nothing (kernel[grid](*args) returns at once; warmup compiles nothing)."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+    def warmup(self, *args, **kwargs):
+        return None
+
+
+@contextlib.contextmanager
+def no_launches():
+    """The ops' Triton kernels replaced by NoLaunch: what is left of a call's host time is the ops' own Python,
+    autograd's and torch's (its fills); the outputs are left as allocated."""
+    from tost_edge.ops.triton import causal_tssa as ct, linear_attention as la, linear_attention_chunks as lch, \
+        tssa as tt
+    saved = [(tt.KERNELS, k, v) for k, v in tt.KERNELS.items()]
+    for module in (tt, ct, la, lch, tt.resident, ct.chunks):
+        saved += [(vars(module), k, v) for k, v in vars(module).items()
+                  if type(v).__name__ in ("JITFunction", "InterpretedFunction", "Autotuner")]
+    try:
+        for where, k, _ in saved:
+            where[k] = NoLaunch()
+        yield
+    finally:
+        for where, k, v in saved:
+            where[k] = v
+
+
+def host_and_wall(step, calls: int, sync) -> tuple[float, float]:
+    """µs a call that Python takes to queue `step` (the GPU still busy with the calls before: nothing waits), and
+    µs a call of wall time once the queue has drained."""
     sync()
     host = 0.0
     start = time.perf_counter()
@@ -51,7 +76,22 @@ def measure(fn, inputs, calls: int, sync) -> dict:
         step()
         host += time.perf_counter() - t0
     sync()
-    wall = time.perf_counter() - start
+    return 1e6 * host / calls, 1e6 * (time.perf_counter() - start) / calls
+
+
+def measure(fn, inputs, calls: int, sync) -> dict:
+    """Host and wall µs per forward+backward over `calls` calls queued back to back, the host µs with the Triton
+    launches stubbed, and where cProfile finds the time."""
+    def step():
+        out = fn()
+        out.backward(torch.ones_like(out))
+        for t in inputs:
+            t.grad = None
+    for _ in range(3):           # autotuning and compiles
+        step()
+    host, wall = host_and_wall(step, calls, sync)
+    with no_launches():
+        stubbed, _ = host_and_wall(step, calls, sync)
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(calls):
@@ -64,7 +104,7 @@ def measure(fn, inputs, calls: int, sync) -> dict:
     for (f, _, _), (_, _, tt, _, _) in stats.stats.items():
         package = next((p for p in ("tost_edge", "triton", "torch") if f"/{p}/" in f), "other (builtins, C calls)")
         packages[package] = packages.get(package, 0.0) + 1e6 * tt / calls
-    return {"host_us": 1e6 * host / calls, "wall_us": 1e6 * wall / calls, "own_us_by_package": packages,
+    return {"host_us": host, "wall_us": wall, "host_us_launches_stubbed": stubbed, "own_us_by_package": packages,
             "top": [{"function": f"{Path(f).name}:{line} {name}", "calls_per_step": nc / calls,
                      "own_us_per_step": 1e6 * tt / calls, "cumulative_us_per_step": 1e6 * ct / calls}
                     for (f, line, name), (_, nc, tt, ct, _) in top]}
@@ -88,7 +128,8 @@ def main() -> None:
         r = measure(fn, inputs, calls, sync)
         results["ops"][op] = r
         bound = "host-bound" if r["host_us"] > 0.9 * r["wall_us"] else "GPU-bound"
-        print(f"{op}: host {r['host_us']:.0f} µs a forward+backward, wall {r['wall_us']:.0f} µs ({bound})", flush=True)
+        print(f"{op}: host {r['host_us']:.0f} µs a forward+backward ({r['host_us_launches_stubbed']:.0f} with the Triton "
+              f"launches stubbed), wall {r['wall_us']:.0f} µs ({bound})", flush=True)
         print("    under cProfile (which slows Python ~2-3x), own time by package: " + ", ".join(f"{p} {us:.0f} µs" for p, us in
                                                      sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])))
         for row in r["top"][:10]:
