@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import smoke  # noqa: E402  (benchmarks/smoke.py)
 from profile_ncu import call  # noqa: E402  (benchmarks/profile_ncu.py: the op at its benchmark shape)
 
-OPS = ("tssa", "causal_tssa", "causal_linear_attention")
+OPS = ("causal_tssa", "causal_linear_attention", "tssa")   # TSSA last: its first call may autotune (a minute)
 
 
 class NoLaunch:
@@ -136,8 +136,8 @@ def main() -> None:
             print(f"    {row['own_us_per_step']:8.1f} µs own  {row['cumulative_us_per_step']:8.1f} µs with callees  "
                   f"x{row['calls_per_step']:<5.0f} {row['function']}", flush=True)
         del fn, inputs
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "host_time.json").write_text(json.dumps(results, indent=1))
+        args.out.mkdir(parents=True, exist_ok=True)       # after each op: a run stopped by its time limit keeps these
+        (args.out / "host_time.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
