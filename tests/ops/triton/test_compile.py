@@ -181,6 +181,20 @@ def test_compiled_lm_training_step_matches_eager(name):
         torch.testing.assert_close(b.grad, a.grad, **SAME, msg=name)
 
 
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny", "tost_cab_test"])
+def test_dynamic_shapes_compile_a_model_once(name):
+    """A whole model under torch.compile(dynamic=True): one graph for three lengths (LMs) or batch sizes (vision)."""
+    torch.manual_seed(0)
+    small = dict(depth=1) if name == "tost_cab_test" else dict(n_layer=1, n_embd=32, n_head=2)
+    model = models.create(name, **small).to(DEVICE).set_backend("triton")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    counters.clear()
+    for n in (12, 20, 15):
+        x = torch.randn(n // 3, 3, 32, 32) if name == "tost_cab_test" else torch.randint(0, 256, (3, n))
+        torch.testing.assert_close(compiled(x.to(DEVICE)), model(x.to(DEVICE)), **SAME)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
 def test_reduce_overhead_training_compiled_on_cuda():
     """Inductor around the custom ops, the step replayed from CUDA graphs: the losses of eager training."""
