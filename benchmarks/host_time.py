@@ -128,10 +128,11 @@ def main() -> None:
         r = measure(fn, inputs, calls, sync)
         results["ops"][op] = r
         bound = "host-bound" if r["host_us"] > 0.9 * r["wall_us"] else "GPU-bound"
-        print(f"{op}: host {r['host_us']:.0f} µs a forward+backward ({r['host_us_launches_stubbed']:.0f} with the Triton "
-              f"launches stubbed), wall {r['wall_us']:.0f} µs ({bound})", flush=True)
-        print("    under cProfile (which slows Python ~2-3x), own time by package: " + ", ".join(f"{p} {us:.0f} µs" for p, us in
-                                                     sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])))
+        print(f"{op}: host {r['host_us']:.0f} µs a forward+backward ({r['host_us_launches_stubbed']:.0f} with the "
+              f"Triton launches stubbed), wall {r['wall_us']:.0f} µs ({bound})", flush=True)
+        packages = sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])
+        print("    under cProfile (which slows Python ~2-3x), own time by package: "
+              + ", ".join(f"{p} {us:.0f} µs" for p, us in packages))
         for row in r["top"][:10]:
             print(f"    {row['own_us_per_step']:8.1f} µs own  {row['cumulative_us_per_step']:8.1f} µs with callees  "
                   f"x{row['calls_per_step']:<5.0f} {row['function']}", flush=True)
