@@ -4,6 +4,8 @@ kernels.
     python benchmarks/host_time.py --out results/          # writes results/host_time.json
     HOST=1 bash benchmarks/run_gpu.sh                        # the same, in the GPU script
     TRITON_INTERPRET=1 python benchmarks/host_time.py --smoke --out /tmp/h   # CPU check of this script
+    python benchmarks/host_time.py --stand-in --out results/   # no GPU: Triton's launch path against a stand-in
+                                                              # driver (benchmarks/stand_in), kernels built for sm_90
 
 Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the causal ops B8 T4096 H12 D64, bf16):
 - host µs a call: the time Python takes to queue one forward+backward (the GPU still busy with earlier calls, so
@@ -14,6 +16,10 @@ Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the cau
   the profiler, so these add up to more than the host's time above) and its sum by package (tost_edge,
   triton, torch, the rest), so that the heaviest part, the ops' host code, autograd's or Triton's launch path, shows
   by name.
+
+With --stand-in the same runs on a machine without a GPU, CPU tensors at the same shapes, each launch going through
+Triton's real path (binder, kernel cache, its compiled C launcher) to a stand-in libcuda that returns at once: the
+host's µs without a GPU's driver (a few µs a launch more there) and with torch's own kernels run on the CPU.
 """
 from __future__ import annotations
 
@@ -79,17 +85,21 @@ def host_and_wall(step, calls: int, sync) -> tuple[float, float]:
     return 1e6 * host / calls, 1e6 * (time.perf_counter() - start) / calls
 
 
-def measure(fn, inputs, calls: int, sync) -> dict:
+def measure(fn, inputs, calls: int, sync, launches=None) -> dict:
     """Host and wall µs per forward+backward over `calls` calls queued back to back, the host µs with the Triton
-    launches stubbed, and where cProfile finds the time."""
+    launches stubbed, and where cProfile finds the time; launches: counts the kernels launched (stand-in driver)."""
+    dy = torch.ones_like(fn())        # made once: a filled gradient per call would add a launch the op does not make
+
     def step():
         out = fn()
-        out.backward(torch.ones_like(out))
+        out.backward(dy)
         for t in inputs:
             t.grad = None
     for _ in range(3):           # autotuning and compiles
         step()
+    before = launches() if launches else 0
     host, wall = host_and_wall(step, calls, sync)
+    per_call = (launches() - before) / calls if launches else None
     with no_launches():
         stubbed, _ = host_and_wall(step, calls, sync)
     profile = cProfile.Profile()
@@ -104,7 +114,8 @@ def measure(fn, inputs, calls: int, sync) -> dict:
     for (f, _, _), (_, _, tt, _, _) in stats.stats.items():
         package = next((p for p in ("tost_edge", "triton", "torch") if f"/{p}/" in f), "other (builtins, C calls)")
         packages[package] = packages.get(package, 0.0) + 1e6 * tt / calls
-    return {"host_us": host, "wall_us": wall, "host_us_launches_stubbed": stubbed, "own_us_by_package": packages,
+    return {"host_us": host, "wall_us": wall, "host_us_launches_stubbed": stubbed, "triton_launches": per_call,
+            "own_us_by_package": packages,
             "top": [{"function": f"{Path(f).name}:{line} {name}", "calls_per_step": nc / calls,
                      "own_us_per_step": 1e6 * tt / calls, "cumulative_us_per_step": 1e6 * ct / calls}
                     for (f, line, name), (_, nc, tt, ct, _) in top]}
@@ -116,20 +127,31 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=50,
                     help="forward+backward calls queued back to back (few enough that the launch queue never fills)")
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for host_time.json")
+    ap.add_argument("--stand-in", action="store_true",
+                    help="no GPU: CPU tensors, launches through Triton's path to a stand-in driver (see above)")
+    ap.add_argument("--small", action="store_true", help="with --stand-in: the smoke check's tiny shapes")
     smoke.add_flag(ap)
     args = ap.parse_args()
-    small = smoke.check(args, "benchmarks/host_time.py")
-    dev, dt = ("cpu", torch.float32) if small else ("cuda", torch.bfloat16)
-    sync = (lambda: None) if small else torch.cuda.synchronize
-    calls = 2 if small else args.calls
-    results = {"device": "CPU smoke check" if small else torch.cuda.get_device_name(), "ops": {}}
+    launches = None
+    if args.stand_in:
+        import stand_in                                  # benchmarks/stand_in
+        launches, small = stand_in.activate(), args.small
+        dev, dt, sync, device = "cpu", torch.bfloat16, (lambda: None), f"stand-in driver as {stand_in.H100['name']}"
+    else:
+        small = smoke.check(args, "benchmarks/host_time.py")
+        dev, dt = ("cpu", torch.float32) if small else ("cuda", torch.bfloat16)
+        sync = (lambda: None) if small else torch.cuda.synchronize
+        device = "CPU smoke check" if small else torch.cuda.get_device_name()
+    calls = 2 if small and not args.stand_in else args.calls
+    results = {"device": device, "ops": {}}
     for op in args.ops:
         fn, inputs = call(op, dev, dt, small)
-        r = measure(fn, inputs, calls, sync)
+        r = measure(fn, inputs, calls, sync, launches)
         results["ops"][op] = r
         bound = "host-bound" if r["host_us"] > 0.9 * r["wall_us"] else "GPU-bound"
+        where = f"{r['triton_launches']:.0f} Triton launches" if launches else f"wall {r['wall_us']:.0f} µs ({bound})"
         print(f"{op}: host {r['host_us']:.0f} µs a forward+backward ({r['host_us_launches_stubbed']:.0f} with the "
-              f"Triton launches stubbed), wall {r['wall_us']:.0f} µs ({bound})", flush=True)
+              f"Triton launches stubbed), {where}", flush=True)
         packages = sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])
         print("    under cProfile (which slows Python ~2-3x), own time by package: "
               + ", ".join(f"{p} {us:.0f} µs" for p, us in packages))

@@ -2,6 +2,7 @@
 shows here rather than on a GPU whose time is scarce. Nothing they time here means anything."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,21 @@ def test_host_time_smoke(tmp_path):
         assert 0 < r["host_us"] <= r["wall_us"] and r["top"] and "tost_edge" in r["own_us_by_package"]
         assert 0 < r["host_us_launches_stubbed"] < r["host_us"]      # (the interpreter runs the kernels on the host)
     assert "host-bound" in out or "GPU-bound" in out
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the stand-in driver is built with gcc")
+def test_host_time_through_the_stand_in_driver(tmp_path):
+    """Without a GPU or the interpreter: each launch takes Triton's real path (binder, cache, compiled C launcher,
+    kernels built for sm_90) to a stand-in libcuda that counts them."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_time.py"), "--stand-in", "--small", "--calls",
+                        "3", "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "host_time.json").read_text())
+    assert result["device"].startswith("stand-in driver as NVIDIA H100")
+    # forward + backward: causal TSSA's fused walks 1 + 1; linear attention 1 + 2 (d q; d k, d v); TSSA at 9
+    # tokens: the resident forward (one wave on an H100) + the backward's 3 passes
+    launches = {op: row["triton_launches"] for op, row in result["ops"].items()}
+    assert launches == {"causal_tssa": 2, "causal_linear_attention": 3, "tssa": 4}, launches
+    for row in result["ops"].values():
+        assert 0 < row["host_us_launches_stubbed"] and 0 < row["host_us"]
