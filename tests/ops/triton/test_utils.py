@@ -1,9 +1,14 @@
-"""Host helpers of the kernels: the device launches run on."""
+"""Host helpers of the kernels: the device launches run on, autotuned launches."""
+import logging
 import types
 
+import pytest
 import torch
 
-from tost_edge.ops.triton import utils
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from tost_edge.ops.triton import utils  # noqa: E402
 
 
 def test_a_launch_runs_on_its_tensors_gpu_not_the_current_one(monkeypatch):
@@ -67,3 +72,43 @@ def test_a_register_cap_that_spills_too_much_is_dropped(monkeypatch):
     assert len(heavy.warmups) == 3
     assert utils.unspilled(heavy, (2,), (w, 7), utils.launch_options(8)) == utils.launch_options(8)  # no cap
     assert len(heavy.warmups) == 3
+
+
+@triton.jit
+def _doubled(x, y, n, NB, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y + i, 2 * tl.load(x + i, mask=i < n), mask=i < n)
+
+
+def test_an_autotuned_kernel_launches_its_chosen_config_directly(monkeypatch):
+    """utils.Tuned asks the autotuner once per key (its own key: NB and the tensors' dtypes), then launches the
+    chosen config's kernel itself; a new key is tuned again, and each tuning is logged."""
+    timed = []
+
+    def bench(kernel_call, quantiles):           # the first config timed at a key is the fastest
+        kernel_call()
+        timed.append(1)
+        return [float(len(timed))] * 3
+    configs = [triton.Config({"BLOCK": 32}, num_warps=1), triton.Config({"BLOCK": 64}, num_warps=1)]
+    tuned = utils.Tuned(triton.autotune(configs=configs, key=["NB"], do_bench=bench)(_doubled))
+    asked = []
+    run = tuned.autotuner.run
+    monkeypatch.setattr(tuned.autotuner, "run", lambda *a, **k: asked.append(1) or run(*a, **k))
+    records = []                                     # (the tests run without pytest's logging plugin)
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(utils.log, "level", logging.INFO)
+    monkeypatch.setattr(utils.log, "handlers", [handler])
+    for n, dtype, new_key in [(40, torch.float32, True), (40, torch.float32, False), (50, torch.float32, False),
+                              (40, torch.float16, True), (200, torch.float32, True), (40, torch.float32, False)]:
+        before = len(asked), len(timed), len(records)
+        x = torch.randn(n).to(dtype)
+        y = torch.full_like(x, float("nan"))
+        NB = 64 if n <= 64 else 256
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, y, n, NB)
+        torch.testing.assert_close(y, 2 * x)
+        assert (len(asked) - before[0], len(timed) - before[1]) == ((1, 2) if new_key else (0, 0)), (n, dtype)
+        assert len(records) - before[2] == int(new_key)
+        assert tuned.best_config.kwargs == {"BLOCK": 32}
+    assert len(tuned.autotuner.cache) == 3            # the autotuner's keys are Tuned's: NB 64 fp32, fp16; NB 256
+    assert "_doubled: autotuned for {'NB': 64}" in records[0].getMessage()

@@ -39,7 +39,7 @@ from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
 from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype,
-                    first_order, interpreting, launch_options, next_pow2, on_input_device)
+                    Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -531,8 +531,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
 
     def tune(fn, reset=None, variant=None):
         key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL"] + ([variant] if variant else [])
-        return triton.autotune(configs=configs or _configs(fn is _bwd), reset_to_zero=reset, do_bench=do_bench, key=key,
-                               **disk)(fn)
+        return Tuned(triton.autotune(configs=configs or _configs(fn is _bwd), reset_to_zero=reset, do_bench=do_bench,
+                                     key=key, **disk)(fn))
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
             "out_slices": tune(_fwd, None, "PASS"),   # its own choices: another grid (OUT_SLICES)
             1: tune(_bwd, ["G"], "STAGE"), 2: tune(_bwd, ["dS", "gtemp"], "STAGE"), 3: tune(_bwd, None, "STAGE")}

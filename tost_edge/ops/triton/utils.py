@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import time
 import warnings
 
 import torch
+
+log = logging.getLogger(__name__)   # tost_edge.ops.triton.utils: autotuning (INFO)
 
 # Tests set this to fill fresh allocations with NaN, so a kernel that reads memory it never wrote fails loudly.
 NAN_FILL = os.environ.get("TOST_EDGE_NAN_FILL", "0") == "1"
@@ -20,6 +24,42 @@ FUSION = {"enable_fp_fusion": True}
 def launch_options(warps: int, maxnreg: int = 0) -> dict:
     """The keyword options of a kernel launch: its warps, fused multiply-adds, and a register cap where maxnreg > 0."""
     return {"num_warps": warps, **FUSION, **({"maxnreg": maxnreg} if maxnreg > 0 else {})}
+
+
+class Tuned:
+    """An autotuned kernel (triton.autotune) launched, once its autotuner has chosen a config for a key, as that
+    config's kernel directly: the autotuner's bookkeeping at every launch (dicts of all its arguments, its key) took
+    ~10 µs of host time a launch under Triton 3.6, about what the rest of the launch takes (benchmarks/host_time.py
+    --stand-in). The key is the autotuner's own: the values of its key arguments and the dtypes of the tensors
+    passed positionally. kernel[grid](*args, **kwargs) as with the autotuner; best_config: the config launched last."""
+
+    def __init__(self, autotuner):
+        self.autotuner = autotuner
+        self.best_config = None
+        self._keys = [(autotuner.arg_names.index(k), k) for k in autotuner.keys]
+        self._chosen: dict = {}
+
+    def __getitem__(self, grid):
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid, *args, **kwargs):
+        n = len(args)
+        key = (*[args[i] if i < n else kwargs.get(name) for i, name in self._keys],
+               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            start = time.perf_counter()
+            result = self.autotuner[grid](*args, **kwargs)     # times the configs at the key's first launch
+            config = self.autotuner.best_config
+            log.info("%s: autotuned for %s in %.1f s (once a key, a process; on disk where Triton caches): %s",
+                     self.autotuner.base_fn.__name__, dict(zip([k for _, k in self._keys], key)),
+                     time.perf_counter() - start, config)
+            if config.pre_hook is None:                       # (a config's own hook runs through the autotuner)
+                self._chosen[key] = (config, config.all_kwargs())
+            self.best_config = config
+            return result
+        self.best_config = chosen[0]
+        return self.autotuner.fn[grid](*args, **kwargs, **chosen[1])
 
 
 def interpreting() -> bool:
@@ -47,7 +87,7 @@ def unspilled(kernel, grid, args, options: dict, spill: int = SPILL) -> dict:
     if interpreting() or not options.get("maxnreg"):
         return options
     key = (kernel, tuple(sorted(options.items())), spill,
-           *[(a.dtype, a.device) if torch.is_tensor(a) else a for a in args])
+           *[(a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args])
     if key not in _UNSPILLED:
         compiled = kernel.warmup(*args, grid=grid, **options)
         if compiled is not None and spilled(compiled) > spill:
