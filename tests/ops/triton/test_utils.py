@@ -94,11 +94,12 @@ def test_an_autotuned_kernel_launches_its_chosen_config_directly(monkeypatch):
     asked = []
     run = tuned.autotuner.run
     monkeypatch.setattr(tuned.autotuner, "run", lambda *a, **k: asked.append(1) or run(*a, **k))
-    records = []                                     # (the tests run without pytest's logging plugin)
+    records = []                     # a logger of its own: no other test's logging settings reach it
     handler = logging.Handler()
     handler.emit = records.append
-    monkeypatch.setattr(utils.log, "level", logging.INFO)
-    monkeypatch.setattr(utils.log, "handlers", [handler])
+    log = logging.Logger(utils.log.name, logging.INFO)
+    log.addHandler(handler)
+    monkeypatch.setattr(utils, "log", log)
     for n, dtype, new_key in [(40, torch.float32, True), (40, torch.float32, False), (50, torch.float32, False),
                               (40, torch.float16, True), (200, torch.float32, True), (40, torch.float32, False)]:
         before = len(asked), len(timed), len(records)
