@@ -26,7 +26,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 SOURCE = Path(__file__).with_name("libcuda.c")
-H100 = {"name": "NVIDIA H100 80GB HBM3", "capability": (9, 0), "sms": 132, "regs": 65536, "shared": 228 * 1024}
+H100 = {"name": "NVIDIA H100 80GB HBM3", "capability": (9, 0), "sms": 132, "regs": 65536, "threads": 2048,
+        "shared": 228 * 1024}
+ORIN = {"name": "Orin", "capability": (8, 7), "sms": 16, "regs": 65536, "threads": 1536,    # Jetson AGX Orin 64GB
+        "shared": 164 * 1024}
 
 
 def build(cache: Path | None = None) -> Path:
@@ -86,6 +89,7 @@ def activate(device: dict = H100):
 
     props = SimpleNamespace(name=device["name"], major=device["capability"][0], minor=device["capability"][1],
                             multi_processor_count=device["sms"], regs_per_multiprocessor=device["regs"],
+                            max_threads_per_multi_processor=device["threads"],
                             shared_memory_per_multiprocessor=device["shared"])
     torch.cuda.current_device = lambda: 0
     torch.cuda.get_device_properties = lambda index=None: props
