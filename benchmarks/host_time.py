@@ -12,6 +12,8 @@ Per op at its benchmark shape (profile_ncu.call: TSSA B64 N4096 C384 H8, the cau
   nothing waits for it), against the GPU's µs a call (the same calls' wall time once the queue has drained). Where the
   host's time is the larger, the plain timings measure the host, not the kernels. Then the host µs again with the
   Triton kernels replaced by stubs that launch nothing: the difference is Triton's launch path.
+- the CUDA runtime and driver calls a step makes (torch.profiler): a synchronising one there is a wait for the GPU
+  inside the step; cuLaunchKernelEx's time is the driver's share of the Triton launches.
 - the functions that host time is spent in (cProfile, own time a call, the largest first; Python runs slower under
   the profiler, so these add up to more than the host's time above) and its sum by package (tost_edge,
   triton, torch, the rest), so that the heaviest part, the ops' host code, autograd's or Triton's launch path, shows
@@ -28,6 +30,7 @@ import contextlib
 import cProfile
 import json
 import pstats
+import re
 import sys
 import time
 from pathlib import Path
@@ -85,6 +88,25 @@ def host_and_wall(step, calls: int, sync) -> tuple[float, float]:
     return 1e6 * host / calls, 1e6 * (time.perf_counter() - start) / calls
 
 
+def driver_calls(step, calls: int) -> list[dict]:
+    """CUDA runtime and driver calls of a forward+backward as torch.profiler (CUPTI) records them: name, calls and
+    host µs a step, the most time first. A synchronising call among them (cudaStreamSynchronize,
+    cudaDeviceSynchronize, a blocking cudaMemcpy) is a wait for the GPU inside the step; cuLaunchKernelEx's time is
+    the driver's share of each Triton launch."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                step()
+        rows = [{"call": e.key, "calls_per_step": e.count / calls, "us_per_step": e.cpu_time_total / calls}
+                for e in prof.key_averages() if re.match(r"cu(da)?[A-Z]", e.key)]
+    except Exception as e:      # reported, not fatal: the timings above stand
+        print(f"    CUDA calls not recorded: {type(e).__name__}: {str(e)[:120]}", flush=True)
+        return []
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
 def measure(fn, inputs, calls: int, sync, launches=None) -> dict:
     """Host and wall µs per forward+backward over `calls` calls queued back to back, the host µs with the Triton
     launches stubbed, and where cProfile finds the time; launches: counts the kernels launched (stand-in driver)."""
@@ -114,8 +136,9 @@ def measure(fn, inputs, calls: int, sync, launches=None) -> dict:
     for (f, _, _), (_, _, tt, _, _) in stats.stats.items():
         package = next((p for p in ("tost_edge", "triton", "torch") if f"/{p}/" in f), "other (builtins, C calls)")
         packages[package] = packages.get(package, 0.0) + 1e6 * tt / calls
+    on_gpu = launches is None and torch.cuda.is_available()
     return {"host_us": host, "wall_us": wall, "host_us_launches_stubbed": stubbed, "triton_launches": per_call,
-            "own_us_by_package": packages,
+            "driver_calls": driver_calls(step, calls) if on_gpu else [], "own_us_by_package": packages,
             "top": [{"function": f"{Path(f).name}:{line} {name}", "calls_per_step": nc / calls,
                      "own_us_per_step": 1e6 * tt / calls, "cumulative_us_per_step": 1e6 * ct / calls}
                     for (f, line, name), (_, nc, tt, ct, _) in top]}
@@ -155,6 +178,9 @@ def main() -> None:
         packages = sorted(r["own_us_by_package"].items(), key=lambda x: -x[1])
         print("    under cProfile (which slows Python ~2-3x), own time by package: "
               + ", ".join(f"{p} {us:.0f} µs" for p, us in packages))
+        if r["driver_calls"]:
+            print("    CUDA calls a step: " + ", ".join(
+                f"{c['call']} x{c['calls_per_step']:.0f} {c['us_per_step']:.0f} µs" for c in r["driver_calls"][:8]))
         for row in r["top"][:10]:
             print(f"    {row['own_us_per_step']:8.1f} µs own  {row['cumulative_us_per_step']:8.1f} µs with callees  "
                   f"x{row['calls_per_step']:<5.0f} {row['function']}", flush=True)
