@@ -95,12 +95,13 @@ def activate(device: dict = H100):
     torch.cuda.get_device_properties = lambda index=None: props
     torch.cuda.get_device_capability = lambda index=None: device["capability"]
     torch.cuda.get_device_name = lambda index=None: device["name"]
-    _accept_cpu_tensors()
+    _accept_cpu_tensors(device)
     return lib.tost_stand_in_launches
 
 
-def _accept_cpu_tensors() -> None:
-    """The ops take the CPU tensors as if they were on the GPU, and the autotuners take their first config."""
+def _accept_cpu_tensors(device: dict) -> None:
+    """The ops take the CPU tensors as if they were on the GPU (the card's fp64 rate too), and the autotuners take
+    their first config."""
     import triton
     from tost_edge.ops.triton import causal_tssa, causal_tssa_chunks, linear_attention, linear_attention_chunks, \
         tssa, tssa_resident, utils
@@ -112,6 +113,8 @@ def _accept_cpu_tensors() -> None:
                    utils):
         if hasattr(module, "check_available"):
             module.check_available = check_available
+        if hasattr(module, "fast_fp64"):
+            module.fast_fp64 = lambda _device: device["capability"] in utils.FAST_FP64
         for value in list(vars(module).values()) + list(getattr(module, "KERNELS", {}).values()):
             value = getattr(value, "autotuner", value)                      # utils.Tuned
             if isinstance(value, triton.runtime.Autotuner):

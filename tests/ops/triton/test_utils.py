@@ -113,3 +113,15 @@ def test_an_autotuned_kernel_launches_its_chosen_config_directly(monkeypatch):
         assert tuned.best_config.kwargs == {"BLOCK": 32}
     assert len(tuned.autotuner.cache) == 3            # the autotuner's keys are Tuned's: NB 64 fp32, fp16; NB 256
     assert "_doubled: autotuned for {'NB': 64}" in records[0].getMessage()
+
+
+@pytest.mark.parametrize("capability, fast", [((9, 0), True), ((8, 0), True), ((10, 0), True), ((8, 7), False),
+                                              ((11, 0), False), ((8, 9), False), ((12, 0), False)],
+                         ids=["H100", "A100", "B200", "Orin", "Thor", "L4", "RTX-50"])
+def test_fp64_is_leaned_on_only_where_it_runs_at_half_rate(monkeypatch, capability, fast):
+    """Causal TSSA's backward sums d S in fp64 on the data-centre parts and in pairs of fp32 elsewhere (Jetson Orin
+    and Thor run fp64 at 1/32 to 1/64 of fp32); off NVIDIA GPUs (the interpreter) fp64 is used."""
+    props = types.SimpleNamespace(major=capability[0], minor=capability[1])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert utils.fast_fp64(torch.device("cuda", 0)) is fast
+    assert utils.fast_fp64(torch.device("cpu")) and utils.fast_fp64(None)
