@@ -93,14 +93,14 @@ def linear_packed_call():
 
 
 # forward, then backward: one zero-filled workspace each way (TSSA's statistics, their gradients); causal TSSA's
-# positions, zero initial state and look-back counters forward, one workspace backward; linear attention's zero
+# positions from 0, zero initial state and look-back counters in one buffer forward, one workspace backward; linear attention's zero
 # initial state forward and the unused final state's zero gradient backward; q, k, v unbound from one projection
 # are read where they lie (no copies), and autograd stacks their gradients back into the projection's, which the
 # packed form writes where it lies (no stack)
 @pytest.mark.parametrize("call,forward,backward", [
     (tssa_call, {"zeros": 1}, {"zeros": 1}),
-    (causal_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
-    (causal_unbounded_call, {"full": 1, "zeros": 2}, {"zeros": 1}),
+    (causal_call, {"zeros": 1}, {"zeros": 1}),
+    (causal_unbounded_call, {"zeros": 1}, {"zeros": 1}),
     (linear_call, {"zeros": 1}, {"new_zeros": 1}),
     (linear_views_call, {"zeros": 1}, {"new_zeros": 1, "stack": 1}),
     (linear_packed_call, {"zeros": 1}, {"new_zeros": 1}),
@@ -118,6 +118,19 @@ def test_torch_kernels_a_call_launches_besides_its_own(call, forward, backward, 
         torch.autograd.grad(y, inputs, gy)
     assert dict(fwd.ops) == forward
     assert dict(bwd.ops) == backward
+
+
+@pytest.mark.parametrize("start, with_state, fills", [
+    (0, False, {"zeros": 1}), (7, False, {"full": 1, "zeros": 1}), (0, True, {"zeros": 1}),
+    (7, True, {"full": 1, "zeros": 1})], ids=["from-0", "from-7", "from-0-with-state", "from-7-with-state"])
+def test_causal_tssa_forward_fills_one_buffer(start, with_state, fills, no_launches):
+    """The zero initial state, the positions of a start at 0 and the look-back counters share one zero fill; the
+    positions of another start are a fill of their own."""
+    w, temp, bias = leaf(2, 9, 96), leaf(4, 1), leaf(4, 16, 1)
+    state = CausalTSSAState(torch.rand(2, 4, 24), torch.rand(2, 4, 24), torch.rand(2, 4)) if with_state else None
+    with KernelCount() as fwd:
+        causal_tssa(w, temp, bias, 4, state, start, backend="triton")
+    assert dict(fwd.ops) == fills
 
 
 def check_some_outputs(outs, refs, inputs, used):

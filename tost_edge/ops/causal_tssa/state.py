@@ -38,8 +38,10 @@ def state_dtype(w: torch.Tensor) -> torch.dtype:
     return torch.float64 if w.dtype == torch.float64 else torch.float32
 
 
-def prepare(w, temp, denom_bias, num_heads, state, pos0):
-    """Validate the arguments; return (B, T, H, D, temp [H], bias [H, Tmax] or None, state, pos0 [B] int64)."""
+def prepare(w, temp, denom_bias, num_heads, state, pos0, fill: bool = True):
+    """Validate the arguments; return (B, T, H, D, temp [H], bias [H, Tmax] or None, state, pos0 [B] int64).
+    fill=False leaves the zero state and an int pos0's positions to the caller: state None and an int come back
+    as they are (the Triton path fills them in one memset with its own zero-filled buffers)."""
     check_rank("w", w, 3, "[B, T, C]")
     check_float("w", w)
     B, T, C = w.shape
@@ -61,9 +63,9 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         pos = pos0.to(device=w.device, dtype=torch.long)
     else:
         lo = hi = int(pos0)               # an int is checked as it is: no device read back (a sync) per call
-        pos = torch.full((B,), lo, dtype=torch.long, device=w.device)
+        pos = torch.full((B,), lo, dtype=torch.long, device=w.device) if fill else lo
     if B and not traced and lo < 0:
-        fail("pos0", "positions >= 0", pos.tolist())
+        fail("pos0", "positions >= 0", pos.tolist() if isinstance(pos, torch.Tensor) else lo)
     if denom_bias is not None:
         if denom_bias.dim() == 3 and denom_bias.shape[2] == 1:
             denom_bias = denom_bias.squeeze(2)     # a view both ways (see check_temp)
@@ -74,7 +76,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0):
         if end > tmax and not traced:
             fail("pos0 + T", f"at most denom_bias.shape[1] = {tmax} (the model's position range)", end)
     if state is None:
-        state = CausalTSSAState.zeros(B, H, D, device=w.device, dtype=sdt)
+        state = CausalTSSAState.zeros(B, H, D, device=w.device, dtype=sdt) if fill else None
     else:
         state = CausalTSSAState(*state)
         for name, t, shape in (("state.sum_wsq", state.sum_wsq, (B, H, D)),

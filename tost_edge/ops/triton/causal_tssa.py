@@ -705,10 +705,11 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
 
 
 @on_input_device
-def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
+def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, sync=None):
     """w: [B, T, C] contiguous, temp: [H], bias: [H, Tmax] fp32, pos: [B] int64, S0, A0: [B, H, D], P0: [B, H] fp32
     -> y [B, T, C], the final state S_T, A_T, P_T, and for the backward Pi [B, T, H] (empty where the plan does not
-    save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]."""
+    save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]. sync: the
+    fused scheme's zeroed look-back counters for the whole batch (_zero_filled), or None to allocate them."""
     B, T, C = w.shape
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages, \
@@ -729,10 +730,11 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list):
     y = alloc(B, T, C, like=w)
     for nb, g in _groups(B, l2_group):
         if fused:
-            sync = torch.zeros(1 + 2 * nb * NT, device=w.device, dtype=torch.int32)
+            counters = sync if sync is not None and nb == B else torch.zeros(1 + 2 * nb * NT, device=w.device,
+                                                                             dtype=torch.int32)
             part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
             _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
-                                 g(AP_start), g(S_T), g(A_T), g(P_T), sync, part, T, tmax, per, NT, C, D, H, HP,
+                                 g(AP_start), g(S_T), g(A_T), g(P_T), counters, part, T, tmax, per, NT, C, D, H, HP,
                                  BD, BT, bounded, bool(prefix), bool(tiled), P_CHANNELS=p_ch, **opts)
             continue
         grid = (nb, NT)
@@ -814,9 +816,9 @@ class CausalTSSAFunction(torch.autograd.Function):
     """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
 
     @staticmethod
-    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan):
+    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync):
         ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
-        y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan)
+        y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync)
         ctx.save_for_backward(w, temp, bias, pos, *saved)
         ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
         return y, S_T, A_T, P_T
@@ -828,7 +830,7 @@ class CausalTSSAFunction(torch.autograd.Function):
                                                     ctx.H, ctx.bounded, ctx.plan)
         grads = first_order("causal_tssa", (dw, gtemp, gbias if ctx.bounded else None, gS0, gA0, gP0),
                             (w, temp, bias))
-        return *grads[:3], None, *grads[3:], None, None, None
+        return *grads[:3], None, *grads[3:], None, None, None, None
 
 
 @torch.library.custom_op("tost_edge::causal_tssa_triton_forward", mutates_args=())
@@ -883,15 +885,37 @@ _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 from . import causal_tssa_chunks as chunks  # noqa: E402  (its kernels reuse this module's look-back)
 
 
+def _zero_filled(B: int, H: int, D: int, state, pos, device, counters: int = 0):
+    """The forward's zero-filled inputs in one allocation and one memset, where a call had three fills: the initial
+    state where none was given (None), the positions of an int start 0 (another int: a fill of its own), and
+    `counters` int32 look-back counters. Each part starts on 16 bytes, as a fresh allocation would (the kernels
+    specialise on that). -> (state, positions [B] int64, counters or None)."""
+    n, m = B * H * D, B * H
+    zero_start = isinstance(pos, int) and pos == 0
+    sizes = [cdiv(k, 4) * 4 for k in (2 * n + m if state is None else 0, 2 * B if zero_start else 0, counters)]
+    buf = torch.zeros(sum(sizes), device=device, dtype=torch.float32) if any(sizes) else None
+    if state is None:
+        state = CausalTSSAState(buf[:n].view(B, H, D), buf[n:2 * n].view(B, H, D), buf[2 * n:2 * n + m].view(B, H))
+    if zero_start:
+        pos = buf[sizes[0]:sizes[0] + 2 * B].view(torch.int64)
+    elif isinstance(pos, int):
+        pos = torch.full((B,), pos, dtype=torch.long, device=device)
+    at = sizes[0] + sizes[1]
+    return state, pos, buf[at:at + counters].view(torch.int32) if counters else None
+
+
 def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     """Chunked causal TSSA; same contract as tost_edge.ops.causal_tssa (w: [B, T, C], state fp32)."""
-    B, T, H, D, temp, bias, state, pos = prepare(w, temp, denom_bias, num_heads, state, pos0)
+    compiling = torch.compiler.is_compiling()
+    B, T, H, D, temp, bias, state, pos = prepare(w, temp, denom_bias, num_heads, state, pos0, fill=compiling)
     check_dtype("w", w)
     check_available(w, temp)
     check_deterministic("causal_tssa")
+    runs = batch_runs(B, T * H * D, "w")
+    if T == 0 or len(runs) > 1:
+        state, pos, _ = _zero_filled(B, H, D, state, pos, w.device)
     if T == 0:
         return w.clone(), state
-    runs = batch_runs(B, T * H * D, "w")
     if len(runs) > 1:
         return join_runs([triton_causal_tssa(w[r], temp, denom_bias, num_heads,
                                              CausalTSSAState(*(s[r] for s in state)), pos[r]) for r in runs])
@@ -899,10 +923,14 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     temp = temp.float().contiguous()
     # a position-free model's kernels never read the bias (BOUNDED off): any [H, 1] fp32 tensor stands in, with no fill
     bias_t = bias.float() if bounded else temp.view(H, 1)
+    plan = _plan(B, T, H, D, w.element_size(), w.device)
+    one_launch = plan[6] and not plan[17] and (plan[10] <= 0 or plan[10] >= B)   # fused, the whole batch at once
+    state, pos, sync = _zero_filled(B, H, D, state, pos, w.device, 1 + 2 * B * plan[3] if one_launch and not
+                                    compiling else 0)
     args = (w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(),
-            *(s.float().contiguous() for s in state), H, bounded, _plan(B, T, H, D, w.element_size(), w.device))
-    if torch.compiler.is_compiling():   # opaque to the compiler: one node per direction, no graph break
+            *(s.float().contiguous() for s in state), H, bounded, plan)
+    if compiling:   # opaque to the compiler: one node per direction, no graph break
         y, S, A, P = _forward_op(*args)[:4]
     else:
-        y, S, A, P = CausalTSSAFunction.apply(*args)
+        y, S, A, P = CausalTSSAFunction.apply(*args, sync)
     return y, CausalTSSAState(S, A, P)
