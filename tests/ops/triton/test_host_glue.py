@@ -93,8 +93,8 @@ def linear_packed_call():
 
 
 # forward, then backward: one zero-filled workspace each way (TSSA's statistics, their gradients); causal TSSA's
-# positions from 0, zero initial state and look-back counters in one buffer forward, one workspace backward; linear attention's zero
-# initial state forward and the unused final state's zero gradient backward; q, k, v unbound from one projection
+# positions from 0, zero initial state and look-back counters in one buffer forward, one workspace backward; linear
+# attention's zero initial state forward and the unused final state's zero gradient backward; q, k, v unbound from one projection
 # are read where they lie (no copies), and autograd stacks their gradients back into the projection's, which the
 # packed form writes where it lies (no stack)
 @pytest.mark.parametrize("call,forward,backward", [
