@@ -45,7 +45,11 @@ def build(cache: Path | None = None) -> Path:
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", f"-I{include}", str(SOURCE),
                         "-o", str(tmp)], check=True)
         tmp.rename(lib)                  # atomic: a concurrent build never loads half a file
-        (folder / "libcuda.so").symlink_to("libcuda.so.1")
+    link = folder / "libcuda.so"         # what the launchers' `-lcuda` links against
+    try:
+        link.symlink_to("libcuda.so.1")
+    except FileExistsError:              # made by another process building at the same time
+        pass
     return folder
 
 
