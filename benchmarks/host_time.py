@@ -110,7 +110,7 @@ def driver_calls(step, calls: int) -> list[dict]:
 def measure(fn, inputs, calls: int, sync, launches=None) -> dict:
     """Host and wall µs per forward+backward over `calls` calls queued back to back, the host µs with the Triton
     launches stubbed, and where cProfile finds the time; launches: counts the kernels launched (stand-in driver)."""
-    dy = torch.ones_like(fn())        # made once: a filled gradient per call would add a launch the op does not make
+    dy = smoke.output_grad(fn)
 
     def step():
         out = fn()

@@ -66,20 +66,11 @@ def official_causal_tssa(w, temp, bias, H):
     return y.transpose(1, 2).reshape(B, T, C)
 
 
-def output_grad(fn) -> torch.Tensor:
-    """The gradient fed to fn's (first) output in a timed backward, made once beforehand: filled inside the timed
-    call it would add a write of the output's size that the op does not make (~50 µs at TSSA's B64·N4096·C384 in
-    bf16 on an H200; runs 1-5 included it)."""
-    with torch.no_grad():
-        out = fn()
-    return torch.ones_like(out[0] if isinstance(out, tuple) else out)
-
-
 def bench(fn, backward: bool, inputs, graph=False):
     """Median ms and peak extra memory (MiB) of fn (forward, or forward + backward); graph: replayed from a CUDA
     graph (no host time; the peak memory is not measured then)."""
     from triton.testing import do_bench, do_bench_cudagraph
-    grad = output_grad(fn) if backward else None
+    grad = smoke.output_grad(fn) if backward else None
 
     def run():
         out = fn()
@@ -177,7 +168,7 @@ def profile(label: str, fn, inputs) -> list[dict]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    grad = output_grad(fn)
+    grad = smoke.output_grad(fn)
 
     def run():
         out = fn()

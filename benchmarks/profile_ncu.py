@@ -69,8 +69,7 @@ def main() -> None:
     dev, dt = ("cpu", torch.float32) if small else ("cuda", torch.bfloat16)
     fn, inputs = call(args.op, dev, dt, small)
 
-    with torch.no_grad():
-        dy = torch.ones_like(fn())     # made once: its fill is not the op's kernel
+    dy = smoke.output_grad(fn)
 
     def step():
         fn().backward(dy)
