@@ -25,10 +25,16 @@ class CausalTSSAState(NamedTuple):
 
     @staticmethod
     def zeros(batch: int, num_heads: int, head_dim: int, device=None, dtype=torch.float32) -> "CausalTSSAState":
+        n = batch * num_heads * head_dim
+        buf = torch.zeros(2 * n + batch * num_heads, device=device, dtype=dtype)   # one allocation and memset
+        return CausalTSSAState.over(buf, batch, num_heads, head_dim)
+
+    @staticmethod
+    def over(buf: torch.Tensor, batch: int, num_heads: int, head_dim: int) -> "CausalTSSAState":
+        """The three sums as views of the first 2 * B * H * D + B * H elements of buf."""
         n, m = batch * num_heads * head_dim, batch * num_heads
-        buf = torch.zeros(2 * n + m, device=device, dtype=dtype)        # one allocation and memset for the three
         return CausalTSSAState(buf[:n].view(batch, num_heads, head_dim), buf[n:2 * n].view(batch, num_heads, head_dim),
-                               buf[2 * n:].view(batch, num_heads))
+                               buf[2 * n:2 * n + m].view(batch, num_heads))
 
 
 PosLike = Union[int, torch.Tensor]

@@ -890,12 +890,12 @@ def _zero_filled(B: int, H: int, D: int, state, pos, device, counters: int = 0):
     state where none was given (None), the positions of an int start 0 (another int: a fill of its own), and
     `counters` int32 look-back counters. Each part starts on 16 bytes, as a fresh allocation would (the kernels
     specialise on that). -> (state, positions [B] int64, counters or None)."""
-    n, m = B * H * D, B * H
     zero_start = isinstance(pos, int) and pos == 0
-    sizes = [cdiv(k, 4) * 4 for k in (2 * n + m if state is None else 0, 2 * B if zero_start else 0, counters)]
+    sizes = [cdiv(k, 4) * 4 for k in (B * H * (2 * D + 1) if state is None else 0, 2 * B if zero_start else 0,
+                                      counters)]
     buf = torch.zeros(sum(sizes), device=device, dtype=torch.float32) if any(sizes) else None
     if state is None:
-        state = CausalTSSAState(buf[:n].view(B, H, D), buf[n:2 * n].view(B, H, D), buf[2 * n:2 * n + m].view(B, H))
+        state = CausalTSSAState.over(buf, B, H, D)
     if zero_start:
         pos = buf[sizes[0]:sizes[0] + 2 * B].view(torch.int64)
     elif isinstance(pos, int):
