@@ -28,6 +28,27 @@ def check_divisible(name: str, c: int, num_heads: int) -> None:
         fail(name, f"a channel count divisible by num_heads={num_heads}", c)
 
 
+def as_state(cls, state):
+    """state as cls (a NamedTuple of tensors): an instance, or a tuple or list of as many tensors as it has fields.
+    A bare tensor (which unpacks along its first axis) or a sequence of another length is an error naming the
+    fields, rather than a complaint about a field's shape or a missing positional argument."""
+    import torch
+    if isinstance(state, cls):
+        return state
+    fields = ", ".join(cls._fields)
+    if isinstance(state, torch.Tensor):
+        actual = f"a tensor of shape {tuple(state.shape)}"
+    elif not isinstance(state, (tuple, list)):
+        actual = type(state).__name__
+    elif len(state) != len(cls._fields):
+        actual = f"a {type(state).__name__} of {len(state)}"
+    elif not all(isinstance(t, torch.Tensor) for t in state):
+        actual = f"a {type(state).__name__} of " + ", ".join(type(t).__name__ for t in state)
+    else:
+        return cls(*state)
+    fail("state", f"a {cls.__name__} or a tuple of {len(cls._fields)} tensors ({fields})", actual)
+
+
 def tracing() -> bool:
     """True while torch traces or exports: value checks that read tensor data are skipped then."""
     import torch

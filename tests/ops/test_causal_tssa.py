@@ -103,7 +103,13 @@ def test_causal_tssa_gradcheck():
     (dict(state=CausalTSSAState(torch.zeros(2, 2, 4).half(), torch.zeros(2, 2, 4), torch.zeros(2, 2))),
      r"state.sum_wsq: expected float32"),
     (dict(pos0=torch.zeros(3, dtype=torch.long)), r"pos0: expected an int or an integer tensor of shape \(2,\)"),
-], ids=["beyond-position-table", "state-shape", "state-dtype", "pos0-shape"])
+    (dict(state=torch.zeros(3, 2, 2, 4)), r"state: expected a CausalTSSAState or a tuple of 3 tensors \(sum_wsq, "
+     r"sum_pi_wsq, sum_pi\), got a tensor of shape \(3, 2, 2, 4\)"),
+    (dict(state=(torch.zeros(2, 2, 4), torch.zeros(2, 2, 4))), r"state: expected .* got a tuple of 2$"),
+    (dict(state=[torch.zeros(2, 2, 4), torch.zeros(2, 2, 4), 0.0]), r"state: expected .* got a list of Tensor, "
+     r"Tensor, float"),
+], ids=["beyond-position-table", "state-shape", "state-dtype", "pos0-shape", "state-a-tensor", "state-two-of-three",
+        "state-not-tensors"])
 def test_causal_tssa_bad_input(kwargs, match):
     w, temp, bias = make(2, 5, 2, 4, tmax=8, dtype=torch.float32)
     with pytest.raises(ValueError, match=match):

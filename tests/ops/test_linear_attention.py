@@ -83,3 +83,8 @@ def test_linear_attention_bad_state():
     q = torch.randn(2, 3, 2, 4)
     with pytest.raises(ValueError, match=r"state.kv: expected shape \(2, 2, 4, 4\)"):
         causal_linear_attention(q, q, q, LinearAttentionState(torch.zeros(2, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match=r"state: expected a LinearAttentionState or a tuple of 2 tensors \(kv, "
+                                         r"k_sum\), got a tensor of shape \(2, 2, 4, 4\)"):
+        causal_linear_attention(q, q, q, torch.zeros(2, 2, 4, 4))   # unpacked, it made a state of two [2, 4, 4]
+    torch.testing.assert_close(causal_linear_attention(q, q, q, [torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4)])[0],
+                               causal_linear_attention(q, q, q)[0])

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from ..._checks import check_divisible, check_float, check_rank, fail, tracing
+from ..._checks import as_state, check_divisible, check_float, check_rank, fail, tracing
 from ..tssa.naive import check_temp
 
 DENOM_MIN = 1e-12  # clamp of the running sum of w^2
@@ -84,7 +84,7 @@ def prepare(w, temp, denom_bias, num_heads, state, pos0, fill: bool = True):
     if state is None:
         state = CausalTSSAState.zeros(B, H, D, device=w.device, dtype=sdt) if fill else None
     else:
-        state = CausalTSSAState(*state)
+        state = as_state(CausalTSSAState, state)
         for name, t, shape in (("state.sum_wsq", state.sum_wsq, (B, H, D)),
                                ("state.sum_pi_wsq", state.sum_pi_wsq, (B, H, D)),
                                ("state.sum_pi", state.sum_pi, (B, H))):

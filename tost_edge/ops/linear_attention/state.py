@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..._checks import check_float, check_rank, fail
+from ..._checks import as_state, check_float, check_rank, fail
 
 
 class LinearAttentionState(NamedTuple):
@@ -42,7 +42,7 @@ def prepare(q, k, v, state: Optional[LinearAttentionState]):
     if state is None:
         state = LinearAttentionState.zeros(B, H, D, M, device=q.device, dtype=sdt)
     else:
-        state = LinearAttentionState(*state)
+        state = as_state(LinearAttentionState, state)
         for name, t, shape in (("state.kv", state.kv, (B, H, D, M)), ("state.k_sum", state.k_sum, (B, H, D))):
             if tuple(t.shape) != shape:
                 fail(name, f"shape {shape}", f"shape {tuple(t.shape)}")
