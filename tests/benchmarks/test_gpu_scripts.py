@@ -40,6 +40,8 @@ def test_kernels_benchmark_smoke(tmp_path):
                 assert (op, variant, mode) in variants
     assert ("causal_linear_attention", "triton-graph", "fwd+bwd") in variants
     assert all(r["ms"] > 0 for r in rows if r["variant"] != "eager")
+    copy = result["copy_GBps"]        # each row's share of the measured copy rate, beside the datasheet's
+    assert all(abs(r["of_copy"] * copy - r["GB/s"]) <= 1e-6 * r["GB/s"] for r in rows if r["ms"] == r["ms"])
     # which scheme each TSSA variant ran (the resident kernels fall back to the passes where they must)
     ran = {r["variant"]: r["ran"]["forward"] for r in rows if r["op"] == "tssa" and r["mode"] == "fwd" and "ran" in r}
     assert ran["triton-resident" if not tt.RESIDENT else "triton"] == "resident", ran
