@@ -3,6 +3,7 @@ backends side by side in one run, against the softmax baseline of the same size 
 
     python benchmarks/train_step.py --out benchmarks/results                  # LM at T 1024 and 4096, vision
     python benchmarks/train_step.py --seq 4096 --batch 4 --compile           # also torch.compile of each model
+    python benchmarks/train_step.py --seq 16384 --vision none --checkpointing  # also with activation checkpointing
     TRITON_INTERPRET=1 python benchmarks/train_step.py --smoke --out /tmp/t   # CPU check of this script
 
 bf16 autocast, fp32 parameters; the median of ten timed steps (CUDA events, after two untimed ones that compile and
@@ -13,6 +14,7 @@ its shape measured in the same run. A variant that runs out of memory is reporte
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -69,15 +71,17 @@ def timed(step, dev, steps=10):
     return ms, torch.cuda.max_memory_allocated() / 2**20
 
 
-def run(label, shape, variants, make_batch, items, dev, compile_too, rows):
+def run(label, shape, variants, make_batch, items, dev, compile_too, checkpointing_too, rows):
     base = None
     for variant, (name, backend) in variants.items():
-        for compiled in (False, True) if compile_too else (False,):
-            tag = variant + (", compiled" if compiled else "")
+        for compiled, checkpointed in itertools.product((False, True) if compile_too else (False,),
+                                                        (False, True) if checkpointing_too else (False,)):
+            tag = variant + (", compiled" if compiled else "") + (", checkpointed" if checkpointed else "")
             try:
                 torch.manual_seed(0)
                 lm_args = {"block_size": shape["T"]} if "_lm_" in name else {}      # position tables long enough
                 model = models.create(name, **lm_args).to(dev).train().set_backend(backend)
+                model.set_checkpointing(checkpointed)
                 run_model = torch.compile(model, fullgraph=True) if compiled else model
                 ms, peak = timed(step_fn(run_model, make_batch(), dev), dev)
                 note = ""
@@ -90,7 +94,7 @@ def run(label, shape, variants, make_batch, items, dev, compile_too, rows):
             if base is None and ms == ms:       # the first row of the shape that ran: the baseline
                 base = ms
             row = {"model": label, "shape": shape, "variant": tag, "name": name, "backend": backend,
-                   "compiled": compiled, "step_ms": ms, "items_per_s": items / ms * 1e3 if ms == ms else None,
+                   "compiled": compiled, "checkpointed": checkpointed, "step_ms": ms, "items_per_s": items / ms * 1e3 if ms == ms else None,
                    "peak_mib": peak, "speed_vs_first": base / ms if ms == ms else None, "note": note}
             rows.append(row)
             shape_txt = " ".join(f"{k}{v}" for k, v in shape.items())
@@ -107,6 +111,9 @@ def main() -> None:
     ap.add_argument("--vision", default="small_12_p16", help="vision size, as in tost_cab_{...} (default small_12_p16; none: no vision rows)")
     ap.add_argument("--images", type=int, default=64, help="images a vision step (default 64)")
     ap.add_argument("--compile", action="store_true", help="also time each model under torch.compile(fullgraph)")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="also time each model with activation checkpointing (model.set_checkpointing(True)): its "
+                         "blocks' activations recomputed in the backward pass, for less peak memory")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
@@ -127,14 +134,14 @@ def main() -> None:
     for T in seqs:
         lm = {k: (v[0].format(size=size), v[1]) for k, v in LM.items()}
         run("LM", {"B": batch, "T": T}, lm, lambda: torch.randint(0, 256, (batch, T + 1), generator=gen).to(dev),
-            batch * T, dev, args.compile, rows)
+            batch * T, dev, args.compile, args.checkpointing, rows)
     if vision and vision != "none":
         config = models.create(f"tost_cab_{vision}").config
         px, classes = config["img_size"], config["num_classes"]
         run("vision", {"B": images, "px": px}, {k: (v[0].format(size=vision), v[1]) for k, v in VISION.items()},
             lambda: (torch.randn(images, 3, px, px, generator=gen).to(dev),
                      torch.randint(0, classes, (images,), generator=gen).to(dev)),
-            images, dev, args.compile, rows)
+            images, dev, args.compile, args.checkpointing, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"train_step_{name.replace(' ', '_')}.json"

@@ -120,12 +120,13 @@ def test_gpu_tests_stop_after_the_summary(tmp_path, script, rc):
 
 
 def test_train_step_smoke(tmp_path):
-    smoke("train_step.py", out=tmp_path)
+    smoke("train_step.py", "--checkpointing", out=tmp_path)
     result = json.loads((tmp_path / "train_step_CPU_smoke_check.json").read_text())
     rows = {(r["model"], r["variant"]): r for r in result["rows"]}
-    assert set(rows) == {("LM", v) for v in ("softmax (SDPA)", "ToST, torch", "ToST, Triton",
-                                             "linear attention, Triton")} | \
+    variants = {("LM", v) for v in ("softmax (SDPA)", "ToST, torch", "ToST, Triton", "linear attention, Triton")} | \
         {("vision", v) for v in ("softmax ViT (SDPA)", "ToST, torch", "ToST, Triton")}
+    assert set(rows) == variants | {(m, f"{v}, checkpointed") for m, v in variants}
+    assert all(r["checkpointed"] == r["variant"].endswith("checkpointed") for r in rows.values())
     assert all(r["step_ms"] > 0 and r["items_per_s"] > 0 for r in rows.values())
     assert rows[("LM", "softmax (SDPA)")]["speed_vs_first"] == 1.0
 

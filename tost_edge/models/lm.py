@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .._checks import tracing
 from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention_qkvpacked, causal_tssa
+from .checkpointing import Checkpointed
 
 State = Dict[str, torch.Tensor]
 
@@ -183,8 +184,9 @@ class Block(nn.Module):
         return x, state
 
 
-class CausalLM(nn.Module):
-    """nanoGPT trunk shared by the causal LMs; subclasses pick the attention."""
+class CausalLM(Checkpointed, nn.Module):
+    """nanoGPT trunk shared by the causal LMs; subclasses pick the attention. set_checkpointing(True) recomputes
+    each block's activations in the backward pass (checkpointing.py)."""
     attn_cls = CausalTSSAAttention
     family = "tost"
     kind = "lm"
@@ -286,7 +288,7 @@ class CausalLM(nn.Module):
         new_state = {} if state is None else {"pos": pos + T}   # (without a state, model(idx) keeps only the logits)
         for i, block in enumerate(self.transformer.h):
             layer_state = None if state is None else {q: state[f"{i}.{q}"] for q in block.attn.state_quantities}
-            x, st = block(x, layer_state, pos)
+            x, st = self._block(block, x, layer_state, pos)
             new_state.update({f"{i}.{q}": t for q, t in st.items()})
         return self.lm_head(self.transformer.ln_f(x)), new_state
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import tssa
+from .checkpointing import Checkpointed
 
 
 class PositionalEncodingFourier(nn.Module):
@@ -178,10 +179,11 @@ class ClassAttentionBlock(nn.Module):
         return x + torch.cat([cls, x[:, 1:]], dim=1)
 
 
-class ToSTVision(nn.Module):
+class ToSTVision(Checkpointed, nn.Module):
     """ToST vision transformer (tost_cab_*), or its softmax twin (vit_cab_*) with attn='softmax'.
 
     forward(images [B, 3, H, W]) -> logits [B, num_classes]; features(images) -> [B, embed_dim] (CLS).
+    set_checkpointing(True) recomputes each block's activations in the backward pass (checkpointing.py).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
@@ -245,10 +247,10 @@ class ToSTVision(nn.Module):
             x = x + self.pos_embeder(B, Hp, Wp).reshape(B, -1, x.shape[1]).permute(0, 2, 1)
         x = self.pos_drop(x)
         for blk in self.blocks:
-            x = blk(x)
+            x = self._block(blk, x)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
         for blk in self.cls_attn_blocks:
-            x = blk(x)
+            x = self._block(blk, x)
         return self.norm(x)[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -168,11 +168,13 @@ def test_custom_ops_pass_opcheck(op, monkeypatch):
     torch.library.opcheck(la._forward_packed_op if op.endswith("qkvpacked") else module._forward_op, grads)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["kept", "checkpointed"])
 @pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
-def test_compiled_lm_training_step_matches_eager(name):
+def test_compiled_lm_training_step_matches_eager(name, checkpointing):
+    """(checkpointed: the blocks' activations recomputed in the backward pass, inside the compiled graph.)"""
     torch.manual_seed(0)
     eager = models.create(name, n_layer=1, n_embd=32, n_head=2).to(DEVICE).set_backend("triton")
-    compiled = copy.deepcopy(eager)
+    compiled = copy.deepcopy(eager).set_checkpointing(checkpointing)
     idx = torch.randint(0, 256, (2, 12), device=DEVICE)
     for model in (eager, torch.compile(compiled, backend="aot_eager", fullgraph=True)):
         logits = model(idx[:, :-1])
