@@ -37,6 +37,9 @@ from tost_edge.ops.triton import tssa_resident as tr  # noqa: E402
 from tost_edge.ops.triton.utils import FAST_FP64, SPILL, launch_options  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+UNREAD = []                                                               # warned once
+CUOBJDUMP = os.environ.get("TRITON_CUOBJDUMP_PATH") or BIN / "cuobjdump"   # as Triton's knob: a newer CUDA's for
+                                                                          # targets its own predates (sm_110 in 3.6)
 
 
 def tile_layout(ttgir: str) -> str:
@@ -99,7 +102,7 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     with tempfile.TemporaryDirectory() as d:
         cubin = Path(d) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
-        dump = lambda what: subprocess.run([BIN / "cuobjdump", what, cubin], capture_output=True,  # noqa: E731
+        dump = lambda what: subprocess.run([CUOBJDUMP, what, cubin], capture_output=True,  # noqa: E731
                                            text=True).stdout
         usage, sass = dump("--dump-resource-usage"), dump("--dump-sass")
     if DUMP:
@@ -110,6 +113,10 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
         stem.with_suffix(".sass").write_text(sass)
     grab = lambda key: int(m.group(1)) if (m := re.search(rf"{key}:(\d+)", usage)) else -1  # noqa: E731
     instr = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
+    if not instr and not UNREAD:
+        UNREAD.append(arch)
+        print(f"(no SASS counts: {CUOBJDUMP} cannot disassemble sm_{arch}; TRITON_CUOBJDUMP_PATH can name a newer "
+              "CUDA's cuobjdump)", file=sys.stderr, flush=True)
     ops = {}
     for ln in instr:
         op = ln.split("*/", 1)[1].strip().split()[0].split(".")[0]
