@@ -167,7 +167,7 @@ def suffix_pair(arch: int) -> bool:
 
 def layouts(arch: int, heads=(12, 20), warps=(1, 2, 4, 8), tokens=(1, 2, 4, 8), pair: bool | None = None) -> list:
     """Causal TSSA's fused kernels (bf16, D64) walked (TILED off) or tiled, over warps a program x tokens a step or
-    tile: what one token costs. The walks are latency- and issue-bound (docs/benchmarks.md), so the figures that
+    tile: what one token costs. The walks are latency- and issue-bound (docs/kernel_design.md), so the figures that
     decide are the SASS a padded element of the three walk loops takes (thread instructions: a loop trip's SASS x the
     program's threads / the tokens and padded channels it covers), the barriers a token waits at, and how many
     programs an SM holds (spill: bytes of local memory a thread). The backward compiles under BWD_MAXNREG ("cap"),

@@ -368,7 +368,7 @@ def main() -> None:
             variants["triton-walks" if ct.CHUNKED else "triton-chunked"] = lambda: with_setting(
                 ct, "CHUNKED", not ct.CHUNKED, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if H > 16 and ct.BWD_WARPS == 8:
-                # rows of 2048 padded elements: the 16-warp backward candidate (docs/benchmarks.md), even with
+                # rows of 2048 padded elements: the 16-warp backward candidate (docs/kernel_design.md), even with
                 # --no-other
                 variants["triton-bwd-16-warps"] = lambda: with_setting(
                     ct, "BWD_WARPS", 16, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])

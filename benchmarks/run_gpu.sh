@@ -34,7 +34,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RESULTS/gpu.txt"
-# the compiler decides layouts and registers (docs/benchmarks.md has figures for Triton 3.6 and 3.9): record it
+# the compiler decides layouts and registers (docs/kernel_design.md has figures for Triton 3.6 and 3.9): record it
 python3 -c "import torch, triton; print(f'torch {torch.__version__}, triton {triton.__version__}')" \
   | tee -a "$RESULTS/gpu.txt"
 status=0

@@ -71,8 +71,8 @@ def grid(**axes):
 # FUSED; what it left is the warps. The walks are issue- and latency-bound, and fewer warps a program replicate less
 # per-head work across threads: the walked backward at 4 warps compiles to 14% fewer instructions an element than at 8,
 # the tiled forward at 1 or 2 warps (tiles of 2 or 4 tokens) to 33% / 7% fewer than at 4 (`compile_report.py
-# --layouts`, docs/benchmarks.md); smaller programs may then want more of them. (4 warps with steps of 4 tokens is left
-# out: at H12 the step is capped to 2, see causal_tssa._tile_tokens.)
+# --layouts`, docs/kernel_design.md); smaller programs may then want more of them. (4 warps with steps of 4 tokens is
+# left out: at H12 the step is capped to 2, see causal_tssa._tile_tokens.)
 # backward: warps a program x tokens a step x register cap (the default first; 128 at 8 warps: 2 programs an SM, 80: 3;
 # at 4 warps uncapped 2, 128: 4). Triton 3.6, sm_90, H12: none spills but 4 x 2 capped (16 bytes); compile_report.py
 # --layouts. At H20 (--heads 20) a row is 2048 padded elements: 8 warps with steps of 4 spill under the cap and run

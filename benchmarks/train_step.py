@@ -94,7 +94,8 @@ def run(label, shape, variants, make_batch, items, dev, compile_too, checkpointi
             if base is None and ms == ms:       # the first row of the shape that ran: the baseline
                 base = ms
             row = {"model": label, "shape": shape, "variant": tag, "name": name, "backend": backend,
-                   "compiled": compiled, "checkpointed": checkpointed, "step_ms": ms, "items_per_s": items / ms * 1e3 if ms == ms else None,
+                   "compiled": compiled, "checkpointed": checkpointed, "step_ms": ms,
+                   "items_per_s": items / ms * 1e3 if ms == ms else None,
                    "peak_mib": peak, "speed_vs_first": base / ms if ms == ms else None, "note": note}
             rows.append(row)
             shape_txt = " ".join(f"{k}{v}" for k, v in shape.items())

@@ -99,7 +99,7 @@ RESIDENT_BWD_MAXNREG = 128  # fp32: the compiler's choice, see tssa_resident._se
                           # programs, the compiler spilling what no longer fits. These settings hold the most bytes
                           # of slices an sm_90 SM can at D48 in bf16 and fp16 (forward 5 programs, 120 KB; backward 4
                           # programs, 96 KB), spilling nothing under Triton 3.6 and 8 bytes backward under 3.9
-                          # (compile_report.py; docs/benchmarks.md). Timed on an H100 (B64 N4096 C384 H8 bf16,
+                          # (compile_report.py; docs/kernel_design.md). Timed on an H100 (B64 N4096 C384 H8 bf16,
                           # from a CUDA graph): forward 0.387 ms against the passes' 0.355, forward+backward 1.28
                           # against 0.99; hence off by default
 RESIDENT_ONE_WAVE = True  # the forward runs resident, whatever RESIDENT says, where the GPU holds every program of
