@@ -260,15 +260,27 @@ def main() -> None:
                        y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
                                                   "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
                                                   "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
-                                                  "PDL": pdl}, a, nw)
+                                                  "PDL": pdl, "DET": False}, a, nw)
             for st in (1, 2, 3):
                 report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
                        A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
                        {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
                         "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
                         "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": pdl,
-                        "ANCHOR": tt._anchored(tile, nw)}, a, nw)
+                        "ANCHOR": tt._anchored(tile, nw), "DET": False}, a, nw)
     pc = heads[0][1]
+    # under torch.use_deterministic_algorithms: the passes that sum across slices, each slice into a row of its own
+    for p in (1, 2):
+        report(f"tssa pass{p} tile2048 deterministic", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
+               y=bf, N="i32", NB="i32"), {**pc, "TILE": 2048, "PASS": p, "REV": False, "STAGES": 1,
+                                          "PREFETCH": False, "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
+                                          "PDL": False, "DET": True}, a, 4)
+    for st in (1, 2):
+        report(f"tssa bwd{st} tile2048 deterministic", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
+               A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
+               {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
+                "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": False, "ANCHOR": tt._anchored(2048, 4),
+                "DET": True}, a, 4)
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
            sync="*i32", N="i32", B="i32", NI="i32", per="i32"), {**pc, "TILE": tt.QUEUE_TILE, "LAG": 2}, a,
            tt.QUEUE_WARPS)
@@ -316,8 +328,12 @@ def main() -> None:
             report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
                    AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32,
                    GC=f32,
-                   gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": st}, a, nw,
-                   maxnreg=ct.BWD_MAXNREG)
+                   gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"),
+                   {**bc, "STAGE": st, "DET": False}, a, nw, maxnreg=ct.BWD_MAXNREG)
+    report(f"causal bwd2 cap {ct.BWD_MAXNREG} deterministic", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
+           AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32, GC=f32,
+           gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": 2, "DET": True}, a,
+           ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):

@@ -612,31 +612,6 @@ def test_triton_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
         tssa(w, torch.ones(2), 2, backend="triton")
 
 
-@pytest.fixture
-def deterministic_mode():
-    """torch.use_deterministic_algorithms for one test; the caller sets it (strict or warn_only)."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    yield torch.use_deterministic_algorithms
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-
-
-def test_deterministic_mode_is_told_of_atomic_sums(deterministic_mode):
-    """TSSA's kernels sum with atomic adds: an error under torch.use_deterministic_algorithms(True), a warning with
-    warn_only; linear attention's kernels do not, and run."""
-    w, temp = torch.randn(1, 4, 32, device=DEVICE), torch.ones(2, device=DEVICE)
-    deterministic_mode(True)
-    with pytest.raises(RuntimeError, match=r"tssa with backend='triton' sums across programs with atomic adds"):
-        tssa(w, temp, 2, backend="triton")
-    with pytest.raises(RuntimeError, match=r"causal_tssa with backend='triton'"):
-        causal_tssa(w, temp, None, 2, backend="triton")
-    q = w.view(1, 4, 2, 16)
-    causal_linear_attention(q, q, q, backend="triton")
-    deterministic_mode(True, warn_only=True)
-    with pytest.warns(UserWarning, match="use backend='torch', or torch.use_deterministic_algorithms"):
-        y = tssa(w, temp, 2, backend="triton")
-    assert torch.isfinite(y).all()
-
-
 @pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention"])
 def test_float64_is_a_clear_error_not_fp32_results(op):
     """The kernels accumulate in fp32: float64 inputs would come back float64 at fp32 precision."""

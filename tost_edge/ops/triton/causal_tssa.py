@@ -32,7 +32,7 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype, fast_fp64,
+from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype, fast_fp64,
                     first_order, join_runs, launch_options, next_pow2, next_pow2_capped, on_input_device,
                     unspilled)
 
@@ -414,9 +414,12 @@ def _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, R
 def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, ge_io, gpi_io, GAP, GC, gtemp,
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-              STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
+              STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr,
+              DET: tl.constexpr = False):
     # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
     b, k, lo, hi = _slice(T, per)
+    if DET:                                         # d temp a row a slice ([B * NT, H]), summed by the host
+        gtemp += k * H
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
@@ -683,25 +686,29 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
     register cap, d S summed in fp64 (SUFFIX_FP64 as decided for the device), CHUNKED, CHUNKED_STAGES (0 for the
-    walks), BWD_SPLIT_PI (0 for CHUNKED)]. CHUNKED plans chunks of CHUNKED_TOKENS tokens (per, NT chunks a sequence)
-    walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE tokens, the same warps both ways, Pi saved."""
+    walks), BWD_SPLIT_PI (0 for CHUNKED), deterministic]. CHUNKED plans chunks of CHUNKED_TOKENS tokens (per, NT
+    chunks a sequence) walked in tiles of CHUNKED_TILE (BT) and CHUNKED_BWD_TILE tokens, the same warps both ways, Pi
+    saved."""
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
-    if CHUNKED:
+    det = torch.are_deterministic_algorithms_enabled()
+    if CHUNKED and not det:
         BT, bwd_BT = (next_pow2_capped(T, next_pow2(n)) for n in (CHUNKED_TILE, CHUNKED_BWD_TILE))
         per = max(BT, bwd_BT) * cdiv(torch.sym_min(CHUNKED_TOKENS, T), max(BT, bwd_BT))   # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
         return [BD, HP, BT, cdiv(T, per), per, bwd_BT, int(FUSED), 0, 0, 1, 0, int(LOOKBACK_PREFIX), warps, 0,
-                warps, 0, fp64, 1, CHUNKED_STAGES, 0]
+                warps, 0, fp64, 1, CHUNKED_STAGES, 0, 0]
     tiled, bwd_tiled = TILED, BWD_TILED
     opts = _options(False, tiled, HP, BD, itemsize)
     bwd_opts = _options(True, bwd_tiled, HP, BD, itemsize)
     BT, NT, per = _slicing(T, B, _tile_tokens(HP, BD, opts["num_warps"], 64) if tiled else 1 << 30)
     walk_cap = 1 << 30 if bwd_tiled else 8       # the walked backward keeps at most 8 tokens' d S factors a step
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
-    return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED), int(tiled), int(bwd_tiled), int(SAVE_PI), L2_GROUP,
-            int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0), bwd_opts["num_warps"],
-            bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI)]
+    # deterministic: the three-pass scheme in one group (decoupled look-back sums a slice's predecessors in the
+    # order they finish), d temp a row a slice and d denom_bias from the stored d energy (_backward)
+    return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED and not det), int(tiled), int(bwd_tiled), int(SAVE_PI),
+            0 if det else L2_GROUP, int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0),
+            bwd_opts["num_warps"], bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI), int(det)]
 
 
 @on_input_device
@@ -713,7 +720,7 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, 
     B, T, C = w.shape
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages, \
-        _ = plan
+        _, _ = plan
     if chunked:
         return chunks.forward(w, temp, bias, pos, S0, A0, P0, H, bounded, BD, HP, BT, per, NT, bool(prefix), warps,
                               stages)
@@ -748,6 +755,12 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, 
     return y, S_T, A_T, P_T, pi if save_pi else pi.new_empty(0), S_start, AP_start
 
 
+def _slice_rows(rows: int, H: int, device) -> torch.Tensor:
+    """Deterministic d temp: a zeroed row for each slice's sum ([B * NT, H]), summed by the host in a fixed order
+    (atomic adds into one [H] would sum them in whatever order the programs run)."""
+    return torch.zeros(rows, H, device=device, dtype=torch.float32)
+
+
 @on_input_device
 def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H: int, bounded: bool, plan: list):
     """dw [B, T, C] and the fp32 gradients of temp [H], denom_bias [H, Tmax] and the initial state, from gy and the
@@ -755,7 +768,7 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
     B, T, C = w.shape
     D = C // H
     BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked, \
-        stages, split = plan
+        stages, split, det = plan
     stored, opts, pair = bool(stored), launch_options(bwd_warps, bwd_maxnreg), not fp64
     tmax = bias.shape[1]
     dev = w.device
@@ -799,16 +812,24 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
             continue
         grid = (nb, NT)
         args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos))
-        tail = (gtemp, gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded, stored)
+        if det:   # d temp a row a slice, summed below; d denom_bias's atomics go to a scratch copy, unread
+            gT, scratch = _slice_rows(nb * NT, H, dev), alloc(*gbias.shape, like=gbias)
+        tail = (gT if det else gtemp, scratch if det else gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded,
+                stored)
         tiled = bool(tiled)
         stage = [(*args, g(GAP), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 1, tiled, pair, bool(split)),
                  (*args, g(R_end), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 2, tiled, pair, bool(split)),
                  (*args, g(R_end), g(Rc_end), g(ge), g(gpi), g(GAP), g(GC), *tail, 3, tiled, pair, bool(split))]
-        _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts))
+        _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts), DET=bool(det))
         _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-        _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts))
+        _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts), DET=bool(det))
         _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-        _b_kernel[grid](*stage[2], **unspilled(_b_kernel, grid, stage[2], opts))
+        _b_kernel[grid](*stage[2], **unspilled(_b_kernel, grid, stage[2], opts), DET=bool(det))
+        if det:
+            torch.sum(gT, 0, out=gtemp)
+            if bounded:       # d denom_bias[h, pos_b + t] = D * sum over b of d energy[b, t, h], in a fixed order
+                at = g(pos)[:, None, None] + torch.arange(T, device=dev)[None, :, None]              # [B, T, 1]
+                gbias.index_put_((torch.arange(H, device=dev)[None, None, :], at), D * g(ge), accumulate=True)
     return dw, gtemp, gbias, gS0, gA0, gP0
 
 
@@ -910,7 +931,6 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     B, T, H, D, temp, bias, state, pos = prepare(w, temp, denom_bias, num_heads, state, pos0, fill=compiling)
     check_dtype("w", w)
     check_available(w, temp)
-    check_deterministic("causal_tssa")
     runs = batch_runs(B, T * H * D, "w")
     if T == 0 or len(runs) > 1:
         state, pos, _ = _zero_filled(B, H, D, state, pos, w.device)

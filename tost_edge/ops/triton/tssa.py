@@ -38,7 +38,7 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
-from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_deterministic, check_dtype,
+from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -309,9 +309,17 @@ def _inv_dots(A, so, sm, Pv):
 @triton.jit
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
          BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr,
-         STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr):
+         STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
+         DET: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
     lo, hi = _slice(N, BN, REV)
+    if DET:        # the sums this pass adds up, a row a slice ([slices, B, ...] zeroed): the host sums them in order
+        row = tl.program_id(1) * tl.num_programs(0)
+        if PASS == 1:
+            S += row * C
+        if PASS == 2:
+            A += row * C
+            P += row * H
     _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES,
               PREFETCH, FLAT, PDL)
 
@@ -451,9 +459,17 @@ def _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo,
 def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: tl.constexpr, D: tl.constexpr,
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
          TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr,
-         PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr, ANCHOR: tl.constexpr = False):
+         PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr, ANCHOR: tl.constexpr = False,
+         DET: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
     lo, hi = _slice(N, BN, REV)
+    if DET:        # as in _fwd: a row a slice (d temp: a row a slice and batch element)
+        row = tl.program_id(1) * tl.num_programs(0)
+        if STAGE == 1:
+            G += row * C
+        if STAGE == 2:
+            dS += row * C
+            gtemp += (row + tl.program_id(0)) * H
     _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
               BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL, ANCHOR)
 
@@ -530,7 +546,7 @@ def autotuned(configs=None, do_bench=None) -> dict:
     disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     def tune(fn, reset=None, variant=None):
-        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL"] + ([variant] if variant else [])
+        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL", "DET"] + ([variant] if variant else [])
         return Tuned(triton.autotune(configs=configs or _configs(fn is _bwd), reset_to_zero=reset, do_bench=do_bench,
                                      key=key, **disk)(fn))
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
@@ -592,10 +608,23 @@ def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
 
 
 def _plan() -> list:
-    """[resident forward, resident backward, persistent, L2 group, Pi saved, resident forward in one wave]: the
-    schemes both directions of one call run with, whatever the settings are by the backward pass."""
+    """[resident forward, resident backward, persistent, L2 group, Pi saved, resident forward in one wave,
+    deterministic]: the schemes both directions of one call run with, whatever the settings are by the backward
+    pass. Under torch.use_deterministic_algorithms(True), the passes in one group (deterministic: see _partials)."""
+    if torch.are_deterministic_algorithms_enabled():
+        return [0, 0, 0, 0, int(SAVE_PI), 0, 1]
     return [int(RESIDENT), int(RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD), int(PERSISTENT), L2_GROUP,
-            int(SAVE_PI), int(RESIDENT_ONE_WAVE and not PERSISTENT and L2_GROUP <= 0)]
+            int(SAVE_PI), int(RESIDENT_ONE_WAVE and not PERSISTENT and L2_GROUP <= 0), 0]
+
+
+def _partials(B: int, widths: tuple, like: torch.Tensor) -> list:
+    """Deterministic sums: zeroed [slices, B, width] buffers, one per statistic, into which each program of a pass
+    adds its slice's sums at a row of its own (DET) instead of every slice adding into one row with atomics, in
+    whatever order the programs run. The host then sums the rows in a fixed order (torch.sum over the slices), so a
+    run's results are the same bits every time. Rows: the most slices a pass may cut a batch element into (_slices)."""
+    rows = max(1, cdiv(PROGRAMS, max(B, 1)))
+    buf = torch.zeros(rows * B * sum(widths), device=like.device, dtype=torch.float32)
+    return [t.view(rows, B, n) for t, n in zip(buf.split([rows * B * n for n in widths]), widths)]
 
 
 @on_input_device
@@ -604,7 +633,7 @@ def _forward(w, temp, H: int, plan: list):
     P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32."""
     B, N, C = w.shape
     D = C // H
-    res, _, persistent, l2_group, save_pi, one_wave = plan
+    res, _, persistent, l2_group, save_pi, one_wave, det = plan
     whole = not res and bool(one_wave) and not interpreting()   # RESIDENT_ONE_WAVE
     HP, BD = _blocks(H, D)
     n = B * (2 * C + H)
@@ -619,28 +648,35 @@ def _forward(w, temp, H: int, plan: list):
         _fwd_persistent[grid](w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP,
                               *_parts(D, BD), QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["forward"] = "resident" if fit else "persistent" if persistent else "passes"
-    pdl = _pdl(w.device)
+    pdl = _pdl(w.device) and not det    # (deterministic: the host's sums come between the passes)
     after = {"launch_pdl": True} if pdl else {}    # the passes after the first: launched while it finishes
     parts = _parts(D, BD)
-    ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl)
+    ahead = dict(STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH), PDL=pdl, DET=bool(det))
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
-        stats = (g(w), temp, g(S), g(A), g(P), g(pi), g(y), N, next_pow2(N), C, D, H, HP, *parts)
-        KERNELS["sumsq"][grid](*stats, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
-        KERNELS["pi"][grid](*stats, PASS=2, REV=bool(PINGPONG), **ahead, FLAT=_flat_middle(parts[1]), **FUSION,
-                            **after)
+        pS, pA, pP = _partials(nb, (C, C, H), w) if det else (g(S), g(A), g(P))
+        head, tail = (g(w), temp), (g(pi), g(y), N, next_pow2(N), C, D, H, HP, *parts)
+        KERNELS["sumsq"][grid](*head, pS, g(A), g(P), *tail, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
+        if det:
+            torch.sum(pS, 0, out=g(S))
+        KERNELS["pi"][grid](*head, g(S), pA, pP, *tail, PASS=2, REV=bool(PINGPONG), **ahead,
+                            FLAT=_flat_middle(parts[1]), **FUSION, **after)
+        if det:
+            torch.sum(pA, 0, out=g(A))
+            torch.sum(pP, 0, out=g(P))
+        stats = (*head, g(S), g(A), g(P), *tail)
         out_grid = lambda meta: (nb, cdiv(N, max(1, meta["TILE"] // (HP * BD))))  # noqa: E731  (a token a row)
         # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
         out = (KERNELS["out_slices"], grid) if OUT_SLICES else (KERNELS["out"], out_grid)
         out[0][out[1]](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH and OUT_SLICES),
-                       FLAT=False, PDL=pdl, **FUSION, **after)
+                       FLAT=False, PDL=pdl, DET=bool(det), **FUSION, **after)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
 @on_input_device
 def _backward(gy, w, temp, ws, pi, H: int, plan: list):
     """dw [B, N, C] and d temp [H] (fp32) from gy [B, N, C] and what _forward returned (pi empty: recomputed)."""
-    _, res, persistent, l2_group, _, _ = plan
+    _, res, persistent, l2_group, _, _, det = plan
     B, N, C = w.shape
     D = C // H
     HP, BD = _blocks(H, D)
@@ -661,16 +697,23 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
                               gws[n:].view(torch.int32), N, B, NI, per, C, D, H, HP, *_parts(D, BD), stored,
                               QUEUE_TILE, QUEUE_LAG, **launch_options(QUEUE_WARPS))
     last_run["backward"] = "resident" if fit else "persistent" if persistent else "passes"
-    pdl, parts = _pdl(w.device), _parts(D, BD)
+    pdl, parts = _pdl(w.device) and not det, _parts(D, BD)
     for nb, g in [] if persistent or fit else _groups(B, l2_group):
         grid = _slices(nb, N, HP, BD)
+        pG, pdS, pT = _partials(nb, (C, C, H), w) if det else (g(G), g(dS), gtemp)
         for stage in (1, 2, 3):
-            KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), g(G), g(dS),
-                                 gtemp, g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *parts,
+            into = {1: (pG, g(dS), gtemp), 2: (g(G), pdS, pT)}.get(stage, (g(G), g(dS), gtemp))
+            KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), into[0], into[1],
+                                 into[2], g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *parts,
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
                                  PREFETCH=bool(PASS_PREFETCH), FLAT=_flat_middle(parts[1]) and stage == 2, PDL=pdl,
-                                 **({"launch_pdl": True} if pdl and stage > 1 else {}),
+                                 DET=bool(det), **({"launch_pdl": True} if pdl and stage > 1 else {}),
                                  **FUSION)
+            if det and stage == 1:
+                torch.sum(pG, 0, out=g(G))
+            if det and stage == 2:
+                torch.sum(pdS, 0, out=g(dS))
+                torch.sum(pT, (0, 1), out=gtemp)
     return dw, gtemp
 
 
@@ -746,7 +789,6 @@ def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Te
     t = check_temp(temp, num_heads)
     check_dtype("w", w)
     check_available(w, t)
-    check_deterministic("tssa")
     runs = batch_runs(w.shape[0], w[0].numel() if w.shape[0] else 0, "w")
     if len(runs) > 1:
         return torch.cat([_apply(w[r], t, num_heads) for r in runs])

@@ -6,7 +6,6 @@ import functools
 import logging
 import os
 import time
-import warnings
 
 import torch
 
@@ -123,22 +122,6 @@ def check_dtype(name: str, t: torch.Tensor) -> None:
     if t.dtype not in KERNEL_DTYPES:
         raise ValueError(f"backend='triton': {name} is {t.dtype}; the kernels take float32, float16 or bfloat16 (they "
                          f"accumulate in float32). For float64, use backend='torch'")
-
-
-def check_deterministic(op: str) -> None:
-    """torch.use_deterministic_algorithms(True) asks every op for bitwise-reproducible results. TSSA's kernels sum
-    statistics and gradients across programs with atomic adds (causal TSSA also through look-back), in whatever
-    order the programs run: the last bits may differ from run to run. Like PyTorch's own ops, that is an error in
-    that mode, a warning with warn_only=True."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    msg = (f"{op} with backend='triton' sums across programs with atomic adds, so its results may differ in the last "
-           f"bits from run to run, but torch.use_deterministic_algorithms(True) is set: use backend='torch', or "
-           f"torch.use_deterministic_algorithms(True, warn_only=True)")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(msg, stacklevel=3)
-    else:
-        raise RuntimeError(msg)
 
 
 def device_guard(t):
