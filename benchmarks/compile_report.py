@@ -252,33 +252,30 @@ def main() -> None:
     # and each pass loading its next tile ahead into registers (PASS_PREFETCH; the third forward pass only where it
     # walks slices, OUT_SLICES), and with that, on sm_90 and later, launched while the pass before finishes (PDL)
     ahead = [(False, False), (True, False)] + ([(True, True)] if a >= 90 else [])
+    fwd_sig = dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf, N="i32", NB="i32")
+    bwd_sig = dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32, A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32,
+                   gtemp=f32, dw=bf, N="i32", NB="i32")
     for tile, nw in ((2048, 8),) if args.quick else tiles:
         for (label, pc), (pf, pdl) in itertools.product(heads, ahead):
             label += " prefetch" * pf + " pdl" * pdl
             for p in (1, 2, 3):
-                report(f"tssa pass{p} tile{tile}{label}", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
-                       y=bf, N="i32", NB="i32"), {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
+                report(f"tssa pass{p} tile{tile}{label}", tt._fwd, fwd_sig, {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
                                                   "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
                                                   "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
                                                   "PDL": pdl, "DET": False}, a, nw)
             for st in (1, 2, 3):
-                report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
-                       A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
-                       {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
+                report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, bwd_sig, {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
                         "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
                         "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": pdl,
                         "ANCHOR": tt._anchored(tile, nw), "DET": False}, a, nw)
     pc = heads[0][1]
     # under torch.use_deterministic_algorithms: the passes that sum across slices, each slice into a row of its own
     for p in (1, 2):
-        report(f"tssa pass{p} tile2048 deterministic", tt._fwd, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32,
-               y=bf, N="i32", NB="i32"), {**pc, "TILE": 2048, "PASS": p, "REV": False, "STAGES": 1,
+        report(f"tssa pass{p} tile2048 deterministic", tt._fwd, fwd_sig, {**pc, "TILE": 2048, "PASS": p, "REV": False, "STAGES": 1,
                                           "PREFETCH": False, "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
                                           "PDL": False, "DET": True}, a, 4)
     for st in (1, 2):
-        report(f"tssa bwd{st} tile2048 deterministic", tt._bwd, dict(w=bf, gy=bf, pi_in=f32, temp=f32, S=f32,
-               A=f32, P=f32, G=f32, dS=f32, r_io=f32, ge_io=f32, gtemp=f32, dw=bf, N="i32", NB="i32"),
-               {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
+        report(f"tssa bwd{st} tile2048 deterministic", tt._bwd, bwd_sig, {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
                 "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": False, "ANCHOR": tt._anchored(2048, 4),
                 "DET": True}, a, 4)
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
@@ -323,17 +320,15 @@ def main() -> None:
         report("causal pi", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
                T="i32", tmax="i32", per="i32"), {**cc, "BOUNDED": True}, a, nw)
         report("causal out", ct._f_out, dict(w=bf, pi_in=f32, AP_start=f32, y=bf, T="i32", per="i32"), oc, a, nw)
+    b_sig = dict(w=bf, gy=bf, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32,
+                 Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32, GC=f32, gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32",
+                 per="i32")
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         for st in (1, 2, 3):
-            report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
-                   AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32,
-                   GC=f32,
-                   gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"),
-                   {**bc, "STAGE": st, "DET": False}, a, nw, maxnreg=ct.BWD_MAXNREG)
-    report(f"causal bwd2 cap {ct.BWD_MAXNREG} deterministic", ct._b_kernel, dict(w=bf, gy=bf, pi_in=f32, S_start=f32,
-           AP_start=f32, temp=f32, bias=f32, pos="*i64", R_end=f32, Rc_end=f32, ge_io=f32, gpi_io=f32, GAP=f32, GC=f32,
-           gtemp=f32, gbias=f32, dw=bf, T="i32", tmax="i32", per="i32"), {**bc, "STAGE": 2, "DET": True}, a,
-           ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
+            report(f"causal bwd{st} cap {ct.BWD_MAXNREG}", ct._b_kernel, b_sig, {**bc, "STAGE": st, "DET": False},
+                   a, nw, maxnreg=ct.BWD_MAXNREG)
+    report(f"causal bwd2 cap {ct.BWD_MAXNREG} deterministic", ct._b_kernel, b_sig, {**bc, "STAGE": 2, "DET": True},
+           a, ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
