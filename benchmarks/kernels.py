@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import smoke  # noqa: E402  (benchmarks/smoke.py)
 from tost_edge.ops import causal_linear_attention, causal_linear_attention_qkvpacked, causal_tssa, tssa  # noqa: E402
 from tost_edge.ops.triton import causal_tssa as ct, linear_attention as lat, tssa as tt  # noqa: E402
+from tost_edge.ops.triton.utils import deterministic_algorithms  # noqa: E402
 
 SMOKE = False   # --smoke: the whole script on CPU under the interpreter, tiny shapes, nothing meaningful timed
 HBM_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100": 2039.0, "Orin": 204.8, "Thor": 273.0}
@@ -108,6 +109,13 @@ def bench(fn, backward: bool, inputs, graph=False):
         for t in inputs:
             t.grad = None
         return float("nan"), float("nan")
+
+
+def deterministic(fn):
+    """fn() under torch.use_deterministic_algorithms(True): the ops plan their deterministic schemes (the backward
+    pass keeps the plan its forward pass made)."""
+    with deterministic_algorithms():
+        return fn()
 
 
 def with_setting(module, name, value, fn):
@@ -211,6 +219,9 @@ def main() -> None:
     ap.add_argument("--no-other", action="store_true",
                     help="skip the launch scheme and walk the settings did not choose (resident TSSA / fused "
                          "causal TSSA / tiled causal walks)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="also time TSSA and causal TSSA under torch.use_deterministic_algorithms(True) (the "
+                         "schemes that sum in a fixed order: triton-deterministic rows)")
     ap.add_argument("--ops", default="tssa,causal",
                     help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
     ap.add_argument("--only", metavar="REGEX",
@@ -318,6 +329,8 @@ def main() -> None:
                 if not tt.RESIDENT and tt.last_run["forward"] == "resident":   # RESIDENT_ONE_WAVE: the passes too
                     variants["triton-passes"] = lambda: with_setting(tt, "RESIDENT_ONE_WAVE", False,
                                                                      lambda: tssa(w, temp, H, backend="triton"))
+            if args.deterministic:
+                variants["triton-deterministic"] = lambda: deterministic(lambda: tssa(w, temp, H, backend="triton"))
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
             time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
@@ -372,6 +385,9 @@ def main() -> None:
                 # --no-other
                 variants["triton-bwd-16-warps"] = lambda: with_setting(
                     ct, "BWD_WARPS", 16, lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+            if args.deterministic:
+                variants["triton-deterministic"] = lambda: deterministic(
+                    lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)

@@ -24,7 +24,7 @@ def smoke(script, *args, out):
 
 
 def test_kernels_benchmark_smoke(tmp_path):
-    smoke("kernels.py", "--graph", "--profile", out=tmp_path)
+    smoke("kernels.py", "--graph", "--profile", "--deterministic", out=tmp_path)
     (report,) = tmp_path.glob("kernels_*.json")
     result = json.loads(report.read_text())
     assert result["device"] == "CPU smoke check" and report.name == "kernels_CPU_smoke_check_bf16.json"
@@ -39,6 +39,9 @@ def test_kernels_benchmark_smoke(tmp_path):
             for mode in ("fwd", "fwd+bwd"):
                 assert (op, variant, mode) in variants
     assert ("causal_linear_attention", "triton-graph", "fwd+bwd") in variants
+    for op in ("tssa", "causal_tssa"):                  # --deterministic
+        assert (op, "triton-deterministic", "fwd+bwd") in variants and (op, "triton-deterministic-graph", "fwd") in \
+            variants
     assert all(r["ms"] > 0 for r in rows if r["variant"] != "eager")
     copy = result["copy_GBps"]        # each row's share of the measured copy rate, beside the datasheet's
     assert all(abs(r["of_copy"] * copy - r["GB/s"]) <= 1e-6 * r["GB/s"] for r in rows if r["ms"] == r["ms"])

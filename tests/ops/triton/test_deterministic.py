@@ -11,14 +11,13 @@ from tests.ops.triton.test_triton_ops import check_causal_with_state, check_tssa
 from tost_edge.ops import causal_linear_attention, causal_tssa, tssa
 from tost_edge.ops.triton import causal_tssa as ct
 from tost_edge.ops.triton import tssa as tt
+from tost_edge.ops.triton.utils import deterministic_algorithms
 
 
 @pytest.fixture
 def deterministic():
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    with deterministic_algorithms():
+        yield
 
 
 def spy(monkeypatch, module, name):

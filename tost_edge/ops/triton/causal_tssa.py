@@ -32,8 +32,8 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype, fast_fp64,
-                    first_order, join_runs, launch_options, next_pow2, next_pow2_capped, on_input_device,
+from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype, deterministic_algorithms,
+                    fast_fp64, first_order, join_runs, launch_options, next_pow2, next_pow2_capped, on_input_device,
                     unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
@@ -829,7 +829,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
             torch.sum(gT, 0, out=gtemp)
             if bounded:       # d denom_bias[h, pos_b + t] = D * sum over b of d energy[b, t, h], in a fixed order
                 at = g(pos)[:, None, None] + torch.arange(T, device=dev)[None, :, None]              # [B, T, 1]
-                gbias.index_put_((torch.arange(H, device=dev)[None, None, :], at), D * g(ge), accumulate=True)
+                with deterministic_algorithms():     # (whatever the flag is by now: the plan chose this scheme)
+                    gbias.index_put_((torch.arange(H, device=dev)[None, None, :], at), D * g(ge), accumulate=True)
     return dw, gtemp, gbias, gS0, gA0, gP0
 
 

@@ -124,6 +124,18 @@ def check_dtype(name: str, t: torch.Tensor) -> None:
                          f"accumulate in float32). For float64, use backend='torch'")
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside the block, as it was after it: torch's own ops then take
+    their deterministic implementations (index_put_ with accumulation sorts instead of adding atomically)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def device_guard(t):
     """Triton launches on the current CUDA device, not on its arguments' one: with a model on cuda:1 while cuda:0 is
     current, every launch would address another GPU's memory. This makes t's device current where it is not."""
