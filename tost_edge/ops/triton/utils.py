@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import time
 
 import torch
@@ -146,13 +147,32 @@ def device_guard(t):
 
 
 def on_input_device(fn):
-    """fn (a host function that launches kernels) run with its first tensor argument's device current."""
+    """fn (a host function that launches kernels) run with its first tensor argument's device current; where
+    Triton's ptxas cannot target the GPU (Jetson Thor's sm_110 under a Triton that bundles CUDA 12's), the error
+    says so and names the fix instead of ending a compiler traceback."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         with device_guard(first) if first is not None else contextlib.nullcontext():
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                hint = unknown_target(e)
+                if hint is None:
+                    raise
+                raise RuntimeError(f"backend='triton': {hint} (`tost-edge check-env` checks this)") from e
     return run
+
+
+def unknown_target(error: Exception) -> str | None:
+    """What to do where a compile failed because ptxas does not know the GPU's architecture; None for any other
+    error."""
+    found = re.search(r"Value '(sm_(\d+)(\d)a?)' is not defined for option 'gpu-name'", str(error))
+    if type(error).__name__ != "PTXASError" or found is None:
+        return None
+    from ...env import triton_target
+    return triton_target((int(found.group(2)), int(found.group(3)))) or \
+        f"Triton's ptxas cannot compile for {found.group(1)}"
 
 
 class _SecondDerivative(torch.autograd.Function):
