@@ -31,6 +31,10 @@ def parse():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--device", help="cuda or cpu (default: cuda where there is one)")
     ap.add_argument("--interpret", action="store_true", help="run the Triton kernels in Triton's CPU interpreter")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="recompute each block's activations in the backward pass (model.set_checkpointing)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch.use_deterministic_algorithms(True): the same bits from every run")
     ap.add_argument("--save", metavar="DIR", help="write config.json and model.safetensors here")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -79,13 +83,17 @@ def main() -> int:
     args = parse()
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"   # read when Triton compiles the kernels, so set before any runs
+    if args.deterministic:                     # cuBLAS's deterministic matmuls need it set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
 
     from tost_edge import models
     from tost_edge.models import io
     device = args.device or ("cuda" if torch.cuda.is_available() and not args.interpret else "cpu")
     torch.manual_seed(args.seed)
-    model = models.create(args.model).to(device)
+    model = models.create(args.model).to(device).set_checkpointing(args.checkpointing)
     twin = copy.deepcopy(model).set_backend(args.check_against) if args.check_against else None
     model.set_backend(args.backend)
     print(f"{args.model}: {model.num_params() / 1e6:.2f}M parameters on {device}, backend {args.backend}, "
