@@ -153,10 +153,10 @@ def causal_sigs(t: str):
     """Signatures of the fused causal TSSA kernels (forward, backward) with w, y, gy, dw of type t."""
     f32 = "*fp32"
     fwd = dict(w=t, temp=f32, bias=f32, pos="*i64", S0=f32, A0=f32, P0=f32, pi=f32, y=t, S_start=f32, AP_start=f32,
-               S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32", NS="i32")
+               S_T=f32, A_T=f32, P_T=f32, sync="*i32", part=f32, T="i32", tmax="i32", per="i32", NS="i32", cu="*i32")
     bwd = dict(w=t, gy=t, pi_in=f32, S_start=f32, AP_start=f32, temp=f32, bias=f32, pos="*i64", gS_T=f32, gA_T=f32,
                gP_T=f32, ge_io=f32, gpi_io=f32, gtemp=f32, gbias=f32, dw=t, gS0=f32, gA0=f32, gP0=f32, sync="*i32",
-               part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32")
+               part=f32, part64="*fp64", T="i32", tmax="i32", per="i32", NS="i32", cu="*i32")
     return fwd, bwd
 
 
@@ -259,23 +259,24 @@ def main() -> None:
         for (label, pc), (pf, pdl) in itertools.product(heads, ahead):
             label += " prefetch" * pf + " pdl" * pdl
             for p in (1, 2, 3):
-                report(f"tssa pass{p} tile{tile}{label}", tt._fwd, fwd_sig, {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG,
-                                                  "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
-                                                  "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
-                                                  "PDL": pdl, "DET": False}, a, nw)
+                report(f"tssa pass{p} tile{tile}{label}", tt._fwd, fwd_sig,
+                       {**pc, "TILE": tile, "PASS": p, "REV": p == 2 and tt.PINGPONG, "STAGES": tt.PASS_STAGES,
+                        "PREFETCH": pf, "FLAT": tt._flat_middle(pc["NP"]) and p == 2, "PDL": pdl, "DET": False},
+                       a, nw)
             for st in (1, 2, 3):
-                report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, bwd_sig, {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
-                        "STAGES": tt.PASS_STAGES, "PREFETCH": pf,
-                        "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": pdl,
-                        "ANCHOR": tt._anchored(tile, nw), "DET": False}, a, nw)
+                report(f"tssa bwd{st} tile{tile}{label}", tt._bwd, bwd_sig,
+                       {**pc, "PI_STORED": True, "TILE": tile, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
+                        "STAGES": tt.PASS_STAGES, "PREFETCH": pf, "FLAT": tt._flat_middle(pc["NP"]) and st == 2,
+                        "PDL": pdl, "ANCHOR": tt._anchored(tile, nw), "DET": False}, a, nw)
     pc = heads[0][1]
     # under torch.use_deterministic_algorithms: the passes that sum across slices, each slice into a row of its own
     for p in (1, 2):
-        report(f"tssa pass{p} tile2048 deterministic", tt._fwd, fwd_sig, {**pc, "TILE": 2048, "PASS": p, "REV": False, "STAGES": 1,
-                                          "PREFETCH": False, "FLAT": tt._flat_middle(pc["NP"]) and p == 2,
-                                          "PDL": False, "DET": True}, a, 4)
+        report(f"tssa pass{p} tile2048 deterministic", tt._fwd, fwd_sig,
+               {**pc, "TILE": 2048, "PASS": p, "REV": False, "STAGES": 1, "PREFETCH": False,
+                "FLAT": tt._flat_middle(pc["NP"]) and p == 2, "PDL": False, "DET": True}, a, 4)
     for st in (1, 2):
-        report(f"tssa bwd{st} tile2048 deterministic", tt._bwd, bwd_sig, {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
+        report(f"tssa bwd{st} tile2048 deterministic", tt._bwd, bwd_sig,
+               {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
                 "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": False, "ANCHOR": tt._anchored(2048, 4),
                 "DET": True}, a, 4)
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
@@ -334,6 +335,11 @@ def main() -> None:
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):
         report(f"causal fused bwd cap {ct.BWD_MAXNREG}", ct._b_fused, fused_bwd, {**bc, "PREFIX": True}, a, nw,
                maxnreg=ct.BWD_MAXNREG)
+    # packed sequences (cu_seqlens): each program's sequence offsets its token pointers
+    report("causal fused fwd packed", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True, "VARLEN": True},
+           a, ct.WARPS)
+    report(f"causal fused bwd cap {ct.BWD_MAXNREG} packed", ct._b_fused, fused_bwd,
+           {**bc, "PREFIX": True, "VARLEN": True}, a, ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
     # causal TSSA tiled (TILED, BWD_TILED) with the warps TILED_WARPS = 0 chooses (nw 0) or others
     tiles = [("bf16", 12, 0, 8, 4), ("fp32", 12, 0, 8, 4)] if args.quick else [
         ("bf16", 12, 0, 4, 4), ("bf16", 12, 0, 8, 2), ("bf16", 12, 8, 4, 4), ("bf16", 20, 0, 4, 4),

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 
 from .causal_tssa import (CausalTSSAState, chunk_causal_tssa, fused_recurrent_causal_tssa, naive_causal_tssa,
-                          step_causal_tssa)
+                          naive_causal_tssa_packed, packed_offsets, step_causal_tssa)
 from .linear_attention import (LinearAttentionState, chunk_causal_linear_attention,
                                fused_recurrent_causal_linear_attention, naive_causal_linear_attention,
                                naive_linear_attention, step_linear_attention)
@@ -38,12 +38,25 @@ def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "to
 
 
 def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.Tensor], num_heads: int,
-                state: Optional[CausalTSSAState] = None, pos0=0,
-                backend: str = "torch") -> Tuple[torch.Tensor, CausalTSSAState]:
+                state: Optional[CausalTSSAState] = None, pos0=0, backend: str = "torch",
+                cu_seqlens=None) -> Tuple[torch.Tensor, CausalTSSAState]:
     """Causal TSSA. w: [B, T, C], temp: [H] or [H, 1], denom_bias: [H, Tmax(, 1)] or None,
     state: (sum_wsq [B, H, D], sum_pi_wsq [B, H, D], sum_pi [B, H]) fp32, pos0: int or [B] int64.
-    Returns (y [B, T, C], state)."""
+    Returns (y [B, T, C], state).
+
+    Packed sequences (cu_seqlens: [N + 1] ints, 0 first, the last w.shape[1], never decreasing): w is [1, total, C]
+    and sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1], each from its own state ([N, H, D], ...) and
+    position (pos0: int or [N]) as if run alone: no sums cross from one sequence into the next. Read on the host
+    (a CUDA tensor is read back once)."""
     _check_backend(backend)
+    if cu_seqlens is not None:
+        cu = packed_offsets(w, cu_seqlens)
+        if backend == "triton":
+            from .triton import triton_causal_tssa_packed
+            return triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state, pos0)
+        if backend == "plugin":
+            raise ValueError("causal_tssa: cu_seqlens with backend='plugin': not supported (export the padded form)")
+        return naive_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state, pos0)
     if backend == "triton":
         from .triton import triton_causal_tssa
         return triton_causal_tssa(w, temp, denom_bias, num_heads, state, pos0)

@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - exercised where Triton is absent
     _IMPORT_ERROR = e
 
 if _IMPORT_ERROR is None:
-    from .causal_tssa import triton_causal_tssa
+    from .causal_tssa import triton_causal_tssa, triton_causal_tssa_packed
     from .linear_attention import triton_causal_linear_attention, triton_causal_linear_attention_qkvpacked
     from .tssa import triton_tssa
     from . import settings
@@ -26,8 +26,8 @@ else:
     def _unavailable(*_a, **_k):
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
-    triton_tssa = triton_causal_tssa = triton_causal_linear_attention = _unavailable
+    triton_tssa = triton_causal_tssa = triton_causal_tssa_packed = triton_causal_linear_attention = _unavailable
     triton_causal_linear_attention_qkvpacked = _unavailable
 
-__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_linear_attention",
+__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_tssa_packed", "triton_causal_linear_attention",
            "triton_causal_linear_attention_qkvpacked"]

@@ -32,9 +32,9 @@ from torch import Tensor
 from ..causal_tssa.state import CausalTSSAState, prepare
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype, deterministic_algorithms,
-                    fast_fp64, first_order, join_runs, launch_options, next_pow2, next_pow2_capped, on_input_device,
-                    unspilled)
+from .utils import (MAX_OFFSET, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
+                    deterministic_algorithms, fast_fp64, first_order, join_runs, launch_options, next_pow2,
+                    next_pow2_capped, on_input_device, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -540,24 +540,43 @@ def _ticket(sync, NS, per, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _packed(cu, b, lo, hi, T, VARLEN: tl.constexpr):
+    """Packed sequences (VARLEN, cu_seqlens): (first token row of sequence b, its length, the slice's end within it,
+    the sequence index token rows are addressed with: 0, the caller having offset its token pointers by that row);
+    otherwise sequence b of T tokens, rows b * T + t."""
+    if VARLEN:
+        r0 = tl.load(cu + b)
+        Tb = tl.load(cu + b + 1) - r0
+        return r0, Tb, tl.minimum(hi, Tb), b * 0
+    return b * T, T, hi, b
+
+
+@triton.jit
 def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T, P_T, sync, part, T, tmax, per, NS,
-             C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
+             cu, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
              BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, TILED: tl.constexpr,
-             P_CHANNELS: tl.constexpr = False):
+             P_CHANNELS: tl.constexpr = False, VARLEN: tl.constexpr = False):
     # The three forward passes in one program per slice: the sums carried into the slice come from _lookback
     # instead of a scan kernel between launches; the slice is read three times, the last two soon after the first.
     HD: tl.constexpr = H * D
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, False)
+    if VARLEN:     # sequence b's tokens start at row cu[b]; a slice past its end walks nothing and adds zeros
+        r0, T, hi, bt = _packed(cu, b, lo, hi, T, VARLEN)
+        w += r0 * C
+        pi += r0 * H
+        y += r0 * C
+    else:
+        bt = b
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     zv = tl.zeros([HP], dtype=tl.float32)
-    Sown = _wsum(w, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
+    Sown = _wsum(w, bt, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm)
     S, _ = _lookback(sync + 1, part, b, s, NS, Sown, zv, tl.load(S0 + b * HD + so, mask=sm, other=0.0), zv, so, sm,
                      hc, H, HD, False, False, PREFIX)
     tl.store(S_start + k * HD + so, S, mask=sm)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    Aown, Pown = _pi_sums(w, S, tv, bias, tl.load(pos + b), pi, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
+    Aown, Pown = _pi_sums(w, S, tv, bias, tl.load(pos + b), pi, bt, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
                           TILED, so, sm)
     A, P = _lookback(sync + 1 + nB * NS, part + nB * NS * 2 * F, b, s, NS, Aown, Pown,
                      tl.load(A0 + b * HD + so, mask=sm, other=0.0), tl.load(P0 + b * H + hc, mask=hc < H, other=0.0),
@@ -568,20 +587,31 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
         tl.store(S_T + b * HD + so, S + Sown, mask=sm)
         tl.store(A_T + b * HD + so, A + Aown, mask=sm)
         tl.store(P_T + b * H + hc, P + Pown, mask=hc < H)
-    _outputs(w, pi, y, A, P, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm, P_CHANNELS)
+    _outputs(w, pi, y, A, P, bt, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm, P_CHANNELS)
 
 
 @triton.jit
 def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T, ge_io, gpi_io, gtemp, gbias, dw, gS0,
-             gA0, gP0, sync, part, part64, T, tmax, per, NS, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
+             gA0, gP0, sync, part, part64, T, tmax, per, NS, cu, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
              HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
-             PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr):
+             PREFIX: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr,
+             VARLEN: tl.constexpr = False):
     # The three backward stages in one program per slice, slices taken from a sequence's end: what flows in after
     # the slice comes from _lookback over the later slices. The barrier each look-back starts with also orders what
     # a stage stored per token (d Pi's parts, d e) before the next stage's threads read it back.
     HD: tl.constexpr = H * D
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, True)
+    if VARLEN:     # as in _f_fused
+        r0, T, hi, bt = _packed(cu, b, lo, hi, T, VARLEN)
+        w += r0 * C
+        gy += r0 * C
+        pi_in += r0 * (H if PI_STORED else C)
+        ge_io += r0 * H
+        gpi_io += r0 * H
+        dw += r0 * C
+    else:
+        bt = b
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * HD + so, mask=sm, other=0.0)
@@ -592,7 +622,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     zm = tl.zeros([HP, BD], dtype=tl.float32)
     zv = tl.zeros([HP], dtype=tl.float32)
     z64 = tl.zeros([HP, BD], dtype=tl.float64)
-    GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, b, lo,
+    GA, GP, _ = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, zm, zv, z64, tv, p0, bt, lo,
                          hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 1, TILED, PAIR, SPLIT_PI, so, sm)
     Ra, Rp = _lookback(sync + 1, part, b, s, NS, GA, GP, tl.load(gA_T + b * HD + so, mask=sm, other=0.0),
                        tl.load(gP_T + b * H + hc, mask=hc < H, other=0.0), so, sm, hc, H, HD, True, True, PREFIX)
@@ -601,7 +631,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     if s == 0:                                           # the initial state's gradients
         tl.store(gA0 + b * HD + so, Ra, mask=sm)
         tl.store(gP0 + b * H + hc, Rp, mask=hc < H)
-    _, _, GC = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, b, lo,
+    _, _, GC = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, z64, tv, p0, bt, lo,
                         hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 2, TILED, PAIR, SPLIT_PI, so, sm)
     Rc, _ = _lookback(sync + 1 + nB * NS, part64, b, s, NS, GC, zv.to(tl.float64),
                       tl.load(gS_T + b * HD + so, mask=sm, other=0.0).to(tl.float64), zv.to(tl.float64), so, sm, hc,
@@ -609,8 +639,8 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     Rc += GC
     if s == 0:
         tl.store(gS0 + b * HD + so, Rc.to(tl.float32), mask=sm)
-    _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, b, lo, hi, T, tmax, C,
-             D, H, HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, PAIR, SPLIT_PI, so, sm)
+    _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv, p0, bt, lo, hi, T, tmax,
+             C, D, H, HP, BD, BT, BOUNDED, PI_STORED, 3, TILED, PAIR, SPLIT_PI, so, sm)
 
 
 def _scan(X, init1, init2, start, fin1, fin2=None, reverse=False):
@@ -681,7 +711,8 @@ def _tile_tokens(HP: int, BD: int, warps: int, per_thread: int) -> int:
     return max(1, per_thread * 32 * warps // (HP * BD))
 
 
-def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | None = None) -> list:
+def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | None = None,
+          packed: bool = False) -> list:
     """How both directions of one call run, whatever the settings are by the backward pass: [BD, HP, BT (tokens a
     forward step or tile), NT (slices a sequence), per (tokens a slice), backward tokens a step or tile, FUSED, TILED,
     BWD_TILED, SAVE_PI, L2_GROUP, LOOKBACK_PREFIX, forward warps, forward register cap, backward warps, backward
@@ -692,7 +723,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     BD, HP = max(2, next_pow2(D)), max(2, next_pow2(H))
     fp64 = int(fast_fp64(device) if SUFFIX_FP64 is None else SUFFIX_FP64)
     det = torch.are_deterministic_algorithms_enabled()
-    if CHUNKED and not det:
+    if CHUNKED and not det and not packed:
         BT, bwd_BT = (next_pow2_capped(T, next_pow2(n)) for n in (CHUNKED_TILE, CHUNKED_BWD_TILE))
         per = max(BT, bwd_BT) * cdiv(torch.sym_min(CHUNKED_TOKENS, T), max(BT, bwd_BT))   # whole tiles both ways
         warps = CHUNKED_WARPS or _tile_warps(chunks.group_size(H), BD, itemsize)
@@ -706,18 +737,24 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     # deterministic: the three-pass scheme in one group (decoupled look-back sums a slice's predecessors in the
     # order they finish), d temp a row a slice and d denom_bias from the stored d energy (_backward)
-    return [BD, HP, BT, NT, per, bwd_tokens, int(FUSED and not det), int(tiled), int(bwd_tiled), int(SAVE_PI),
-            0 if det else L2_GROUP, int(LOOKBACK_PREFIX), opts["num_warps"], opts.get("maxnreg", 0),
-            bwd_opts["num_warps"], bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI), int(det)]
+    # packed sequences (cu_seqlens): the fused scheme, the whole batch in one launch
+    return [BD, HP, BT, NT, per, bwd_tokens, int((FUSED or packed) and not det), int(tiled), int(bwd_tiled),
+            int(SAVE_PI), 0 if det or packed else L2_GROUP, int(LOOKBACK_PREFIX), opts["num_warps"],
+            opts.get("maxnreg", 0), bwd_opts["num_warps"], bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI),
+            int(det)]
 
 
 @on_input_device
-def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, sync=None):
+def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, sync=None, cu=None):
     """w: [B, T, C] contiguous, temp: [H], bias: [H, Tmax] fp32, pos: [B] int64, S0, A0: [B, H, D], P0: [B, H] fp32
     -> y [B, T, C], the final state S_T, A_T, P_T, and for the backward Pi [B, T, H] (empty where the plan does not
     save it) and the sums at each slice's start, S_start [B, NT, H * D] and AP_start [B, NT, H * D + H]. sync: the
-    fused scheme's zeroed look-back counters for the whole batch (_zero_filled), or None to allocate them."""
+    fused scheme's zeroed look-back counters for the whole batch (_zero_filled), or None to allocate them.
+    cu: packed sequences (the fused scheme): w [1, total, C] holds B sequences, sequence b its tokens
+    [cu[b], cu[b + 1]) (int32 [B + 1]), the plan made for the longest; y and Pi are packed alike."""
     B, T, C = w.shape
+    if cu is not None:
+        B, T = pos.shape[0], plan[3] * plan[4]        # T: slices x tokens a slice, at least the longest
     D = C // H
     BD, HP, BT, NT, per, _, fused, tiled, _, save_pi, l2_group, prefix, warps, maxnreg, _, _, _, chunked, stages, \
         _, _ = plan
@@ -733,16 +770,17 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, 
     if not fused:                                     # slice totals, for the scan kernels
         Wsum, AP = alloc(B, NT, HD, like=w, dtype=torch.float32), alloc(B, NT, HD + H, like=w, dtype=torch.float32)
     S_T, A_T, P_T = alloc(*S0.shape, like=S0), alloc(*A0.shape, like=A0), alloc(*P0.shape, like=P0)
-    pi = alloc(B, T, H, like=w, dtype=torch.float32)
-    y = alloc(B, T, C, like=w)
+    pi = alloc(*w.shape[:2], H, like=w, dtype=torch.float32)
+    y = alloc(*w.shape, like=w)
     for nb, g in _groups(B, l2_group):
         if fused:
             counters = sync if sync is not None and nb == B else torch.zeros(1 + 2 * nb * NT, device=w.device,
                                                                              dtype=torch.int32)
             part = alloc(2 * nb * NT * 2 * (HD + H), like=w, dtype=torch.float32)
             _f_fused[(nb * NT,)](g(w), temp, bias, g(pos), g(S0), g(A0), g(P0), g(pi), g(y), g(S_start),
-                                 g(AP_start), g(S_T), g(A_T), g(P_T), counters, part, T, tmax, per, NT, C, D, H, HP,
-                                 BD, BT, bounded, bool(prefix), bool(tiled), P_CHANNELS=p_ch, **opts)
+                                 g(AP_start), g(S_T), g(A_T), g(P_T), counters, part, T, tmax, per, NT,
+                                 pos if cu is None else cu, C, D, H, HP, BD, BT, bounded, bool(prefix), bool(tiled),
+                                 P_CHANNELS=p_ch, VARLEN=cu is not None, **opts)
             continue
         grid = (nb, NT)
         _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
@@ -762,10 +800,13 @@ def _slice_rows(rows: int, H: int, device) -> torch.Tensor:
 
 
 @on_input_device
-def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H: int, bounded: bool, plan: list):
+def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H: int, bounded: bool, plan: list,
+              cu=None):
     """dw [B, T, C] and the fp32 gradients of temp [H], denom_bias [H, Tmax] and the initial state, from gy and the
-    final state's gradients (None: zero) and what _forward returned (pi empty: recomputed)."""
+    final state's gradients (None: zero) and what _forward returned (pi empty: recomputed); cu: as _forward's."""
     B, T, C = w.shape
+    if cu is not None:
+        B, T = pos.shape[0], plan[3] * plan[4]
     D = C // H
     BD, HP, _, NT, per, BT, fused, _, tiled, stored, l2_group, prefix, _, _, bwd_warps, bwd_maxnreg, fp64, chunked, \
         stages, split, det = plan
@@ -798,16 +839,17 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
         Rc_end = alloc(B, NT, H * D, like=w, dtype=torch.float32)
     gS0, gA0, gP0 = alloc(B, H, D, like=w, dtype=torch.float32), alloc(B, H, D, like=w, dtype=torch.float32), \
         alloc(B, H, like=w, dtype=torch.float32)
-    ge = alloc(B, T, H, like=w, dtype=torch.float32)
-    gpi = alloc(B, T, H, like=w, dtype=torch.float32) if split else ge     # d Pi's parts (SPLIT_PI)
-    dw = alloc(B, T, C, like=w)
+    ge = alloc(*w.shape[:2], H, like=w, dtype=torch.float32)
+    gpi = alloc(*w.shape[:2], H, like=w, dtype=torch.float32) if split else ge     # d Pi's parts (SPLIT_PI)
+    dw = alloc(*w.shape, like=w)
     for (nb, g), sync in zip(groups, syncs):
         if fused:
             part = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float32)
             part64 = alloc(nb * NT * 2 * (H * D + H), like=w, dtype=torch.float64)
             args = (g(w), g(gy), g(pi) if stored else g(w), g(S_start), g(AP_start), temp, bias, g(pos), g(gS_T),
                     g(gA_T), g(gP_T), g(ge), g(gpi), gtemp, gbias, g(dw), g(gS0), g(gA0), g(gP0), sync, part, part64, T,
-                    tmax, per, NT, C, D, H, HP, BD, BT, bounded, stored, bool(prefix), bool(tiled), pair, bool(split))
+                    tmax, per, NT, pos if cu is None else cu, C, D, H, HP, BD, BT, bounded, stored, bool(prefix),
+                    bool(tiled), pair, bool(split), cu is not None)
             _b_fused[(nb * NT,)](*args, **unspilled(_b_fused, (nb * NT,), args, opts))
             continue
         grid = (nb, NT)
@@ -838,21 +880,21 @@ class CausalTSSAFunction(torch.autograd.Function):
     """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
 
     @staticmethod
-    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync):
+    def forward(ctx, w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync, cu=None):
         ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
-        y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync)
-        ctx.save_for_backward(w, temp, bias, pos, *saved)
+        y, S_T, A_T, P_T, *saved = _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan, sync, cu)
+        ctx.save_for_backward(w, temp, bias, pos, *saved, cu)
         ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
         return y, S_T, A_T, P_T
 
     @staticmethod
     def backward(ctx, gy, gS_T, gA_T, gP_T):
-        w, temp, bias, pos, pi, S_start, AP_start = ctx.saved_tensors
+        w, temp, bias, pos, pi, S_start, AP_start, cu = ctx.saved_tensors
         dw, gtemp, gbias, gS0, gA0, gP0 = _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start,
-                                                    ctx.H, ctx.bounded, ctx.plan)
+                                                    ctx.H, ctx.bounded, ctx.plan, cu)
         grads = first_order("causal_tssa", (dw, gtemp, gbias if ctx.bounded else None, gS0, gA0, gP0),
                             (w, temp, bias))
-        return *grads[:3], None, *grads[3:], None, None, None, None
+        return *grads[:3], None, *grads[3:], None, None, None, None, None
 
 
 @torch.library.custom_op("tost_edge::causal_tssa_triton_forward", mutates_args=())
@@ -954,4 +996,44 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
         y, S, A, P = _forward_op(*args)[:4]
     else:
         y, S, A, P = CausalTSSAFunction.apply(*args, sync)
+    return y, CausalTSSAState(S, A, P)
+
+
+def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu: list, state=None, pos0=0):
+    """Causal TSSA of packed sequences (the contract of tost_edge.ops.causal_tssa with cu_seqlens): w [1, total, C],
+    sequence b its tokens [cu[b], cu[b + 1]) (cu: host ints, checked), each from its own state and position."""
+    if torch.compiler.is_compiling():
+        raise NotImplementedError("causal_tssa: cu_seqlens with backend='triton' under torch.compile: not yet; run "
+                                  "the op outside the compiled region (torch.compiler.disable)")
+    if torch.are_deterministic_algorithms_enabled():
+        raise RuntimeError("causal_tssa: cu_seqlens with backend='triton' runs the fused scheme, whose look-back is "
+                           "not deterministic: not under torch.use_deterministic_algorithms(True); use the padded "
+                           "form [B, T, C] there")
+    N, C = len(cu) - 1, w.shape[2]
+    _, _, H, D, temp, bias, state, pos = prepare(w.new_empty((N, 0, C)), temp, denom_bias, num_heads, state, pos0,
+                                                 fill=False)
+    check_dtype("w", w)
+    check_available(w, temp)
+    if w.numel() > MAX_OFFSET:
+        raise ValueError(f"w: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
+                         f"{w.numel()}")
+    lengths = [e - a for a, e in zip(cu, cu[1:])]
+    if bias is not None and N:                 # each sequence's last position within the position table
+        starts = pos.tolist() if isinstance(pos, torch.Tensor) else [int(pos)] * N
+        end = max(p + n for p, n in zip(starts, lengths))
+        if end > bias.shape[1]:
+            raise ValueError(f"pos0 + T: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's position "
+                             f"range) for every sequence, got {end}")
+    T = max(lengths, default=0)
+    if T == 0:
+        state, _, _ = _zero_filled(N, H, D, state, pos, w.device)
+        return w.clone(), state
+    bounded = bias is not None
+    temp = temp.float().contiguous()
+    bias_t = bias.float() if bounded else temp.view(H, 1)
+    plan = _plan(N, T, H, D, w.element_size(), w.device, packed=True)
+    state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 1 + 2 * N * plan[3])
+    cu_t = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True)
+    y, S, A, P = CausalTSSAFunction.apply(w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(),
+                                          *(s.float().contiguous() for s in state), H, bounded, plan, sync, cu_t)
     return y, CausalTSSAState(S, A, P)
