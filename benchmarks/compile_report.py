@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import itertools
 import math
@@ -94,6 +95,9 @@ def report(label, fn, sig, const, arch, num_warps=4, odd=(), maxnreg=0):
     integer arguments that are not."""
     if ONLY and not re.search(ONLY, label):
         return None
+    defaults = {k: v.default for k, v in inspect.signature(fn.fn).parameters.items()     # as a launch leaves them
+                if v.default is not inspect.Parameter.empty and k not in sig}
+    const = {**defaults, **const}
     div16 = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if (t.startswith("*") or t.startswith("i")) and k not in odd}
     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=div16)
