@@ -44,11 +44,18 @@ def check_causal_with_state(B, T, H, D, pos):
     y, s = causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos, backend="triton")
     yr, sr = naive_causal_tssa(w.double(), temp.double(), bias.double(), H,
                                CausalTSSAState(*[x.double() for x in s0]), pos)
+    check_causal_against((y, s), (yr, sr), [w, temp, bias, *s0])
+
+
+def check_causal_against(out, ref, inputs):
+    """Causal TSSA's (y, final state) against the fp64 reference's, then every gradient with respect to inputs (w,
+    temp, denom_bias, the initial state's three sums)."""
+    (y, s), (yr, sr) = out, ref
     assert_close("y", yr, y, 1e-5)
     for name, a, b in zip(CausalTSSAState._fields, s, sr):
         assert_close(f"state.{name}", b, a, 1e-5)
-    g, _ = grads([y, *s], [w, temp, bias, *s0])
-    gr, _ = grads([yr, *sr], [w, temp, bias, *s0])
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
     for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
         assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
 
