@@ -12,7 +12,6 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-
 def _exporting() -> bool:
     return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 

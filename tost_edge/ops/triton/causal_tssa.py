@@ -540,15 +540,13 @@ def _ticket(sync, NS, per, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _packed(cu, b, lo, hi, T, VARLEN: tl.constexpr):
-    """Packed sequences (VARLEN, cu_seqlens): (first token row of sequence b, its length, the slice's end within it,
-    the sequence index token rows are addressed with: 0, the caller having offset its token pointers by that row);
-    otherwise sequence b of T tokens, rows b * T + t."""
-    if VARLEN:
-        r0 = tl.load(cu + b)
-        Tb = tl.load(cu + b + 1) - r0
-        return r0, Tb, tl.minimum(hi, Tb), b * 0
-    return b * T, T, hi, b
+def _packed(cu, b, hi):
+    """Packed sequences (VARLEN, cu_seqlens): the first token row of sequence b, its length, the slice's end within
+    it, and the sequence index its token rows are addressed with (0: the caller offsets its token pointers by that
+    row)."""
+    r0 = tl.load(cu + b)
+    Tb = tl.load(cu + b + 1) - r0
+    return r0, Tb, tl.minimum(hi, Tb), b * 0
 
 
 @triton.jit
@@ -562,7 +560,7 @@ def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T,
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, False)
     if VARLEN:     # sequence b's tokens start at row cu[b]; a slice past its end walks nothing and adds zeros
-        r0, T, hi, bt = _packed(cu, b, lo, hi, T, VARLEN)
+        r0, T, hi, bt = _packed(cu, b, hi)
         w += r0 * C
         pi += r0 * H
         y += r0 * C
@@ -603,7 +601,7 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, True)
     if VARLEN:     # as in _f_fused
-        r0, T, hi, bt = _packed(cu, b, lo, hi, T, VARLEN)
+        r0, T, hi, bt = _packed(cu, b, hi)
         w += r0 * C
         gy += r0 * C
         pi_in += r0 * (H if PI_STORED else C)

@@ -702,7 +702,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
         grid = _slices(nb, N, HP, BD)
         pG, pdS, pT = _partials(nb, (C, C, H), w) if det else (g(G), g(dS), gtemp)
         for stage in (1, 2, 3):
-            into = {1: (pG, g(dS), gtemp), 2: (g(G), pdS, pT)}.get(stage, (g(G), g(dS), gtemp))
+            into = (pG, g(dS), gtemp) if stage == 1 else (g(G), pdS, pT) if stage == 2 else (g(G), g(dS), gtemp)
             KERNELS[stage][grid](g(w), g(gy), g(pi) if stored else g(w), temp, g(S), g(A), g(P), into[0], into[1],
                                  into[2], g(r), g(ge), g(dw), N, next_pow2(N), C, D, H, HP, *parts,
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,

@@ -167,8 +167,10 @@ def on_input_device(fn):
 def unknown_target(error: Exception) -> str | None:
     """What to do where a compile failed because ptxas does not know the GPU's architecture; None for any other
     error."""
+    if type(error).__name__ != "PTXASError":
+        return None
     found = re.search(r"Value '(sm_(\d+)(\d)a?)' is not defined for option 'gpu-name'", str(error))
-    if type(error).__name__ != "PTXASError" or found is None:
+    if found is None:
         return None
     from ...env import triton_target
     return triton_target((int(found.group(2)), int(found.group(3)))) or \
