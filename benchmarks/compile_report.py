@@ -408,6 +408,16 @@ def main() -> None:
                    z0=f32, dq=t, T="i32", eps="fp32"), {**packed, "SPLIT": False}, a, la.WARPS)
             report("linear bwd dkv bf16 qkvpacked", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32, gS_T=f32,
                    gz_T=f32, dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32"), packed, a, la.WARPS)
+            # packed sequences (cu_seqlens) of the projection: each program's sequence offsets its token pointers
+            report("linear fwd bf16 qkv views cu_seqlens", la._fwd, dict(q=t, k=t, v=t, S0=f32, z0=f32, y=t,
+                   den=f32, S_T=f32, z_T=f32, T="i32", eps="fp32", cu="*i32"),
+                   {**views, "SPLIT": False, "VARLEN": True}, a, la.WARPS)
+            report("linear bwd dq bf16 qkvpacked cu_seqlens", la._bwd_dq, dict(q=t, k=t, v=t, dy=t, y=t, den=f32,
+                   S0=f32, z0=f32, dq=t, T="i32", eps="fp32", cu="*i32"), {**packed, "SPLIT": False, "VARLEN": True},
+                   a, la.WARPS)
+            report("linear bwd dkv bf16 qkvpacked cu_seqlens", la._bwd_dkv, dict(q=t, k=t, v=t, dy=t, y=t, den=f32,
+                   gS_T=f32, gz_T=f32, dk=t, dv=t, dS0=f32, dz0=f32, T="i32", eps="fp32", cu="*i32"),
+                   {**packed, "VARLEN": True}, a, la.WARPS)
         # PARALLEL: the state walks, then a program per chunk (linear_attention_chunks.py)
         report(f"linear fwd states {name}", lch._f_states, dict(k=t, v=t, S0=f32, z0=f32, Sc=f32, zc=f32, S_T=f32,
                z_T=f32, T="i32", NT="i32"), lc, a, la.WARPS, odd=("NT",))

@@ -10,11 +10,12 @@ from typing import Optional, Tuple
 import torch
 
 from .causal_tssa import (CausalTSSAState, chunk_causal_tssa, fused_recurrent_causal_tssa, naive_causal_tssa,
-                          naive_causal_tssa_packed, packed_offsets, step_causal_tssa)
+                          naive_causal_tssa_packed, step_causal_tssa)
 from .linear_attention import (LinearAttentionState, chunk_causal_linear_attention,
                                fused_recurrent_causal_linear_attention, naive_causal_linear_attention,
-                               naive_linear_attention, step_linear_attention)
+                               naive_causal_linear_attention_packed, naive_linear_attention, step_linear_attention)
 from .linear_attention.state import unpack_qkv
+from .packing import packed_offsets
 from .tssa import naive_tssa
 
 BACKENDS = ("torch", "triton", "plugin")  # "plugin": one custom op per call, for ONNX export
@@ -68,10 +69,23 @@ def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.
 
 def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             state: Optional[LinearAttentionState] = None, eps: float = 1e-6,
-                            backend: str = "torch") -> Tuple[torch.Tensor, LinearAttentionState]:
+                            backend: str = "torch", cu_seqlens=None) -> Tuple[torch.Tensor, LinearAttentionState]:
     """Causal linear attention. q, k: [B, T, H, D], v: [B, T, H, M], state: (kv [B, H, D, M], k_sum [B, H, D]).
-    Returns (y [B, T, H, M], state)."""
+    Returns (y [B, T, H, M], state).
+
+    Packed sequences (cu_seqlens: [N + 1] ints, 0 first, the last q.shape[1], never decreasing): q, k, v are
+    [1, total, H, D] and sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1], each from its own state
+    ([N, H, D, M], [N, H, D]) as if run alone. Read on the host (a CUDA tensor is read back once)."""
     _check_backend(backend)
+    if cu_seqlens is not None:
+        cu = packed_offsets(q, cu_seqlens, "q", "[1, total, H, D]")
+        if backend == "triton":
+            from .triton import triton_causal_linear_attention_packed
+            return triton_causal_linear_attention_packed(q, k, v, cu, state, eps)
+        if backend == "plugin":
+            raise ValueError("causal_linear_attention: cu_seqlens with backend='plugin': not supported (export the "
+                             "padded form)")
+        return naive_causal_linear_attention_packed(q, k, v, cu, state, eps)
     if backend == "triton":
         from .triton import triton_causal_linear_attention
         return triton_causal_linear_attention(q, k, v, state, eps)
@@ -82,16 +96,18 @@ def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def causal_linear_attention_qkvpacked(qkv: torch.Tensor, state: Optional[LinearAttentionState] = None,
-                                      eps: float = 1e-6,
-                                      backend: str = "torch") -> Tuple[torch.Tensor, LinearAttentionState]:
+                                      eps: float = 1e-6, backend: str = "torch",
+                                      cu_seqlens=None) -> Tuple[torch.Tensor, LinearAttentionState]:
     """causal_linear_attention of q, k, v = qkv.unbind(2), qkv: [B, T, 3, H, D] (one projection, as a model makes
     them). The same results; with backend="triton" qkv's gradient comes back as one tensor, written where it lies (the
-    unbound form has autograd stack d q, d k, d v into it: a copy of all three). Returns (y [B, T, H, D], state)."""
+    unbound form has autograd stack d q, d k, d v into it: a copy of all three). Returns (y [B, T, H, D], state).
+    Packed sequences: qkv [1, total, 3, H, D] and cu_seqlens as causal_linear_attention's."""
     _check_backend(backend)
     if backend == "triton":
         from .triton import triton_causal_linear_attention_qkvpacked
-        return triton_causal_linear_attention_qkvpacked(qkv, state, eps)
-    return causal_linear_attention(*unpack_qkv(qkv), state, eps, backend)
+        cu = None if cu_seqlens is None else packed_offsets(qkv, cu_seqlens, "qkv", "[1, total, 3, H, D]")
+        return triton_causal_linear_attention_qkvpacked(qkv, state, eps, cu)
+    return causal_linear_attention(*unpack_qkv(qkv), state, eps, backend, cu_seqlens)
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -103,4 +119,5 @@ __all__ = ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_atte
            "CausalTSSAState", "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
            "fused_recurrent_causal_tssa", "step_causal_tssa", "naive_causal_linear_attention",
            "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
-           "naive_linear_attention", "BACKENDS"]
+           "naive_linear_attention", "naive_causal_tssa_packed", "naive_causal_linear_attention_packed",
+           "packed_offsets", "BACKENDS"]

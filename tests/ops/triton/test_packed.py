@@ -1,13 +1,17 @@
-"""Causal TSSA's Triton kernels on packed sequences (cu_seqlens): one launch a direction walks every sequence, each
-from its own state and position (slices past a sequence's end walk nothing), against the fp64 reference run one
-sequence at a time: output, final states and every gradient."""
+"""The Triton kernels on packed sequences (cu_seqlens): causal TSSA's one launch a direction walks every sequence,
+each from its own state and position (slices past a sequence's end walk nothing); causal linear attention's walking
+kernels take a program per (sequence, head). Against the fp64 reference run one sequence at a time: output, final
+states and every gradient."""
 import pytest
 import torch
 
 from tests.conftest import DEVICE, assert_close
-from tests.ops.triton.test_triton_ops import check_causal_against, leaf
-from tost_edge.ops import CausalTSSAState, causal_tssa, naive_causal_tssa_packed
+from tests.ops.triton.test_triton_ops import check_causal_against, grads, leaf
+from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
+                           causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention_packed,
+                           naive_causal_tssa_packed)
 from tost_edge.ops.triton import causal_tssa as ct
+from tost_edge.ops.triton import linear_attention as la
 from tost_edge.ops.triton.utils import deterministic_algorithms
 
 
@@ -51,3 +55,68 @@ def test_packed_is_not_for_deterministic_mode():
     w = leaf(1, 6, 16)
     with deterministic_algorithms(), pytest.raises(RuntimeError, match=r"not under torch.use_deterministic_"):
         causal_tssa(w, torch.ones(2, device=DEVICE), None, 2, backend="triton", cu_seqlens=[0, 2, 6])
+
+
+def check_linear_against(out, ref, inputs, names):
+    """Causal linear attention's (y, final state) against the fp64 reference's, then every gradient."""
+    (y, s), (yr, sr) = out, ref
+    assert_close("y", yr, y, 1e-5)
+    for name, a, b in zip(LinearAttentionState._fields, s, sr):
+        assert_close(f"state.{name}", b, a, 1e-5)
+    g, _ = grads([y, *s], inputs)
+    gr, _ = grads([yr, *sr], inputs)
+    for name, a, b in zip(names, g, gr):
+        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lengths,D,M,H,split,parallel", [
+    ([1, 63, 0, 130, 5], 48, 48, 3, 1, False), ([130, 7], 64, 32, 2, 2, False), ([1, 64], 64, 64, 4, 1, True)],
+    ids=["L1-63-0-130-5-D48-H3", "L130-7-D64-M32-H2-split2", "L1-64-D64-H4-chunks-in-parallel-set"])
+def test_linear_packed_against_fp64_one_sequence_at_a_time(lengths, D, M, H, split, parallel, monkeypatch):
+    """Sequences of odd lengths (empty, one token, a chunk and a token past two), from random states; SPLIT's
+    kernels (blocks of the key or value columns) too. PARALLEL set: packed sequences run the walking kernels."""
+    monkeypatch.setattr(la, "SPLIT", split)
+    monkeypatch.setattr(la, "PARALLEL", parallel)
+    cu, N = offsets(lengths), len(lengths)
+    q, k, v = leaf(1, cu[-1], H, D), leaf(1, cu[-1], H, D), leaf(1, cu[-1], H, M)
+    s0 = [leaf(N, H, D, M, rand=True), leaf(N, H, D, rand=True)]
+    y, s = causal_linear_attention(q, k, v, LinearAttentionState(*s0), backend="triton",
+                                   cu_seqlens=torch.tensor(cu, device=DEVICE))
+    yr, sr = naive_causal_linear_attention_packed(q.double(), k.double(), v.double(), cu,
+                                                  LinearAttentionState(*[x.double() for x in s0]))
+    check_linear_against((y, s), (yr, sr), [q, k, v, *s0], ["q", "k", "v", "kv0", "k_sum0"])
+
+
+@pytest.mark.parametrize("split", [1, 2], ids=["one-program", "split2"])
+def test_linear_qkvpacked_packed_writes_one_gradient(split, monkeypatch):
+    """A model's projection [1, total, 3, H, D] of packed sequences: read where it lies, its gradient one tensor
+    written where it lies (no stacking of d q, d k, d v)."""
+    monkeypatch.setattr(la, "SPLIT", split)
+    cu = offsets([37, 0, 70])
+    qkv = leaf(1, cu[-1], 3, 2, 32)
+    y, s = causal_linear_attention_qkvpacked(qkv, backend="triton", cu_seqlens=cu)
+    assert "Unbind" not in type(y.grad_fn.next_functions[0][0]).__name__
+    q, k, v = qkv.double().unbind(2)
+    check_linear_against((y, s), naive_causal_linear_attention_packed(q, k, v, cu), [qkv], ["qkv"])
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's case (on a GPU the kernels run in bf16)")
+def test_linear_packed_bf16_under_the_interpreter():
+    cu = offsets([9, 30])
+    q, k, v = (torch.randn(1, cu[-1], 2, 16).to(torch.bfloat16) for _ in range(3))
+    with pytest.warns(UserWarning, match="no bfloat16 dot"):
+        y, s = causal_linear_attention(q, k, v, backend="triton", cu_seqlens=cu)
+    yr, sr = naive_causal_linear_attention_packed(q.double(), k.double(), v.double(), cu)
+    assert y.dtype == torch.bfloat16 and s.kv.shape == (2, 2, 16, 16)
+    assert_close("y", yr, y, 1e-2)
+
+
+def test_linear_packed_is_not_for_torch_compile_yet():
+    q = leaf(1, 6, 2, 16)
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def run(q):
+        return causal_linear_attention(q, q, q, backend="triton", cu_seqlens=[0, 2, 6])[0]
+
+    with pytest.raises(Exception, match=r"cu_seqlens with backend='triton' under torch.compile: not yet"):
+        run(q)

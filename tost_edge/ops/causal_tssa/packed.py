@@ -1,6 +1,6 @@
-"""Packed sequences (cu_seqlens, as fla and flash-attn take them): N sequences of any lengths laid end to end in
-one [1, total, C] tensor, each run from its own state and position as if alone. The reference runs them one at a
-time (naive_causal_tssa); the Triton kernels walk them in one launch."""
+"""Causal TSSA of packed sequences (ops/packing.py): the sequences of one [1, total, C] tensor, each run from its
+own state and position as if alone. The reference runs them one at a time (naive_causal_tssa); the Triton kernels
+walk them in one launch."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -8,24 +8,9 @@ from typing import List, Optional
 import torch
 
 from ..._checks import fail
+from ..packing import packed_offsets  # noqa: F401  (re-exported)
 from .naive import naive_causal_tssa
 from .state import CausalTSSAState
-
-
-def packed_offsets(w: torch.Tensor, cu_seqlens) -> List[int]:
-    """cu_seqlens (a 1-D integer tensor or a sequence of ints) checked against w [1, total, C], as host ints."""
-    if w.dim() != 3 or w.shape[0] != 1:
-        fail("w", "shape [1, total, C] with cu_seqlens (the sequences packed end to end)", f"shape {tuple(w.shape)}")
-    if isinstance(cu_seqlens, torch.Tensor):
-        if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
-            fail("cu_seqlens", "a 1-D integer tensor [N + 1]", f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
-        cu = cu_seqlens.tolist()
-    else:
-        cu = [int(c) for c in cu_seqlens]
-    if len(cu) < 2 or cu[0] != 0 or cu[-1] != w.shape[1] or any(b < a for a, b in zip(cu, cu[1:])):
-        fail("cu_seqlens", f"N + 1 offsets from 0 to w.shape[1] = {w.shape[1]}, never decreasing", cu[:8] +
-             (["..."] if len(cu) > 8 else []))
-    return cu
 
 
 def naive_causal_tssa_packed(w, temp, denom_bias, num_heads: int, cu: List[int],

@@ -28,22 +28,25 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-def prepare(q, k, v, state: Optional[LinearAttentionState]):
+def prepare(q, k, v, state: Optional[LinearAttentionState], batch: Optional[int] = None):
+    """Checks q, k, v and the state (whose batch is `batch`, or q's: packed sequences have one state a sequence);
+    returns B, T, H, D, M, the state's dtype and the state in it (zeros where None)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_rank(name, t, 4, "[B, T, H, D]")
         check_float(name, t)
     if k.shape != q.shape:
         fail("k", f"the shape of q {tuple(q.shape)}", f"shape {tuple(k.shape)}")
     B, T, H, D = q.shape
+    NB = B if batch is None else batch
     if v.shape[:3] != (B, T, H):
         fail("v", f"shape ({B}, {T}, {H}, M)", f"shape {tuple(v.shape)}")
     M = v.shape[3]
     sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     if state is None:
-        state = LinearAttentionState.zeros(B, H, D, M, device=q.device, dtype=sdt)
+        state = LinearAttentionState.zeros(NB, H, D, M, device=q.device, dtype=sdt)
     else:
         state = as_state(LinearAttentionState, state)
-        for name, t, shape in (("state.kv", state.kv, (B, H, D, M)), ("state.k_sum", state.k_sum, (B, H, D))):
+        for name, t, shape in (("state.kv", state.kv, (NB, H, D, M)), ("state.k_sum", state.k_sum, (NB, H, D))):
             if tuple(t.shape) != shape:
                 fail(name, f"shape {shape}", f"shape {tuple(t.shape)}")
             if t.dtype not in (torch.float32, torch.float64):

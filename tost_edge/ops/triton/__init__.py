@@ -18,7 +18,8 @@ except ImportError as e:  # pragma: no cover - exercised where Triton is absent
 
 if _IMPORT_ERROR is None:
     from .causal_tssa import triton_causal_tssa, triton_causal_tssa_packed
-    from .linear_attention import triton_causal_linear_attention, triton_causal_linear_attention_qkvpacked
+    from .linear_attention import (triton_causal_linear_attention, triton_causal_linear_attention_packed,
+                                   triton_causal_linear_attention_qkvpacked)
     from .tssa import triton_tssa
     from . import settings
     settings.apply_environment()
@@ -27,7 +28,7 @@ else:
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
     triton_tssa = triton_causal_tssa = triton_causal_tssa_packed = triton_causal_linear_attention = _unavailable
-    triton_causal_linear_attention_qkvpacked = _unavailable
+    triton_causal_linear_attention_qkvpacked = triton_causal_linear_attention_packed = _unavailable
 
 __all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_tssa_packed", "triton_causal_linear_attention",
-           "triton_causal_linear_attention_qkvpacked"]
+           "triton_causal_linear_attention_qkvpacked", "triton_causal_linear_attention_packed"]

@@ -34,8 +34,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare, unpack_qkv
-from .utils import (alloc, batch_runs, cdiv, check_available, check_dtype, first_order, interpreting, join_runs,
-                    launch_options, next_pow2, on_input_device)
+from .utils import (MAX_OFFSET, alloc, batch_runs, cdiv, check_available, check_dtype, first_order, interpreting,
+                    join_runs, launch_options, next_pow2, on_input_device)
 
 
 @triton.jit
@@ -58,6 +58,14 @@ def _phi(x, m):
     """elu(x) + 1 and its derivative, zero where masked (padded tokens must add nothing to the state)."""
     f = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
     return tl.where(m, f, 0.0), tl.where(m, tl.where(x > 0, 1.0, f), 0.0)
+
+
+@triton.jit
+def _sequence(cu, b):
+    """Packed sequences (VARLEN, cu_seqlens): the first token row of sequence b, its length, and the sequence index
+    its token rows are then addressed with (0: the caller offsets its token pointers by that row)."""
+    r0 = tl.load(cu + b)
+    return r0, tl.load(cu + b + 1) - r0, b * 0
 
 
 @triton.jit
@@ -87,9 +95,9 @@ def _store_state(S_ptr, z_ptr, S, z, bh, K: tl.constexpr, V: tl.constexpr, BK: t
 @triton.jit
 def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, RQK: tl.constexpr, RV: tl.constexpr, eps, H: tl.constexpr,
          K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
-         SPLIT: tl.constexpr):
+         SPLIT: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     # SPLIT: program (bh, j) takes the BV value columns from j * BV (every program computes the normaliser; the
-    # first stores it)
+    # first stores it). VARLEN: sequence b's tokens start at row cu[b] (packed sequences); the state is still bh's
     bh = tl.program_id(0)
     if SPLIT:
         v0 = tl.program_id(1) * BV
@@ -98,6 +106,9 @@ def _fwd(q, k, v, S0, z0, y, den, S_T, z_T, T, RQK: tl.constexpr, RV: tl.constex
         v0 = 0
         first = True
     b, h = bh // H, bh % H
+    if VARLEN:
+        r0, T, b = _sequence(cu, b)
+        q, k, v, y, den = q + r0 * RQK, k + r0 * RQK, v + r0 * RV, y + r0 * (H * V), den + r0 * H
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, 0, v0)                     # [BK, BV], [BK] fp32
     for t0 in range(0, T, BT):
         t = t0 + tl.arange(0, BT)
@@ -167,7 +178,7 @@ def _bwd_chunk(q, k, v, dy, y, den, b, h, t, T, RQK: tl.constexpr, RV: tl.conste
 @triton.jit
 def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr, eps,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-            PREC: tl.constexpr, SPLIT: tl.constexpr):
+            PREC: tl.constexpr, SPLIT: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     # d phi(q)_i = sum_{j<=i} (do_i . v_j + dden_i) phi(k)_j + S_i0 do_i + dden_i z_i0  (S_i0, z_i0: chunk start)
     # SPLIT: program (bh, j) takes the BK key columns from j * BK
     bh = tl.program_id(0)
@@ -176,6 +187,10 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.conste
     else:
         k0 = 0
     b, h = bh // H, bh % H
+    if VARLEN:     # as in _fwd
+        r0, T, b = _sequence(cu, b)
+        q, k, v, dy, y, den = q + r0 * RQK, k + r0 * RQK, v + r0 * RV, dy + r0 * (H * V), y + r0 * (H * V), den + r0 * H
+        dq += r0 * (H * K if RG == 0 else RG)
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     S, z = _load_state(S0, z0, bh, K, V, BK, BV, k0, 0)
@@ -199,10 +214,14 @@ def _bwd_dq(q, k, v, dy, y, den, S0, z0, dq, T, RQK: tl.constexpr, RV: tl.conste
 @triton.jit
 def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr,
              RG: tl.constexpr, eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-             BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+             BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     # walking chunks backwards, dS / dz hold the gradient flowing into the state after the current chunk
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
+    if VARLEN:     # as in _fwd
+        r0, T, b = _sequence(cu, b)
+        q, k, v, dy, y, den = q + r0 * RQK, k + r0 * RQK, v + r0 * RV, dy + r0 * (H * V), y + r0 * (H * V), den + r0 * H
+        dk, dv = dk + r0 * (H * K if RG == 0 else RG), dv + r0 * (H * V if RG == 0 else RG)
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     dS, dz = _load_state(gS_T, gz_T, bh, K, V, BK, BV)
@@ -231,11 +250,15 @@ def _bwd_dkv(q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK: tl.const
 @triton.jit
 def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr,
             eps, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-            BT: tl.constexpr, PREC: tl.constexpr):
+            BT: tl.constexpr, PREC: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     # _bwd_dkv's key half for the BK key columns from program_id(1) * BK (SPLIT > 1); also the initial state's
     # gradient rows of those columns
     bh, k0 = tl.program_id(0), tl.program_id(1) * BK
     b, h = bh // H, bh % H
+    if VARLEN:     # as in _fwd
+        r0, T, b = _sequence(cu, b)
+        q, k, v, dy, y, den = q + r0 * RQK, k + r0 * RQK, v + r0 * RV, dy + r0 * (H * V), y + r0 * (H * V), den + r0 * H
+        dk += r0 * (H * K if RG == 0 else RG)
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     dS, dz = _load_state(gS_T, gz_T, bh, K, V, BK, BV, k0, 0)     # [BK, BV] rows k0.., [BK]
@@ -259,10 +282,15 @@ def _bwd_dk(q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK: tl.constexpr,
 
 @triton.jit
 def _bwd_dv(q, k, v, dy, den, gS_T, dv, T, RQK: tl.constexpr, RV: tl.constexpr, RG: tl.constexpr, eps, H: tl.constexpr,
-            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+            cu=None, VARLEN: tl.constexpr = False):
     # _bwd_dkv's value half for the BV value columns from program_id(1) * BV (SPLIT > 1)
     bh, v0 = tl.program_id(0), tl.program_id(1) * BV
     b, h = bh // H, bh % H
+    if VARLEN:     # as in _fwd
+        r0, T, b = _sequence(cu, b)
+        q, k, v, dy, den = q + r0 * RQK, k + r0 * RQK, v + r0 * RV, dy + r0 * (H * V), den + r0 * H
+        dv += r0 * (H * V if RG == 0 else RG)
     dt = v.dtype.element_ty
     wt: tl.constexpr = tl.float32 if dt == tl.float16 else dt    # fp16: see the module docstring
     so, sm, zo, zm = _state_at(bh, K, V, BK, BV, 0, v0)        # (z has no gradient here)
@@ -333,73 +361,80 @@ def _token_strides(q, k, v):
 
 
 @on_input_device
-def _forward(q, k, v, S0, z0, eps: float, plan: list):
+def _forward(q, k, v, S0, z0, eps: float, plan: list, cu=None):
     """q, k: [B, T, H, K] raw (phi applied inside), v: [B, T, H, V], S0: [B, H, K, V], z0: [B, H, K] (fp32)
-    -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward)."""
+    -> y: [B, T, H, V] in v's dtype, S_T, z_T (fp32), den: [B, T, H] (fp32, for the backward).
+    cu: packed sequences (int32 [N + 1]): q, k, v are [1, total, H, K] and the states [N, ...]."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, BT, warps, nk, nv, parallel, _ = plan
     q, k, v, RQK, RV = _token_strides(q, k, v)
     y = alloc(B, T, H, V, like=v)
     den = alloc(B, T, H, like=v, dtype=torch.float32)
-    S_T, z_T = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    S_T, z_T = alloc(*S0.shape, like=S0), alloc(*z0.shape, like=z0)
     if parallel:
         from . import linear_attention_chunks as chunks
         chunks.forward(q, k, v, S0, z0, y, den, S_T, z_T, RQK, RV, eps, BK, BV, BT, warps, _prec(q.dtype))
         return y, S_T, z_T, den
-    _fwd[(B * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, RQK, RV, eps, H, K, V, BK, BV // nv, BT, _prec(q.dtype),
-                      nv > 1, **launch_options(warps))
+    _fwd[(S0.shape[0] * H, nv)](q, k, v, S0, z0, y, den, S_T, z_T, T, RQK, RV, eps, H, K, V, BK, BV // nv, BT,
+                                _prec(q.dtype), nv > 1, **_varlen(cu, warps))
     return y, S_T, z_T, den
 
 
 @on_input_device
-def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
-    """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32)."""
+def _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list, cu=None):
+    """Gradients of q, k, v, S0 and z0 (dy: [B, T, H, V]; gS_T, gz_T fp32; cu: as _forward's)."""
     B, T, H, K = q.shape
     dq, dk, dv = alloc(B, T, H, K, like=q), alloc(B, T, H, K, like=k), alloc(B, T, H, v.shape[-1], like=v)
-    return (dq, dk, dv, *_backward_into(dq, dk, dv, 0, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan))
+    return (dq, dk, dv, *_backward_into(dq, dk, dv, 0, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan, cu))
 
 
-def _forward_packed(qkv, S0, z0, eps: float, plan: list):
+def _forward_packed(qkv, S0, z0, eps: float, plan: list, cu=None):
     """_forward of q, k, v unbound from qkv [B, T, 3, H, D] (read where they lie)."""
-    return _forward(*qkv.unbind(2), S0, z0, eps, plan)
+    return _forward(*qkv.unbind(2), S0, z0, eps, plan, cu)
 
 
 @on_input_device
-def _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps: float, plan: list):
+def _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps: float, plan: list, cu=None):
     """Gradients of qkv [B, T, 3, H, D] (one tensor, its d q, d k, d v written where they lie: unbinding qkv before
     the op would have autograd stack three separate gradients into it, a copy of all three), S0 and z0."""
     B, T, _, H, D = qkv.shape
     dqkv = alloc(B, T, 3, H, D, like=qkv)
     return (dqkv, *_backward_into(*dqkv.unbind(2), 3 * H * D, dy, gS_T, gz_T, *qkv.unbind(2), S0, z0, y, den, eps,
-                                  plan))
+                                  plan, cu))
 
 
-def _backward_into(dq, dk, dv, RG: int, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list):
+def _backward_into(dq, dk, dv, RG: int, dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps: float, plan: list, cu=None):
     """Fills dq, dk, dv (contiguous, RG 0, or views of one gradient whose tokens lie RG elements apart); returns the
-    gradients of S0 and z0."""
+    gradients of S0 and z0. cu: packed sequences, as _forward's (the walking kernels, one program a sequence)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, BT, warps, nk, nv, parallel, split = plan
     prec = _prec(q.dtype)
     q, k, v, RQK, RV = _token_strides(q, k, v)
-    dS0, dz0 = alloc(B, H, K, V, like=S0), alloc(B, H, K, like=z0)
+    dS0, dz0 = alloc(*S0.shape, like=S0), alloc(*z0.shape, like=z0)
+    B = S0.shape[0]                                                    # (packed: the number of sequences)
     if parallel:
         from . import linear_attention_chunks as chunks
         chunks.backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, dq, dk, dv, dS0, dz0, RQK, RV, RG, eps, BK, BV, BT,
                         warps, prec, None if split < 0 else bool(split))
         return dS0, dz0
+    opts = _varlen(cu, warps)
     _bwd_dq[(B * H, nk)](q, k, v, dy, y, den, S0, z0, dq, T, RQK, RV, RG, eps, H, K, V, BK // nk, BV, BT, prec, nk > 1,
-                         **launch_options(warps))
+                         **opts)
     if nk == 1 and nv == 1:
         _bwd_dkv[(B * H,)](q, k, v, dy, y, den, gS_T, gz_T, dk, dv, dS0, dz0, T, RQK, RV, RG, eps, H, K, V, BK, BV, BT,
-                           prec, **launch_options(warps))
+                           prec, **opts)
     else:
         _bwd_dk[(B * H, nk)](q, k, v, dy, y, den, gS_T, gz_T, dk, dS0, dz0, T, RQK, RV, RG, eps, H, K, V, BK // nk, BV,
-                             BT, prec, **launch_options(warps))
-        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, RQK, RV, RG, eps, H, K, V, BK, BV // nv, BT, prec,
-                             **launch_options(warps))
+                             BT, prec, **opts)
+        _bwd_dv[(B * H, nv)](q, k, v, dy, den, gS_T, dv, T, RQK, RV, RG, eps, H, K, V, BK, BV // nv, BT, prec, **opts)
     return dS0, dz0
+
+
+def _varlen(cu, warps: int) -> dict:
+    """The walking kernels' launch options: packed sequences' offsets where cu is given (one program a sequence)."""
+    return launch_options(warps) if cu is None else dict(cu=cu, VARLEN=True, **launch_options(warps))
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -423,23 +458,23 @@ _BACKWARD = {5: _backward, 3: _backward_packed}
 
 class ChunkLinearAttention(torch.autograd.Function):
     """Eager autograd over the directions above (under torch.compile the custom ops below run instead). Takes
-    (q, k, v, S0, z0, eps, plan) or (qkv, S0, z0, eps, plan)."""
+    (q, k, v, S0, z0, eps, plan, cu) or (qkv, S0, z0, eps, plan, cu); cu: packed sequences' offsets or None."""
 
     @staticmethod
     def forward(ctx, *args):
         ctx.set_materialize_grads(False)    # an unused output's gradient stays None: no zero-filled tensor
-        *inputs, eps, plan = args
-        y, S_T, z_T, den = _FORWARD[len(inputs)](*inputs, eps, plan)
+        *inputs, eps, plan, cu = args
+        y, S_T, z_T, den = _FORWARD[len(inputs)](*inputs, eps, plan, cu)
         ctx.save_for_backward(*inputs, y, den)
-        ctx.eps, ctx.plan = eps, plan
+        ctx.eps, ctx.plan, ctx.cu = eps, plan, cu
         return y, S_T, z_T
 
     @staticmethod
     def backward(ctx, dy, gS_T, gz_T):
         *inputs, y, den = ctx.saved_tensors
         grads = _BACKWARD[len(inputs)](*_grads_in(dy, gS_T, gz_T, y, *inputs[-2:]), *inputs, y, den, ctx.eps,
-                                       ctx.plan)
-        return (*first_order("causal_linear_attention", grads, tuple(inputs)), None, None)
+                                       ctx.plan, ctx.cu)
+        return (*first_order("causal_linear_attention", grads, tuple(inputs)), None, None, None)
 
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_triton_forward", mutates_args=())
@@ -512,7 +547,7 @@ _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 _forward_packed_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-def _bf16_interpreted(q, k, v, state, eps):
+def _bf16_interpreted(q, k, v, state, eps, cu=None):
     """bf16 under TRITON_INTERPRET=1: Triton's interpreter has no bf16 dot (it multiplies the raw bit patterns:
     triton-lang/triton#11584, declined upstream), so the kernels run in fp32 on the bf16-rounded inputs and the output
     is rounded back to bf16: what a GPU computes, up to where its bf16 dots round. (Python's warning filters show the
@@ -520,7 +555,11 @@ def _bf16_interpreted(q, k, v, state, eps):
     warnings.warn("causal_linear_attention with backend='triton' under TRITON_INTERPRET=1: Triton's interpreter has no "
                   "bfloat16 dot, so bf16 inputs run the kernels in float32 there (a GPU runs them in bf16)",
                   stacklevel=3)
-    y, st = triton_causal_linear_attention(q.float(), k.to(q.dtype).float(), v.to(q.dtype).float(), state, eps)
+    q, k, v = q.float(), k.to(q.dtype).float(), v.to(q.dtype).float()
+    if cu is None:
+        y, st = triton_causal_linear_attention(q, k, v, state, eps)
+    else:
+        y, st = triton_causal_linear_attention_packed(q, k, v, cu, state, eps)
     return y.to(torch.bfloat16), st
 
 
@@ -548,12 +587,15 @@ def triton_causal_linear_attention(q, k, v, state=None, eps: float = 1e-6):
                   float(eps), plan)
 
 
-def triton_causal_linear_attention_qkvpacked(qkv, state=None, eps: float = 1e-6):
+def triton_causal_linear_attention_qkvpacked(qkv, state=None, eps: float = 1e-6, cu: list | None = None):
     """triton_causal_linear_attention of q, k, v = qkv.unbind(2), qkv: [B, T, 3, H, D] (a model's one projection):
     the same outputs, and qkv's gradient comes back as one tensor that the kernels write where it lies, where unbinding
-    first would have autograd stack the three gradients into it (a copy of all three)."""
+    first would have autograd stack the three gradients into it (a copy of all three). cu: packed sequences (checked
+    host offsets; qkv [1, total, 3, H, D]), as triton_causal_linear_attention_packed."""
     qkv = qkv.contiguous()
     q, k, v = unpack_qkv(qkv)
+    if cu is not None:
+        return _packed_call(_forward_packed_op, (qkv,), q, k, v, cu, state, eps)
     B, T, H, D, M, sdt, state = prepare(q, k, v, state)
     check_dtype("qkv", qkv)
     check_available(qkv)
@@ -564,6 +606,41 @@ def triton_causal_linear_attention_qkvpacked(qkv, state=None, eps: float = 1e-6)
                   float(eps), plan)
 
 
+def triton_causal_linear_attention_packed(q, k, v, cu: list, state=None, eps: float = 1e-6):
+    """Causal linear attention of packed sequences (the contract of tost_edge.ops.causal_linear_attention with
+    cu_seqlens): q, k [1, total, H, D], v [1, total, H, M], sequence b its tokens [cu[b], cu[b + 1]) (cu: checked host
+    ints), each from its own state (kv [N, H, D, M], k_sum [N, H, D]). One launch a kernel walks every sequence: a
+    program per (sequence, head), its token pointers offset to the sequence's first row (the chunks-in-parallel
+    scheme, PARALLEL, does not apply)."""
+    return _packed_call(_forward_op, (), q, k, v, cu, state, eps)
+
+
+def _packed_call(op, qkv: tuple, q, k, v, cu: list, state, eps: float):
+    """The packed forms' checks and launch: op's inputs are qkv (the projection, or none: q, k, v) and the state."""
+    if torch.compiler.is_compiling():
+        raise NotImplementedError("causal_linear_attention: cu_seqlens with backend='triton' under torch.compile: "
+                                  "not yet; run the op outside the compiled region (torch.compiler.disable)")
+    N = len(cu) - 1
+    _, total, H, D, M, _, state = prepare(q, k, v, state, batch=N)
+    check_dtype("qkv" if qkv else "q", q)
+    check_available(q, k, v)
+    if q.dtype == torch.bfloat16 and interpreting():
+        return _bf16_interpreted(q, k, v, state, eps, cu)
+    rows = max(H * max(D, M), *(_row_stride(x) or 0 for x in (q, k, v)))   # (copied where None: H * D)
+    if total * rows > MAX_OFFSET:
+        raise ValueError(f"backend='triton': the packed sequences span {total * rows:,} elements of "
+                         f"{'qkv' if qkv else 'q, k, v'}, more than the kernels' 32-bit offsets address "
+                         f"({MAX_OFFSET:,}): pack fewer tokens a call")
+    if total == 0:
+        return v.to(q.dtype).clone(), LinearAttentionState(state.kv.float(), state.k_sum.float())
+    plan = _plan(D, M)
+    plan[6] = 0                                        # (the walking kernels: PARALLEL's chunks are not packed)
+    cu_t = torch.tensor(cu, dtype=torch.int32).to(q.device, non_blocking=True)
+    inputs = qkv or (q, k.to(q.dtype), v.to(q.dtype))
+    return _apply(op, *inputs, state.kv.float().contiguous(), state.k_sum.float().contiguous(), float(eps), plan,
+                  cu=cu_t)
+
+
 def _runs(B: int, T: int, H: int, D: int, M: int, rows: int, plan: list) -> list:
     """utils.batch_runs for q, k, v whose tokens lie `rows` elements apart (0: contiguous)."""
     per_element, name = T * max(H * max(D, M), rows), "q, k, v"      # (q, k, v are read where they lie: see above)
@@ -572,8 +649,9 @@ def _runs(B: int, T: int, H: int, D: int, M: int, rows: int, plan: list) -> list
     return batch_runs(B, per_element, name)
 
 
-def _apply(op, *args):
+def _apply(op, *args, cu=None):
     """The op's forward with autograd: the custom op under torch.compile (opaque to the compiler: one node per
-    direction, no graph break), else the autograd Function (no dispatcher overhead). -> (y, final state)."""
-    y, S_T, z_T = op(*args)[:3] if torch.compiler.is_compiling() else ChunkLinearAttention.apply(*args)
+    direction, no graph break), else the autograd Function (no dispatcher overhead). -> (y, final state).
+    cu: packed sequences' offsets (eager only: the callers refuse them under torch.compile)."""
+    y, S_T, z_T = op(*args)[:3] if torch.compiler.is_compiling() else ChunkLinearAttention.apply(*args, cu)
     return y, LinearAttentionState(S_T, z_T)
