@@ -14,7 +14,9 @@ CASES = [("tost_lm_tiny", {"n_layer": 2, "dropout": 0.1}), ("linear_lm_tiny", {"
 IDS = ["tost-lm", "linear-lm", "gpt-lm", "tost-vision", "tost-video"]
 
 
-def batch(model):
+def batch(model, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return torch.randint(0, 256, (1, cu_seqlens[-1]), device=DEVICE)                  # [1, total], packed
     if isinstance(model, models.ToSTVideo):
         return torch.randn(2, 3, 3, model.img_size, model.img_size, device=DEVICE)           # [B, T, 3, H, W]
     if isinstance(model, models.CausalLM):
@@ -22,10 +24,10 @@ def batch(model):
     return torch.randn(2, 3, 32, 32, device=DEVICE)                                         # [B, 3, H, W]
 
 
-def loss_and_grads(model, x, seed=0):
+def loss_and_grads(model, x, seed=0, **kwargs):
     torch.manual_seed(seed)                                  # dropout's masks: the same draws with and without
     model.zero_grad(set_to_none=True)
-    loss = model(x).float().square().mean()
+    loss = model(x, **kwargs).float().square().mean()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -63,16 +65,16 @@ def count_attention_calls(model, monkeypatch):
     return calls
 
 
-def check(model, monkeypatch, rtol=1e-5, atol=1e-7):
+def check(model, monkeypatch, rtol=1e-5, atol=1e-7, **kwargs):
     model.train()
-    x = batch(model)
+    x = batch(model, **kwargs)
     plain = copy.deepcopy(model)
-    ref_loss, ref_grads = loss_and_grads(plain, x)
+    ref_loss, ref_grads = loss_and_grads(plain, x, **kwargs)
     with SavedBytes() as kept:
-        loss_and_grads(copy.deepcopy(model), x)
+        loss_and_grads(copy.deepcopy(model), x, **kwargs)
     model.set_checkpointing(True)
     calls = count_attention_calls(model, monkeypatch)
-    loss, grads = loss_and_grads(model, x)
+    loss, grads = loss_and_grads(model, x, **kwargs)
     n = len(attention_blocks(model))
     assert calls == list(range(n)) + list(reversed(range(n))), calls      # forward, then again in the backward
     torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol)
@@ -80,7 +82,7 @@ def check(model, monkeypatch, rtol=1e-5, atol=1e-7):
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=rtol, atol=atol, msg=name)
     with SavedBytes() as checkpointed:
-        loss_and_grads(model, x)
+        loss_and_grads(model, x, **kwargs)
     return kept.bytes, checkpointed.bytes
 
 
@@ -98,6 +100,16 @@ def test_checkpointing_with_the_triton_kernels(name, options, monkeypatch):
     """The Triton ops run their forward again in the backward pass (their autograd Functions, twice a step)."""
     torch.manual_seed(0)
     check(models.create(name, **options).to(DEVICE).set_backend("triton"), monkeypatch, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,backend", [("tost_lm_tiny", "torch"), ("linear_lm_tiny", "torch"),
+                                          ("gpt_lm_tiny", "torch"), ("tost_lm_tiny", "triton"),
+                                          ("linear_lm_tiny", "triton")])
+def test_checkpointing_packed_documents(name, backend, monkeypatch):
+    """model(idx, cu_seqlens=...) recomputes its blocks with the documents' offsets too."""
+    torch.manual_seed(0)
+    model = models.create(name, n_layer=2, n_embd=48, n_head=3, dropout=0.1).to(DEVICE).set_backend(backend)
+    check(model, monkeypatch, rtol=1e-4, atol=1e-6, cu_seqlens=[0, 7, 7, 20])
 
 
 def test_checkpointing_off_where_no_gradient_is_recorded(monkeypatch):

@@ -171,3 +171,55 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def packed_case(vocab, lengths=(5, 0, 12, 13)):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.randint(0, vocab, (1, cu[-1])), cu
+
+
+def test_packed_documents_run_as_if_alone(lm):
+    """model(idx [1, total], cu_seqlens): each document from position 0, attending within itself only: its logits
+    and the gradients of a loss over all of them are those of the documents run one at a time."""
+    idx, cu = packed_case(lm.config.vocab_size)
+    packed = lm(idx, cu_seqlens=torch.tensor(cu))
+    alone = [lm(idx[:, a:b]) for a, b in zip(cu, cu[1:]) if b > a]
+    torch.testing.assert_close(packed, torch.cat(alone, 1), rtol=1e-5, atol=1e-6)
+    params = [p for p in lm.parameters() if p.requires_grad]
+    g = torch.autograd.grad(packed.square().sum(), params)
+    gr = torch.autograd.grad(sum(x.square().sum() for x in alone), params, allow_unused=True)
+    for name, a, b in zip([n for n, p in lm.named_parameters() if p.requires_grad], g, gr):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_video_clips_run_as_if_alone():
+    m = models.create("tost_video_test").eval()
+    s, cu = m.img_size, [0, 3, 7]
+    frames = torch.randn(1, 7, 3, s, s)
+    with torch.no_grad():
+        packed = m(frames, cu_seqlens=cu)
+        alone = torch.cat([m(frames[:, a:b]) for a, b in zip(cu, cu[1:])], 1)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_documents_are_checked():
+    m = models.create("tost_lm_tiny", block_size=8)
+    with pytest.raises(ValueError, match=r"idx: expected shape \[1, total\] with cu_seqlens"):
+        m(torch.zeros(2, 6, dtype=torch.long), cu_seqlens=[0, 6])
+    with pytest.raises(ValueError, match=r"cu_seqlens: a document of 9 tokens, longer than block_size=8"):
+        m(torch.zeros(1, 12, dtype=torch.long), cu_seqlens=[0, 9, 12])
+    m(torch.zeros(1, 16, dtype=torch.long), cu_seqlens=[0, 8, 16])          # two documents of 8 fit
+    unbounded = models.create("tost_lm_tiny", block_size=8, unbounded=True)
+    unbounded(torch.zeros(1, 12, dtype=torch.long), cu_seqlens=[0, 9, 12])  # no position table: any length
+
+
+@pytest.mark.parametrize("name", LMS)
+def test_a_packed_training_step_reads_nothing_back_from_the_device(name, monkeypatch):
+    """With host offsets (a list), a packed step queues its kernels without waiting for the device."""
+    m = models.create(name)
+    idx, cu = packed_case(256)
+    with DeviceReads(monkeypatch) as reads:
+        m(idx, cu_seqlens=cu).float().square().mean().backward()
+    assert reads.count == 0

@@ -5,12 +5,15 @@ Recurrent API (every model here):
     state = model.init_state(B)                      # {"pos": [B] int64, "<layer>.<quantity>": fp32 tensors}
     logits, state = model.prefill(idx [B, T], state) # logits [B, T, V]
     logits, state = model.step(idx [B], state)       # logits [B, V]
+
+Packed documents (training without padding): model(idx [1, total], cu_seqlens=[0, n0, n0 + n1, ...]) runs each
+document from position 0, attending within itself only, as if alone.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 from .._checks import tracing
 from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention_qkvpacked, causal_tssa
+from ..ops.packing import packed_offsets
 from .checkpointing import Checkpointed
 
 State = Dict[str, torch.Tensor]
@@ -92,9 +96,11 @@ class CausalTSSAAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"sum_wsq": (batch, H, D), "sum_pi_wsq": (batch, H, D), "sum_pi": (batch, H)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0):
+    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
+        # cu: packed documents' offsets (x [1, total, C]), each from position 0 and a zero state
         st = None if state is None else CausalTSSAState(*(state[q] for q in self.state_quantities))
-        y, st = causal_tssa(self.c_attn(x), self.temp, self.denom_bias, self.n_head, st, pos, backend=self.backend)
+        y, st = causal_tssa(self.c_attn(x), self.temp, self.denom_bias, self.n_head, st, pos, backend=self.backend,
+                            cu_seqlens=cu)
         return self.resid_dropout(self.c_proj(y)), dict(zip(self.state_quantities, st))
 
 
@@ -114,12 +120,23 @@ class CausalLinearAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"kv": (batch, H, D, D), "k_sum": (batch, H, D)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0):
+    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)                 # [B, T, 3, H, D]
         st = None if state is None else LinearAttentionState(state["kv"], state["k_sum"])
-        y, st = causal_linear_attention_qkvpacked(qkv, st, backend=self.backend)            # y: [B, T, H, D]
+        y, st = causal_linear_attention_qkvpacked(qkv, st, backend=self.backend, cu_seqlens=cu)  # y: [B, T, H, D]
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C))), dict(zip(self.state_quantities, st))
+
+
+def _document_ids(cu: List[int]) -> torch.Tensor:
+    """Packed documents' offsets -> each token's document index [total] (host; sized up front, so nothing reads
+    back a size)."""
+    return torch.repeat_interleave(torch.arange(len(cu) - 1), torch.tensor(cu).diff(), output_size=cu[-1])
+
+
+def _document_positions(cu: List[int]) -> torch.Tensor:
+    """Each token's position within its document [total] (host)."""
+    return torch.arange(cu[-1]) - torch.tensor(cu[:-1])[_document_ids(cu)]
 
 
 class CausalSoftmaxAttention(nn.Module):
@@ -139,9 +156,16 @@ class CausalSoftmaxAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"k": (batch, H, 0, D), "v": (batch, H, 0, D)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0):
+    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
+        if cu is not None:       # packed documents: causal within each, nothing across (a block-diagonal mask)
+            doc = _document_ids(cu).to(x.device)                                          # [total]
+            mask = (doc[:, None] == doc[None, :]).tril()
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p
+                                               if self.training else 0.0)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            return self.resid_dropout(self.c_proj(y)), {}
         if state is not None:
             k = torch.cat([state["k"].to(k.dtype), k], 2)
             v = torch.cat([state["v"].to(v.dtype), v], 2)
@@ -177,8 +201,8 @@ class Block(nn.Module):
         self.gamma1 = nn.Parameter(eta * torch.ones(config.n_embd))
         self.gamma2 = nn.Parameter(eta * torch.ones(config.n_embd))
 
-    def forward(self, x, state: Optional[State] = None, pos=0):
-        a, state = self.attn(self.ln_1(x), state, pos)
+    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
+        a, state = self.attn(self.ln_1(x), state, pos, cu)
         x = x + self.gamma1 * a
         x = x + self.gamma2 * self.mlp(self.ln_2(x))
         return x, state
@@ -191,6 +215,7 @@ class CausalLM(Checkpointed, nn.Module):
     family = "tost"
     kind = "lm"
     step_input_rank = 1  # token ids [B]
+    packed_input = ("idx", "[1, total]")     # its name and layout with cu_seqlens
 
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -266,9 +291,11 @@ class CausalLM(Checkpointed, nn.Module):
                 raise ValueError(f"state[{n!r}]: expected {dt} shape {shape}, got {t.dtype} shape {tuple(t.shape)}")
 
     # -- forward ------------------------------------------------------------------------------------
-    def _trunk(self, idx: torch.Tensor, state: Optional[State]):
+    def _trunk(self, idx: torch.Tensor, state: Optional[State], cu: Optional[List[int]] = None):
         self._check_input(idx)
         B, T = idx.shape[:2]
+        if cu is not None:
+            return self._packed_trunk(idx, cu)
         # without a state every sequence starts at 0: an int, so that neither the range check here nor the attention
         # ops read positions back from the device (on a GPU, a wait for every queued kernel, once a layer)
         pos = 0 if state is None else state["pos"]
@@ -292,9 +319,31 @@ class CausalLM(Checkpointed, nn.Module):
             new_state.update({f"{i}.{q}": t for q, t in st.items()})
         return self.lm_head(self.transformer.ln_f(x)), new_state
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: [B, T] int64 -> logits [B, T, V] at every position."""
-        return self._trunk(idx, None)[0]
+    def _packed_trunk(self, idx: torch.Tensor, cu: List[int]):
+        longest = max(b - a for a, b in zip(cu, cu[1:]))
+        if not self.config.unbounded and longest > self.config.block_size:
+            raise ValueError(f"cu_seqlens: a document of {longest} tokens, longer than block_size="
+                             f"{self.config.block_size} (the model's position tables)")
+        x = self._embed(idx)                                                     # [1, total, C]
+        if not self.config.unbounded:                  # each document's positions from 0
+            x = x + self.transformer.wpe(_document_positions(cu).to(idx.device))
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x, _ = self._block(block, x, None, 0, cu)
+        return self.lm_head(self.transformer.ln_f(x)), {}
+
+    def forward(self, idx: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+        """idx: [B, T] int64 -> logits [B, T, V] at every position.
+
+        Packed documents: idx [1, total] holds N documents end to end, document b its tokens cu_seqlens[b] to
+        cu_seqlens[b + 1] (cu_seqlens: [N + 1] ints or a 1-D integer tensor, 0 first, total last); each runs from
+        position 0 and attends within itself only, as if alone, so documents of mixed lengths train without padding.
+        Its last token's logits predict nothing of the next document: leave its target out of the loss (e.g. -100
+        with cross_entropy's ignore_index)."""
+        if cu_seqlens is None:
+            return self._trunk(idx, None)[0]
+        self._check_input(idx)
+        return self._trunk(idx, None, packed_offsets(idx, cu_seqlens, *self.packed_input))[0]
 
     def prefill(self, idx: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, State]:
         """idx: [B, T] -> (logits [B, T, V], state after the block)."""

@@ -5,6 +5,7 @@ state across frames, so a video stream costs the same per frame however long it 
 
     model = models.create("tost_video_test")
     logits = model(frames [B, T, 3, H, W])                  # [B, T, num_classes], causal over frames
+    logits = model(frames [1, total, 3, H, W], cu_seqlens=cu)  # clips packed end to end, each as if alone
     logits, state = model.step(frame [B, 3, H, W], state)   # one frame per stream
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ class ToSTVideo(CausalLM):
     family = "tost"
     kind = "video"
     step_input_rank = 4  # frames [B, 3, H, W]
+    packed_input = ("frames", "[1, total, 3, H, W]")
 
     def __init__(self, encoder: dict, num_classes: int = 10, n_layer: int = 2, n_head: int = 4, n_embd: int = 64,
                  block_size: int = 1024, bias: bool = True, dropout: float = 0.0, unbounded: bool = False):
