@@ -120,3 +120,16 @@ def test_linear_packed_is_not_for_torch_compile_yet():
 
     with pytest.raises(Exception, match=r"cu_seqlens with backend='triton' under torch.compile: not yet"):
         run(q)
+
+
+def test_linear_packed_under_deterministic_mode():
+    """Linear attention's walking kernels sum in a fixed order (no atomics): packed calls run under
+    torch.use_deterministic_algorithms(True), two runs bit for bit."""
+    cu = offsets([20, 45])
+    q, k, v = leaf(1, cu[-1], 2, 16), leaf(1, cu[-1], 2, 16), leaf(1, cu[-1], 2, 16)
+    with deterministic_algorithms():
+        runs = [causal_linear_attention(q, k, v, backend="triton", cu_seqlens=cu) for _ in range(2)]
+        grads_of = [torch.autograd.grad(y.square().sum() + s.kv.sum(), [q, k, v]) for y, s in runs]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1].kv, runs[1][1].kv)
+    for a, b in zip(*grads_of):
+        assert torch.equal(a, b)
