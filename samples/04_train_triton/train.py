@@ -1,9 +1,11 @@
-"""python samples/04_train_triton/train.py [--backend triton|torch] [--steps N] [--check-against torch] [--save DIR]
+"""python samples/04_train_triton/train.py [--backend triton|torch] [--steps N] [--check-against torch] [--packed]
+                                          [--save DIR]
 
 Train a small causal ToST LM with the Triton kernels (backend="triton": TSSA's forward and backward as fused
 kernels) on a task it can learn in a few hundred steps, each token one more than the last (mod 256); optionally
 train a copy with the other backend from the same weights on the same batches and compare the losses step by step,
-then save the weights (safetensors + config) for `tost-edge export --checkpoint`.
+then save the weights (safetensors + config) for `tost-edge export --checkpoint`. --packed trains on documents of
+random lengths packed end to end (model(idx, cu_seqlens=...): each document as if alone, no padding).
 
 On a GPU the kernels run natively; on a machine without one, --interpret runs them in Triton's CPU interpreter
 (exact, about a thousand times slower: keep --batch and --seq small there).
@@ -35,6 +37,9 @@ def parse():
                     help="recompute each block's activations in the backward pass (model.set_checkpointing)")
     ap.add_argument("--deterministic", action="store_true",
                     help="torch.use_deterministic_algorithms(True): the same bits from every run")
+    ap.add_argument("--packed", action="store_true",
+                    help="each step's batch x seq tokens as documents of 1 to seq tokens packed end to end "
+                         "(cu_seqlens), not rows of seq tokens")
     ap.add_argument("--save", metavar="DIR", help="write config.json and model.safetensors here")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -51,6 +56,30 @@ def batch(gen, size, seq, vocab, device):
     return ((start + torch.arange(seq + 1)) % vocab).to(device)
 
 
+def packed_batch(gen, size, seq, vocab, device):
+    """size * seq inputs as documents of 1 to seq tokens end to end: (inputs [1, total], targets [total], offsets);
+    each document's targets are its own next tokens, so none crosses into the next document."""
+    import torch
+    inputs, targets, cu = [], [], [0]
+    while cu[-1] < size * seq:
+        n = min(int(torch.randint(1, seq + 1, (1,), generator=gen)), size * seq - cu[-1])
+        doc = (torch.randint(0, vocab, (1,), generator=gen) + torch.arange(n + 1)) % vocab
+        inputs.append(doc[:-1])
+        targets.append(doc[1:])
+        cu.append(cu[-1] + n)
+    return torch.cat(inputs)[None].to(device), torch.cat(targets).to(device), cu
+
+
+def loss_of_step(model, gen, args, device):
+    import torch
+    if args.packed:
+        idx, targets, cu = packed_batch(gen, args.batch, args.seq, model.config.vocab_size, device)
+        return torch.nn.functional.cross_entropy(model(idx, cu_seqlens=cu)[0], targets)
+    x = batch(gen, args.batch, args.seq, model.config.vocab_size, device)
+    logits = model(x[:, :-1])                                                # [B, T, vocab]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+
 def train(model, backend, args, device, steps):
     """Losses of `steps` AdamW steps on batches drawn from a generator seeded with args.seed."""
     import torch
@@ -58,9 +87,7 @@ def train(model, backend, args, device, steps):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
-        x = batch(gen, args.batch, args.seq, model.config.vocab_size, device)
-        logits = model(x[:, :-1])                                            # [B, T, vocab]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        loss = loss_of_step(model, gen, args, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,7 +124,8 @@ def main() -> int:
     twin = copy.deepcopy(model).set_backend(args.check_against) if args.check_against else None
     model.set_backend(args.backend)
     print(f"{args.model}: {model.num_params() / 1e6:.2f}M parameters on {device}, backend {args.backend}, "
-          f"batch {args.batch} x {args.seq} tokens")
+          f"batch {args.batch} x {args.seq} tokens" + (f" as packed documents of 1 to {args.seq}" if args.packed
+                                                       else ""))
     try:
         losses = train(model, args.backend, args, device, args.steps)
     except (RuntimeError, ValueError) as e:   # no GPU and no interpreter, --seq past the model's positions: say so
