@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -96,11 +96,12 @@ class CausalTSSAAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"sum_wsq": (batch, H, D), "sum_pi_wsq": (batch, H, D), "sum_pi": (batch, H)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
-        # cu: packed documents' offsets (x [1, total, C]), each from position 0 and a zero state
+    def forward(self, x, state: Optional[State] = None, pos=0, packed: Optional[Packed] = None):
+        # packed: documents end to end (x [1, total, C]), each from position 0 and a zero state
         st = None if state is None else CausalTSSAState(*(state[q] for q in self.state_quantities))
+        cu, longest = packed or (None, None)
         y, st = causal_tssa(self.c_attn(x), self.temp, self.denom_bias, self.n_head, st, pos, backend=self.backend,
-                            cu_seqlens=cu)
+                            cu_seqlens=cu, max_seqlen=longest)
         return self.resid_dropout(self.c_proj(y)), dict(zip(self.state_quantities, st))
 
 
@@ -120,23 +121,30 @@ class CausalLinearAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"kv": (batch, H, D, D), "k_sum": (batch, H, D)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
+    def forward(self, x, state: Optional[State] = None, pos=0, packed: Optional[Packed] = None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)                 # [B, T, 3, H, D]
         st = None if state is None else LinearAttentionState(state["kv"], state["k_sum"])
-        y, st = causal_linear_attention_qkvpacked(qkv, st, backend=self.backend, cu_seqlens=cu)  # y: [B, T, H, D]
+        y, st = causal_linear_attention_qkvpacked(qkv, st, backend=self.backend,
+                                                  cu_seqlens=packed and packed.cu)          # y: [B, T, H, D]
         return self.resid_dropout(self.c_proj(y.reshape(B, T, C))), dict(zip(self.state_quantities, st))
 
 
-def _document_ids(cu: List[int]) -> torch.Tensor:
-    """Packed documents' offsets -> each token's document index [total] (host; sized up front, so nothing reads
-    back a size)."""
-    return torch.repeat_interleave(torch.arange(len(cu) - 1), torch.tensor(cu).diff(), output_size=cu[-1])
+class Packed(NamedTuple):
+    """Documents packed end to end along a batch of one: their offsets [N + 1] (host ints, or a tensor whose values
+    stay on the device under torch.compile) and a bound on their lengths (None: taken from host offsets)."""
+    cu: Union[List[int], torch.Tensor]
+    max_seqlen: Optional[int] = None
 
+    def document_ids(self, total: int, device) -> torch.Tensor:
+        """Each token's document [total] (on the device; nothing read back)."""
+        cu = self.cu.to(device) if isinstance(self.cu, torch.Tensor) else torch.tensor(self.cu).to(device)
+        return torch.searchsorted(cu[1:], torch.arange(total, device=device, dtype=cu.dtype), right=True)
 
-def _document_positions(cu: List[int]) -> torch.Tensor:
-    """Each token's position within its document [total] (host)."""
-    return torch.arange(cu[-1]) - torch.tensor(cu[:-1])[_document_ids(cu)]
+    def positions(self, total: int, device) -> torch.Tensor:
+        """Each token's position within its document [total]."""
+        cu = self.cu.to(device) if isinstance(self.cu, torch.Tensor) else torch.tensor(self.cu).to(device)
+        return torch.arange(total, device=device) - cu[self.document_ids(total, device)]
 
 
 class CausalSoftmaxAttention(nn.Module):
@@ -156,11 +164,11 @@ class CausalSoftmaxAttention(nn.Module):
         H, D = self.n_head, self.n_embd // self.n_head
         return {"k": (batch, H, 0, D), "v": (batch, H, 0, D)}
 
-    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
+    def forward(self, x, state: Optional[State] = None, pos=0, packed: Optional[Packed] = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
-        if cu is not None:       # packed documents: causal within each, nothing across (a block-diagonal mask)
-            doc = _document_ids(cu).to(x.device)                                          # [total]
+        if packed is not None:   # packed documents: causal within each, nothing across (a block-diagonal mask)
+            doc = packed.document_ids(T, x.device)                                       # [total]
             mask = (doc[:, None] == doc[None, :]).tril()
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p
                                                if self.training else 0.0)
@@ -201,8 +209,8 @@ class Block(nn.Module):
         self.gamma1 = nn.Parameter(eta * torch.ones(config.n_embd))
         self.gamma2 = nn.Parameter(eta * torch.ones(config.n_embd))
 
-    def forward(self, x, state: Optional[State] = None, pos=0, cu: Optional[List[int]] = None):
-        a, state = self.attn(self.ln_1(x), state, pos, cu)
+    def forward(self, x, state: Optional[State] = None, pos=0, packed: Optional[Packed] = None):
+        a, state = self.attn(self.ln_1(x), state, pos, packed)
         x = x + self.gamma1 * a
         x = x + self.gamma2 * self.mlp(self.ln_2(x))
         return x, state
@@ -291,11 +299,11 @@ class CausalLM(Checkpointed, nn.Module):
                 raise ValueError(f"state[{n!r}]: expected {dt} shape {shape}, got {t.dtype} shape {tuple(t.shape)}")
 
     # -- forward ------------------------------------------------------------------------------------
-    def _trunk(self, idx: torch.Tensor, state: Optional[State], cu: Optional[List[int]] = None):
+    def _trunk(self, idx: torch.Tensor, state: Optional[State], packed: Optional[Packed] = None):
         self._check_input(idx)
         B, T = idx.shape[:2]
-        if cu is not None:
-            return self._packed_trunk(idx, cu)
+        if packed is not None:
+            return self._packed_trunk(idx, packed)
         # without a state every sequence starts at 0: an int, so that neither the range check here nor the attention
         # ops read positions back from the device (on a GPU, a wait for every queued kernel, once a layer)
         pos = 0 if state is None else state["pos"]
@@ -319,31 +327,38 @@ class CausalLM(Checkpointed, nn.Module):
             new_state.update({f"{i}.{q}": t for q, t in st.items()})
         return self.lm_head(self.transformer.ln_f(x)), new_state
 
-    def _packed_trunk(self, idx: torch.Tensor, cu: List[int]):
-        longest = max(b - a for a, b in zip(cu, cu[1:]))
-        if not self.config.unbounded and longest > self.config.block_size:
-            raise ValueError(f"cu_seqlens: a document of {longest} tokens, longer than block_size="
-                             f"{self.config.block_size} (the model's position tables)")
+    def _packed_trunk(self, idx: torch.Tensor, packed: Packed):
+        on_host = not isinstance(packed.cu, torch.Tensor)
+        longest = max(b - a for a, b in zip(packed.cu, packed.cu[1:])) if on_host else packed.max_seqlen
+        if not self.config.unbounded and longest is not None and longest > self.config.block_size:
+            what = "a document of" if on_host else "max_seqlen"
+            raise ValueError(f"cu_seqlens: {what} {longest} tokens, longer than block_size={self.config.block_size} "
+                             "(the model's position tables)")
+        if not on_host and longest is None and not self.config.unbounded:
+            packed = packed._replace(max_seqlen=self.config.block_size)    # (no document is longer)
         x = self._embed(idx)                                                     # [1, total, C]
         if not self.config.unbounded:                  # each document's positions from 0
-            x = x + self.transformer.wpe(_document_positions(cu).to(idx.device))
+            x = x + self.transformer.wpe(packed.positions(x.shape[1], x.device))
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x, _ = self._block(block, x, None, 0, cu)
+            x, _ = self._block(block, x, None, 0, packed)
         return self.lm_head(self.transformer.ln_f(x)), {}
 
-    def forward(self, idx: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cu_seqlens=None, max_seqlen: Optional[int] = None) -> torch.Tensor:
         """idx: [B, T] int64 -> logits [B, T, V] at every position.
 
         Packed documents: idx [1, total] holds N documents end to end, document b its tokens cu_seqlens[b] to
         cu_seqlens[b + 1] (cu_seqlens: [N + 1] ints or a 1-D integer tensor, 0 first, total last); each runs from
         position 0 and attends within itself only, as if alone, so documents of mixed lengths train without padding.
         Its last token's logits predict nothing of the next document: leave its target out of the loss (e.g. -100
-        with cross_entropy's ignore_index)."""
+        with cross_entropy's ignore_index). Offsets are read on the host (a tensor once a call), except under
+        torch.compile, where a tensor's values stay on the device (other offsets reuse the compiled graph; their
+        values are then not checked) and max_seqlen bounds the documents' lengths (default: block_size; a model
+        with unbounded=True needs it for causal ToST)."""
         if cu_seqlens is None:
             return self._trunk(idx, None)[0]
         self._check_input(idx)
-        return self._trunk(idx, None, packed_offsets(idx, cu_seqlens, *self.packed_input))[0]
+        return self._trunk(idx, None, Packed(packed_offsets(idx, cu_seqlens, *self.packed_input), max_seqlen))[0]
 
     def prefill(self, idx: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, State]:
         """idx: [B, T] -> (logits [B, T, V], state after the block)."""

@@ -40,7 +40,7 @@ def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "to
 
 def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.Tensor], num_heads: int,
                 state: Optional[CausalTSSAState] = None, pos0=0, backend: str = "torch",
-                cu_seqlens=None) -> Tuple[torch.Tensor, CausalTSSAState]:
+                cu_seqlens=None, max_seqlen: Optional[int] = None) -> Tuple[torch.Tensor, CausalTSSAState]:
     """Causal TSSA. w: [B, T, C], temp: [H] or [H, 1], denom_bias: [H, Tmax(, 1)] or None,
     state: (sum_wsq [B, H, D], sum_pi_wsq [B, H, D], sum_pi [B, H]) fp32, pos0: int or [B] int64.
     Returns (y [B, T, C], state).
@@ -48,13 +48,14 @@ def causal_tssa(w: torch.Tensor, temp: torch.Tensor, denom_bias: Optional[torch.
     Packed sequences (cu_seqlens: [N + 1] ints, 0 first, the last w.shape[1], never decreasing): w is [1, total, C]
     and sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1], each from its own state ([N, H, D], ...) and
     position (pos0: int or [N]) as if run alone: no sums cross from one sequence into the next. Read on the host
-    (a CUDA tensor is read back once)."""
+    (a CUDA tensor is read back once), except under torch.compile, where a tensor's values stay on the device and
+    max_seqlen (an int, at least the longest sequence's length, e.g. the model's block size) sizes the launch."""
     _check_backend(backend)
     if cu_seqlens is not None:
         cu = packed_offsets(w, cu_seqlens)
         if backend == "triton":
             from .triton import triton_causal_tssa_packed
-            return triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state, pos0)
+            return triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state, pos0, max_seqlen)
         if backend == "plugin":
             raise ValueError("causal_tssa: cu_seqlens with backend='plugin': not supported (export the padded form)")
         return naive_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state, pos0)
@@ -75,7 +76,8 @@ def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Packed sequences (cu_seqlens: [N + 1] ints, 0 first, the last q.shape[1], never decreasing): q, k, v are
     [1, total, H, D] and sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1], each from its own state
-    ([N, H, D, M], [N, H, D]) as if run alone. Read on the host (a CUDA tensor is read back once)."""
+    ([N, H, D, M], [N, H, D]) as if run alone. Read on the host (a CUDA tensor is read back once), except under
+    torch.compile, where a tensor's values stay on the device (the Triton kernels read them there)."""
     _check_backend(backend)
     if cu_seqlens is not None:
         cu = packed_offsets(q, cu_seqlens, "q", "[1, total, H, D]")

@@ -2,21 +2,28 @@
 the token axis of one tensor with a batch of 1, sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1]."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Union
 
 import torch
 
 from .._checks import fail
 
 
-def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w", layout: str = "[1, total, C]") -> List[int]:
+def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
+                   layout: str = "[1, total, C]") -> Union[List[int], torch.Tensor]:
     """cu_seqlens (a 1-D integer tensor or a sequence of ints) checked against x (`layout`, the sequences packed
-    along its second axis), as host ints. A CUDA tensor is read back once."""
+    along its second axis), as host ints. A CUDA tensor is read back once. Under torch.compile a tensor stays one
+    (its shape and dtype checked, its values not: reading them would end the graph) and its values are the caller's
+    to get right; host ints there are constants of the graph (a new graph for other offsets)."""
     if x.dim() != layout.count(",") + 1 or x.shape[0] != 1:
         fail(name, f"shape {layout} with cu_seqlens (the sequences packed end to end)", f"shape {tuple(x.shape)}")
     if isinstance(cu_seqlens, torch.Tensor):
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
             fail("cu_seqlens", "a 1-D integer tensor [N + 1]", f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
+        if torch.compiler.is_compiling():
+            if cu_seqlens.shape[0] < 2:
+                fail("cu_seqlens", "N + 1 offsets, N at least 1", f"shape {tuple(cu_seqlens.shape)}")
+            return cu_seqlens
         cu = cu_seqlens.tolist()
     else:
         cu = [int(c) for c in cu_seqlens]
@@ -24,3 +31,8 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w", layout: str = "
         fail("cu_seqlens", f"N + 1 offsets from 0 to {name}.shape[1] = {x.shape[1]}, never decreasing", cu[:8] +
              (["..."] if len(cu) > 8 else []))
     return cu
+
+
+def host_offsets(cu) -> List[int]:
+    """Offsets as host ints (the references slice with them): a tensor is read back."""
+    return cu.tolist() if isinstance(cu, torch.Tensor) else list(cu)

@@ -161,11 +161,90 @@ def test_custom_ops_pass_opcheck(op, monkeypatch):
         args = (inputs[0], inputs[1], 2, tt._plan())
     elif op == "causal_tssa":
         w, temp, bias, S, A, P = inputs
-        args = (w, temp, bias, torch.full((2,), 3, device=DEVICE), S, A, P, 2, True, ct._plan(2, 9, 2, 16, 4))
+        args = (w, temp, bias, torch.full((2,), 3, device=DEVICE), S, A, P, 2, True, ct._plan(2, 9, 2, 16, 4), None)
     else:
-        args = (*inputs, 1e-6, la._plan(16, 16))
+        args = (*inputs, 1e-6, la._plan(16, 16), None)
     grads = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
     torch.library.opcheck(la._forward_packed_op if op.endswith("qkvpacked") else module._forward_op, grads)
+
+
+def _packed_fn(op):
+    """(inputs for a total of 23 tokens, fn(*inputs, cu) with cu_seqlens a tensor)."""
+    gen = torch.Generator().manual_seed(3)
+    if op == "causal_tssa":
+        inputs = (torch.randn(1, 23, 32, generator=gen), torch.rand(2, generator=gen) + 0.5,
+                  0.1 * torch.randn(2, 16, generator=gen))
+
+        def fn(w, temp, bias, cu):
+            y, state = causal_tssa(w, temp, bias, 2, backend="triton", cu_seqlens=cu, max_seqlen=16)
+            return (y, *state)
+    elif op == "causal_linear_attention":
+        inputs = tuple(torch.randn(1, 23, 2, 16, generator=gen) for _ in range(3))
+
+        def fn(q, k, v, cu):
+            y, state = causal_linear_attention(q, k, v, backend="triton", cu_seqlens=cu)
+            return (y, *state)
+    else:
+        inputs = (torch.randn(1, 23, 3, 2, 16, generator=gen),)
+
+        def fn(qkv, cu):
+            y, state = causal_linear_attention_qkvpacked(qkv, backend="triton", cu_seqlens=cu)
+            return (y, *state)
+    return inputs, fn
+
+
+@pytest.mark.parametrize("op", ["causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
+def test_packed_ops_compile_once_for_any_offsets(op):
+    """cu_seqlens as a tensor under torch.compile(fullgraph=True): one node per direction, the offsets read on the
+    device only, so other documents' lengths (as many documents) reuse the graph; outputs and gradients those of
+    eager calls."""
+    inputs, fn = _packed_fn(op)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    counters.clear()
+    for offsets in ([0, 7, 7, 23], [0, 1, 16, 23]):
+        cu = torch.tensor(offsets, device=DEVICE)
+        run = lambda *xs: fn(*xs, cu)                                        # noqa: E731
+        weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i))
+                   for i, o in enumerate(run(*[t.to(DEVICE) for t in inputs]))]
+        eager_out, eager_grads = _step(run, inputs, weights)
+        compiled_out, compiled_grads = _step(lambda *xs: compiled(*xs, cu), inputs, weights)
+        for a, b in zip(eager_out + eager_grads, compiled_out + compiled_grads):
+            torch.testing.assert_close(b, a, **SAME)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+    cu = torch.tensor([0, 7, 7, 23], device=DEVICE)
+    assert _nodes(lambda *xs: fn(*xs, cu), inputs) == [CASES[op][1] + ".default"]
+
+
+def test_packed_causal_tssa_under_compile_needs_max_seqlen():
+    w = torch.randn(1, 6, 32, device=DEVICE)
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def run(w, cu):
+        return causal_tssa(w, torch.ones(2, device=DEVICE), None, 2, backend="triton", cu_seqlens=cu)[0]
+
+    with pytest.raises(Exception, match=r"max_seqlen: expected an int, at least the longest packed sequence"):
+        run(w, torch.tensor([0, 2, 6], device=DEVICE))
+
+
+@pytest.mark.parametrize("op", ["causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
+def test_packed_custom_ops_pass_opcheck(op, monkeypatch):
+    """The ops' schemas, fake shapes and autograd with packed sequences' offsets (states [N, ...])."""
+    cu = torch.tensor([0, 7, 7, 23], dtype=torch.int32, device=DEVICE)
+    inputs = [t.to(DEVICE) for t in _packed_fn(op)[0]]
+    if op == "causal_tssa":
+        w, temp, bias = inputs
+        S, A, P = torch.rand(3, 2, 16, device=DEVICE), torch.rand(3, 2, 16, device=DEVICE), \
+            torch.rand(3, 2, device=DEVICE)
+        args, forward = (w, temp, bias, torch.zeros(3, dtype=torch.long, device=DEVICE), S, A, P, 2, True,
+                         ct._plan(3, 16, 2, 16, 4, torch.device(DEVICE), packed=True), cu), ct._forward_op
+    else:
+        states = (torch.rand(3, 2, 16, 16, device=DEVICE), torch.rand(3, 2, 16, device=DEVICE))
+        plan = la._plan(16, 16)
+        args = (*inputs, *states, 1e-6, plan, cu)
+        forward = la._forward_packed_op if op.endswith("qkvpacked") else la._forward_op
+    grads = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    torch.library.opcheck(forward, grads)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["kept", "checkpointed"])
@@ -181,6 +260,28 @@ def test_compiled_lm_training_step_matches_eager(name, checkpointing):
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, **SAME, msg=name)
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny", "gpt_lm_tiny"])
+def test_compiled_lm_on_packed_documents_compiles_once(name):
+    """model(idx, cu_seqlens=tensor) under torch.compile(fullgraph=True): the documents' positions and the kernels'
+    offsets come from the tensor on the device, so batches of other document lengths reuse the graph; the losses
+    and gradients are eager's."""
+    torch.manual_seed(0)
+    eager = models.create(name, n_layer=1, n_embd=32, n_head=2, block_size=32).to(DEVICE).set_backend(
+        "torch" if name.startswith("gpt") else "triton")
+    twin = copy.deepcopy(eager)
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 256, (1, 23), device=DEVICE)
+    counters.clear()
+    for offsets in ([0, 7, 7, 23], [0, 1, 20, 23]):
+        cu = torch.tensor(offsets, device=DEVICE)
+        for model in (eager, compiled):
+            model.zero_grad(set_to_none=True)
+            model(idx, cu_seqlens=cu).float().square().mean().backward()
+        for (pname, a), b in zip(eager.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, **SAME, msg=pname)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny", "tost_cab_test"])

@@ -111,17 +111,6 @@ def test_linear_packed_bf16_under_the_interpreter():
     assert_close("y", yr, y, 1e-2)
 
 
-def test_linear_packed_is_not_for_torch_compile_yet():
-    q = leaf(1, 6, 2, 16)
-
-    @torch.compile(backend="eager", fullgraph=True)
-    def run(q):
-        return causal_linear_attention(q, q, q, backend="triton", cu_seqlens=[0, 2, 6])[0]
-
-    with pytest.raises(Exception, match=r"cu_seqlens with backend='triton' under torch.compile: not yet"):
-        run(q)
-
-
 def test_linear_packed_under_deterministic_mode():
     """Linear attention's walking kernels sum in a fixed order (no atomics): packed calls run under
     torch.use_deterministic_algorithms(True), two runs bit for bit."""

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import torch
 
+from ..packing import host_offsets
 from .naive import naive_causal_linear_attention
 from .state import LinearAttentionState, prepare
 
@@ -15,6 +16,7 @@ def naive_causal_linear_attention_packed(q, k, v, cu: List[int], state: Optional
     """naive_causal_linear_attention of each packed sequence alone (cu: checked host offsets). q, k: [1, total, H, D],
     v: [1, total, H, M]; state: (kv [N, H, D, M], k_sum [N, H, D]) or None.
     Returns (y [1, total, H, M], state [N, ...])."""
+    cu = host_offsets(cu)
     N = len(cu) - 1
     *_, sdt, state = prepare(q, k, v, state, batch=N)
     ys, states = [], []

@@ -895,50 +895,54 @@ class CausalTSSAFunction(torch.autograd.Function):
         return *grads[:3], None, *grads[3:], None, None, None, None, None
 
 
+# (cu: packed sequences' int32 offsets [B + 1] for w [1, total, C], or None)
 @torch.library.custom_op("tost_edge::causal_tssa_triton_forward", mutates_args=())
 def _forward_op(w: Tensor, temp: Tensor, bias: Tensor, pos: Tensor, S0: Tensor, A0: Tensor, P0: Tensor, H: int,
-                bounded: bool, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan)
+                bounded: bool, plan: List[int],
+                cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _forward(w, temp, bias, pos, S0, A0, P0, H, bounded, plan, None, cu)
 
 
 @_forward_op.register_fake
-def _(w, temp, bias, pos, S0, A0, P0, H, bounded, plan):
+def _(w, temp, bias, pos, S0, A0, P0, H, bounded, plan, cu):
     B, T, C = w.shape
+    NB = pos.shape[0]                                   # (sequences: B, or those packed in w)
     NT, f32 = plan[3], dict(dtype=torch.float32)
     return (torch.empty_like(w), torch.empty_like(S0), torch.empty_like(A0), torch.empty_like(P0),
-            w.new_empty((B, T, H) if plan[9] else (0,), **f32), w.new_empty(B, NT, C, **f32),
-            w.new_empty(B, NT, C + H, **f32))
+            w.new_empty((B, T, H) if plan[9] else (0,), **f32), w.new_empty(NB, NT, C, **f32),
+            w.new_empty(NB, NT, C + H, **f32))
 
 
 @torch.library.custom_op("tost_edge::causal_tssa_triton_backward", mutates_args=())
 def _backward_op(gy: Optional[Tensor], gS_T: Optional[Tensor], gA_T: Optional[Tensor], gP_T: Optional[Tensor],
                  w: Tensor, pi: Tensor, temp: Tensor, bias: Tensor, pos: Tensor, S_start: Tensor, AP_start: Tensor,
-                 H: int, bounded: bool, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 H: int, bounded: bool, plan: List[int],
+                 cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return tuple(t.clone() if t._base is not None else t for t in   # outputs may not share memory
-                 _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan))
+                 _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan, cu))
 
 
 @_backward_op.register_fake
-def _(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan):
-    B, _, C = w.shape
+def _(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H, bounded, plan, cu):
+    B, C = pos.shape[0], w.shape[2]
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(w), temp.new_empty(H, **f32), bias.new_empty(bias.shape, **f32),
             w.new_empty(B, H, C // H, **f32), w.new_empty(B, H, C // H, **f32), w.new_empty(B, H, **f32))
 
 
 def _setup_context(ctx, inputs, output):
-    w, temp, bias, pos, S0, A0, P0, H, bounded, plan = inputs
-    ctx.save_for_backward(w, temp, bias, pos, *output[4:])
+    w, temp, bias, pos, S0, A0, P0, H, bounded, plan, cu = inputs
+    ctx.save_for_backward(w, temp, bias, pos, *output[4:], cu)
     ctx.H, ctx.bounded, ctx.plan = H, bounded, plan
     ctx.mark_non_differentiable(*output[4:])
     ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, gy, gS_T, gA_T, gP_T, *_):
-    w, temp, bias, pos, pi, S_start, AP_start = ctx.saved_tensors
+    w, temp, bias, pos, pi, S_start, AP_start, cu = ctx.saved_tensors
     dw, gtemp, gbias, gS0, gA0, gP0 = _backward_op(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start,
-                                                   ctx.H, ctx.bounded, ctx.plan)
-    return dw, gtemp, gbias if ctx.bounded else None, None, gS0, gA0, gP0, None, None, None
+                                                   ctx.H, ctx.bounded, ctx.plan, cu)
+    return dw, gtemp, gbias if ctx.bounded else None, None, gS0, gA0, gP0, None, None, None, None
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -991,23 +995,24 @@ def triton_causal_tssa(w, temp, denom_bias, num_heads, state=None, pos0=0):
     args = (w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(),
             *(s.float().contiguous() for s in state), H, bounded, plan)
     if compiling:   # opaque to the compiler: one node per direction, no graph break
-        y, S, A, P = _forward_op(*args)[:4]
+        y, S, A, P = _forward_op(*args, None)[:4]
     else:
         y, S, A, P = CausalTSSAFunction.apply(*args, sync)
     return y, CausalTSSAState(S, A, P)
 
 
-def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu: list, state=None, pos0=0):
+def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state=None, pos0=0, max_seqlen=None):
     """Causal TSSA of packed sequences (the contract of tost_edge.ops.causal_tssa with cu_seqlens): w [1, total, C],
-    sequence b its tokens [cu[b], cu[b + 1]) (cu: host ints, checked), each from its own state and position."""
-    if torch.compiler.is_compiling():
-        raise NotImplementedError("causal_tssa: cu_seqlens with backend='triton' under torch.compile: not yet; run "
-                                  "the op outside the compiled region (torch.compiler.disable)")
+    sequence b its tokens [cu[b], cu[b + 1]) (cu: checked host ints, or a tensor of offsets whose values are not
+    read on the host, which needs max_seqlen), each from its own state and position. max_seqlen: at least the
+    longest sequence's length (the launch is sized for it; its slices past a shorter sequence's end walk nothing)."""
+    compiling = torch.compiler.is_compiling()
     if torch.are_deterministic_algorithms_enabled():
         raise RuntimeError("causal_tssa: cu_seqlens with backend='triton' runs the fused scheme, whose look-back is "
                            "not deterministic: not under torch.use_deterministic_algorithms(True); use the padded "
                            "form [B, T, C] there")
-    N, C = len(cu) - 1, w.shape[2]
+    on_host = not isinstance(cu, Tensor)
+    N, C = (len(cu) if on_host else cu.shape[0]) - 1, w.shape[2]
     _, _, H, D, temp, bias, state, pos = prepare(w.new_empty((N, 0, C)), temp, denom_bias, num_heads, state, pos0,
                                                  fill=False)
     check_dtype("w", w)
@@ -1015,23 +1020,38 @@ def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu: list, state=No
     if w.numel() > MAX_OFFSET:
         raise ValueError(f"w: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
                          f"{w.numel()}")
-    lengths = [e - a for a, e in zip(cu, cu[1:])]
-    if bias is not None and N:                 # each sequence's last position within the position table
-        starts = pos.tolist() if isinstance(pos, torch.Tensor) else [int(pos)] * N
-        end = max(p + n for p, n in zip(starts, lengths))
-        if end > bias.shape[1]:
-            raise ValueError(f"pos0 + T: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's position "
-                             f"range) for every sequence, got {end}")
-    T = max(lengths, default=0)
-    if T == 0:
+    T = max_seqlen
+    if on_host:
+        lengths = [e - a for a, e in zip(cu, cu[1:])]
+        T = max(lengths, default=0)
+        if max_seqlen is not None and max_seqlen < T:
+            raise ValueError(f"max_seqlen: expected at least the longest sequence's length {T}, got {max_seqlen}")
+        if bias is not None and N:                 # each sequence's last position within the position table
+            starts = pos.tolist() if isinstance(pos, torch.Tensor) else [int(pos)] * N
+            end = max(p + n for p, n in zip(starts, lengths))
+            if end > bias.shape[1]:
+                raise ValueError(f"pos0 + T: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's "
+                                 f"position range) for every sequence, got {end}")
+    elif T is None:
+        raise ValueError("max_seqlen: expected an int, at least the longest packed sequence's length, with "
+                         "cu_seqlens as a tensor under torch.compile (its values are not read there), got None")
+    elif bias is not None and isinstance(pos, int) and pos + T > bias.shape[1]:
+        raise ValueError(f"pos0 + max_seqlen: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's "
+                         f"position range), got {pos + T}")
+    if T == 0 or w.shape[1] == 0:
         state, _, _ = _zero_filled(N, H, D, state, pos, w.device)
         return w.clone(), state
     bounded = bias is not None
     temp = temp.float().contiguous()
     bias_t = bias.float() if bounded else temp.view(H, 1)
     plan = _plan(N, T, H, D, w.element_size(), w.device, packed=True)
-    state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 1 + 2 * N * plan[3])
-    cu_t = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True)
-    y, S, A, P = CausalTSSAFunction.apply(w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(),
-                                          *(s.float().contiguous() for s in state), H, bounded, plan, sync, cu_t)
+    state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 0 if compiling else 1 + 2 * N * plan[3])
+    cu_t = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True) if on_host else \
+        cu.to(w.device, torch.int32)
+    args = (w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(), *(s.float().contiguous() for s in state), H,
+            bounded, plan)
+    if compiling:   # opaque to the compiler: one node per direction, no graph break
+        y, S, A, P = _forward_op(*args, cu_t)[:4]
+    else:
+        y, S, A, P = CausalTSSAFunction.apply(*args, sync, cu_t)
     return y, CausalTSSAState(S, A, P)

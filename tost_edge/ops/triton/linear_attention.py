@@ -26,7 +26,7 @@ PARALLEL runs linear_attention_chunks.py instead: walks that carry only the stat
 from __future__ import annotations
 
 import warnings
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -477,14 +477,15 @@ class ChunkLinearAttention(torch.autograd.Function):
         return (*first_order("causal_linear_attention", grads, tuple(inputs)), None, None, None)
 
 
+# (cu: packed sequences' int32 offsets [N + 1], or None; the states are then [N, ...])
 @torch.library.custom_op("tost_edge::causal_linear_attention_triton_forward", mutates_args=())
-def _forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, z0: Tensor, eps: float,
-                plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward(q, k, v, S0, z0, eps, plan)
+def _forward_op(q: Tensor, k: Tensor, v: Tensor, S0: Tensor, z0: Tensor, eps: float, plan: List[int],
+                cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward(q, k, v, S0, z0, eps, plan, cu)
 
 
 @_forward_op.register_fake
-def _(q, k, v, S0, z0, eps, plan):
+def _(q, k, v, S0, z0, eps, plan, cu):
     B, T, H, _ = q.shape
     return (v.new_empty(B, T, H, v.shape[-1]), torch.empty_like(S0), torch.empty_like(z0),
             v.new_empty(B, T, H, dtype=torch.float32))
@@ -492,23 +493,24 @@ def _(q, k, v, S0, z0, eps, plan):
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_triton_backward", mutates_args=())
 def _backward_op(dy: Tensor, gS_T: Tensor, gz_T: Tensor, q: Tensor, k: Tensor, v: Tensor, S0: Tensor, z0: Tensor,
-                 y: Tensor, den: Tensor, eps: float, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan)
+                 y: Tensor, den: Tensor, eps: float, plan: List[int],
+                 cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _backward(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan, cu)
 
 
 @_backward_op.register_fake
-def _(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan):
+def _(dy, gS_T, gz_T, q, k, v, S0, z0, y, den, eps, plan, cu):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(S0), torch.empty_like(z0)
 
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_qkvpacked_triton_forward", mutates_args=())
-def _forward_packed_op(qkv: Tensor, S0: Tensor, z0: Tensor, eps: float,
-                       plan: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward_packed(qkv, S0, z0, eps, plan)
+def _forward_packed_op(qkv: Tensor, S0: Tensor, z0: Tensor, eps: float, plan: List[int],
+                       cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward_packed(qkv, S0, z0, eps, plan, cu)
 
 
 @_forward_packed_op.register_fake
-def _(qkv, S0, z0, eps, plan):
+def _(qkv, S0, z0, eps, plan, cu):
     B, T, _, H, D = qkv.shape
     return (qkv.new_empty(B, T, H, D), torch.empty_like(S0), torch.empty_like(z0),
             qkv.new_empty(B, T, H, dtype=torch.float32))
@@ -516,12 +518,12 @@ def _(qkv, S0, z0, eps, plan):
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_qkvpacked_triton_backward", mutates_args=())
 def _backward_packed_op(dy: Tensor, gS_T: Tensor, gz_T: Tensor, qkv: Tensor, S0: Tensor, z0: Tensor, y: Tensor,
-                        den: Tensor, eps: float, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
-    return _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan)
+                        den: Tensor, eps: float, plan: List[int], cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan, cu)
 
 
 @_backward_packed_op.register_fake
-def _(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan):
+def _(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan, cu):
     return qkv.new_empty(qkv.shape), torch.empty_like(S0), torch.empty_like(z0)
 
 
@@ -529,18 +531,19 @@ _BACKWARD_OP = {5: _backward_op, 3: _backward_packed_op}
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, eps, plan = inputs
+    *tensors, eps, plan, cu = inputs
     y, _, _, den = output
-    ctx.save_for_backward(*tensors, y, den)
+    ctx.save_for_backward(*tensors, y, den, cu)
     ctx.eps, ctx.plan = eps, plan
     ctx.mark_non_differentiable(den)
     ctx.set_materialize_grads(False)
 
 
 def _op_backward(ctx, dy, gS_T, gz_T, _gden):
-    *inputs, y, den = ctx.saved_tensors
-    grads = _BACKWARD_OP[len(inputs)](*_grads_in(dy, gS_T, gz_T, y, *inputs[-2:]), *inputs, y, den, ctx.eps, ctx.plan)
-    return (*grads, None, None)
+    *inputs, y, den, cu = ctx.saved_tensors
+    grads = _BACKWARD_OP[len(inputs)](*_grads_in(dy, gS_T, gz_T, y, *inputs[-2:]), *inputs, y, den, ctx.eps, ctx.plan,
+                                      cu)
+    return (*grads, None, None, None)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -615,12 +618,10 @@ def triton_causal_linear_attention_packed(q, k, v, cu: list, state=None, eps: fl
     return _packed_call(_forward_op, (), q, k, v, cu, state, eps)
 
 
-def _packed_call(op, qkv: tuple, q, k, v, cu: list, state, eps: float):
-    """The packed forms' checks and launch: op's inputs are qkv (the projection, or none: q, k, v) and the state."""
-    if torch.compiler.is_compiling():
-        raise NotImplementedError("causal_linear_attention: cu_seqlens with backend='triton' under torch.compile: "
-                                  "not yet; run the op outside the compiled region (torch.compiler.disable)")
-    N = len(cu) - 1
+def _packed_call(op, qkv: tuple, q, k, v, cu, state, eps: float):
+    """The packed forms' checks and launch: op's inputs are qkv (the projection, or none: q, k, v) and the state.
+    cu: host ints, or a tensor of offsets (under torch.compile: its values are not read on the host)."""
+    N = (cu.shape[0] if isinstance(cu, Tensor) else len(cu)) - 1
     _, total, H, D, M, _, state = prepare(q, k, v, state, batch=N)
     check_dtype("qkv" if qkv else "q", q)
     check_available(q, k, v)
@@ -635,7 +636,8 @@ def _packed_call(op, qkv: tuple, q, k, v, cu: list, state, eps: float):
         return v.to(q.dtype).clone(), LinearAttentionState(state.kv.float(), state.k_sum.float())
     plan = _plan(D, M)
     plan[6] = 0                                        # (the walking kernels: PARALLEL's chunks are not packed)
-    cu_t = torch.tensor(cu, dtype=torch.int32).to(q.device, non_blocking=True)
+    cu_t = cu.to(q.device, torch.int32) if isinstance(cu, Tensor) else \
+        torch.tensor(cu, dtype=torch.int32).to(q.device, non_blocking=True)
     inputs = qkv or (q, k.to(q.dtype), v.to(q.dtype))
     return _apply(op, *inputs, state.kv.float().contiguous(), state.k_sum.float().contiguous(), float(eps), plan,
                   cu=cu_t)
@@ -652,6 +654,6 @@ def _runs(B: int, T: int, H: int, D: int, M: int, rows: int, plan: list) -> list
 def _apply(op, *args, cu=None):
     """The op's forward with autograd: the custom op under torch.compile (opaque to the compiler: one node per
     direction, no graph break), else the autograd Function (no dispatcher overhead). -> (y, final state).
-    cu: packed sequences' offsets (eager only: the callers refuse them under torch.compile)."""
-    y, S_T, z_T = op(*args)[:3] if torch.compiler.is_compiling() else ChunkLinearAttention.apply(*args, cu)
+    cu: packed sequences' int32 offsets on the inputs' device, or None."""
+    y, S_T, z_T = op(*args, cu)[:3] if torch.compiler.is_compiling() else ChunkLinearAttention.apply(*args, cu)
     return y, LinearAttentionState(S_T, z_T)
