@@ -518,7 +518,8 @@ def _(qkv, S0, z0, eps, plan, cu):
 
 @torch.library.custom_op("tost_edge::causal_linear_attention_qkvpacked_triton_backward", mutates_args=())
 def _backward_packed_op(dy: Tensor, gS_T: Tensor, gz_T: Tensor, qkv: Tensor, S0: Tensor, z0: Tensor, y: Tensor,
-                        den: Tensor, eps: float, plan: List[int], cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                        den: Tensor, eps: float, plan: List[int],
+                        cu: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     return _backward_packed(dy, gS_T, gz_T, qkv, S0, z0, y, den, eps, plan, cu)
 
 
