@@ -222,6 +222,9 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true",
                     help="also time TSSA and causal TSSA under torch.use_deterministic_algorithms(True) (the "
                          "schemes that sum in a fixed order: triton-deterministic rows)")
+    ap.add_argument("--packed", action="store_true",
+                    help="also time the causal ops on the batch's sequences packed end to end (cu_seqlens: "
+                         "triton-packed rows, the same work as the triton rows)")
     ap.add_argument("--ops", default="tssa,causal",
                     help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
     ap.add_argument("--only", metavar="REGEX",
@@ -388,6 +391,10 @@ def main() -> None:
             if args.deterministic:
                 variants["triton-deterministic"] = lambda: deterministic(
                     lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+            if args.packed:     # the batch's B sequences as B documents of one row: what VARLEN costs
+                cu = [i * T for i in range(B + 1)]
+                variants["triton-packed"] = lambda: causal_tssa(w.view(1, B * T, C), temp, bias, H, backend="triton",
+                                                                cu_seqlens=cu)[0]
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
             time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
@@ -408,6 +415,10 @@ def main() -> None:
             la["triton-qkv-views"] = lambda: causal_linear_attention(*qkv.unbind(2), backend="triton")[0]
             # the same projection through the packed form, which writes its gradient where it lies (no stack)
             la["triton-qkvpacked"] = lambda: causal_linear_attention_qkvpacked(qkv, backend="triton")[0]
+            if args.packed:
+                cu = [i * T for i in range(B + 1)]
+                la["triton-packed"] = lambda: causal_linear_attention_qkvpacked(
+                    qkv.view(1, B * T, 3, H, D), backend="triton", cu_seqlens=cu)[0]
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]

@@ -57,24 +57,24 @@ def batch(gen, size, seq, vocab, device):
 
 
 def packed_batch(gen, size, seq, vocab, device):
-    """size * seq inputs as documents of 1 to seq tokens end to end: (inputs [1, total], targets [total], offsets);
-    each document's targets are its own next tokens, so none crosses into the next document."""
+    """size * seq inputs as documents of 1 to seq of them, end to end (models.pack_documents: each document's
+    targets are its own next tokens, so none crosses into the next document)."""
     import torch
-    inputs, targets, cu = [], [], [0]
-    while cu[-1] < size * seq:
-        n = min(int(torch.randint(1, seq + 1, (1,), generator=gen)), size * seq - cu[-1])
-        doc = (torch.randint(0, vocab, (1,), generator=gen) + torch.arange(n + 1)) % vocab
-        inputs.append(doc[:-1])
-        targets.append(doc[1:])
-        cu.append(cu[-1] + n)
-    return torch.cat(inputs)[None].to(device), torch.cat(targets).to(device), cu
+    from tost_edge.models import pack_documents
+    docs, total = [], 0
+    while total < size * seq:
+        n = min(int(torch.randint(1, seq + 1, (1,), generator=gen)), size * seq - total)
+        docs.append((torch.randint(0, vocab, (1,), generator=gen) + torch.arange(n + 1)) % vocab)
+        total += n
+    return pack_documents(docs, device)
 
 
 def loss_of_step(model, gen, args, device):
     import torch
     if args.packed:
-        idx, targets, cu = packed_batch(gen, args.batch, args.seq, model.config.vocab_size, device)
-        return torch.nn.functional.cross_entropy(model(idx, cu_seqlens=cu)[0], targets)
+        docs = packed_batch(gen, args.batch, args.seq, model.config.vocab_size, device)
+        logits = model(docs.idx, cu_seqlens=docs.cu_seqlens)                     # [1, total, vocab]
+        return torch.nn.functional.cross_entropy(logits[0], docs.targets[0])
     x = batch(gen, args.batch, args.seq, model.config.vocab_size, device)
     logits = model(x[:, :-1])                                                # [B, T, vocab]
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())

@@ -82,9 +82,13 @@ def test_kernels_benchmark_no_other_leaves_out_the_unchosen_scheme(tmp_path):
 
 
 def test_kernels_benchmark_ops_chooses_the_rows(tmp_path):
-    smoke("kernels.py", "--ops", "causal", "--only", "T7 H2", "--no-other", out=tmp_path)
+    smoke("kernels.py", "--ops", "causal", "--only", "T7 H2", "--no-other", "--packed", out=tmp_path)
     (report,) = tmp_path.glob("kernels_*.json")
-    assert {r["op"] for r in json.loads(report.read_text())["rows"]} == {"causal_tssa", "causal_linear_attention"}
+    rows = json.loads(report.read_text())["rows"]
+    assert {r["op"] for r in rows} == {"causal_tssa", "causal_linear_attention"}
+    for op in ("causal_tssa", "causal_linear_attention"):          # --packed: the batch as documents of one row
+        assert {(op, "triton-packed", mode) for mode in ("fwd", "fwd+bwd")} <= {(r["op"], r["variant"], r["mode"])
+                                                                             for r in rows}
 
 
 def test_ncu_driver_smoke():

@@ -223,3 +223,18 @@ def test_a_packed_training_step_reads_nothing_back_from_the_device(name, monkeyp
     with DeviceReads(monkeypatch) as reads:
         m(idx, cu_seqlens=cu).float().square().mean().backward()
     assert reads.count == 0
+
+
+def test_pack_documents_pairs_each_token_with_its_next_within_its_document():
+    batch = models.pack_documents([torch.tensor([5, 6, 7]), [9], [], [1, 2]])
+    assert batch.idx.tolist() == [[5, 6, 1]] and batch.targets.tolist() == [[6, 7, 2]]
+    assert batch.cu_seqlens.tolist() == [0, 2, 2, 2, 3] and batch.cu_seqlens.dtype == torch.int32
+    assert batch.lengths.tolist() == [2, 0, 0, 1]
+    m = models.create("tost_lm_tiny").eval()
+    logits = m(batch.idx, cu_seqlens=batch.cu_seqlens)
+    torch.testing.assert_close(logits[:, :2], m(torch.tensor([[5, 6]])))
+    with pytest.raises(ValueError, match=r"docs\[1\]: expected a 1-D integer tensor or a list of ints, got "
+                                         r"torch.float32 shape \(2,\)"):
+        models.pack_documents([[1, 2], torch.zeros(2)])
+    with pytest.raises(ValueError, match=r"docs: expected at least one document, got none"):
+        models.pack_documents([])
