@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import DEVICE, assert_close
-from tests.ops.triton.test_triton_ops import check_causal_against, grads, leaf
+from tests.ops.triton.test_triton_ops import check_causal_against, check_linear_against, leaf
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
                            causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention_packed,
                            naive_causal_tssa_packed)
@@ -55,18 +55,6 @@ def test_packed_is_not_for_deterministic_mode():
     w = leaf(1, 6, 16)
     with deterministic_algorithms(), pytest.raises(RuntimeError, match=r"not under torch.use_deterministic_"):
         causal_tssa(w, torch.ones(2, device=DEVICE), None, 2, backend="triton", cu_seqlens=[0, 2, 6])
-
-
-def check_linear_against(out, ref, inputs, names):
-    """Causal linear attention's (y, final state) against the fp64 reference's, then every gradient."""
-    (y, s), (yr, sr) = out, ref
-    assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(LinearAttentionState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
-    g, _ = grads([y, *s], inputs)
-    gr, _ = grads([yr, *sr], inputs)
-    for name, a, b in zip(names, g, gr):
-        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("lengths,D,M,H,split,parallel", [

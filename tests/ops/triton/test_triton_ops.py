@@ -50,14 +50,26 @@ def check_causal_with_state(B, T, H, D, pos):
 def check_causal_against(out, ref, inputs):
     """Causal TSSA's (y, final state) against the fp64 reference's, then every gradient with respect to inputs (w,
     temp, denom_bias, the initial state's three sums)."""
+    check_state_op_against(out, ref, inputs, ["w", "temp", "bias", "S0", "A0", "P0"],
+                           lambda name: 3e-3 if name in ("temp", "bias") else 1e-4)
+
+
+def check_linear_against(out, ref, inputs, names):
+    """Causal linear attention's (y, final state) against the fp64 reference's, then every gradient with respect to
+    inputs (named `names`)."""
+    check_state_op_against(out, ref, inputs, names, lambda name: 1e-4)
+
+
+def check_state_op_against(out, ref, inputs, names, grad_tol):
+    """(y, final state: a NamedTuple) against the reference's, then the gradients of both with respect to inputs."""
     (y, s), (yr, sr) = out, ref
     assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(CausalTSSAState._fields, s, sr):
+    for name, a, b in zip(s._fields, s, sr):
         assert_close(f"state.{name}", b, a, 1e-5)
     g, _ = grads([y, *s], inputs)
     gr, _ = grads([yr, *sr], inputs)
-    for name, a, b in zip(["w", "temp", "bias", "S0", "A0", "P0"], g, gr):
-        assert_close(f"d{name}", b, a, 3e-3 if name in ("temp", "bias") else 1e-4, atol=1e-6)
+    for name, a, b in zip(names, g, gr):
+        assert_close(f"d{name}", b, a, grad_tol(name), atol=1e-6)
 
 
 @pytest.mark.parametrize("N,D,H", SIZES, ids=IDS)
@@ -257,14 +269,7 @@ def test_causal_linear_attention_forward_state_and_gradients(T, D, H, with_state
     y, s = causal_linear_attention(q, k, v, st, backend="triton")
     st64 = LinearAttentionState(*[x.double() for x in s0]) if s0 else None
     yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double(), st64)
-    assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(LinearAttentionState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
-    inputs = [q, k, v] + (s0 or [])
-    g, _ = grads([y, *s], inputs)
-    gr, _ = grads([yr, *sr], inputs)
-    for name, a, b in zip(["q", "k", "v", "kv0", "k_sum0"], g, gr):
-        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
+    check_linear_against((y, s), (yr, sr), [q, k, v] + (s0 or []), ["q", "k", "v", "kv0", "k_sum0"])
 
 
 @pytest.mark.parametrize("layout", ["qkv-views", "k-alone-strided", "v-alone-strided", "one-token", "wider-v"])
@@ -283,16 +288,10 @@ def test_causal_linear_attention_reads_inputs_where_they_lie(layout, linear_spli
         v = leaf(B, T, H, 2 * M)[..., ::2]                                  # channels 2 apart: copied
     y, s = causal_linear_attention(q, k, v, backend="triton")
     yr, sr = naive_causal_linear_attention(q.double(), k.double(), v.double())
-    assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(LinearAttentionState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
     inputs = [qkv] + ([v] if layout == "v-alone-strided" else [])
     if layout == "k-alone-strided":
         inputs = [qkv, q]
-    g, _ = grads([y, *s], inputs)
-    gr, _ = grads([yr, *sr], inputs)
-    for i, (a, b) in enumerate(zip(g, gr)):
-        assert_close(f"d input {i}", b, a, 1e-4, atol=1e-6)
+    check_linear_against((y, s), (yr, sr), inputs, ["qkv", "v" if layout == "v-alone-strided" else "q"])
 
 
 @pytest.mark.parametrize("T", [1, 37], ids=["T1", "T37"])
@@ -308,14 +307,7 @@ def test_causal_linear_attention_qkvpacked_writes_one_gradient(T, with_state, li
     assert "Unbind" not in type(y.grad_fn.next_functions[0][0]).__name__
     q, k, v = qkv.double().unbind(2)
     yr, sr = naive_causal_linear_attention(q, k, v, LinearAttentionState(*[x.double() for x in s0]) if s0 else None)
-    assert_close("y", yr, y, 1e-5)
-    for name, a, b in zip(LinearAttentionState._fields, s, sr):
-        assert_close(f"state.{name}", b, a, 1e-5)
-    inputs = [qkv] + (s0 or [])
-    g, _ = grads([y, *s], inputs)
-    gr, _ = grads([yr, *sr], inputs)
-    for name, a, b in zip(["qkv", "kv0", "k_sum0"], g, gr):
-        assert_close(f"d{name}", b, a, 1e-4, atol=1e-6)
+    check_linear_against((y, s), (yr, sr), [qkv] + (s0 or []), ["qkv", "kv0", "k_sum0"])
 
 
 def test_causal_linear_attention_qkvpacked_checks_its_input():
