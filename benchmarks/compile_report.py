@@ -334,6 +334,11 @@ def main() -> None:
                    a, nw, maxnreg=ct.BWD_MAXNREG)
     report(f"causal bwd2 cap {ct.BWD_MAXNREG} deterministic", ct._b_kernel, b_sig, {**bc, "STAGE": 2, "DET": True},
            a, ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
+    # packed sequences under deterministic mode run these three-pass kernels with the offsets (VARLEN)
+    report("causal pi packed", ct._f_pi, dict(w=bf, S_start=f32, temp=f32, bias=f32, pos="*i64", pi_out=f32, AP=f32,
+           T="i32", tmax="i32", per="i32", cu="*i32"), {**cc, "BOUNDED": True, "VARLEN": True}, a, ct.WARPS)
+    report(f"causal bwd2 cap {ct.BWD_MAXNREG} deterministic packed", ct._b_kernel, {**b_sig, "cu": "*i32"},
+           {**bc, "STAGE": 2, "DET": True, "VARLEN": True}, a, ct.BWD_WARPS, maxnreg=ct.BWD_MAXNREG)
     for nw in (ct.WARPS,) if args.quick else (4, 8):
         report("causal fused fwd", ct._f_fused, fused_fwd, {**oc, "BOUNDED": True, "PREFIX": True}, a, nw)
     for nw in (ct.BWD_WARPS,) if args.quick else (4, 8):

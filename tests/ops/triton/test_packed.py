@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import DEVICE, assert_close
-from tests.ops.triton.test_triton_ops import check_causal_against, check_linear_against, leaf
+from tests.ops.triton.test_triton_ops import check_causal_against, check_linear_against, grads, leaf
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
                            causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention_packed,
                            naive_causal_tssa_packed)
@@ -51,10 +51,30 @@ def test_packed_from_zero_state_without_positions():
         assert_close("state", b, a, 1e-5)
 
 
-def test_packed_is_not_for_deterministic_mode():
-    w = leaf(1, 6, 16)
-    with deterministic_algorithms(), pytest.raises(RuntimeError, match=r"not under torch.use_deterministic_"):
-        causal_tssa(w, torch.ones(2, device=DEVICE), None, 2, backend="triton", cu_seqlens=[0, 2, 6])
+@pytest.mark.parametrize("walk", ["tiled", "walked"])
+def test_packed_under_deterministic_mode(walk, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) packed sequences run the three-pass scheme (its scans between
+    launches in a fixed order; d temp a row a slice; d denom_bias from the stored d energy at each token's own
+    position): against fp64 one sequence at a time, and two runs bit for bit."""
+    monkeypatch.setattr(ct, "TILED", walk == "tiled")
+    monkeypatch.setattr(ct, "BWD_TILED", walk == "tiled")
+    lengths, H, D = [1, 63, 0, 130, 5], 3, 48
+    cu, N = offsets(lengths), len(lengths)
+    w, temp, bias = leaf(1, cu[-1], H * D), leaf(H, rand=True, offset=0.5), leaf(H, 150, scale=0.1)
+    s0 = [leaf(N, H, D, rand=True), leaf(N, H, D, rand=True), leaf(N, H, rand=True)]
+    pos = torch.tensor([0, 9, 2, 17, 4], device=DEVICE)
+    yr, sr = naive_causal_tssa_packed(w.double(), temp.double(), bias.double(), H, cu,
+                                      CausalTSSAState(*[x.double() for x in s0]), pos)
+    with deterministic_algorithms():
+        run = lambda: causal_tssa(w, temp, bias, H, CausalTSSAState(*s0), pos, backend="triton",  # noqa: E731
+                                  cu_seqlens=cu)
+        check_causal_against(run(), (yr, sr), [w, temp, bias, *s0])
+        runs = [run() for _ in range(2)]
+        g = [grads([y, *s], [w, temp, bias, *s0])[0] for y, s in runs]
+    assert ct._plan(N, 130, H, D, 4, torch.device(DEVICE), packed=True)[6] == 1      # (outside: the fused scheme)
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(*g):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("lengths,D,M,H,split,parallel", [

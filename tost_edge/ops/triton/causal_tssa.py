@@ -220,8 +220,11 @@ def _outputs(w, pi_in, y, A, P, b, lo, hi, T, C: tl.constexpr, D: tl.constexpr, 
 
 @triton.jit
 def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
-            BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr):
+            BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     b, k, lo, hi = _slice(T, per)
+    if VARLEN:     # as in _f_fused
+        r0, T, hi, b = _packed(cu, b, hi)
+        w += r0 * C
     so, sm = _stat(H, D, HP, BD)
     tl.store(Wsum + k * H * D + so, _wsum(w, b, lo, hi, T, C, D, H, HP, BD, BT, TILED, so, sm), mask=sm)
 
@@ -229,14 +232,18 @@ def _f_wsum(w, Wsum, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, 
 @triton.jit
 def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr, D: tl.constexpr,
           H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr,
-          TILED: tl.constexpr):
+          TILED: tl.constexpr, cu=None, VARLEN: tl.constexpr = False):
     b, k, lo, hi = _slice(T, per)
+    p0 = tl.load(pos + b)
+    if VARLEN:     # as in _f_fused
+        r0, T, hi, b = _packed(cu, b, hi)
+        w += r0 * C
+        pi_out += r0 * H
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     S = tl.load(S_start + k * H * D + so, mask=sm, other=0.0)
     tv = tl.load(temp + hc, mask=hc < H, other=0.0)
-    A, P = _pi_sums(w, S, tv, bias, tl.load(pos + b), pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED,
-                    TILED, so, sm)
+    A, P = _pi_sums(w, S, tv, bias, p0, pi_out, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, TILED, so, sm)
     tl.store(AP + k * (H * D + H) + so, A, mask=sm)
     tl.store(AP + k * (H * D + H) + H * D + hc, P, mask=hc < H)
 
@@ -244,8 +251,13 @@ def _f_pi(w, S_start, temp, bias, pos, pi_out, AP, T, tmax, per, C: tl.constexpr
 @triton.jit
 def _f_out(w, pi_in, AP_start, y, T, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr,
            HP: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, TILED: tl.constexpr,
-           P_CHANNELS: tl.constexpr = False):
+           P_CHANNELS: tl.constexpr = False, cu=None, VARLEN: tl.constexpr = False):
     b, k, lo, hi = _slice(T, per)
+    if VARLEN:     # as in _f_fused
+        r0, T, hi, b = _packed(cu, b, hi)
+        w += r0 * C
+        pi_in += r0 * H
+        y += r0 * C
     so, sm = _stat(H, D, HP, BD)
     hc = tl.arange(0, HP)
     A = tl.load(AP_start + k * (H * D + H) + so, mask=sm, other=0.0)
@@ -415,9 +427,18 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
               gbias, dw, T, tmax, per, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
               BD: tl.constexpr, BT: tl.constexpr, BOUNDED: tl.constexpr, PI_STORED: tl.constexpr,
               STAGE: tl.constexpr, TILED: tl.constexpr, PAIR: tl.constexpr, SPLIT_PI: tl.constexpr,
-              DET: tl.constexpr = False):
+              DET: tl.constexpr = False, cu=None, VARLEN: tl.constexpr = False):
     # One stage of _b_walk per launch; the gradients flowing in after each slice come from _slice_scan.
     b, k, lo, hi = _slice(T, per)
+    p0 = tl.load(pos + b)
+    if VARLEN:     # as in _b_fused
+        r0, T, hi, b = _packed(cu, b, hi)
+        w += r0 * C
+        gy += r0 * C
+        pi_in += r0 * (H if PI_STORED else C)
+        ge_io += r0 * H
+        gpi_io += r0 * H
+        dw += r0 * C
     if DET:                                         # d temp a row a slice ([B * NT, H]), summed by the host
         gtemp += k * H
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
@@ -438,7 +459,7 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
         Rc = tl.load(Rc_end + k * H * D + so, mask=sm, other=0.0).to(tl.float64) \
             + tl.load(GC + k * H * D + so, mask=sm, other=0.0)
     GA, GP, GCs = _b_stage(w, gy, pi_in, ge_io, gpi_io, bias, gtemp, gbias, dw, S, A, P, Ra, Rp, Rc, tv,
-                           tl.load(pos + b), b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED,
+                           p0, b, lo, hi, T, tmax, C, D, H, HP, BD, BT, BOUNDED, PI_STORED, STAGE, TILED,
                            PAIR, SPLIT_PI, so, sm)
     if STAGE == 1:
         tl.store(GAP + k * F + so, GA, mask=sm)
@@ -735,7 +756,7 @@ def _plan(B: int, T: int, H: int, D: int, itemsize: int, device: torch.device | 
     bwd_tokens = _bwd_tokens(T, BT, min(_tile_tokens(HP, BD, bwd_opts["num_warps"], 32), walk_cap))
     # deterministic: the three-pass scheme in one group (decoupled look-back sums a slice's predecessors in the
     # order they finish), d temp a row a slice and d denom_bias from the stored d energy (_backward)
-    # packed sequences (cu_seqlens): the fused scheme, the whole batch in one launch
+    # packed sequences (cu_seqlens): the fused scheme (deterministic: the three-pass one), the whole batch at once
     return [BD, HP, BT, NT, per, bwd_tokens, int((FUSED or packed) and not det), int(tiled), int(bwd_tiled),
             int(SAVE_PI), 0 if det or packed else L2_GROUP, int(LOOKBACK_PREFIX), opts["num_warps"],
             opts.get("maxnreg", 0), bwd_opts["num_warps"], bwd_opts.get("maxnreg", 0), fp64, 0, 0, int(BWD_SPLIT_PI),
@@ -781,13 +802,14 @@ def _forward(w, temp, bias, pos, S0, A0, P0, H: int, bounded: bool, plan: list, 
                                  P_CHANNELS=p_ch, VARLEN=cu is not None, **opts)
             continue
         grid = (nb, NT)
-        _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, bool(tiled), **opts)
+        varlen = {} if cu is None else dict(cu=cu, VARLEN=True)        # (packed: one group, no L2 grouping)
+        _f_wsum[grid](g(w), g(Wsum), T, per, C, D, H, HP, BD, BT, bool(tiled), **varlen, **opts)
         _scan(g(Wsum), g(S0), None, g(S_start), g(S_T))
         _f_pi[grid](g(w), g(S_start), temp, bias, g(pos), g(pi), g(AP), T, tmax, per, C, D, H, HP, BD, BT,
-                    bounded, bool(tiled), **opts)
+                    bounded, bool(tiled), **varlen, **opts)
         _scan(g(AP), g(A0), g(P0), g(AP_start), g(A_T), g(P_T))
         _f_out[grid](g(w), g(pi), g(AP_start), g(y), T, per, C, D, H, HP, BD, BT, bool(tiled), P_CHANNELS=p_ch,
-                     **opts)
+                     **varlen, **opts)
     return y, S_T, A_T, P_T, pi if save_pi else pi.new_empty(0), S_start, AP_start
 
 
@@ -857,18 +879,25 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
         tail = (gT if det else gtemp, scratch if det else gbias, g(dw), T, tmax, per, C, D, H, HP, BD, BT, bounded,
                 stored)
         tiled = bool(tiled)
-        stage = [(*args, g(GAP), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 1, tiled, pair, bool(split)),
-                 (*args, g(R_end), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 2, tiled, pair, bool(split)),
-                 (*args, g(R_end), g(Rc_end), g(ge), g(gpi), g(GAP), g(GC), *tail, 3, tiled, pair, bool(split))]
-        _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts), DET=bool(det))
+        # (packed: DET, the offsets and VARLEN positional, so that unspilled's key holds the offsets' dtype)
+        last = (bool(det),) if cu is None else (bool(det), cu, True)
+        stage = [(*args, g(GAP), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 1, tiled, pair, bool(split), *last),
+                 (*args, g(R_end), g(GC), g(ge), g(gpi), g(GAP), g(GC), *tail, 2, tiled, pair, bool(split), *last),
+                 (*args, g(R_end), g(Rc_end), g(ge), g(gpi), g(GAP), g(GC), *tail, 3, tiled, pair, bool(split), *last)]
+        _b_kernel[grid](*stage[0], **unspilled(_b_kernel, grid, stage[0], opts))
         _scan(g(GAP), g(gA_T), g(gP_T), g(R_end), g(gA0), g(gP0), reverse=True)  # flowing in after each slice
-        _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts), DET=bool(det))
+        _b_kernel[grid](*stage[1], **unspilled(_b_kernel, grid, stage[1], opts))
         _scan(g(GC), g(gS_T), None, g(Rc_end), g(gS0), reverse=True)
-        _b_kernel[grid](*stage[2], **unspilled(_b_kernel, grid, stage[2], opts), DET=bool(det))
+        _b_kernel[grid](*stage[2], **unspilled(_b_kernel, grid, stage[2], opts))
         if det:
             torch.sum(gT, 0, out=gtemp)
             if bounded:       # d denom_bias[h, pos_b + t] = D * sum over b of d energy[b, t, h], in a fixed order
-                at = g(pos)[:, None, None] + torch.arange(T, device=dev)[None, :, None]              # [B, T, 1]
+                if cu is None:
+                    at = g(pos)[:, None, None] + torch.arange(T, device=dev)[None, :, None]          # [B, T, 1]
+                else:         # packed: a token's sequence's start position plus its place in the sequence
+                    row = torch.arange(w.shape[1], device=dev)
+                    seq = torch.searchsorted(cu[1:], row.to(cu.dtype), right=True)
+                    at = (pos[seq] + row - cu[seq])[None, :, None]                            # [1, total, 1]
                 with deterministic_algorithms():     # (whatever the flag is by now: the plan chose this scheme)
                     gbias.index_put_((torch.arange(H, device=dev)[None, None, :], at), D * g(ge), accumulate=True)
     return dw, gtemp, gbias, gS0, gA0, gP0
@@ -1007,10 +1036,6 @@ def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state=None, po
     read on the host, which needs max_seqlen), each from its own state and position. max_seqlen: at least the
     longest sequence's length (the launch is sized for it; its slices past a shorter sequence's end walk nothing)."""
     compiling = torch.compiler.is_compiling()
-    if torch.are_deterministic_algorithms_enabled():
-        raise RuntimeError("causal_tssa: cu_seqlens with backend='triton' runs the fused scheme, whose look-back is "
-                           "not deterministic: not under torch.use_deterministic_algorithms(True); use the padded "
-                           "form [B, T, C] there")
     on_host = not isinstance(cu, Tensor)
     N, C = (len(cu) if on_host else cu.shape[0]) - 1, w.shape[2]
     _, _, H, D, temp, bias, state, pos = prepare(w.new_empty((N, 0, C)), temp, denom_bias, num_heads, state, pos0,
@@ -1045,7 +1070,8 @@ def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state=None, po
     temp = temp.float().contiguous()
     bias_t = bias.float() if bounded else temp.view(H, 1)
     plan = _plan(N, T, H, D, w.element_size(), w.device, packed=True)
-    state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 0 if compiling else 1 + 2 * N * plan[3])
+    state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 1 + 2 * N * plan[3] if plan[6] and not
+                                    compiling else 0)
     cu_t = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True) if on_host else \
         cu.to(w.device, torch.int32)
     args = (w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(), *(s.float().contiguous() for s in state), H,
