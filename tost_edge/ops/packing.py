@@ -13,8 +13,8 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
                    layout: str = "[1, total, C]") -> Union[List[int], torch.Tensor]:
     """cu_seqlens (a 1-D integer tensor or a sequence of ints) checked against x (`layout`, the sequences packed
     along its second axis), as host ints. A CUDA tensor is read back once. Under torch.compile a tensor stays one
-    (its shape and dtype checked, its values not: reading them would end the graph) and its values are the caller's
-    to get right; host ints there are constants of the graph (a new graph for other offsets)."""
+    (reading it would end the graph): its shape and dtype are checked on the host and its values on the device by an
+    asynchronous assert; host ints there are constants of the graph (a new graph for other offsets)."""
     if x.dim() != layout.count(",") + 1 or x.shape[0] != 1:
         fail(name, f"shape {layout} with cu_seqlens (the sequences packed end to end)", f"shape {tuple(x.shape)}")
     if isinstance(cu_seqlens, torch.Tensor):
@@ -23,6 +23,11 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
         if torch.compiler.is_compiling():
             if cu_seqlens.shape[0] < 2:
                 fail("cu_seqlens", "N + 1 offsets, N at least 1", f"shape {tuple(cu_seqlens.shape)}")
+            # checked where they lie, without a wait: bad offsets stop the run (a device-side assert on a GPU) before
+            # a kernel addresses tokens past the tensor's end
+            ok = (cu_seqlens[0] == 0) & (cu_seqlens[-1] == x.shape[1]) & (cu_seqlens.diff() >= 0).all()
+            torch._assert_async(ok, f"cu_seqlens: expected N + 1 offsets from 0 to {name}.shape[1], never "
+                                    "decreasing (checked on the device under torch.compile)")
             return cu_seqlens
         cu = cu_seqlens.tolist()
     else:

@@ -216,6 +216,17 @@ def test_packed_ops_compile_once_for_any_offsets(op):
     assert _nodes(lambda *xs: fn(*xs, cu), inputs) == [CASES[op][1] + ".default"]
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="a device-side assert ends the CUDA context (this checks the message)")
+@pytest.mark.parametrize("offsets", [[0, 9, 30], [0, 9, 7, 23], [1, 9, 23]], ids=["past-the-end", "decreasing",
+                                                                                    "not-from-0"])
+def test_packed_offsets_under_compile_are_checked_on_the_device(offsets):
+    inputs, fn = _packed_fn("causal_linear_attention")
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    with pytest.raises(RuntimeError, match=r"cu_seqlens: expected N \+ 1 offsets from 0 to q.shape\[1\], never "
+                                           r"decreasing \(checked on the device under torch.compile\)"):
+        compiled(*inputs, torch.tensor(offsets))
+
+
 def test_packed_causal_tssa_under_compile_needs_max_seqlen():
     w = torch.randn(1, 6, 32, device=DEVICE)
 
