@@ -338,7 +338,11 @@ class CausalLM(Checkpointed, nn.Module):
             packed = packed._replace(max_seqlen=self.config.block_size)    # (no document is longer)
         x = self._embed(idx)                                                     # [1, total, C]
         if not self.config.unbounded:                  # each document's positions from 0
-            x = x + self.transformer.wpe(packed.positions(x.shape[1], x.device))
+            at = packed.positions(x.shape[1], x.device)
+            if not on_host:                            # (offsets on the device: checked there, without a wait)
+                torch._assert_async((at < self.config.block_size).all(), "cu_seqlens: a document longer than "
+                                    f"block_size={self.config.block_size} (the model's position tables)")
+            x = x + self.transformer.wpe(at)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x, _ = self._block(block, x, None, 0, packed)

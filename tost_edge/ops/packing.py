@@ -38,6 +38,13 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
     return cu
 
 
-def host_offsets(cu) -> List[int]:
-    """Offsets as host ints (the references slice with them): a tensor is read back."""
-    return cu.tolist() if isinstance(cu, torch.Tensor) else list(cu)
+def host_offsets(cu, op: str) -> List[int]:
+    """Offsets as host ints (the references slice with them): a tensor is read back, which torch.compile cannot
+    do inside a graph."""
+    if isinstance(cu, torch.Tensor):
+        if torch.compiler.is_compiling():
+            raise ValueError(f"{op}: cu_seqlens as a tensor under torch.compile needs backend='triton' (the torch "
+                             "reference slices the documents on the host; a list of ints works, one graph per "
+                             "offsets)")
+        return cu.tolist()
+    return list(cu)

@@ -227,6 +227,24 @@ def test_packed_offsets_under_compile_are_checked_on_the_device(offsets):
         compiled(*inputs, torch.tensor(offsets))
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="a device-side assert ends the CUDA context (this checks the message)")
+def test_compiled_lm_checks_its_documents_fit_the_position_tables_on_the_device():
+    model = models.create("linear_lm_tiny", n_layer=1, n_embd=32, n_head=2, block_size=8).set_backend("triton")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 256, (1, 12))
+    compiled(idx, cu_seqlens=torch.tensor([0, 6, 12]))
+    with pytest.raises(RuntimeError, match=r"cu_seqlens: a document longer than block_size=8"):
+        compiled(idx, cu_seqlens=torch.tensor([0, 3, 12]))
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
+def test_torch_backend_under_compile_says_it_needs_host_offsets(name):
+    model = models.create(name, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"cu_seqlens as a tensor under torch.compile needs backend='triton'"):
+        compiled(torch.randint(0, 256, (1, 12)), cu_seqlens=torch.tensor([0, 6, 12]))
+
+
 def test_packed_causal_tssa_under_compile_needs_max_seqlen():
     w = torch.randn(1, 6, 32, device=DEVICE)
 

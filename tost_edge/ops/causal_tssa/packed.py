@@ -17,7 +17,7 @@ def naive_causal_tssa_packed(w, temp, denom_bias, num_heads: int, cu: List[int],
                              state: Optional[CausalTSSAState] = None, pos0=0):
     """naive_causal_tssa of each packed sequence alone (cu: checked host offsets). w: [1, total, C]; state: [N, H, D],
     [N, H, D], [N, H] or None; pos0: int or [N]. Returns (y [1, total, C], state [N, ...])."""
-    cu = host_offsets(cu)
+    cu = host_offsets(cu, "causal_tssa")
     N = len(cu) - 1
     if isinstance(pos0, torch.Tensor) and pos0.dim() == 1 and pos0.shape[0] != N:
         fail("pos0", f"an int or an integer tensor of shape ({N},)", f"shape {tuple(pos0.shape)}")

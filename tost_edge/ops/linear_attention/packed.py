@@ -16,7 +16,7 @@ def naive_causal_linear_attention_packed(q, k, v, cu: List[int], state: Optional
     """naive_causal_linear_attention of each packed sequence alone (cu: checked host offsets). q, k: [1, total, H, D],
     v: [1, total, H, M]; state: (kv [N, H, D, M], k_sum [N, H, D]) or None.
     Returns (y [1, total, H, M], state [N, ...])."""
-    cu = host_offsets(cu)
+    cu = host_offsets(cu, "causal_linear_attention")
     N = len(cu) - 1
     *_, sdt, state = prepare(q, k, v, state, batch=N)
     ys, states = [], []

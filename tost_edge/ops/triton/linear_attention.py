@@ -613,7 +613,8 @@ def triton_causal_linear_attention_qkvpacked(qkv, state=None, eps: float = 1e-6,
 def triton_causal_linear_attention_packed(q, k, v, cu: list, state=None, eps: float = 1e-6):
     """Causal linear attention of packed sequences (the contract of tost_edge.ops.causal_linear_attention with
     cu_seqlens): q, k [1, total, H, D], v [1, total, H, M], sequence b its tokens [cu[b], cu[b + 1]) (cu: checked host
-    ints), each from its own state (kv [N, H, D, M], k_sum [N, H, D]). One launch a kernel walks every sequence: a
+    ints, or under torch.compile a tensor checked on the device), each from its own state (kv [N, H, D, M], k_sum
+    [N, H, D]). One launch a kernel walks every sequence: a
     program per (sequence, head), its token pointers offset to the sequence's first row (the chunks-in-parallel
     scheme, PARALLEL, does not apply)."""
     return _packed_call(_forward_op, (), q, k, v, cu, state, eps)
