@@ -4,12 +4,16 @@ backends side by side in one run, against the softmax baseline of the same size 
     python benchmarks/train_step.py --out benchmarks/results                  # LM at T 1024 and 4096, vision
     python benchmarks/train_step.py --seq 4096 --batch 4 --compile           # also torch.compile of each model
     python benchmarks/train_step.py --seq 16384 --vision none --checkpointing  # also with activation checkpointing
+    python benchmarks/train_step.py --vision none --packed                   # also documents packed end to end
     TRITON_INTERPRET=1 python benchmarks/train_step.py --smoke --out /tmp/t   # CPU check of this script
 
 bf16 autocast, fp32 parameters; the median of ten timed steps (CUDA events, after two untimed ones that compile and
 autotune) of a whole step (gradients zeroed, forward, loss,
 backward, optimizer step), tokens (images) per second, peak memory, and each row's speed against the first row of
 its shape measured in the same run. A variant that runs out of memory is reported as such, and the next one runs.
+--packed adds "LM packed" rows: the same B x T tokens a step as documents of 1 to T tokens (uniformly drawn) packed
+into one row (models.pack_documents, cu_seqlens), for the Triton backends, beside the [B, T] rows; a padded batch of
+those documents would hold T tokens for each.
 """
 from __future__ import annotations
 
@@ -41,7 +45,10 @@ def step_fn(model, batch, dev):
     def step():
         opt.zero_grad(set_to_none=True)
         with amp:
-            if isinstance(batch, tuple):
+            if isinstance(batch, models.PackedDocuments):
+                logits = model(batch.idx, cu_seqlens=batch.cu_seqlens)                  # [1, total, vocab]
+                loss = torch.nn.functional.cross_entropy(logits[0].float(), batch.targets[0])
+            elif isinstance(batch, tuple):
                 loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
             else:
                 logits = model(batch[:, :-1])                                           # [B, T, vocab]
@@ -49,6 +56,16 @@ def step_fn(model, batch, dev):
         loss.backward()
         opt.step()
     return step
+
+
+def documents(gen, tokens: int, longest: int, dev) -> models.PackedDocuments:
+    """`tokens` next-token pairs as documents of 1 to `longest` of them (uniform lengths), packed end to end."""
+    docs, total = [], 0
+    while total < tokens:
+        n = min(int(torch.randint(1, longest + 1, (1,), generator=gen)), tokens - total)
+        docs.append(torch.randint(0, 256, (n + 1,), generator=gen))
+        total += n
+    return models.pack_documents(docs, dev)
 
 
 def timed(step, dev, steps=10):
@@ -115,6 +132,8 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true",
                     help="also time each model with activation checkpointing (model.set_checkpointing(True)): its "
                          "blocks' activations recomputed in the backward pass, for less peak memory")
+    ap.add_argument("--packed", action="store_true",
+                    help="also time the LMs on the step's tokens as documents of 1 to T tokens packed end to end")
     ap.add_argument("--out", default="benchmarks/results")
     smoke.add_flag(ap)
     args = ap.parse_args()
@@ -136,6 +155,16 @@ def main() -> None:
         lm = {k: (v[0].format(size=size), v[1]) for k, v in LM.items()}
         run("LM", {"B": batch, "T": T}, lm, lambda: torch.randint(0, 256, (batch, T + 1), generator=gen).to(dev),
             batch * T, dev, args.compile, args.checkpointing, rows)
+        if args.packed:
+            packed = {k: v for k, v in lm.items() if v[1] == "triton"}
+            run("LM packed", {"B": batch, "T": T}, packed, lambda: documents(gen, batch * T, T, dev), batch * T, dev,
+                args.compile, args.checkpointing, rows)
+            for row in rows:    # each packed row against the same model's [B, T] row: what packing costs or saves
+                same = [r for r in rows if r["model"] == "LM" and r["shape"] == row["shape"] and
+                        r["variant"] == row["variant"] and r["step_ms"] == r["step_ms"]]
+                if row["model"] == "LM packed" and same and row["step_ms"] == row["step_ms"]:
+                    row["speed_vs_unpacked"] = same[0]["step_ms"] / row["step_ms"]
+                    print(f"  packed {row['variant']}: {row['speed_vs_unpacked']:.2f}x the [B, T] step's speed")
     if vision and vision != "none":
         config = models.create(f"tost_cab_{vision}").config
         px, classes = config["img_size"], config["num_classes"]

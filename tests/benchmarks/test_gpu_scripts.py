@@ -138,6 +138,14 @@ def test_train_step_smoke(tmp_path):
     assert rows[("LM", "softmax (SDPA)")]["speed_vs_first"] == 1.0
 
 
+def test_train_step_smoke_on_packed_documents(tmp_path):
+    smoke("train_step.py", "--packed", out=tmp_path)
+    rows = json.loads((tmp_path / "train_step_CPU_smoke_check.json").read_text())["rows"]
+    packed = {r["variant"] for r in rows if r["model"] == "LM packed"}
+    assert packed == {"ToST, Triton", "linear attention, Triton"}, packed
+    assert all(r["step_ms"] > 0 and r["speed_vs_unpacked"] > 0 for r in rows if r["model"] == "LM packed")
+
+
 def test_sweep_chooses_by_the_graph_timing(monkeypatch):
     """Plain timings carry the host's noise; the CUDA-graph one chooses, the plain one only where capture failed."""
     import torch
