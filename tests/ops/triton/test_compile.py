@@ -313,6 +313,18 @@ def test_compiled_lm_on_packed_documents_compiles_once(name):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
+def test_dynamic_shapes_compile_a_packed_model_once(name):
+    """torch.compile(dynamic=True) on packed documents: one graph for rows of other totals and document counts."""
+    model = models.create(name, n_layer=1, n_embd=32, n_head=2, block_size=32).to(DEVICE).set_backend("triton")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    counters.clear()
+    for offsets in ([0, 7, 7, 23], [0, 10, 12, 30, 31], [0, 20, 41]):
+        idx, cu = torch.randint(0, 256, (1, offsets[-1]), device=DEVICE), torch.tensor(offsets, device=DEVICE)
+        torch.testing.assert_close(compiled(idx, cu_seqlens=cu), model(idx, cu_seqlens=cu), **SAME)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny", "tost_cab_test"])
 def test_dynamic_shapes_compile_a_model_once(name):
     """A whole model under torch.compile(dynamic=True): one graph for three lengths (LMs) or batch sizes (vision)."""
