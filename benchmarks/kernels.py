@@ -68,6 +68,15 @@ def official_causal_tssa(w, temp, bias, H):
     return y.transpose(1, 2).reshape(B, T, C)
 
 
+def mixed_offsets(tokens: int, longest: int) -> list:
+    """Offsets of documents of 1 to `longest` tokens (uniform, a fixed draw), `tokens` in all: --packed's mixed rows
+    (their GB/s count the documents' own tokens, the padded row's too)."""
+    gen, cu = torch.Generator().manual_seed(0), [0]
+    while cu[-1] < tokens:
+        cu.append(cu[-1] + min(int(torch.randint(1, longest + 1, (1,), generator=gen)), tokens - cu[-1]))
+    return cu
+
+
 def bench(fn, backward: bool, inputs, graph=False):
     """Median ms and peak extra memory (MiB) of fn (forward, or forward + backward); graph: replayed from a CUDA
     graph (no host time; the peak memory is not measured then)."""
@@ -224,7 +233,9 @@ def main() -> None:
                          "schemes that sum in a fixed order: triton-deterministic rows)")
     ap.add_argument("--packed", action="store_true",
                     help="also time the causal ops on the batch's sequences packed end to end (cu_seqlens: "
-                         "triton-packed rows, the same work as the triton rows)")
+                         "triton-packed rows, the same work as the triton rows), and on B x T tokens of documents of "
+                         "1 to T tokens packed into one row (triton-packed-mixed) or padded to T each "
+                         "(triton-padded-mixed)")
     ap.add_argument("--ops", default="tssa,causal",
                     help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
     ap.add_argument("--only", metavar="REGEX",
@@ -391,13 +402,21 @@ def main() -> None:
             if args.deterministic:
                 variants["triton-deterministic"] = lambda: deterministic(
                     lambda: causal_tssa(w, temp, bias, H, backend="triton")[0])
+            extra = []
             if args.packed:     # the batch's B sequences as B documents of one row: what VARLEN costs
                 cu = [i * T for i in range(B + 1)]
                 variants["triton-packed"] = lambda: causal_tssa(w.view(1, B * T, C), temp, bias, H, backend="triton",
                                                                 cu_seqlens=cu)[0]
+                # documents of 1 to T tokens, B * T in all: packed into one row, and padded to T each
+                mixed = mixed_offsets(B * T, T)
+                extra = [torch.randn(1, B * T, C, device=dev, dtype=dt, requires_grad=True),
+                         torch.randn(len(mixed) - 1, T, C, device=dev, dtype=dt, requires_grad=True)]
+                variants["triton-packed-mixed"] = lambda: causal_tssa(extra[0], temp, bias, H, backend="triton",
+                                                                      cu_seqlens=mixed)[0]
+                variants["triton-padded-mixed"] = lambda: causal_tssa(extra[1], temp, bias, H, backend="triton")[0]
             if compile_causal is not None and (T, H) == (4096, 12):
                 variants["compile"] = lambda: compile_causal(w, temp.to(dt), bias.to(dt), H)
-            time_variants("causal_tssa", shape, variants, [w, temp, bias], (2, 5), nb)
+            time_variants("causal_tssa", shape, variants, [w, temp, bias, *extra], (2, 5), nb)
             if args.profile:
                 profiles[f"causal_tssa {shape}"] = profile(f"causal_tssa {shape}", variants["triton"], [w, temp, bias])
                 for variant in [v for v in variants if v in ("triton-tiled", "triton-walk", "triton-chunked")]:
@@ -415,14 +434,21 @@ def main() -> None:
             la["triton-qkv-views"] = lambda: causal_linear_attention(*qkv.unbind(2), backend="triton")[0]
             # the same projection through the packed form, which writes its gradient where it lies (no stack)
             la["triton-qkvpacked"] = lambda: causal_linear_attention_qkvpacked(qkv, backend="triton")[0]
+            extra = []
             if args.packed:
                 cu = [i * T for i in range(B + 1)]
                 la["triton-packed"] = lambda: causal_linear_attention_qkvpacked(
                     qkv.view(1, B * T, 3, H, D), backend="triton", cu_seqlens=cu)[0]
+                mixed = mixed_offsets(B * T, T)
+                extra = [torch.randn(1, B * T, 3, H, D, device=dev, dtype=dt, requires_grad=True),
+                         torch.randn(len(mixed) - 1, T, 3, H, D, device=dev, dtype=dt, requires_grad=True)]
+                la["triton-packed-mixed"] = lambda: causal_linear_attention_qkvpacked(extra[0], backend="triton",
+                                                                                      cu_seqlens=mixed)[0]
+                la["triton-padded-mixed"] = lambda: causal_linear_attention_qkvpacked(extra[1], backend="triton")[0]
             if chunk_linear_attn is not None:
                 la["fla-chunk"] = lambda: chunk_linear_attn(q=F.elu(q) + 1, k=F.elu(k_) + 1, v=v, scale=1.0,
                                                             normalize=True, output_final_state=True)[0]
-            time_variants("causal_linear_attention", shape, la, [q, k_, v, qkv], (4, 11), nb)
+            time_variants("causal_linear_attention", shape, la, [q, k_, v, qkv, *extra], (4, 11), nb)
             if args.profile:
                 for variant, fn in la.items():
                     label = f"causal_linear_attention {variant} {shape}"

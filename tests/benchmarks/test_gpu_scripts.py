@@ -87,8 +87,9 @@ def test_kernels_benchmark_ops_chooses_the_rows(tmp_path):
     rows = json.loads(report.read_text())["rows"]
     assert {r["op"] for r in rows} == {"causal_tssa", "causal_linear_attention"}
     for op in ("causal_tssa", "causal_linear_attention"):          # --packed: the batch as documents of one row
-        assert {(op, "triton-packed", mode) for mode in ("fwd", "fwd+bwd")} <= {(r["op"], r["variant"], r["mode"])
-                                                                             for r in rows}
+        for variant in ("triton-packed", "triton-packed-mixed", "triton-padded-mixed"):
+            assert {(op, variant, mode) for mode in ("fwd", "fwd+bwd")} <= {(r["op"], r["variant"], r["mode"])
+                                                                           for r in rows}
 
 
 def test_ncu_driver_smoke():
