@@ -238,3 +238,17 @@ def test_pack_documents_pairs_each_token_with_its_next_within_its_document():
         models.pack_documents([[1, 2], torch.zeros(2)])
     with pytest.raises(ValueError, match=r"docs: expected at least one document, got none"):
         models.pack_documents([])
+
+
+def test_pack_rows_fills_rows_of_equal_size_cutting_documents_where_they_must():
+    docs = [list(range(10)), [50, 51], [60], list(range(100, 107))]        # 9, 1, 0 and 6 next-token pairs
+    rows = list(models.pack_rows(docs, tokens=4, max_len=3))
+    assert [r.idx.shape[1] for r in rows] == [4, 4, 4, 4]                   # 16 pairs in all
+    pairs = [(i, t) for r in rows for i, t in zip(r.idx[0].tolist(), r.targets[0].tolist())]
+    expected = [(a, b) for d in docs for a, b in zip(d, d[1:])]
+    assert pairs == expected                                                # every pair once, in order
+    assert all(int(r.lengths.max()) <= 3 for r in rows)                     # pieces of at most max_len
+    assert [r.cu_seqlens.tolist() for r in rows] == [[0, 3, 4], [0, 3, 4], [0, 1, 2, 4], [0, 3, 4]]
+    assert [r.idx.shape[1] for r in models.pack_rows(docs, tokens=5)] == [5, 5, 5, 1]   # the last row shorter
+    with pytest.raises(ValueError, match=r"tokens: expected at least 1 next-token pair a row, got 0"):
+        next(models.pack_rows(docs, tokens=0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import List
 
 from .lm import GPTLM, CausalLM, LinearAttentionLM, LMConfig, ToSTLM, ToSTLMConfig
-from .packing import PackedDocuments, pack_documents
+from .packing import PackedDocuments, pack_documents, pack_rows
 from .registry import REGISTRY
 from .video import ToSTVideo
 from .vision import ToSTVision
@@ -43,4 +43,5 @@ def create(name: str, **overrides):
 
 
 __all__ = ["create", "list_models", "REGISTRY", "ToSTVision", "ToSTLM", "ToSTLMConfig", "LMConfig", "CausalLM",
-           "LinearAttentionLM", "GPTLM", "ToSTVideo", "pack_documents", "PackedDocuments"]
+           "LinearAttentionLM", "GPTLM", "ToSTVideo", "pack_documents", "pack_rows",
+           "PackedDocuments"]

@@ -4,12 +4,15 @@
     logits = model(batch.idx, cu_seqlens=batch.cu_seqlens)                       # [1, total, V]
     loss = F.cross_entropy(logits[0], batch.targets[0])
 
+    for batch in pack_rows(documents, tokens=8192, max_len=model.config.block_size):   # a stream, rows of 8192
+        ...
+
 Each document runs from position 0 and attends within itself only (the models' cu_seqlens); its inputs are all its
 tokens but the last and its targets all but the first, so no target crosses into the next document.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -45,3 +48,31 @@ def pack_documents(docs: Sequence[Union[torch.Tensor, Sequence[int]]], device=No
     idx = torch.cat([t[:-1].to(device) for t in seqs])
     targets = torch.cat([t[1:].to(device) for t in seqs])
     return PackedDocuments(idx[None], targets[None], cu.to(device))
+
+
+def pack_rows(docs: Iterable[Union[torch.Tensor, Sequence[int]]], tokens: int, max_len: Optional[int] = None,
+              device=None) -> Iterator[PackedDocuments]:
+    """A stream of documents packed into rows of exactly `tokens` next-token pairs each (the last row may be shorter),
+    so that every step has the same shape. A document longer than `max_len` pairs (a model's block_size) is cut into
+    pieces of at most max_len, and one that does not fit the rest of a row is cut there and goes on in the next;
+    each piece runs as a document of its own, from position 0."""
+    if tokens < 1:
+        raise ValueError(f"tokens: expected at least 1 next-token pair a row, got {tokens}")
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len: expected at least 1, got {max_len}")
+    row: List[torch.Tensor] = []
+    room = tokens
+    for i, d in enumerate(docs):
+        t = d if isinstance(d, torch.Tensor) else torch.tensor(list(d), dtype=torch.long)
+        if t.dim() != 1:
+            raise ValueError(f"docs[{i}]: expected a 1-D sequence of token ids, got shape {tuple(t.shape)}")
+        start, pairs = 0, len(t) - 1
+        while start < pairs:
+            n = min(pairs - start, room, max_len or pairs)
+            row.append(t[start:start + n + 1])          # n pairs: inputs start..start+n-1, targets one on
+            start, room = start + n, room - n
+            if room == 0:
+                yield pack_documents(row, device)
+                row, room = [], tokens
+    if row:
+        yield pack_documents(row, device)
