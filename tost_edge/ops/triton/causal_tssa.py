@@ -432,13 +432,8 @@ def _b_kernel(w, gy, pi_in, S_start, AP_start, temp, bias, pos, R_end, Rc_end, g
     b, k, lo, hi = _slice(T, per)
     p0 = tl.load(pos + b)
     if VARLEN:     # as in _b_fused
-        r0, T, hi, b = _packed(cu, b, hi)
-        w += r0 * C
-        gy += r0 * C
-        pi_in += r0 * (H if PI_STORED else C)
-        ge_io += r0 * H
-        gpi_io += r0 * H
-        dw += r0 * C
+        T, hi, b, w, gy, pi_in, ge_io, gpi_io, dw = _packed_backward(cu, b, hi, w, gy, pi_in, ge_io, gpi_io, dw, C, H,
+                                                                     PI_STORED)
     if DET:                                         # d temp a row a slice ([B * NT, H]), summed by the host
         gtemp += k * H
     F: tl.constexpr = H * D + H                     # packed rows of the A|P and dA|dP buffers
@@ -571,6 +566,15 @@ def _packed(cu, b, hi):
 
 
 @triton.jit
+def _packed_backward(cu, b, hi, w, gy, pi_in, ge_io, gpi_io, dw, C: tl.constexpr, H: tl.constexpr,
+                     PI_STORED: tl.constexpr):
+    """_packed for the backward kernels, with their token pointers offset to sequence b's first row."""
+    r0, T, hi, bt = _packed(cu, b, hi)
+    return (T, hi, bt, w + r0 * C, gy + r0 * C, pi_in + r0 * (H if PI_STORED else C), ge_io + r0 * H, gpi_io + r0 * H,
+            dw + r0 * C)
+
+
+@triton.jit
 def _f_fused(w, temp, bias, pos, S0, A0, P0, pi, y, S_start, AP_start, S_T, A_T, P_T, sync, part, T, tmax, per, NS,
              cu, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr,
              BT: tl.constexpr, BOUNDED: tl.constexpr, PREFIX: tl.constexpr, TILED: tl.constexpr,
@@ -622,13 +626,8 @@ def _b_fused(w, gy, pi_in, S_start, AP_start, temp, bias, pos, gS_T, gA_T, gP_T,
     F: tl.constexpr = HD + H
     b, s, k, lo, hi, nB = _ticket(sync, NS, per, T, True)
     if VARLEN:     # as in _f_fused
-        r0, T, hi, bt = _packed(cu, b, hi)
-        w += r0 * C
-        gy += r0 * C
-        pi_in += r0 * (H if PI_STORED else C)
-        ge_io += r0 * H
-        gpi_io += r0 * H
-        dw += r0 * C
+        T, hi, bt, w, gy, pi_in, ge_io, gpi_io, dw = _packed_backward(cu, b, hi, w, gy, pi_in, ge_io, gpi_io, dw, C, H,
+                                                                      PI_STORED)
     else:
         bt = b
     so, sm = _stat(H, D, HP, BD)
