@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .._checks import tracing
 from ..ops import CausalTSSAState, LinearAttentionState, causal_linear_attention_qkvpacked, causal_tssa
-from ..ops.packing import packed_offsets
+from ..ops.packing import packed_offsets, sequence_positions
 from .checkpointing import Checkpointed
 
 State = Dict[str, torch.Tensor]
@@ -99,9 +99,8 @@ class CausalTSSAAttention(nn.Module):
     def forward(self, x, state: Optional[State] = None, pos=0, packed: Optional[Packed] = None):
         # packed: documents end to end (x [1, total, C]), each from position 0 and a zero state
         st = None if state is None else CausalTSSAState(*(state[q] for q in self.state_quantities))
-        cu, longest = packed or (None, None)
         y, st = causal_tssa(self.c_attn(x), self.temp, self.denom_bias, self.n_head, st, pos, backend=self.backend,
-                            cu_seqlens=cu, max_seqlen=longest)
+                            cu_seqlens=packed and packed.cu, max_seqlen=packed and packed.max_seqlen)
         return self.resid_dropout(self.c_proj(y)), dict(zip(self.state_quantities, st))
 
 
@@ -132,19 +131,11 @@ class CausalLinearAttention(nn.Module):
 
 class Packed(NamedTuple):
     """Documents packed end to end along a batch of one: their offsets [N + 1] (host ints, or a tensor whose values
-    stay on the device under torch.compile) and a bound on their lengths (None: taken from host offsets)."""
+    stay on the device under torch.compile), a bound on their lengths (None: taken from host offsets), and each
+    token's document [total] on the model's device (found once a call, for the layers that mask by it)."""
     cu: Union[List[int], torch.Tensor]
     max_seqlen: Optional[int] = None
-
-    def document_ids(self, total: int, device) -> torch.Tensor:
-        """Each token's document [total] (on the device; nothing read back)."""
-        cu = self.cu.to(device) if isinstance(self.cu, torch.Tensor) else torch.tensor(self.cu).to(device)
-        return torch.searchsorted(cu[1:], torch.arange(total, device=device, dtype=cu.dtype), right=True)
-
-    def positions(self, total: int, device) -> torch.Tensor:
-        """Each token's position within its document [total]."""
-        cu = self.cu.to(device) if isinstance(self.cu, torch.Tensor) else torch.tensor(self.cu).to(device)
-        return torch.arange(total, device=device) - cu[self.document_ids(total, device)]
+    doc: Optional[torch.Tensor] = None
 
 
 class CausalSoftmaxAttention(nn.Module):
@@ -168,8 +159,7 @@ class CausalSoftmaxAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
         if packed is not None:   # packed documents: causal within each, nothing across (a block-diagonal mask)
-            doc = packed.document_ids(T, x.device)                                       # [total]
-            mask = (doc[:, None] == doc[None, :]).tril()
+            mask = (packed.doc[:, None] == packed.doc[None, :]).tril()                   # [total, total]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p
                                                if self.training else 0.0)
             y = y.transpose(1, 2).reshape(B, T, C)
@@ -337,8 +327,10 @@ class CausalLM(Checkpointed, nn.Module):
         if not on_host and longest is None and not self.config.unbounded:
             packed = packed._replace(max_seqlen=self.config.block_size)    # (no document is longer)
         x = self._embed(idx)                                                     # [1, total, C]
+        cu = torch.as_tensor(packed.cu).to(x.device)
+        doc, at = sequence_positions(cu, x.shape[1])                             # [total] each
+        packed = packed._replace(doc=doc)
         if not self.config.unbounded:                  # each document's positions from 0
-            at = packed.positions(x.shape[1], x.device)
             if not on_host:                            # (offsets on the device: checked there, without a wait)
                 torch._assert_async((at < self.config.block_size).all(), "cu_seqlens: a document longer than "
                                     f"block_size={self.config.block_size} (the model's position tables)")

@@ -2,7 +2,7 @@
 the token axis of one tensor with a batch of 1, sequence b its tokens cu_seqlens[b]..cu_seqlens[b + 1]."""
 from __future__ import annotations
 
-from typing import List, Union
+from typing import List, Tuple, Union
 
 import torch
 
@@ -36,6 +36,14 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
         fail("cu_seqlens", f"N + 1 offsets from 0 to {name}.shape[1] = {x.shape[1]}, never decreasing", cu[:8] +
              (["..."] if len(cu) > 8 else []))
     return cu
+
+
+def sequence_positions(cu: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each packed token's sequence [total] and its position within that sequence [total], from the offsets where
+    they lie (searchsorted: nothing read back)."""
+    row = torch.arange(total, device=cu.device, dtype=cu.dtype)
+    seq = torch.searchsorted(cu[1:], row, right=True)
+    return seq, row - cu[seq]
 
 
 def host_offsets(cu, op: str) -> List[int]:

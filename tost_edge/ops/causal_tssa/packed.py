@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from ..._checks import fail
-from ..packing import host_offsets, packed_offsets  # noqa: F401  (re-exported)
+from ..packing import host_offsets
 from .naive import naive_causal_tssa
 from .state import CausalTSSAState
 
@@ -28,7 +28,4 @@ def naive_causal_tssa_packed(w, temp, denom_bias, num_heads: int, cu: List[int],
         y, st = naive_causal_tssa(w[:, cu[b]:cu[b + 1]], temp, denom_bias, num_heads, st, pos)
         ys.append(y)
         states.append(st)
-    if not states:
-        C = w.shape[2]
-        return w.clone(), CausalTSSAState.zeros(0, num_heads, C // num_heads, device=w.device)
     return torch.cat(ys, 1), CausalTSSAState(*(torch.cat(parts) for parts in zip(*states)))

@@ -18,13 +18,11 @@ def naive_causal_linear_attention_packed(q, k, v, cu: List[int], state: Optional
     Returns (y [1, total, H, M], state [N, ...])."""
     cu = host_offsets(cu, "causal_linear_attention")
     N = len(cu) - 1
-    *_, sdt, state = prepare(q, k, v, state, batch=N)
+    *_, state = prepare(q, k, v, state, batch=N)
     ys, states = [], []
     for b in range(N):
         y, st = naive_causal_linear_attention(q[:, cu[b]:cu[b + 1]], k[:, cu[b]:cu[b + 1]], v[:, cu[b]:cu[b + 1]],
                                               LinearAttentionState(*(s[b:b + 1] for s in state)), eps)
         ys.append(y)
         states.append(st)
-    if not states:
-        return v.to(q.dtype).clone(), state
     return torch.cat(ys, 1), LinearAttentionState(*(torch.cat(parts) for parts in zip(*states)))

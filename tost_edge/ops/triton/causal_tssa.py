@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
+from ..packing import sequence_positions
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
 from .utils import (MAX_OFFSET, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
@@ -894,9 +895,8 @@ def _backward(gy, gS_T, gA_T, gP_T, w, pi, temp, bias, pos, S_start, AP_start, H
                 if cu is None:
                     at = g(pos)[:, None, None] + torch.arange(T, device=dev)[None, :, None]          # [B, T, 1]
                 else:         # packed: a token's sequence's start position plus its place in the sequence
-                    row = torch.arange(w.shape[1], device=dev)
-                    seq = torch.searchsorted(cu[1:], row.to(cu.dtype), right=True)
-                    at = (pos[seq] + row - cu[seq])[None, :, None]                            # [1, total, 1]
+                    seq, within = sequence_positions(cu, w.shape[1])
+                    at = (pos[seq] + within)[None, :, None]                                   # [1, total, 1]
                 with deterministic_algorithms():     # (whatever the flag is by now: the plan chose this scheme)
                     gbias.index_put_((torch.arange(H, device=dev)[None, None, :], at), D * g(ge), accumulate=True)
     return dw, gtemp, gbias, gS0, gA0, gP0
