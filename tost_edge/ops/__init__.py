@@ -16,7 +16,7 @@ from .linear_attention import (LinearAttentionState, chunk_causal_linear_attenti
                                naive_causal_linear_attention_packed, naive_linear_attention, step_linear_attention)
 from .linear_attention.state import unpack_qkv
 from .packing import packed_offsets
-from .tssa import naive_tssa
+from .tssa import naive_tssa, naive_tssa_packed
 
 BACKENDS = ("torch", "triton", "plugin")  # "plugin": one custom op per call, for ONNX export
 
@@ -26,9 +26,25 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
-def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "torch") -> torch.Tensor:
-    """Bidirectional TSSA. w: [B, N, C] (C = H*D head-major), temp: [H] or [H, 1] -> y: [B, N, C]."""
+def tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int, backend: str = "torch", cu_seqlens=None,
+         max_seqlen: Optional[int] = None) -> torch.Tensor:
+    """Bidirectional TSSA. w: [B, N, C] (C = H*D head-major), temp: [H] or [H, 1] -> y: [B, N, C].
+
+    Packed sequences (cu_seqlens: [S + 1] ints, 0 first, the last w.shape[1], never decreasing): w is [1, total, C]
+    and sequence s its tokens cu_seqlens[s]..cu_seqlens[s + 1], each with its own token statistics as if alone
+    (images of several sizes in one call, without padding). Read on the host (a CUDA tensor is read back once),
+    except under torch.compile with backend="triton", where a tensor's values stay on the device and max_seqlen
+    (an int, at least the longest sequence's length) sizes the launch."""
     _check_backend(backend)
+    if cu_seqlens is not None:
+        cu = packed_offsets(w, cu_seqlens)
+        if backend == "triton":
+            from .triton import triton_tssa_packed
+            return triton_tssa_packed(w, temp, num_heads, cu, max_seqlen)
+        if backend == "plugin":
+            raise ValueError("tssa: cu_seqlens with backend='plugin': not supported (export one sequence a batch "
+                             "element)")
+        return naive_tssa_packed(w, temp, num_heads, cu)
     if backend == "triton":
         from .triton import triton_tssa
         return triton_tssa(w, temp, num_heads)
@@ -121,5 +137,6 @@ __all__ = ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_atte
            "CausalTSSAState", "LinearAttentionState", "naive_tssa", "naive_causal_tssa", "chunk_causal_tssa",
            "fused_recurrent_causal_tssa", "step_causal_tssa", "naive_causal_linear_attention",
            "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
-           "naive_linear_attention", "naive_causal_tssa_packed", "naive_causal_linear_attention_packed",
+           "naive_linear_attention", "naive_tssa_packed", "naive_causal_tssa_packed",
+           "naive_causal_linear_attention_packed",
            "packed_offsets", "BACKENDS"]

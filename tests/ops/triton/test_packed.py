@@ -1,17 +1,19 @@
 """The Triton kernels on packed sequences (cu_seqlens): causal TSSA's one launch a direction walks every sequence,
 each from its own state and position (slices past a sequence's end walk nothing); causal linear attention's walking
-kernels take a program per (sequence, head). Against the fp64 reference run one sequence at a time: output, final
+kernels take a program per (sequence, head); bidirectional TSSA's passes a program per (sequence, slice). Against the fp64 reference run one sequence at a time: output, final
 states and every gradient."""
 import pytest
 import torch
 
 from tests.conftest import DEVICE, assert_close
-from tests.ops.triton.test_triton_ops import check_causal_against, check_linear_against, grads, leaf
+from tests.ops.triton.test_triton_ops import (TSSA_LAUNCHES, check_causal_against, check_linear_against, grads, leaf,
+                                             set_tssa_launch)
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
                            causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention_packed,
-                           naive_causal_tssa_packed)
+                           naive_causal_tssa_packed, naive_tssa_packed, tssa)
 from tost_edge.ops.triton import causal_tssa as ct
 from tost_edge.ops.triton import linear_attention as la
+from tost_edge.ops.triton import tssa as tt
 from tost_edge.ops.triton.utils import deterministic_algorithms
 
 
@@ -130,3 +132,63 @@ def test_linear_packed_under_deterministic_mode():
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1].kv, runs[1][1].kv)
     for a, b in zip(*grads_of):
         assert torch.equal(a, b)
+
+
+def check_tssa_packed(lengths, D, H):
+    """Packed TSSA against the fp64 reference run one sequence at a time: output, dw and d temp."""
+    cu = offsets(lengths)
+    w, temp = leaf(1, cu[-1], H * D), leaf(H, 1, rand=True, offset=0.5)
+    y = tssa(w, temp, H, backend="triton", cu_seqlens=torch.tensor(cu, device=DEVICE))
+    yr = naive_tssa_packed(w.double(), temp.double(), H, cu)
+    assert_close("y", yr, y, 1e-5)
+    (dw, dt), _ = grads([y], [w, temp])
+    (dwr, dtr), _ = grads([yr], [w, temp])
+    assert_close("dw", dwr, dw, 2e-5, atol=1e-6)
+    assert_close("dtemp", dtr, dt, 2e-3, atol=1e-6)
+
+
+PACKED_TSSA = [([1, 63, 0, 130, 5], 48, 3, launch) for launch in TSSA_LAUNCHES] + \
+    [([500, 7], 64, 2, "launch-per-pass-prefetch"), ([1], 64, 4, "launch-per-pass")]
+
+
+@pytest.mark.parametrize("lengths,D,H,launch", PACKED_TSSA,
+                         ids=[f"L{'-'.join(map(str, n))}-D{d}-H{h}-{launch}" for n, d, h, launch in PACKED_TSSA])
+def test_tssa_packed_against_fp64_one_sequence_at_a_time(lengths, D, H, launch, monkeypatch):
+    """Bidirectional TSSA of packed sequences: each sequence's statistics its own, one launch a pass for all of them.
+    Whatever scheme the settings ask for, packed calls run the passes (their slices lie within one sequence); the
+    passes' own settings (PINGPONG, PASS_STAGES, PASS_PREFETCH, OUT_SLICES, PDL) apply."""
+    set_tssa_launch(launch, monkeypatch)
+    check_tssa_packed(lengths, D, H)
+    assert tt.last_run == {"forward": "passes", "backward": "passes"}
+
+
+@pytest.mark.parametrize("setting,value", [("SAVE_PI", False), ("PARTS", False), ("PROGRAMS", 7)],
+                         ids=["pi-recomputed", "D48-padded-to-64", "several-slices-a-sequence"])
+def test_tssa_packed_settings(setting, value, monkeypatch):
+    monkeypatch.setattr(tt, setting, value)
+    check_tssa_packed([70, 1, 0, 33], 48, 2)
+
+
+def test_tssa_packed_under_deterministic_mode(monkeypatch):
+    """Each slice's sums a row of its own (the host sums them in order): against fp64, two runs bit for bit."""
+    monkeypatch.setattr(tt, "PROGRAMS", 6)                      # 2 sequences: 3 slices each
+    lengths, H, D = [300, 0, 41], 2, 48
+    with deterministic_algorithms():
+        check_tssa_packed(lengths, D, H)
+        cu = offsets(lengths)
+        w, temp = leaf(1, cu[-1], H * D), leaf(H, rand=True, offset=0.5)
+        runs = [tssa(w, temp, H, backend="triton", cu_seqlens=cu) for _ in range(2)]
+        g = [grads([y], [w, temp])[0] for y in runs]
+    assert torch.equal(runs[0], runs[1])
+    for a, b in zip(*g):
+        assert torch.equal(a, b)
+
+
+def test_tssa_packed_checks():
+    w = leaf(1, 10, 32)
+    with pytest.raises(ValueError, match=r"max_seqlen: expected at least the longest sequence's length 6, got 4"):
+        tssa(w, torch.ones(2, device=DEVICE), 2, backend="triton", cu_seqlens=[0, 4, 10], max_seqlen=4)
+    with pytest.raises(ValueError, match=r"w.shape\[-1\] \(C\)"):
+        tssa(leaf(1, 10, 30), torch.ones(4, device=DEVICE), 4, backend="triton", cu_seqlens=[0, 10])
+    y = tssa(leaf(1, 0, 32), torch.ones(2, device=DEVICE), 2, backend="triton", cu_seqlens=[0, 0, 0])
+    assert y.shape == (1, 0, 32)

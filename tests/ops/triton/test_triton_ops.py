@@ -95,9 +95,11 @@ def test_causal_head_sizes_and_counts(T, D, H, causal_launch):
         assert_close(f"d{name}", b, a, 3e-3 if name != "w" else 1e-4, atol=1e-6)
 
 
-@pytest.fixture(params=["launch-per-pass", "launch-per-pass-pingpong", "launch-per-pass-pipelined",
-                        "launch-per-pass-prefetch", "launch-per-pass-pdl", "persistent", "resident"])
-def tssa_launch(request, monkeypatch):
+TSSA_LAUNCHES = ["launch-per-pass", "launch-per-pass-pingpong", "launch-per-pass-pipelined", "launch-per-pass-prefetch",
+                 "launch-per-pass-pdl", "persistent", "resident"]
+
+
+def set_tssa_launch(launch: str, monkeypatch):
     """TSSA one launch per pass (all in order, or the middle pass of each direction taking its slices from the end:
     PINGPONG, or each pass's loop loading a tile ahead: through shared memory, PASS_STAGES 2, or into registers,
     PASS_PREFETCH, with few programs so that a slice takes several trips and most end before the sequence does, and
@@ -106,18 +108,25 @@ def tssa_launch(request, monkeypatch):
     each program holding its slice of w (and dy) across the passes. "-pdl": the passes after the first of each
     direction launched while the one before finishes (programmatic dependent launch, sm_90 and later only)."""
     from tost_edge.ops.triton import tssa as tt
-    if request.param == "launch-per-pass-pdl":
+    if launch == "launch-per-pass-pdl":
         if DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9:
             pytest.skip("programmatic dependent launch needs a GPU of compute capability 9.0 or later")
         monkeypatch.setattr(tt, "PDL", True)
-    monkeypatch.setattr(tt, "PERSISTENT", request.param == "persistent")
-    monkeypatch.setattr(tt, "RESIDENT", request.param == "resident")
-    monkeypatch.setattr(tt, "PINGPONG", request.param == "launch-per-pass-pingpong")
-    monkeypatch.setattr(tt, "PASS_STAGES", 2 if request.param == "launch-per-pass-pipelined" else 1)
-    if request.param in ("launch-per-pass-prefetch", "launch-per-pass-pdl"):
+    monkeypatch.setattr(tt, "PERSISTENT", launch == "persistent")
+    monkeypatch.setattr(tt, "RESIDENT", launch == "resident")
+    monkeypatch.setattr(tt, "PINGPONG", launch == "launch-per-pass-pingpong")
+    monkeypatch.setattr(tt, "PASS_STAGES", 2 if launch == "launch-per-pass-pipelined" else 1)
+    if launch in ("launch-per-pass-prefetch", "launch-per-pass-pdl"):
         monkeypatch.setattr(tt, "PASS_PREFETCH", True)
         monkeypatch.setattr(tt, "OUT_SLICES", True)
         monkeypatch.setattr(tt, "PROGRAMS", 5)   # N500: slices of 6, 6 and 4 tiles of 32 tokens (N130: 2, 2, 1)
+
+
+@pytest.fixture(params=TSSA_LAUNCHES)
+def tssa_launch(request, monkeypatch):
+    """The TSSA scheme a test runs under (set_tssa_launch), checked to be the one that ran."""
+    from tost_edge.ops.triton import tssa as tt
+    set_tssa_launch(request.param, monkeypatch)
     yield request.param
     expected = "passes" if request.param.startswith("launch-per-pass") else request.param
     assert tt.last_run == {"forward": expected, "backward": expected}

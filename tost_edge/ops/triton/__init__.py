@@ -20,15 +20,15 @@ if _IMPORT_ERROR is None:
     from .causal_tssa import triton_causal_tssa, triton_causal_tssa_packed
     from .linear_attention import (triton_causal_linear_attention, triton_causal_linear_attention_packed,
                                    triton_causal_linear_attention_qkvpacked)
-    from .tssa import triton_tssa
+    from .tssa import triton_tssa, triton_tssa_packed
     from . import settings
     settings.apply_environment()
 else:
     def _unavailable(*_a, **_k):
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
-    triton_tssa = triton_causal_tssa = triton_causal_tssa_packed = triton_causal_linear_attention = _unavailable
+    triton_tssa = triton_tssa_packed = triton_causal_tssa = triton_causal_tssa_packed = triton_causal_linear_attention = _unavailable
     triton_causal_linear_attention_qkvpacked = triton_causal_linear_attention_packed = _unavailable
 
-__all__ = ["triton_tssa", "triton_causal_tssa", "triton_causal_tssa_packed", "triton_causal_linear_attention",
+__all__ = ["triton_tssa", "triton_tssa_packed", "triton_causal_tssa", "triton_causal_tssa_packed", "triton_causal_linear_attention",
            "triton_causal_linear_attention_qkvpacked", "triton_causal_linear_attention_packed"]

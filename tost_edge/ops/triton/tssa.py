@@ -26,7 +26,7 @@ two channels (48) is walked as three unpadded parts (PARTS), the others padded t
 from __future__ import annotations
 
 import inspect
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -38,7 +38,7 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
-from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
+from .utils import (FUSION, MAX_OFFSET, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
@@ -310,8 +310,17 @@ def _inv_dots(A, so, sm, Pv):
 def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HP: tl.constexpr,
          BD: tl.constexpr, NP: tl.constexpr, TILE: tl.constexpr, PASS: tl.constexpr, REV: tl.constexpr,
          STAGES: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
-         DET: tl.constexpr = False):
+         DET: tl.constexpr = False, cu=None, VARLEN: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))   # three parts take a tile's tokens as four would
+    b = tl.program_id(0)
+    if VARLEN:     # packed sequences: program_id(0) is a sequence, its tokens from row cu[b] (N: the launch's longest)
+        r0, N, b = _sequence(cu, b)
+        w += r0 * C
+        y += r0 * C
+        pi += r0 * H
+        S += tl.program_id(0) * C
+        A += tl.program_id(0) * C
+        P += tl.program_id(0) * H
     lo, hi = _slice(N, BN, REV)
     if DET:        # the sums this pass adds up, a row a slice ([slices, B, ...] zeroed): the host sums them in order
         row = tl.program_id(1) * tl.num_programs(0)
@@ -320,8 +329,15 @@ def _fwd(w, temp, S, A, P, pi, y, N, NB, C: tl.constexpr, D: tl.constexpr, H: tl
         if PASS == 2:
             A += row * C
             P += row * H
-    _fwd_part(w, temp, S, A, P, pi, y, tl.program_id(0), lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES,
-              PREFETCH, FLAT, PDL)
+    _fwd_part(w, temp, S, A, P, pi, y, b, lo, hi, N, C, D, H, HP, BD, BN, PASS, NP, STAGES, PREFETCH, FLAT, PDL)
+
+
+@triton.jit
+def _sequence(cu, s):
+    """Packed sequence s (VARLEN): its first token row, its length, and the batch index its rows and statistics are
+    then addressed with (0: the caller offsets its pointers to the sequence's own)."""
+    r0 = tl.load(cu + s).to(tl.int64)       # (rows x C may pass 2^31 before the tensor's elements do not)
+    return r0, (tl.load(cu + s + 1) - tl.load(cu + s)), s * 0
 
 
 @triton.jit
@@ -460,8 +476,22 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
          H: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, PI_STORED: tl.constexpr,
          TILE: tl.constexpr, STAGE: tl.constexpr, REV: tl.constexpr, STAGES: tl.constexpr,
          PREFETCH: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr, ANCHOR: tl.constexpr = False,
-         DET: tl.constexpr = False):
+         DET: tl.constexpr = False, cu=None, VARLEN: tl.constexpr = False):
     BN: tl.constexpr = TILE // (HP * BD * (4 if NP == 3 else 1))
+    b = tl.program_id(0)
+    if VARLEN:     # as in _fwd (pi_in is w where Pi is not stored: offset, never read)
+        r0, N, b = _sequence(cu, b)
+        w += r0 * C
+        gy += r0 * C
+        dw += r0 * C
+        pi_in += r0 * H
+        r_io += r0 * H
+        ge_io += r0 * H
+        S += tl.program_id(0) * C
+        A += tl.program_id(0) * C
+        G += tl.program_id(0) * C
+        dS += tl.program_id(0) * C
+        P += tl.program_id(0) * H
     lo, hi = _slice(N, BN, REV)
     if DET:        # as in _fwd: a row a slice (d temp: a row a slice and batch element)
         row = tl.program_id(1) * tl.num_programs(0)
@@ -470,8 +500,8 @@ def _bwd(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, N, NB, C: t
         if STAGE == 2:
             dS += row * C
             gtemp += (row + tl.program_id(0)) * H
-    _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, tl.program_id(0), lo, hi, N, C, D, H, HP,
-              BD, BN, PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL, ANCHOR)
+    _bwd_part(w, gy, pi_in, temp, S, A, P, G, dS, gtemp, r_io, ge_io, dw, b, lo, hi, N, C, D, H, HP, BD, BN,
+              PI_STORED, STAGE, NP, STAGES, PREFETCH, FLAT, PDL, ANCHOR)
 
 
 @triton.jit
@@ -546,7 +576,8 @@ def autotuned(configs=None, do_bench=None) -> dict:
     disk = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     def tune(fn, reset=None, variant=None):
-        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL", "DET"] + ([variant] if variant else [])
+        key = ["NB", "C", "H", "NP", "STAGES", "PREFETCH", "FLAT", "PDL", "DET", "VARLEN"] + ([variant] if variant
+                                                                                           else [])
         return Tuned(triton.autotune(configs=configs or _configs(fn is _bwd), reset_to_zero=reset, do_bench=do_bench,
                                      key=key, **disk)(fn))
     return {"sumsq": tune(_fwd, ["S"], "PASS"), "pi": tune(_fwd, ["A", "P"], "PASS"), "out": tune(_fwd, None, "PASS"),
@@ -607,12 +638,16 @@ def _persistent(B: int, N: int, HP: int, BD: int, device) -> tuple:
     return (max(1, min(resident, (B + 2 * QUEUE_LAG) * 3 * NI)),), per, NI
 
 
-def _plan() -> list:
+def _plan(packed: bool = False) -> list:
     """[resident forward, resident backward, persistent, L2 group, Pi saved, resident forward in one wave,
     deterministic]: the schemes both directions of one call run with, whatever the settings are by the backward
-    pass. Under torch.use_deterministic_algorithms(True), the passes in one group (deterministic: see _partials)."""
+    pass. Under torch.use_deterministic_algorithms(True), the passes in one group (deterministic: see _partials).
+    Packed sequences run the passes (a program's slice lies in one sequence; the resident and persistent kernels and
+    L2 groups cut the batch as equal rows)."""
     if torch.are_deterministic_algorithms_enabled():
         return [0, 0, 0, 0, int(SAVE_PI), 0, 1]
+    if packed:
+        return [0, 0, 0, 0, int(SAVE_PI), 0, 0]
     return [int(RESIDENT), int(RESIDENT if RESIDENT_BWD is None else RESIDENT_BWD), int(PERSISTENT), L2_GROUP,
             int(SAVE_PI), int(RESIDENT_ONE_WAVE and not PERSISTENT and L2_GROUP <= 0), 0]
 
@@ -627,11 +662,22 @@ def _partials(B: int, widths: tuple, like: torch.Tensor) -> list:
     return [t.view(rows, B, n) for t, n in zip(buf.split([rows * B * n for n in widths]), widths)]
 
 
+def _packed_launch(cu, T: int):
+    """(sequences, tokens a launch is sized for, the kernels' packing arguments): the batch's where cu is None, else
+    packed sequences' (cu: int32 offsets on w's device, T: the longest sequence's length or more)."""
+    return (None, None, {}) if cu is None else (cu.shape[0] - 1, T, dict(cu=cu, VARLEN=True))
+
+
 @on_input_device
-def _forward(w, temp, H: int, plan: list):
+def _forward(w, temp, H: int, plan: list, cu=None, T: int = 0):
     """w: [B, N, C] contiguous, temp: [H] fp32 -> y [B, N, C], the statistics' workspace ws (S [B, C], A [B, C],
-    P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32."""
+    P [B, H], the programs' counters) and Pi [B, N, H] (empty where the plan does not save it), fp32. Packed
+    sequences (cu, T: _packed_launch): w [1, total, C], the statistics a sequence's ([S, C], ...)."""
     B, N, C = w.shape
+    rows = w.shape[:2]
+    nseq, T, packing = _packed_launch(cu, T)
+    if cu is not None:
+        B, N = nseq, T
     D = C // H
     res, _, persistent, l2_group, save_pi, one_wave, det = plan
     whole = not res and bool(one_wave) and not interpreting()   # RESIDENT_ONE_WAVE
@@ -639,8 +685,8 @@ def _forward(w, temp, H: int, plan: list):
     n = B * (2 * C + H)
     ws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)   # one memset for all of them
     S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:n].view(B, H)
-    pi = alloc(B, N, H, like=w, dtype=torch.float32)
-    y = alloc(B, N, C, like=w)
+    pi = alloc(*rows, H, like=w, dtype=torch.float32)
+    y = alloc(*rows, C, like=w)
     fit = (res or whole) and resident.forward(w, temp, S, A, P, pi, y, ws[n:].view(torch.int32), N, C, D, H, HP,
                                               RESIDENT_TILE, RESIDENT_WARPS, RESIDENT_MAXNREG, RESIDENT_SPILL, whole)
     if persistent and not fit:
@@ -656,11 +702,12 @@ def _forward(w, temp, H: int, plan: list):
         grid = _slices(nb, N, HP, BD)
         pS, pA, pP = _partials(nb, (C, C, H), w) if det else (g(S), g(A), g(P))
         head, tail = (g(w), temp), (g(pi), g(y), N, next_pow2(N), C, D, H, HP, *parts)
-        KERNELS["sumsq"][grid](*head, pS, g(A), g(P), *tail, PASS=1, REV=False, **ahead, FLAT=False, **FUSION)
+        KERNELS["sumsq"][grid](*head, pS, g(A), g(P), *tail, PASS=1, REV=False, **ahead, FLAT=False, **FUSION,
+                               **packing)
         if det:
             torch.sum(pS, 0, out=g(S))
         KERNELS["pi"][grid](*head, g(S), pA, pP, *tail, PASS=2, REV=bool(PINGPONG), **ahead,
-                            FLAT=_flat_middle(parts[1]), **FUSION, **after)
+                            FLAT=_flat_middle(parts[1]), **FUSION, **after, **packing)
         if det:
             torch.sum(pA, 0, out=g(A))
             torch.sum(pP, 0, out=g(P))
@@ -669,28 +716,32 @@ def _forward(w, temp, H: int, plan: list):
         # a tile a program (the autotuner: warps), so nothing to load ahead; or slices (OUT_SLICES)
         out = (KERNELS["out_slices"], grid) if OUT_SLICES else (KERNELS["out"], out_grid)
         out[0][out[1]](*stats, PASS=3, REV=False, STAGES=PASS_STAGES, PREFETCH=bool(PASS_PREFETCH and OUT_SLICES),
-                       FLAT=False, PDL=pdl, DET=bool(det), **FUSION, **after)
+                       FLAT=False, PDL=pdl, DET=bool(det), **FUSION, **after, **packing)
     return y, ws, pi if save_pi else pi.new_empty(0)
 
 
 @on_input_device
-def _backward(gy, w, temp, ws, pi, H: int, plan: list):
+def _backward(gy, w, temp, ws, pi, H: int, plan: list, cu=None, T: int = 0):
     """dw [B, N, C] and d temp [H] (fp32) from gy [B, N, C] and what _forward returned (pi empty: recomputed)."""
     _, res, persistent, l2_group, _, _, det = plan
     B, N, C = w.shape
+    rows = w.shape[:2]
+    nseq, T, packing = _packed_launch(cu, T)
+    if cu is not None:
+        B, N = nseq, T
     D = C // H
     HP, BD = _blocks(H, D)
     S, A, P = ws[:B * C].view(B, C), ws[B * C:2 * B * C].view(B, C), ws[2 * B * C:B * (2 * C + H)].view(B, H)
     n = 2 * B * C + H
     gws = torch.zeros(n + 1 + 3 * B, device=w.device, dtype=torch.float32)
     G, dS, gtemp = gws[:B * C].view(B, C), gws[B * C:2 * B * C].view(B, C), gws[2 * B * C:n]
-    dw = alloc(B, N, C, like=w)
+    dw = alloc(*rows, C, like=w)
     stored = bool(plan[4])
     fit = res and resident.backward(w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, dw,
                                     gws[n:].view(torch.int32), N, C, D, H, HP, stored, RESIDENT_KEEP_DY,
                                     RESIDENT_BWD_TILE, RESIDENT_BWD_WARPS, RESIDENT_BWD_MAXNREG, RESIDENT_SPILL)
     if not fit:                    # per-token values passed between stages (the resident kernel keeps them)
-        r, ge = alloc(B, N, H, like=w, dtype=torch.float32), alloc(B, N, H, like=w, dtype=torch.float32)
+        r, ge = alloc(*rows, H, like=w, dtype=torch.float32), alloc(*rows, H, like=w, dtype=torch.float32)
     if persistent and not fit:
         grid, per, NI = _persistent(B, N, HP, BD, w.device)
         _bwd_persistent[grid](w, gy, pi if stored else w, temp, S, A, P, G, dS, gtemp, r, ge, dw,
@@ -708,7 +759,7 @@ def _backward(gy, w, temp, ws, pi, H: int, plan: list):
                                  stored, STAGE=stage, REV=bool(PINGPONG) and stage == 2, STAGES=PASS_STAGES,
                                  PREFETCH=bool(PASS_PREFETCH), FLAT=_flat_middle(parts[1]) and stage == 2, PDL=pdl,
                                  DET=bool(det), **({"launch_pdl": True} if pdl and stage > 1 else {}),
-                                 **FUSION)
+                                 **FUSION, **packing)
             if det and stage == 1:
                 torch.sum(pG, 0, out=g(G))
             if det and stage == 2:
@@ -721,63 +772,67 @@ class TSSAFunction(torch.autograd.Function):
     """Eager autograd over _forward / _backward (under torch.compile the custom ops below run instead)."""
 
     @staticmethod
-    def forward(ctx, w, temp, num_heads, plan):
-        y, ws, pi = _forward(w, temp, num_heads, plan)
-        ctx.save_for_backward(w, temp, ws, pi)
-        ctx.num_heads, ctx.plan = num_heads, plan
+    def forward(ctx, w, temp, num_heads, plan, cu=None, T=0):
+        y, ws, pi = _forward(w, temp, num_heads, plan, cu, T)
+        ctx.save_for_backward(w, temp, ws, pi, cu)
+        ctx.num_heads, ctx.plan, ctx.T = num_heads, plan, T
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        w, temp, ws, pi = ctx.saved_tensors
-        grads = _backward(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan)
-        return (*first_order("tssa", grads, (w, temp)), None, None)
+        w, temp, ws, pi, cu = ctx.saved_tensors
+        grads = _backward(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan, cu, ctx.T)
+        return (*first_order("tssa", grads, (w, temp)), None, None, None, None)
 
 
 @torch.library.custom_op("tost_edge::tssa_triton_forward", mutates_args=())
-def _forward_op(w: Tensor, temp: Tensor, num_heads: int, plan: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
-    return _forward(w, temp, num_heads, plan)
+def _forward_op(w: Tensor, temp: Tensor, num_heads: int, plan: List[int], cu: Optional[Tensor] = None,
+                max_seqlen: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    return _forward(w, temp, num_heads, plan, cu, max_seqlen)
 
 
 @_forward_op.register_fake
-def _(w, temp, num_heads, plan):
-    B, N, C = w.shape
+def _(w, temp, num_heads, plan, cu=None, max_seqlen=0):
+    _, N, C = w.shape
+    B = w.shape[0] if cu is None else cu.shape[0] - 1        # (packed: the statistics are a sequence's)
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(w), w.new_empty(B * (2 * C + num_heads) + 1 + 3 * B, **f32),
-            w.new_empty((B, N, num_heads) if plan[4] else (0,), **f32))
+            w.new_empty((w.shape[0], N, num_heads) if plan[4] else (0,), **f32))
 
 
 @torch.library.custom_op("tost_edge::tssa_triton_backward", mutates_args=())
 def _backward_op(gy: Tensor, w: Tensor, temp: Tensor, ws: Tensor, pi: Tensor, num_heads: int,
-                 plan: List[int]) -> Tuple[Tensor, Tensor]:
-    dw, gtemp = _backward(gy, w, temp, ws, pi, num_heads, plan)
+                 plan: List[int], cu: Optional[Tensor] = None, max_seqlen: int = 0) -> Tuple[Tensor, Tensor]:
+    dw, gtemp = _backward(gy, w, temp, ws, pi, num_heads, plan, cu, max_seqlen)
     return dw, gtemp.clone()   # a view of the backward's workspace: an op's outputs own their memory
 
 
 @_backward_op.register_fake
-def _(gy, w, temp, ws, pi, num_heads, plan):
+def _(gy, w, temp, ws, pi, num_heads, plan, cu=None, max_seqlen=0):
     return torch.empty_like(w), temp.new_empty(num_heads, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
-    w, temp, num_heads, plan = inputs
+    w, temp, num_heads, plan, cu, max_seqlen = inputs
     _, ws, pi = output
-    ctx.save_for_backward(w, temp, ws, pi)
-    ctx.num_heads, ctx.plan = num_heads, plan
+    ctx.save_for_backward(w, temp, ws, pi, cu)
+    ctx.num_heads, ctx.plan, ctx.T = num_heads, plan, max_seqlen
     ctx.mark_non_differentiable(ws, pi)
 
 
 def _op_backward(ctx, gy, _gws, _gpi):
-    w, temp, ws, pi = ctx.saved_tensors
-    return (*_backward_op(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan), None, None)
+    w, temp, ws, pi, cu = ctx.saved_tensors
+    grads = _backward_op(gy.contiguous(), w, temp, ws, pi, ctx.num_heads, ctx.plan, cu, ctx.T)
+    return (*grads, None, None, None, None)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-def _apply(w, temp, num_heads):
-    """y [B, N, C] through the autograd Function, or under torch.compile the custom op (one opaque node)."""
-    args = (w.contiguous(), temp.float().contiguous(), num_heads, _plan())
+def _apply(w, temp, num_heads, packed=()):
+    """y [B, N, C] through the autograd Function, or under torch.compile the custom op (one opaque node). packed:
+    (int32 offsets on w's device, the longest sequence's length) of packed sequences."""
+    args = (w.contiguous(), temp.float().contiguous(), num_heads, _plan(bool(packed)), *packed)
     if torch.compiler.is_compiling():
         return _forward_op(*args)[0]
     return TSSAFunction.apply(*args)
@@ -793,3 +848,30 @@ def triton_tssa(w: torch.Tensor, temp: torch.Tensor, num_heads: int) -> torch.Te
     if len(runs) > 1:
         return torch.cat([_apply(w[r], t, num_heads) for r in runs])
     return _apply(w, t, num_heads)
+
+
+def triton_tssa_packed(w: torch.Tensor, temp: torch.Tensor, num_heads: int, cu, max_seqlen=None) -> torch.Tensor:
+    """Fused TSSA of packed sequences (the contract of tost_edge.ops.tssa with cu_seqlens): w [1, total, C],
+    sequence s its tokens [cu[s], cu[s + 1]) with its own statistics; one launch a pass for all of them, each
+    program's slice within one sequence. cu: checked host ints, or a tensor of offsets whose values are not read on
+    the host, which needs max_seqlen (at least the longest sequence's length: the launch is sized for it)."""
+    C = w.shape[2]
+    check_w(w.new_empty(1, 1, C), num_heads)                   # (w's rank and batch of 1: packed_offsets)
+    t = check_temp(temp, num_heads)
+    check_dtype("w", w)
+    check_available(w, t)
+    if w.numel() > MAX_OFFSET:
+        raise ValueError(f"w: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
+                         f"{w.numel():,}: pack fewer tokens a call")
+    T = max_seqlen
+    if not isinstance(cu, Tensor):
+        T = max((e - a for a, e in zip(cu, cu[1:])), default=0)
+        if max_seqlen is not None and max_seqlen < T:
+            raise ValueError(f"max_seqlen: expected at least the longest sequence's length {T}, got {max_seqlen}")
+        cu = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True)
+    elif T is None:
+        raise ValueError("max_seqlen: expected an int, at least the longest packed sequence's length, with "
+                         "cu_seqlens as a tensor under torch.compile (its values are not read there), got None")
+    if T == 0 or w.shape[1] == 0:
+        return w.clone()
+    return _apply(w, t, num_heads, (cu.to(w.device, torch.int32), int(T)))

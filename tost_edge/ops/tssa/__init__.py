@@ -1,3 +1,4 @@
 from .naive import naive_tssa
+from .packed import naive_tssa_packed
 
-__all__ = ["naive_tssa"]
+__all__ = ["naive_tssa", "naive_tssa_packed"]
