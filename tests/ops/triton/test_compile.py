@@ -171,7 +171,12 @@ def test_custom_ops_pass_opcheck(op, monkeypatch):
 def _packed_fn(op):
     """(inputs for a total of 23 tokens, fn(*inputs, cu) with cu_seqlens a tensor)."""
     gen = torch.Generator().manual_seed(3)
-    if op == "causal_tssa":
+    if op == "tssa":
+        inputs = (torch.randn(1, 23, 32, generator=gen), torch.rand(2, generator=gen) + 0.5)
+
+        def fn(w, temp, cu):
+            return (tssa(w, temp, 2, backend="triton", cu_seqlens=cu, max_seqlen=16),)
+    elif op == "causal_tssa":
         inputs = (torch.randn(1, 23, 32, generator=gen), torch.rand(2, generator=gen) + 0.5,
                   0.1 * torch.randn(2, 16, generator=gen))
 
@@ -193,7 +198,7 @@ def _packed_fn(op):
     return inputs, fn
 
 
-@pytest.mark.parametrize("op", ["causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
 def test_packed_ops_compile_once_for_any_offsets(op):
     """cu_seqlens as a tensor under torch.compile(fullgraph=True): one node per direction, the offsets read on the
     device only, so other documents' lengths (as many documents) reuse the graph; outputs and gradients those of
@@ -245,23 +250,28 @@ def test_torch_backend_under_compile_says_it_needs_host_offsets(name):
         compiled(torch.randint(0, 256, (1, 12)), cu_seqlens=torch.tensor([0, 6, 12]))
 
 
-def test_packed_causal_tssa_under_compile_needs_max_seqlen():
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa"])
+def test_packed_tssa_under_compile_needs_max_seqlen(op):
     w = torch.randn(1, 6, 32, device=DEVICE)
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def run(w, cu):
+        if op == "tssa":
+            return tssa(w, torch.ones(2, device=DEVICE), 2, backend="triton", cu_seqlens=cu)
         return causal_tssa(w, torch.ones(2, device=DEVICE), None, 2, backend="triton", cu_seqlens=cu)[0]
 
     with pytest.raises(Exception, match=r"max_seqlen: expected an int, at least the longest packed sequence"):
         run(w, torch.tensor([0, 2, 6], device=DEVICE))
 
 
-@pytest.mark.parametrize("op", ["causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
+@pytest.mark.parametrize("op", ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_attention_qkvpacked"])
 def test_packed_custom_ops_pass_opcheck(op, monkeypatch):
-    """The ops' schemas, fake shapes and autograd with packed sequences' offsets (states [N, ...])."""
+    """The ops' schemas, fake shapes and autograd with packed sequences' offsets (statistics and states [N, ...])."""
     cu = torch.tensor([0, 7, 7, 23], dtype=torch.int32, device=DEVICE)
     inputs = [t.to(DEVICE) for t in _packed_fn(op)[0]]
-    if op == "causal_tssa":
+    if op == "tssa":
+        args, forward = (*inputs, 2, tt._plan(packed=True), cu, 16), tt._forward_op
+    elif op == "causal_tssa":
         w, temp, bias = inputs
         S, A, P = torch.rand(3, 2, 16, device=DEVICE), torch.rand(3, 2, 16, device=DEVICE), \
             torch.rand(3, 2, device=DEVICE)
