@@ -125,3 +125,17 @@ def test_checkpointing_off_where_no_gradient_is_recorded(monkeypatch):
 def test_checkpointing_takes_a_bool():
     with pytest.raises(ValueError, match=r"enabled: expected True or False, got 1"):
         models.create("tost_lm_tiny").set_checkpointing(1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_checkpointing_packed_images(backend):
+    """model([images of mixed sizes]) recomputes its blocks (TSSA with the images' offsets, the packed class
+    attention) in the backward pass: the same gradients."""
+    torch.manual_seed(0)
+    model = models.create("tost_cab_test", depth=2).to(DEVICE).set_backend(backend).eval()
+    images = [torch.randn(3, *hw, device=DEVICE) for hw in [(32, 32), (16, 48)]]
+    ref_loss, ref_grads = loss_and_grads(copy.deepcopy(model), images)
+    loss, grads = loss_and_grads(model.set_checkpointing(True), images)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-7)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)

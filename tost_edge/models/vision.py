@@ -1,17 +1,22 @@
 """ToST vision (the official tost_cab_* architecture, XCiT/CaiT-style) and its softmax baseline vit_cab_*.
 
 Parameter names and shapes equal the official `tost_vision/tost.py`, so official checkpoints load strictly.
+
+Images of mixed sizes go through one call without padding or resizing (the Fourier positional encoding takes any
+grid): model([img0 [3, 224, 224], img1 [3, 160, 288], ...]) packs their patch tokens end to end, each image's
+tokens attending only among themselves (TSSA with cu_seqlens: one call a layer for all of them).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from ..ops import tssa
-from .checkpointing import Checkpointed
+from ..ops.packing import sequence_positions
+from .checkpointing import Checkpointed, _exporting
 
 
 class PositionalEncodingFourier(nn.Module):
@@ -42,6 +47,14 @@ class PositionalEncodingFourier(nn.Module):
         return pos.expand(B, -1, -1, -1)
 
 
+class PackedImages(NamedTuple):
+    """Images' patch tokens packed end to end along a batch of one: their offsets [N + 1] (host ints), the most
+    tokens of one image, and each token's image [total] on the model's device."""
+    cu: List[int]
+    max_seqlen: int
+    image: torch.Tensor
+
+
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     # BatchNorm2d keeps the official SyncBatchNorm's state-dict names (weight, bias, running stats)
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
@@ -67,7 +80,25 @@ class ConvPatchEmbed(nn.Module):
     def forward(self, x):
         x = self.proj(x)
         Hp, Wp = x.shape[2], x.shape[3]
+        if torch.is_grad_enabled() and x.requires_grad and not _exporting():
+            return _GridToTokens.apply(x), (Hp, Wp)
         return x.flatten(2).transpose(1, 2), (Hp, Wp)
+
+
+class _GridToTokens(torch.autograd.Function):
+    """[B, C, H, W] -> [B, H*W, C] as x.flatten(2).transpose(1, 2), whose backward hands the grid a contiguous
+    gradient rather than the transpose's channels-last-strided one: from such a gradient, torch 2.13's CPU batch norm
+    backward computes wrong input gradients at batch 1 (train and eval mode, fp32 and fp64), which would reach the
+    patch embedding's convolutions (a single image, or an image size of its own in a packed list)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.grid = x.shape
+        return x.flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(1, 2).contiguous().view(ctx.grid)
 
 
 class Mlp(nn.Module):
@@ -95,8 +126,10 @@ class AttentionTSSA(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(proj_drop))
         self.backend = "torch"
 
-    def forward(self, x):                                                       # x: [B, N, C]
-        return self.to_out(tssa(self.qkv(x), self.temp, self.heads, backend=self.backend))
+    def forward(self, x, packed: Optional["PackedImages"] = None):              # x: [B, N, C] or [1, total, C]
+        cu, longest = (packed.cu, packed.max_seqlen) if packed is not None else (None, None)
+        return self.to_out(tssa(self.qkv(x), self.temp, self.heads, backend=self.backend, cu_seqlens=cu,
+                                max_seqlen=longest))
 
 
 class Attention(nn.Module):
@@ -110,10 +143,12 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.backend = "torch"
 
-    def forward(self, x):
+    def forward(self, x, packed: Optional["PackedImages"] = None):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        # packed images: a block-diagonal mask (each image's tokens see their own; [total, total], as softmax costs)
+        mask = None if packed is None else packed.image[:, None] == packed.image[None, :]
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -130,8 +165,8 @@ class Block(nn.Module):
         self.gamma1 = nn.Parameter(eta * torch.ones(dim))
         self.gamma2 = nn.Parameter(eta * torch.ones(dim))
 
-    def forward(self, x):
-        x = x + self.gamma1 * self.attn(self.norm1(x))
+    def forward(self, x, packed: Optional["PackedImages"] = None):
+        x = x + self.gamma1 * self.attn(self.norm1(x), packed)
         return x + self.gamma2 * self.mlp(self.norm2(x))
 
 
@@ -152,6 +187,22 @@ class ClassAttention(nn.Module):
         attn = ((q[:, :, 0:1] * k).sum(-1) * self.scale).softmax(-1)           # [B, H, N]
         cls = (attn.unsqueeze(2) @ v).transpose(1, 2).reshape(B, 1, C)
         return torch.cat([self.proj_drop(self.proj(cls)), x[:, 1:]], dim=1)
+
+    def attend_packed(self, cls: torch.Tensor, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The CLS outputs of packed images: cls [N, C] (normed), tokens [total, C] (normed), image [total] (each
+        token's image) -> [N, C]. Each CLS attends to itself and its image's tokens: the softmax over them taken with
+        per-image sums (index_add), the same math as forward on [cls, tokens] one image at a time."""
+        N, C = cls.shape
+        H = self.num_heads
+        qc, kc, vc = self.qkv(cls).view(N, 3, H, C // H).unbind(1)            # [N, H, d] each
+        _, kt, vt = self.qkv(tokens).view(-1, 3, H, C // H).unbind(1)         # [total, H, d] each
+        sc = (qc * kc).sum(-1) * self.scale                                     # [N, H]
+        st = (qc[image] * kt).sum(-1) * self.scale                              # [total, H]
+        top = sc.detach().scatter_reduce(0, image[:, None].expand(-1, H), st.detach(), "amax")   # (for exp's range)
+        ec, et = torch.exp(sc - top), torch.exp(st - top[image])
+        den = ec.index_add(0, image, et)                                        # [N, H]
+        num = (ec[..., None] * vc).index_add(0, image, et[..., None] * vt)      # [N, H, d]
+        return self.proj_drop(self.proj((num / den[..., None]).reshape(N, C)))
 
 
 class ClassAttentionBlock(nn.Module):
@@ -178,11 +229,23 @@ class ClassAttentionBlock(nn.Module):
         # as the official block: the residual adds the patch tokens to themselves (they feed the next block)
         return x + torch.cat([cls, x[:, 1:]], dim=1)
 
+    def forward_packed(self, cls: torch.Tensor, tokens: torch.Tensor, image: torch.Tensor):
+        """forward of packed images: cls [N, C], tokens [total, C], image [total] -> (cls, tokens), each image's
+        as forward on its [1, 1 + n, C] would give."""
+        nc, nt = self.norm1(cls), self.norm1(tokens)
+        cls = cls + self.gamma1 * self.attn.attend_packed(nc, nt, image)
+        tokens = tokens + self.gamma1 * nt        # (the attention returns the normed tokens as they came)
+        if self.tokens_norm:
+            tokens = self.norm2(tokens)
+        cls = self.norm2(cls)
+        return cls + self.gamma2 * self.mlp(cls), tokens + tokens
+
 
 class ToSTVision(Checkpointed, nn.Module):
     """ToST vision transformer (tost_cab_*), or its softmax twin (vit_cab_*) with attn='softmax'.
 
-    forward(images [B, 3, H, W]) -> logits [B, num_classes]; features(images) -> [B, embed_dim] (CLS).
+    forward(images [B, 3, H, W], or a list of [3, H_i, W_i] of mixed sizes) -> logits [B, num_classes];
+    features(images) -> [B, embed_dim] (CLS).
     set_checkpointing(True) recomputes each block's activations in the backward pass (checkpointing.py).
     """
 
@@ -238,9 +301,14 @@ class ToSTVision(Checkpointed, nn.Module):
             b.attn.backend = backend
         return self
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected shape [B, 3, H, W], got {tuple(images.shape)}")
+    def features(self, images: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """images: [B, 3, H, W], or a list of B images [3, H_i, W_i] of any sizes (packed: see the module)
+        -> [B, embed_dim], the CLS features."""
+        if isinstance(images, (list, tuple)):
+            return self._packed_features(images)
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected shape [B, 3, H, W] or a list of [3, H, W], got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
         B = images.shape[0]
         x, (Hp, Wp) = self.patch_embed(images)                                  # [B, N, C]
         if self.use_pos:
@@ -253,7 +321,40 @@ class ToSTVision(Checkpointed, nn.Module):
             x = self._block(blk, x)
         return self.norm(x)[:, 0]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _packed_features(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """features of images of mixed sizes: their patch tokens packed end to end, each image's attending only
+        among themselves. Images of one size go through the patch embedding together (in training, its batch norms
+        take their statistics over each size's images: a batch of one size is the unpacked batch's)."""
+        if not images:
+            raise ValueError("images: expected at least one image [3, H, W], got an empty list")
+        by_size: dict = {}
+        for i, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3:
+                got = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+                raise ValueError(f"images[{i}]: expected shape [3, H, W], got {got}")
+            by_size.setdefault(tuple(im.shape[1:]), []).append(i)
+        tokens: List[torch.Tensor] = [None] * len(images)                           # [n_i, C] each
+        for idx in by_size.values():
+            x, (Hp, Wp) = self.patch_embed(torch.stack([images[i] for i in idx]))  # [g, n, C]
+            if self.use_pos:
+                x = x + self.pos_embeder(1, Hp, Wp).reshape(1, -1, x.shape[1]).permute(0, 2, 1)
+            for j, i in enumerate(idx):
+                tokens[i] = x[j]
+        cu = [0]
+        for t in tokens:
+            cu.append(cu[-1] + t.shape[0])
+        x = self.pos_drop(torch.cat(tokens)[None])                                  # [1, total, C]
+        image, _ = sequence_positions(torch.tensor(cu, device=x.device), x.shape[1])   # [total]
+        packed = PackedImages(cu, max(t.shape[0] for t in tokens), image)
+        for blk in self.blocks:
+            x = self._block(blk, x, packed)
+        cls, x = self.cls_token[0].expand(len(images), -1), x[0]                     # [N, C], [total, C]
+        for blk in self.cls_attn_blocks:
+            cls, x = self._block(blk.forward_packed, cls, x, image)
+        return self.norm(cls)
+
+    def forward(self, images: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """images: [B, 3, H, W] or a list of B images [3, H_i, W_i] of any sizes -> logits [B, num_classes]."""
         return self.head(self.features(images))
 
     def num_params(self) -> int:

@@ -73,3 +73,17 @@ def test_vision_training_same_losses_as_torch(monkeypatch, resident):
         assert abs(x - y) <= 1e-4 * abs(x)
     expected = "resident" if resident else "passes"
     assert tt.last_run == {"forward": expected, "backward": expected}
+
+
+def test_vision_training_on_packed_images_same_losses_as_torch():
+    """Images of mixed sizes in one list: TSSA's passes take every image's tokens in one launch each; the losses of
+    three steps are those of the PyTorch backend."""
+    torch.manual_seed(0)
+    ref = models.create("tost_cab_test", depth=1).to(DEVICE)
+    fast = copy.deepcopy(ref).set_backend("triton")
+    sizes = [(32, 32), (16, 48), (32, 32), (8, 16)]
+    data = [([torch.randn(3, *hw, device=DEVICE) for hw in sizes], torch.randint(0, 10, (4,), device=DEVICE))
+            for _ in range(3)]
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    for x, y in zip(train(ref, data, loss), train(fast, data, loss)):
+        assert abs(x - y) <= 1e-4 * abs(x)
