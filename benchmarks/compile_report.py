@@ -283,6 +283,17 @@ def main() -> None:
                {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": False, "STAGES": 1, "PREFETCH": False,
                 "FLAT": tt._flat_middle(pc["NP"]) and st == 2, "PDL": False, "ANCHOR": tt._anchored(2048, 4),
                 "DET": True}, a, 4)
+    # packed sequences (cu_seqlens): each program's sequence offsets its pointers and ends its slice
+    for p in (1, 2, 3):
+        report(f"tssa pass{p} tile2048 packed", tt._fwd, {**fwd_sig, "cu": "*i32"},
+               {**pc, "TILE": 2048, "PASS": p, "REV": p == 2 and tt.PINGPONG, "STAGES": tt.PASS_STAGES,
+                "PREFETCH": False, "FLAT": tt._flat_middle(pc["NP"]) and p == 2, "PDL": False, "DET": False,
+                "VARLEN": True}, a, 8)
+    for st in (1, 2, 3):
+        report(f"tssa bwd{st} tile2048 packed", tt._bwd, {**bwd_sig, "cu": "*i32"},
+               {**pc, "PI_STORED": True, "TILE": 2048, "STAGE": st, "REV": st == 2 and tt.PINGPONG,
+                "STAGES": tt.PASS_STAGES, "PREFETCH": False, "FLAT": tt._flat_middle(pc["NP"]) and st == 2,
+                "PDL": False, "ANCHOR": tt._anchored(2048, 8), "DET": False, "VARLEN": True}, a, 8)
     report("tssa persistent fwd", tt._fwd_persistent, dict(w=bf, temp=f32, S=f32, A=f32, P=f32, pi=f32, y=bf,
            sync="*i32", N="i32", B="i32", NI="i32", per="i32"), {**pc, "TILE": tt.QUEUE_TILE, "LAG": 2}, a,
            tt.QUEUE_WARPS)

@@ -232,9 +232,9 @@ def main() -> None:
                     help="also time TSSA and causal TSSA under torch.use_deterministic_algorithms(True) (the "
                          "schemes that sum in a fixed order: triton-deterministic rows)")
     ap.add_argument("--packed", action="store_true",
-                    help="also time the causal ops on the batch's sequences packed end to end (cu_seqlens: "
+                    help="also time the ops on the batch's sequences packed end to end (cu_seqlens: "
                          "triton-packed rows, the same work as the triton rows), and on B x T tokens of documents of "
-                         "1 to T tokens packed into one row (triton-packed-mixed) or padded to T each "
+                         "1 to T tokens packed into one row (triton-packed-mixed) or, causal ops, padded to T each "
                          "(triton-padded-mixed)")
     ap.add_argument("--ops", default="tssa,causal",
                     help="tssa, causal (causal TSSA and causal linear attention) or both, comma-separated")
@@ -345,9 +345,19 @@ def main() -> None:
                                                                      lambda: tssa(w, temp, H, backend="triton"))
             if args.deterministic:
                 variants["triton-deterministic"] = lambda: deterministic(lambda: tssa(w, temp, H, backend="triton"))
+            extra = []
+            if args.packed:     # the batch's B sequences as B sequences of one row: what VARLEN costs
+                cu = [i * N for i in range(B + 1)]
+                variants["triton-packed"] = lambda: tssa(w.view(1, B * N, C), temp, H, backend="triton",
+                                                         cu_seqlens=cu)
+                # sequences of 1 to N tokens (images of mixed sizes), B * N in all, in one row (no padded twin:
+                # TSSA has no mask, so padding would change each image's statistics)
+                mixed = mixed_offsets(B * N, N)
+                extra = [torch.randn(1, B * N, C, device=dev, dtype=dt, requires_grad=True)]
+                variants["triton-packed-mixed"] = lambda: tssa(extra[0], temp, H, backend="triton", cu_seqlens=mixed)
             if compile_tssa is not None and (B, N) == (64, 4096):
                 variants["compile"] = lambda: compile_tssa(w, temp, H)
-            time_variants("tssa", shape, variants, [w, temp], (2, 5), nb)
+            time_variants("tssa", shape, variants, [w, temp, *extra], (2, 5), nb)
             for variant in [v for v in variants if v.startswith("triton")]:   # resident falls back where it must
                 variants[variant]().sum().backward()
                 ran = dict(tt.last_run)

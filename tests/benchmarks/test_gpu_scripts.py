@@ -92,6 +92,13 @@ def test_kernels_benchmark_ops_chooses_the_rows(tmp_path):
                                                                            for r in rows}
 
 
+def test_kernels_benchmark_packed_tssa_rows(tmp_path):
+    smoke("kernels.py", "--ops", "tssa", "--no-other", "--packed", out=tmp_path)
+    (report,) = tmp_path.glob("kernels_*.json")
+    rows = {(r["op"], r["variant"], r["mode"]) for r in json.loads(report.read_text())["rows"]}
+    assert {("tssa", v, m) for v in ("triton-packed", "triton-packed-mixed") for m in ("fwd", "fwd+bwd")} <= rows
+
+
 def test_ncu_driver_smoke():
     """profile_ncu.py applies the settings it is given (the resident kernels run) and names a misspelt one."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
