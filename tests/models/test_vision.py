@@ -63,7 +63,8 @@ def test_vision_batch_independence():
 
 
 def test_bad_image_shape():
-    with pytest.raises(ValueError, match=r"images: expected shape \[B, 3, H, W\] or a list of \[3, H, W\], got \(2, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images: expected shape \[B, 3, H, W\] or a list of \[3, H, W\], got "
+                                         r"\(2, 1, 32, 32\)"):
         models.create("tost_cab_test")(torch.randn(2, 1, 32, 32))
 
 

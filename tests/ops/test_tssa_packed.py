@@ -4,15 +4,9 @@ import pytest
 import torch
 
 from tost_edge.ops import naive_tssa_packed, tssa
+from tost_edge.ops.packing import offsets_of as offsets
 
 LENGTHS = [5, 1, 0, 63, 17]
-
-
-def offsets(lengths):
-    cu = [0]
-    for n in lengths:
-        cu.append(cu[-1] + n)
-    return cu
 
 
 def test_each_sequence_as_if_alone():

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import tssa
-from ..ops.packing import sequence_positions
+from ..ops.packing import offsets_of, sequence_positions
 from .checkpointing import Checkpointed, _exporting
 
 
@@ -340,9 +340,7 @@ class ToSTVision(Checkpointed, nn.Module):
                 x = x + self.pos_embeder(1, Hp, Wp).reshape(1, -1, x.shape[1]).permute(0, 2, 1)
             for j, i in enumerate(idx):
                 tokens[i] = x[j]
-        cu = [0]
-        for t in tokens:
-            cu.append(cu[-1] + t.shape[0])
+        cu = offsets_of(t.shape[0] for t in tokens)
         x = self.pos_drop(torch.cat(tokens)[None])                                  # [1, total, C]
         image, _ = sequence_positions(torch.tensor(cu, device=x.device), x.shape[1])   # [total]
         packed = PackedImages(cu, max(t.shape[0] for t in tokens), image)

@@ -15,7 +15,7 @@ from .linear_attention import (LinearAttentionState, chunk_causal_linear_attenti
                                fused_recurrent_causal_linear_attention, naive_causal_linear_attention,
                                naive_causal_linear_attention_packed, naive_linear_attention, step_linear_attention)
 from .linear_attention.state import unpack_qkv
-from .packing import packed_offsets
+from .packing import offsets_of, packed_offsets
 from .tssa import naive_tssa, naive_tssa_packed
 
 BACKENDS = ("torch", "triton", "plugin")  # "plugin": one custom op per call, for ONNX export
@@ -139,4 +139,4 @@ __all__ = ["tssa", "causal_tssa", "causal_linear_attention", "causal_linear_atte
            "chunk_causal_linear_attention", "fused_recurrent_causal_linear_attention", "step_linear_attention",
            "naive_linear_attention", "naive_tssa_packed", "naive_causal_tssa_packed",
            "naive_causal_linear_attention_packed",
-           "packed_offsets", "BACKENDS"]
+           "packed_offsets", "offsets_of", "BACKENDS"]

@@ -9,6 +9,14 @@ import torch
 from .._checks import fail
 
 
+def offsets_of(lengths) -> List[int]:
+    """cu_seqlens of sequences of these lengths laid end to end: [0, n0, n0 + n1, ..., total]."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + int(n))
+    return cu
+
+
 def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
                    layout: str = "[1, total, C]") -> Union[List[int], torch.Tensor]:
     """cu_seqlens (a 1-D integer tensor or a sequence of ints) checked against x (`layout`, the sequences packed

@@ -1,7 +1,7 @@
 """The Triton kernels on packed sequences (cu_seqlens): causal TSSA's one launch a direction walks every sequence,
 each from its own state and position (slices past a sequence's end walk nothing); causal linear attention's walking
-kernels take a program per (sequence, head); bidirectional TSSA's passes a program per (sequence, slice). Against the fp64 reference run one sequence at a time: output, final
-states and every gradient."""
+kernels take a program per (sequence, head); bidirectional TSSA's passes a program per (sequence, slice). Against
+the fp64 reference run one sequence at a time: output, final states and every gradient."""
 import pytest
 import torch
 
@@ -11,17 +11,11 @@ from tests.ops.triton.test_triton_ops import (TSSA_LAUNCHES, check_causal_agains
 from tost_edge.ops import (CausalTSSAState, LinearAttentionState, causal_linear_attention,
                            causal_linear_attention_qkvpacked, causal_tssa, naive_causal_linear_attention_packed,
                            naive_causal_tssa_packed, naive_tssa_packed, tssa)
+from tost_edge.ops.packing import offsets_of as offsets
 from tost_edge.ops.triton import causal_tssa as ct
 from tost_edge.ops.triton import linear_attention as la
 from tost_edge.ops.triton import tssa as tt
 from tost_edge.ops.triton.utils import deterministic_algorithms
-
-
-def offsets(lengths):
-    cu = [0]
-    for n in lengths:
-        cu.append(cu[-1] + n)
-    return cu
 
 
 @pytest.mark.parametrize("lengths,D,H,walk", [([1, 63, 0, 130, 5], 48, 3, "tiled"), ([130, 7], 64, 2, "walked"),

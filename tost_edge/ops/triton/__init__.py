@@ -27,8 +27,10 @@ else:
     def _unavailable(*_a, **_k):
         raise RuntimeError("backend='triton': Triton is not installed (pip install tost-edge[triton])")
 
-    triton_tssa = triton_tssa_packed = triton_causal_tssa = triton_causal_tssa_packed = triton_causal_linear_attention = _unavailable
-    triton_causal_linear_attention_qkvpacked = triton_causal_linear_attention_packed = _unavailable
+    triton_tssa = triton_tssa_packed = triton_causal_tssa = triton_causal_tssa_packed = _unavailable
+    triton_causal_linear_attention = triton_causal_linear_attention_qkvpacked = _unavailable
+    triton_causal_linear_attention_packed = _unavailable
 
-__all__ = ["triton_tssa", "triton_tssa_packed", "triton_causal_tssa", "triton_causal_tssa_packed", "triton_causal_linear_attention",
-           "triton_causal_linear_attention_qkvpacked", "triton_causal_linear_attention_packed"]
+__all__ = ["triton_tssa", "triton_tssa_packed", "triton_causal_tssa", "triton_causal_tssa_packed",
+           "triton_causal_linear_attention", "triton_causal_linear_attention_qkvpacked",
+           "triton_causal_linear_attention_packed"]

@@ -33,9 +33,9 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from ..packing import sequence_positions
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from .utils import (MAX_OFFSET, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
+from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     deterministic_algorithms, fast_fp64, first_order, join_runs, launch_options, next_pow2,
-                    next_pow2_capped, on_input_device, unspilled)
+                    next_pow2_capped, on_input_device, packed_length, unspilled)
 
 PROGRAMS = 1024  # programs a launch aims for (a large GPU holds a few per SM)
 UNROLL = 8       # tokens per tile of the tiled forward, or per unrolled step of a walk (their loads issued
@@ -1041,24 +1041,14 @@ def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state=None, po
                                                  fill=False)
     check_dtype("w", w)
     check_available(w, temp)
-    if w.numel() > MAX_OFFSET:
-        raise ValueError(f"w: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
-                         f"{w.numel()}")
-    T = max_seqlen
+    T = packed_length(w, cu, max_seqlen)
     if on_host:
-        lengths = [e - a for a, e in zip(cu, cu[1:])]
-        T = max(lengths, default=0)
-        if max_seqlen is not None and max_seqlen < T:
-            raise ValueError(f"max_seqlen: expected at least the longest sequence's length {T}, got {max_seqlen}")
         if bias is not None and N:                 # each sequence's last position within the position table
             starts = pos.tolist() if isinstance(pos, torch.Tensor) else [int(pos)] * N
-            end = max(p + n for p, n in zip(starts, lengths))
+            end = max(p + e - a for p, a, e in zip(starts, cu, cu[1:]))
             if end > bias.shape[1]:
                 raise ValueError(f"pos0 + T: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's "
                                  f"position range) for every sequence, got {end}")
-    elif T is None:
-        raise ValueError("max_seqlen: expected an int, at least the longest packed sequence's length, with "
-                         "cu_seqlens as a tensor under torch.compile (its values are not read there), got None")
     elif bias is not None and isinstance(pos, int) and pos + T > bias.shape[1]:
         raise ValueError(f"pos0 + max_seqlen: expected at most denom_bias.shape[1] = {bias.shape[1]} (the model's "
                          f"position range), got {pos + T}")

@@ -38,8 +38,8 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
-from .utils import (FUSION, MAX_OFFSET, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
-                    Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device)
+from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
+                    Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device, packed_length)
 
 PROGRAMS = 4096  # programs a launch aims for (benchmarks/sweep.py: 1.06 ms against 1.09 at 1024, H200)
 SAVE_PI = True   # backward reads the forward's Pi [B, N, H] (False: recomputes it from w and the statistics)
@@ -860,18 +860,9 @@ def triton_tssa_packed(w: torch.Tensor, temp: torch.Tensor, num_heads: int, cu, 
     t = check_temp(temp, num_heads)
     check_dtype("w", w)
     check_available(w, t)
-    if w.numel() > MAX_OFFSET:
-        raise ValueError(f"w: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
-                         f"{w.numel():,}: pack fewer tokens a call")
-    T = max_seqlen
+    T = packed_length(w, cu, max_seqlen)
     if not isinstance(cu, Tensor):
-        T = max((e - a for a, e in zip(cu, cu[1:])), default=0)
-        if max_seqlen is not None and max_seqlen < T:
-            raise ValueError(f"max_seqlen: expected at least the longest sequence's length {T}, got {max_seqlen}")
         cu = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True)
-    elif T is None:
-        raise ValueError("max_seqlen: expected an int, at least the longest packed sequence's length, with "
-                         "cu_seqlens as a tensor under torch.compile (its values are not read there), got None")
     if T == 0 or w.shape[1] == 0:
         return w.clone()
     return _apply(w, t, num_heads, (cu.to(w.device, torch.int32), int(T)))

@@ -240,6 +240,25 @@ def batch_runs(B: int, per_element: int, name: str) -> list:
     return [slice(b, min(b + step, B)) for b in range(0, B, step)]
 
 
+def packed_length(x: torch.Tensor, cu, max_seqlen, name: str = "w") -> int:
+    """The tokens a launch over packed sequences is sized for: the longest sequence's length, from host offsets cu
+    (max_seqlen, where given, must be at least that), or max_seqlen where cu is a tensor whose values are not read on
+    the host. x (the packed input) must stay within the kernels' 32-bit offsets."""
+    if x.numel() > MAX_OFFSET:
+        raise ValueError(f"{name}: expected at most 2^31 - 1 elements packed (the kernels' 32-bit offsets), got "
+                         f"{x.numel():,}: pack fewer tokens a call")
+    if not isinstance(cu, torch.Tensor):
+        longest = max((e - a for a, e in zip(cu, cu[1:])), default=0)
+        if max_seqlen is not None and max_seqlen < longest:
+            raise ValueError(f"max_seqlen: expected at least the longest sequence's length {longest}, got "
+                             f"{max_seqlen}")
+        return longest
+    if max_seqlen is None:
+        raise ValueError("max_seqlen: expected an int, at least the longest packed sequence's length, with "
+                         "cu_seqlens as a tensor under torch.compile (its values are not read there), got None")
+    return int(max_seqlen)
+
+
 def join_runs(parts: list):
     """The results of an op called once per batch run, [(y, state)], as one call's: y and every state tensor
     concatenated along the batch."""
