@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import tssa
-from ..ops.packing import offsets_of, sequence_positions
+from ..ops.packing import offsets_of, packed_offsets, sequence_positions
 from .checkpointing import Checkpointed, _exporting
 
 
@@ -48,8 +48,8 @@ class PositionalEncodingFourier(nn.Module):
 
 
 class PackedImages(NamedTuple):
-    """Images' patch tokens packed end to end along a batch of one: their offsets [N + 1] (host ints), the most
-    tokens of one image, and each token's image [total] on the model's device."""
+    """Images' patch tokens packed end to end along a batch of one: their offsets [N + 1] (checked host ints), the
+    most tokens of one image, and each token's image [total] on the model's device."""
     cu: List[int]
     max_seqlen: int
     image: torch.Tensor
@@ -340,8 +340,8 @@ class ToSTVision(Checkpointed, nn.Module):
                 x = x + self.pos_embeder(1, Hp, Wp).reshape(1, -1, x.shape[1]).permute(0, 2, 1)
             for j, i in enumerate(idx):
                 tokens[i] = x[j]
-        cu = offsets_of(t.shape[0] for t in tokens)
         x = self.pos_drop(torch.cat(tokens)[None])                                  # [1, total, C]
+        cu = packed_offsets(x, offsets_of(t.shape[0] for t in tokens))             # (checked once, not a layer)
         image, _ = sequence_positions(torch.tensor(cu, device=x.device), x.shape[1])   # [total]
         packed = PackedImages(cu, max(t.shape[0] for t in tokens), image)
         for blk in self.blocks:

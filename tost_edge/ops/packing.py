@@ -17,14 +17,40 @@ def offsets_of(lengths) -> List[int]:
     return cu
 
 
+class CheckedOffsets(tuple):
+    """Host offsets packed_offsets has checked, for a total of `total` tokens: a model checks them once a call and its
+    layers' ops take them as they are, each device's int32 copy made once (device_offsets), not once a layer."""
+
+    def __new__(cls, cu):
+        self = super().__new__(cls, cu)
+        self.total = self[-1]
+        self.on_device = {}
+        return self
+
+
+def device_offsets(cu, device) -> torch.Tensor:
+    """Host offsets as an int32 tensor on `device` for the kernels (CheckedOffsets: made once a device)."""
+    made = getattr(cu, "on_device", None)
+    key = torch.device(device)
+    if made is not None and key in made:
+        return made[key]
+    t = torch.tensor(list(cu), dtype=torch.int32).to(device, non_blocking=True)
+    if made is not None:
+        made[key] = t
+    return t
+
+
 def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
                    layout: str = "[1, total, C]") -> Union[List[int], torch.Tensor]:
     """cu_seqlens (a 1-D integer tensor or a sequence of ints) checked against x (`layout`, the sequences packed
-    along its second axis), as host ints. A CUDA tensor is read back once. Under torch.compile a tensor stays one
-    (reading it would end the graph): its shape and dtype are checked on the host and its values on the device by an
-    asynchronous assert; host ints there are constants of the graph (a new graph for other offsets)."""
+    along its second axis), as host ints (CheckedOffsets: taken as they are by the next call on as many tokens). A
+    CUDA tensor is read back once. Under torch.compile a tensor stays one (reading it would end the graph): its shape
+    and dtype are checked on the host and its values on the device by an asynchronous assert; host ints there are
+    constants of the graph (a new graph for other offsets)."""
     if x.dim() != layout.count(",") + 1 or x.shape[0] != 1:
         fail(name, f"shape {layout} with cu_seqlens (the sequences packed end to end)", f"shape {tuple(x.shape)}")
+    if isinstance(cu_seqlens, CheckedOffsets) and cu_seqlens.total == x.shape[1]:
+        return cu_seqlens
     if isinstance(cu_seqlens, torch.Tensor):
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
             fail("cu_seqlens", "a 1-D integer tensor [N + 1]", f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}")
@@ -43,7 +69,7 @@ def packed_offsets(x: torch.Tensor, cu_seqlens, name: str = "w",
     if len(cu) < 2 or cu[0] != 0 or cu[-1] != x.shape[1] or any(b < a for a, b in zip(cu, cu[1:])):
         fail("cu_seqlens", f"N + 1 offsets from 0 to {name}.shape[1] = {x.shape[1]}, never decreasing", cu[:8] +
              (["..."] if len(cu) > 8 else []))
-    return cu
+    return cu if torch.compiler.is_compiling() else CheckedOffsets(cu)    # (graph constants: plain ints)
 
 
 def sequence_positions(cu: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -186,3 +186,16 @@ def test_tssa_packed_checks():
         tssa(leaf(1, 10, 30), torch.ones(4, device=DEVICE), 4, backend="triton", cu_seqlens=[0, 10])
     y = tssa(leaf(1, 0, 32), torch.ones(2, device=DEVICE), 2, backend="triton", cu_seqlens=[0, 0, 0])
     assert y.shape == (1, 0, 32)
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "linear_lm_tiny"])
+def test_packed_model_makes_the_offsets_device_copy_once_a_call(name, monkeypatch):
+    """A model checks its documents' offsets once a call; every layer's kernels take the same int32 copy."""
+    from tost_edge.ops import packing
+    from tost_edge.models import create
+    made, real = [], packing.device_offsets
+    for module in (ct, la, tt):
+        monkeypatch.setattr(module, "device_offsets", lambda cu, dev: made.append(real(cu, dev)) or made[-1])
+    model = create(name, n_layer=3, n_embd=32, n_head=2).to(DEVICE).set_backend("triton")
+    model(torch.randint(0, 256, (1, 20), device=DEVICE), cu_seqlens=[0, 7, 20])
+    assert len(made) == 3 and all(t is made[0] for t in made)

@@ -33,6 +33,7 @@ from ..causal_tssa.state import CausalTSSAState, prepare
 from ..packing import sequence_positions
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
+from ..packing import device_offsets
 from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     deterministic_algorithms, fast_fp64, first_order, join_runs, launch_options, next_pow2,
                     next_pow2_capped, on_input_device, packed_length, unspilled)
@@ -1061,7 +1062,7 @@ def triton_causal_tssa_packed(w, temp, denom_bias, num_heads, cu, state=None, po
     plan = _plan(N, T, H, D, w.element_size(), w.device, packed=True)
     state, pos, sync = _zero_filled(N, H, D, state, pos, w.device, 1 + 2 * N * plan[3] if plan[6] and not
                                     compiling else 0)
-    cu_t = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True) if on_host else \
+    cu_t = device_offsets(cu, w.device) if on_host else \
         cu.to(w.device, torch.int32)
     args = (w.contiguous(), temp, bias_t.contiguous(), pos.contiguous(), *(s.float().contiguous() for s in state), H,
             bounded, plan)

@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..linear_attention.state import LinearAttentionState, prepare, unpack_qkv
+from ..packing import device_offsets
 from .utils import (MAX_OFFSET, alloc, batch_runs, cdiv, check_available, check_dtype, first_order, interpreting,
                     join_runs, launch_options, next_pow2, on_input_device)
 
@@ -639,7 +640,7 @@ def _packed_call(op, qkv: tuple, q, k, v, cu, state, eps: float):
     plan = _plan(D, M)
     plan[6] = 0                                        # (the walking kernels: PARALLEL's chunks are not packed)
     cu_t = cu.to(q.device, torch.int32) if isinstance(cu, Tensor) else \
-        torch.tensor(cu, dtype=torch.int32).to(q.device, non_blocking=True)
+        device_offsets(cu, q.device)
     inputs = qkv or (q, k.to(q.dtype), v.to(q.dtype))
     return _apply(op, *inputs, state.kv.float().contiguous(), state.k_sum.float().contiguous(), float(eps), plan,
                   cu=cu_t)

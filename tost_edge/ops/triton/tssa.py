@@ -38,6 +38,7 @@ from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
+from ..packing import device_offsets
 from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device, packed_length)
 
@@ -862,7 +863,7 @@ def triton_tssa_packed(w: torch.Tensor, temp: torch.Tensor, num_heads: int, cu, 
     check_available(w, t)
     T = packed_length(w, cu, max_seqlen)
     if not isinstance(cu, Tensor):
-        cu = torch.tensor(cu, dtype=torch.int32).to(w.device, non_blocking=True)
+        cu = device_offsets(cu, w.device)
     if T == 0 or w.shape[1] == 0:
         return w.clone()
     return _apply(w, t, num_heads, (cu.to(w.device, torch.int32), int(T)))
