@@ -13,6 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ops import tssa
 from ..ops.packing import offsets_of, packed_offsets, sequence_positions
@@ -195,7 +196,8 @@ class ClassAttention(nn.Module):
         N, C = cls.shape
         H = self.num_heads
         qc, kc, vc = self.qkv(cls).view(N, 3, H, C // H).unbind(1)            # [N, H, d] each
-        _, kt, vt = self.qkv(tokens).view(-1, 3, H, C // H).unbind(1)         # [total, H, d] each
+        bias = None if self.qkv.bias is None else self.qkv.bias[C:]
+        kt, vt = F.linear(tokens, self.qkv.weight[C:], bias).view(-1, 2, H, C // H).unbind(1)  # [total, H, d]
         sc = (qc * kc).sum(-1) * self.scale                                     # [N, H]
         st = (qc[image] * kt).sum(-1) * self.scale                              # [total, H]
         top = sc.detach().scatter_reduce(0, image[:, None].expand(-1, H), st.detach(), "amax")   # (for exp's range)
