@@ -129,7 +129,9 @@ def add_build_command(sub) -> None:
     s.add_argument("-o", "--output", help="engine path (for a single .onnx)")
     s.add_argument("--plugins", help="path to libtost_edge_plugins.so (needed for plugin-flavour graphs)")
     s.add_argument("--fp32", action="store_true", help="no fp16 tactics for fp32 graphs (fp16 graphs stay fp16)")
-    s.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimisation profile (default 8)")
+    s.add_argument("--max-batch", type=int, default=8,
+                   help="largest batch of the optimisation profile (default 8); the runtime splits more streams "
+                        "into calls of this many")
     s.add_argument("--max-seq", type=int, default=64, help="largest token block for a single prefill graph")
     s.add_argument("--max-past", type=int, default=1024, help="largest KV-cache length (softmax baselines)")
     s.add_argument("--workspace-mib", type=int, default=1024)

@@ -78,6 +78,103 @@ def test_batched_step_logits_equal_solo(lm_bundles):
         np.testing.assert_allclose(batched[i], s.step(7), rtol=1e-5, atol=1e-6)
 
 
+class Counting:
+    """A backend that counts its graph calls and takes at most max_batch streams a call, as an engine would."""
+
+    def __init__(self, backend, max_batch=None):
+        self.backend, self.max_batch, self.calls = backend, max_batch, []
+
+    def run(self, graph, feeds):
+        batch = len(feeds["pos"])
+        assert self.max_batch is None or batch <= self.max_batch, f"{graph}: {batch} streams in one call"
+        self.calls.append((graph, batch, feeds[next(iter(feeds))].shape))
+        return self.backend.run(graph, feeds)
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "gpt_lm_tiny"])
+def test_prefill_batch_equals_solo_prefills(lm_bundles, name):
+    _, path = lm_bundles[name]
+    sess = Session(path)
+    rng = np.random.default_rng(2)
+    lengths = [70, 1, 70, 64, 5, 128]          # chunks of 64: full chunks batch, equal tails batch
+    prompts = [rng.integers(0, 256, n) for n in lengths]
+    sess.backend = counting = Counting(sess.backend)
+    streams = [sess.open_stream() for _ in prompts]
+    got = sess.prefill_batch(streams, prompts)
+    assert sorted(c[1] for c in counting.calls) == [1, 1, 1, 2, 4], counting.calls  # 9 calls one by one
+    solo_sess = Session(path)
+    for s, p, g in zip(streams, prompts, got):
+        solo = solo_sess.open_stream()
+        np.testing.assert_allclose(g, solo.prefill(p), rtol=1e-4, atol=1e-5)
+        assert s.position == solo.position == len(p) and s.stats.prefill_tokens == len(p)
+        for k in solo.state:
+            np.testing.assert_allclose(s.state[k], solo.state[k], rtol=1e-4, atol=1e-5)
+
+
+def test_prefill_plan_covers_each_prompt_in_order_in_few_calls():
+    from tost_edge.runtime.session import prefill_plan
+    rng = np.random.default_rng(3)
+    for lengths in [[5], [64], [130], [0, 3], [16] * 9] + [list(rng.integers(0, 200, rng.integers(1, 40)))
+                                                          for _ in range(50)]:
+        plan = prefill_plan(lengths, 64)
+        got = [0] * len(lengths)
+        for n, members in plan:
+            assert 1 <= n <= 64 and members == sorted(set(members))
+            for i in members:
+                got[i] += n
+        assert got == lengths
+        full = max(lengths) // 64
+        tails = {n % 64 for n in lengths} - {0}
+        assert len(plan) == full + min(len(tails), len({b for t in tails for b in range(6) if t >> b & 1}))
+    assert prefill_plan([70], 64) == [(64, [0]), (6, [0])]       # one prompt: no call more than its chunks
+    assert prefill_plan([3, 5, 6, 7], 64) == [(4, [1, 2, 3]), (2, [0, 2, 3]), (1, [0, 1, 3])]
+
+
+def test_calls_hold_at_most_the_backends_batch(lm_bundles):
+    _, path = lm_bundles["tost_lm_tiny"]
+    sess = Session(path)
+    prompts = [np.arange(1, 2 + i % 3) for i in range(7)]
+    whole = [sess.open_stream() for _ in prompts]
+    want = sess.prefill_batch(whole, prompts)
+    want_step = sess.step_batch(whole, [3] * 7)
+    sess.backend = counting = Counting(sess.backend, max_batch=2)
+    parts = [sess.open_stream() for _ in prompts]
+    got = sess.prefill_batch(parts, prompts)
+    got_step = sess.step_batch(parts, [3] * 7)
+    assert [c[1] for c in counting.calls] == [2, 2, 2, 2, 1] + [2, 2, 2, 1]  # calls of 2 tokens, 1; then a step
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_step, want_step, rtol=1e-5, atol=1e-6)
+
+
+def test_batches_refuse_bad_input_and_leave_streams_as_they_were(lm_bundles):
+    sess = Session(lm_bundles["tost_lm_tiny"][1])
+    a, b = sess.open_stream(), sess.open_stream()
+    with pytest.raises(ValueError, match=r"prompts\[1\]: tokens: expected ids in \[0, 256\), got values 1..999"):
+        sess.prefill_batch([a, b], [[1, 2], [1, 999]])
+    with pytest.raises(ValueError, match="a stream appears twice in one batch"):
+        sess.prefill_batch([a, a], [[1], [2]])
+    with pytest.raises(ValueError, match=r"inputs: expected one per stream \(2\), got 1"):
+        sess.step_batch([a, b], [1])
+    assert a.position == b.position == 0
+    sched = sess.scheduler()
+    for prompt, n, match in (([], 4, "prompt: expected at least one token"), ([300], 4, "tokens: expected ids"),
+                             ([1], 0, "max_new_tokens: expected at least 1, got 0")):
+        with pytest.raises(ValueError, match=match):
+            sched.submit(prompt, n)
+    assert not sched.pending
+
+
+def test_shape_outside_an_engines_profile_is_a_clear_error():
+    from tost_edge.runtime.backends.tensorrt_backend import check_profile
+    check_profile("step", "tokens", (8,), (1,), (8,))
+    with pytest.raises(ValueError, match=r"step engine: input tokens has shape \(9,\), outside the engine's "
+                                         r"profile \(1,\) \.\. \(8,\); rebuild .* --max-batch N"):
+        check_profile("step", "tokens", (9,), (1,), (8,))
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 3\), outside"):
+        check_profile("prefill", "state_in.0.sum_wsq", (1, 2, 3), (1, 2), (8, 2))
+
+
 def test_end_of_position_range_is_a_clear_error(lm_bundles):
     _, path = lm_bundles["tost_lm_tiny"]
     stream = Session(path).open_stream()

@@ -37,9 +37,16 @@ class Scheduler:
 
     def submit(self, prompt, max_new_tokens: int, stream=None, temperature: float = 0.0, top_k=None, top_p=None,
                seed: Optional[int] = None) -> Request:
-        """Queue a generation; it joins the batch at the next tick."""
-        req = Request(next(self._ids), stream or self.session.open_stream(), np.asarray(prompt, np.int64),
-                      max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
+        """Queue a generation; it joins the batch at the next tick. The prompt is checked here, so a bad one is
+        refused before it is queued."""
+        stream = stream or self.session.open_stream()
+        prompt = stream._data(prompt, step=False)
+        if not len(prompt):
+            raise ValueError("prompt: expected at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected at least 1, got {max_new_tokens}")
+        req = Request(next(self._ids), stream, prompt, max_new_tokens, temperature, top_k, top_p,
+                      np.random.default_rng(seed))
         self.pending.append(req)
         return req
 
@@ -56,17 +63,19 @@ class Scheduler:
         return req.id, tok
 
     def tick(self) -> List[Tuple[int, int]]:
-        """Admit new requests (their prompts are prefilled one by one), then one batched decode step.
-        Returns the (request id, token) pairs produced."""
+        """Admit new requests (their prompts prefilled together, in as few graph calls as their lengths allow),
+        then one batched decode step. Returns the (request id, token) pairs produced."""
         events = []
-        while self.pending and len(self.active) < self.max_batch:
-            req = self.pending.pop(0)
-            req.logits = req.stream.prefill(req.prompt)[-1] if len(req.prompt) else None
-            if req.logits is None:
-                raise ValueError(f"request {req.id}: prompt: expected at least one token")
-            events.append(self._emit(req))
-            if not req.done:
-                self.active.append(req)
+        admitted = []
+        while self.pending and len(self.active) + len(admitted) < self.max_batch:
+            admitted.append(self.pending.pop(0))
+        if admitted:
+            logits = self.session.prefill_batch([r.stream for r in admitted], [r.prompt for r in admitted])
+            for req, lg in zip(admitted, logits):
+                req.logits = lg[-1]
+                events.append(self._emit(req))
+                if not req.done:
+                    self.active.append(req)
         decoding = [r for r in self.active if not r.done and r.tokens and len(r.tokens) < r.max_new_tokens
                     and r.id not in {e[0] for e in events}]
         groups: Dict[int, List[Request]] = {}

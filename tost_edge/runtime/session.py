@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,22 +59,106 @@ class Session:
                 f"stream: position {pos + n} is beyond the model's position range (block_size={bs}); "
                 "start a new stream, or export a model made with unbounded=True for endless streams")
 
+    @property
+    def max_batch(self) -> Optional[int]:
+        """The most streams one graph call takes (a TensorRT engine's optimisation profile); None: no limit."""
+        return getattr(self.backend, "max_batch", None)
+
+    def _parts(self, items: Sequence) -> List[Sequence]:
+        n = self.max_batch or len(items) or 1
+        return [items[i:i + n] for i in range(0, len(items), n)]
+
     def step_batch(self, streams: Sequence["Stream"], inputs) -> np.ndarray:
-        """One step for many streams in one graph call. inputs: one token id (or frame) per stream.
+        """One step for many streams (in calls of at most max_batch). inputs: one token id (or frame) per stream.
         Returns logits [N, V]; each stream's state and position advance."""
         if not streams:
             return np.zeros((0, self.bundle.vocab_size), np.float32)
+        if len(inputs) != len(streams):
+            raise ValueError(f"inputs: expected one per stream ({len(streams)}), got {len(inputs)}")
+        _distinct(streams)
         if self.bundle.grows and len({s.position for s in streams}) > 1:
             raise ValueError("streams: a KV-cache model batches only streams at the same position; "
                              f"got positions {sorted({s.position for s in streams})}")
         for s in streams:
             self.check_range(s.position, 1)
-        feeds = {self.data_input: np.stack([np.asarray(x) for x in inputs], 0),
-                 "pos": np.array([s.position for s in streams], np.int64), **self._state_feeds([s.state for s in streams])}
-        out = self.backend.run("step", feeds)
-        for s, st in zip(streams, self._split_state(out, len(streams))):
-            s.state, s.position = st, s.position + 1
-        return out["logits"].astype(np.float32)
+        logits = []
+        for part in self._parts(list(zip(streams, inputs))):
+            group = [s for s, _ in part]
+            feeds = {self.data_input: np.stack([np.asarray(x) for _, x in part], 0),
+                     "pos": np.array([s.position for s in group], np.int64),
+                     **self._state_feeds([s.state for s in group])}
+            out = self.backend.run("step", feeds)
+            for s, st in zip(group, self._split_state(out, len(group))):
+                s.state, s.position = st, s.position + 1
+            logits.append(out["logits"].astype(np.float32))
+        return np.concatenate(logits, 0)
+
+    def prefill_batch(self, streams: Sequence["Stream"], prompts) -> List[np.ndarray]:
+        """Prefill many streams together: prompts[i] (ids [T_i]; frames [T_i, 3, S, S] for video) -> logits
+        [T_i, V] each. Each prompt runs in blocks of at most the bundle's prefill chunk, its state handed on, and
+        the streams share graph calls as prefill_plan lays them out."""
+        if len(prompts) != len(streams):
+            raise ValueError(f"prompts: expected one per stream ({len(streams)}), got {len(prompts)}")
+        _distinct(streams)
+        data = []
+        for i, (s, p) in enumerate(zip(streams, prompts)):
+            try:
+                data.append(s._data(p, step=False))
+            except ValueError as e:
+                raise ValueError(f"prompts[{i}]: {e}" if len(streams) > 1 else str(e)) from None
+        for s, d in zip(streams, data):
+            self.check_range(s.position, len(d))
+        outs: List[List[np.ndarray]] = [[] for _ in streams]
+        seconds, done = [0.0] * len(streams), [0] * len(streams)
+        for n, members in prefill_plan([len(d) for d in data], self.bundle.prefill_chunk):
+            groups: Dict[int, List[int]] = {}
+            for i in members:  # a KV cache batches only streams at one position
+                groups.setdefault(streams[i].position if self.bundle.grows else 0, []).append(i)
+            for part in (p for g in groups.values() for p in self._parts(g)):
+                t0 = time.perf_counter()
+                feeds = {self.data_input: np.stack([data[i][done[i]:done[i] + n] for i in part], 0),
+                         "pos": np.array([streams[i].position for i in part], np.int64),
+                         **self._state_feeds([streams[i].state for i in part])}
+                out = self.backend.run("prefill", feeds)
+                for j, (i, st) in enumerate(zip(part, self._split_state(out, len(part)))):
+                    streams[i].state, streams[i].position = st, streams[i].position + n
+                    outs[i].append(out["logits"][j].astype(np.float32))
+                    done[i] += n
+                for i in part:
+                    seconds[i] += time.perf_counter() - t0
+        empty = np.zeros((0, self.bundle.vocab_size), np.float32)
+        for s, d, t in zip(streams, data, seconds):
+            s.stats.prefill_seconds += t
+            s.stats.prefill_tokens += len(d)
+        return [np.concatenate(o, 0) if o else empty for o in outs]
+
+
+def prefill_plan(lengths: Sequence[int], chunk: int) -> List[Tuple[int, List[int]]]:
+    """Graph calls that prefill prompts of these lengths together: [(tokens a stream, streams), ...] in order.
+
+    Full chunks first, every stream with one left in each call. The shorter tails then go by equal length (one
+    call per distinct length) or, where that takes fewer calls, by the bits of their lengths: a call of 32 tokens
+    for every tail with 32 in its length, then 16, ... (at most log2(chunk) + 1 calls, whatever the mix)."""
+    left, calls = [int(n) for n in lengths], []
+    while any(n >= chunk for n in left):
+        members = [i for i, n in enumerate(left) if n >= chunk]
+        calls.append((chunk, members))
+        for i in members:
+            left[i] -= chunk
+    by_length: Dict[int, List[int]] = {}
+    for i, n in enumerate(left):
+        if n:
+            by_length.setdefault(n, []).append(i)
+    bits = [1 << b for b in reversed(range(max(left).bit_length()))] if by_length else []
+    by_bit = [(b, [i for i, n in enumerate(left) if n & b]) for b in bits]
+    by_bit = [(b, m) for b, m in by_bit if m]
+    return calls + (by_bit if len(by_bit) < len(by_length) else sorted(by_length.items(), reverse=True))
+
+
+def _distinct(streams: Sequence["Stream"]) -> None:
+    ids = [id(s) for s in streams]
+    if len(set(ids)) != len(ids):
+        raise ValueError("streams: a stream appears twice in one batch (each call advances a stream once)")
 
 
 class Stream:
@@ -107,23 +191,7 @@ class Stream:
     def prefill(self, tokens) -> np.ndarray:
         """tokens: [T] ids (frames [T, 3, S, S] for video) -> logits [T, V]; runs in chunks of the bundle's
         prefill size, handing the state on."""
-        data = self._data(tokens, step=False)
-        sess = self.session
-        sess.check_range(self.position, len(data))
-        chunk = sess.bundle.prefill_chunk
-        outs = []
-        t0 = time.perf_counter()
-        for i in range(0, len(data), chunk):
-            block = data[i:i + chunk]
-            feeds = {sess.data_input: block[None], "pos": np.array([self.position], np.int64),
-                     **sess._state_feeds([self.state])}
-            out = sess.backend.run("prefill", feeds)
-            self.state = sess._split_state(out, 1)[0]
-            self.position += len(block)
-            outs.append(out["logits"][0].astype(np.float32))
-        self.stats.prefill_seconds += time.perf_counter() - t0
-        self.stats.prefill_tokens += len(data)
-        return np.concatenate(outs, 0) if outs else np.zeros((0, sess.bundle.vocab_size), np.float32)
+        return self.session.prefill_batch([self], [tokens])[0]
 
     def step(self, token) -> np.ndarray:
         """One token id (or frame [3, S, S]) -> logits [V]."""

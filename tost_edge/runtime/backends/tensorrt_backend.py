@@ -33,6 +33,17 @@ class _Engine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        # (min, max) of each input's shape in the engine's optimisation profile, checked before each call
+        self.ranges = {n: tuple(tuple(d) for d in self.engine.get_tensor_profile_shape(n, 0))[::2]
+                       for n in self.inputs}
+
+
+def check_profile(graph: str, name: str, shape, lo, hi) -> None:
+    """An input shape outside the engine's optimisation profile, as a clear error (TensorRT only returns False)."""
+    if len(shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(shape, lo, hi)):
+        raise ValueError(f"{graph} engine: input {name} has shape {tuple(shape)}, outside the engine's profile "
+                         f"{tuple(lo)} .. {tuple(hi)}; rebuild the engines with a larger range (`tost-edge build "
+                         "--max-batch N`) or feed less at once")
 
 
 class TensorRTBackend:
@@ -56,6 +67,8 @@ class TensorRTBackend:
         trt.get_plugin_registry().load_library(meta["plugin_library"])
         self.engines = {g: _Engine(self.runtime, bundle.path / meta["engines"][g]) for g in ("prefill", "step")}
         self.stream = cp.cuda.Stream(non_blocking=True)
+        # Session.step_batch / prefill_batch split their streams into calls of at most this many
+        self.max_batch = int(meta.get("profile", {}).get("max_batch") or 0) or None
 
     def run(self, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import cupy as cp
@@ -63,9 +76,12 @@ class TensorRTBackend:
         ctx = eng.context
         keep = []
         for name in eng.inputs:
+            check_profile(graph, name, np.shape(feeds[name]), *eng.ranges[name])
+        for name in eng.inputs:
             arr = cp.asarray(np.ascontiguousarray(feeds[name], dtype=eng.dtypes[name]))
             keep.append(arr)
-            ctx.set_input_shape(name, arr.shape)
+            if not ctx.set_input_shape(name, arr.shape):
+                raise RuntimeError(f"{graph} engine: TensorRT refused shape {arr.shape} for input {name}")
             ctx.set_tensor_address(name, arr.data.ptr)
         outs = {}
         for name in eng.outputs:
