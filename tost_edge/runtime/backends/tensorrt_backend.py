@@ -33,9 +33,15 @@ class _Engine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        # (min, max) of each input's shape in the engine's optimisation profile, checked before each call
-        self.ranges = {n: tuple(tuple(d) for d in self.engine.get_tensor_profile_shape(n, 0))[::2]
-                       for n in self.inputs}
+        self.ranges = {n: self._range(n) for n in self.inputs}   # checked before each call
+
+    def _range(self, name):
+        """(min, max) of an input's shape: its optimisation profile's, or its fixed shape."""
+        shape = tuple(self.engine.get_tensor_shape(name))
+        if -1 not in shape:
+            return shape, shape
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+        return tuple(lo), tuple(hi)
 
 
 def check_profile(graph: str, name: str, shape, lo, hi) -> None:
@@ -64,7 +70,8 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         self.runtime = trt.Runtime(self.logger)
-        trt.get_plugin_registry().load_library(meta["plugin_library"])
+        if meta.get("plugin_library"):   # engines of a portable bundle need none
+            trt.get_plugin_registry().load_library(meta["plugin_library"])
         self.engines = {g: _Engine(self.runtime, bundle.path / meta["engines"][g]) for g in ("prefill", "step")}
         self.stream = cp.cuda.Stream(non_blocking=True)
         # Session.step_batch / prefill_batch split their streams into calls of at most this many

@@ -1,0 +1,197 @@
+"""The TensorRT backend's own code (engine I/O, profile checks, calls split to the engine's batch) on a machine
+without TensorRT: stand-in `tensorrt` and `cupy` modules whose "engine" runs the bundle's ONNX graph in
+onnxruntime, with the optimisation profile of a real build (tost_edge.export.engine._profile_shapes). What the
+stand-ins cannot show (TensorRT's parser, tactics, plugins) is tests/export/test_engine.py's, on a device."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from tost_edge.runtime import Session
+
+VERSION = "10.3.0-stand-in"
+ENGINE_BATCH = 2
+
+
+class _Buffer:
+    """A cupy array stand-in: host memory, with a device pointer the stand-in context resolves."""
+    live = {}
+
+    def __init__(self, array):
+        self.array = array
+        self.data = types.SimpleNamespace(ptr=id(self))
+        _Buffer.live[id(self)] = self
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+
+def _fake_cupy():
+    cp = types.ModuleType("cupy")
+    cp.asarray = lambda a: _Buffer(np.array(a))
+    cp.empty = lambda shape, dtype: _Buffer(np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f"
+                                            else np.zeros(shape, dtype))
+    cp.asnumpy = lambda b: b.array.copy()
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            self.ptr = 1
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+    props = {"name": b"Stand-in GPU", "major": 8, "minor": 7}
+    cp.cuda = types.SimpleNamespace(Stream=Stream, runtime=types.SimpleNamespace(getDeviceProperties=lambda i: props))
+    return cp
+
+
+class _Context:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses, self.outputs = engine, {}, {}, None
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.profile.get(name, (self.engine.shapes[name],) * 3)
+        ok = len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi))
+        if ok:
+            self.shapes[name], self.outputs = tuple(shape), None
+        return ok
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def _run(self):
+        if self.outputs is None:
+            feeds = {n: _Buffer.live[self.addresses[n]].array for n in self.engine.inputs}
+            for n, a in feeds.items():
+                assert a.shape == self.shapes[n], f"{n}: buffer {a.shape}, shape set {self.shapes[n]}"
+            self.outputs = dict(zip(self.engine.outputs, self.engine.session.run(None, feeds)))
+        return self.outputs
+
+    def get_tensor_shape(self, name):
+        return self._run()[name].shape
+
+    def execute_async_v3(self, stream):
+        for name, value in self._run().items():
+            _Buffer.live[self.addresses[name]].array[...] = value
+        return True
+
+
+class _Engine:
+    def __init__(self, spec):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
+        self.profile = {k: [tuple(x) for x in v] for k, v in spec["profile"].items()}
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        types_ = {i.name: i.type for i in self.session.get_inputs() + self.session.get_outputs()}
+        self.types = {n: {"tensor(float)": np.float32, "tensor(int64)": np.int64}[t] for n, t in types_.items()}
+        self.shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape)
+                       for i in self.session.get_inputs() + self.session.get_outputs()}
+        self.num_io_tensors = len(self.inputs) + len(self.outputs)
+
+    def get_tensor_name(self, i):
+        return (self.inputs + self.outputs)[i]
+
+    def get_tensor_mode(self, name):
+        return "input" if name in self.inputs else "output"
+
+    def get_tensor_dtype(self, name):
+        return self.types[name]
+
+    def get_tensor_shape(self, name):
+        return self.shapes[name]
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0 and -1 in self.shapes[name], f"{name}: no profile for a fixed shape"
+        return self.profile[name]
+
+    def create_execution_context(self):
+        return _Context(self)
+
+
+def _fake_tensorrt(loaded):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = VERSION
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=None: None})
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.nptype = lambda t: t
+    trt.init_libnvinfer_plugins = lambda logger, namespace: True
+
+    def load_library(path):
+        if not isinstance(path, str):
+            raise TypeError(f"load_library: expected a path, got {path!r}")
+        loaded.append(path)
+
+    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=load_library)
+    trt.Runtime = lambda logger: types.SimpleNamespace(
+        deserialize_cuda_engine=lambda blob: _Engine(json.loads(blob)))
+    return trt
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    loaded = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(loaded))
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    return loaded
+
+
+def _engines(bundle, max_batch=ENGINE_BATCH):
+    """Stand-in engines of a bundle with the optimisation profile `tost-edge build` would give them."""
+    from tost_edge.export.engine import _profile_shapes
+    man = json.loads((bundle / "manifest.json").read_text())
+    engines = {}
+    for graph, seq in (("prefill", man.get("prefill_chunk", 64)), ("step", 1)):
+        onnx_path = bundle / man["graphs"][graph]["file"]
+        profile = _profile_shapes(onnx_path, max_batch, 1, seq, seq, 1024)
+        (bundle / f"{graph}.engine").write_text(json.dumps({"onnx": str(onnx_path), "profile": profile}))
+        engines[graph] = f"{graph}.engine"
+    meta = {"tensorrt_version": VERSION, "gpu": "Stand-in GPU", "sm": "sm_87", "plugin_library": None,
+            "engines": engines, "profile": {"max_batch": max_batch, "max_seq": 64, "max_past": 1024}}
+    (bundle / "engine.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "gpt_lm_tiny"])
+def test_engines_of_a_portable_bundle_stream_like_onnxruntime(lm_bundles, tmp_path, stand_ins, name):
+    import shutil
+    _, path = lm_bundles[name]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(path, bundle)
+    _engines(bundle)
+    trt, ort = Session(bundle, backend="tensorrt"), Session(bundle)
+    assert trt.max_batch == ENGINE_BATCH and ort.max_batch is None
+    assert stand_ins == []          # no plugin library to load for a portable bundle's engines
+    prompts = [np.arange(1, 1 + n) for n in (3, 5, 3, 70, 1)]
+    a = [trt.open_stream() for _ in prompts]
+    b = [ort.open_stream() for _ in prompts]
+    for x, y in zip(trt.prefill_batch(a, prompts), ort.prefill_batch(b, prompts)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    if name == "gpt_lm_tiny":       # a KV cache steps streams of one position only
+        a, b = a[:3:2], b[:3:2]
+    np.testing.assert_allclose(trt.step_batch(a, [7] * len(a)), ort.step_batch(b, [7] * len(b)), rtol=1e-5, atol=1e-6)
+    for s, t in zip(a, b):
+        assert s.position == t.position
+        for k in t.state:
+            np.testing.assert_allclose(s.state[k], t.state[k], rtol=1e-5, atol=1e-6)
+
+
+def test_feeds_outside_the_engines_profile_are_refused_by_name(lm_bundles, tmp_path, stand_ins):
+    import shutil
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lm_bundles["tost_lm_tiny"][1], bundle)
+    _engines(bundle)
+    backend = Session(bundle, backend="tensorrt").backend
+    with pytest.raises(ValueError, match=r"step engine: input tokens has shape \(3,\), outside the engine's "
+                                         r"profile \(1,\) \.\. \(2,\)"):
+        backend.run("step", {"tokens": np.zeros(3, np.int64), "pos": np.zeros(3, np.int64)})
+    with pytest.raises(ValueError, match=r"prefill engine: input tokens has shape \(1, 65\), outside"):
+        backend.run("prefill", {"tokens": np.zeros((1, 65), np.int64)})
