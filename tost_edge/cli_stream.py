@@ -147,8 +147,9 @@ def cmd_bench(args) -> int:
         t.add_row(str(r["position"]), f"{r['step_ms_p50']:.3f}", f"{r['step_ms_p90']:.3f}", f"{r['step_ms_p99']:.3f}",
                   f"{r['tokens_per_s']:.1f}", f"{r['state_bytes_per_stream']:,}")
     console.print(t)
-    console.print(f"prefill: {res['prefill_tokens_per_s']:.1f} tokens/s ({res['batch']} stream{'s' * (res['batch'] > 1)} "
-                  f"together); peak RSS {res['peak_rss_mib']:.0f} MiB")
+    together = f"{res['batch']} streams together" if res["batch"] > 1 else "one stream"
+    console.print(f"prefill: {res['prefill_tokens_per_s']:.1f} tokens/s ({together}); "
+                  f"peak RSS {res['peak_rss_mib']:.0f} MiB")
     return 0
 
 
