@@ -160,6 +160,7 @@ def cmd_stream_video(args) -> int:
     from rich.console import Console
 
     from .runtime import Session
+    from .runtime.stats import peak_rss_mib
     from .runtime.video import frames_from, synthetic_frames
     console = Console()
     bundle = Path(args.bundle)
@@ -177,23 +178,36 @@ def cmd_stream_video(args) -> int:
     if session.bundle.kind != "video":
         raise ValueError(f"bundle: expected a video model bundle, got a {session.bundle.kind} model")
     size = session.bundle.manifest["frame_size"]
-    source = synthetic_frames(size, args.frames) if args.source is None else frames_from(args.source, size, args.frames)
-    stream = session.open_stream()
+    n = args.streams
+    if n < 1:
+        raise ValueError(f"--streams: expected at least 1, got {n}")
+    if args.source is None:      # one synthetic camera per stream
+        ticks = zip(*(synthetic_frames(size, args.frames, seed=i) for i in range(n)))
+    else:                        # every stream sees the source's frames
+        ticks = ([frame] * n for frame in frames_from(args.source, size, args.frames))
+    streams = [session.open_stream() for _ in range(n)]
+    preds: list = [[] for _ in range(n)]
+    latency = []
     t0 = time.perf_counter()
-    preds = []
-    for frame in source:
-        logits = stream.step(frame)
-        preds.append(int(np.argmax(logits)))
+    for frames in ticks:
+        t = time.perf_counter()
+        logits = session.step_batch(streams, list(frames))     # the streams' frames in one call
+        latency.append(time.perf_counter() - t)
+        for p, lg in zip(preds, logits):
+            p.append(int(np.argmax(lg)))
     wall = time.perf_counter() - t0
-    s = stream.stats.summary(unit="frames")
-    res = {"model": session.bundle.model_name, "frames": len(preds), "fps": len(preds) / wall if wall else None,
-           "latency_ms_p50": s["step_ms_p50"], "latency_ms_p90": s["step_ms_p90"], "latency_ms_p99": s["step_ms_p99"],
-           "state_bytes": session.bundle.state_bytes(stream.position), "peak_rss_mib": s["peak_rss_mib"]}
+    ms = np.array(latency) * 1e3 if latency else np.full(1, np.nan)
+    frames_done = len(preds[0])
+    res = {"model": session.bundle.model_name, "streams": n, "frames": frames_done,
+           "fps": n * frames_done / wall if wall else None,
+           "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
+           "latency_ms_p99": float(np.percentile(ms, 99)),
+           "state_bytes": session.bundle.state_bytes(streams[0].position), "peak_rss_mib": peak_rss_mib()}
     if args.json:
-        print(json.dumps({**res, "predictions": preds}))
+        print(json.dumps({**res, "predictions": preds[0], **({"predictions_by_stream": preds} if n > 1 else {})}))
         return 0
     console.print(_stats_table(f"stream-video: {res['model']}", res))
-    console.print(f"per-frame predictions (first 20): {preds[:20]}")
+    console.print(f"per-frame predictions (first 20{', stream 0' if n > 1 else ''}): {preds[0][:20]}")
     return 0
 
 
@@ -238,11 +252,16 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("stream-video", help="run a video model over a frame source; report FPS and latency",
                        epilog="examples:\n  tost-edge stream-video tost_video_small --frames 200\n"
+                              "  tost-edge stream-video tost_video_small --streams 4     four cameras batched\n"
                               "  tost-edge stream-video video_bundle/ --source frames_dir/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("bundle", help="video stream bundle folder, or a registry video model name (exported on first use)")
     s.add_argument("--source", help="image folder, image file or video file (default: synthetic frames)")
-    s.add_argument("--frames", type=int, default=100, help="frames to stream (default 100)")
+    s.add_argument("--frames", type=int, default=100, help="frames to stream (default 100; per stream)")
+    s.add_argument("--streams", type=int, default=1,
+                   help="cameras stepped together, one call a frame for all (default 1): synthetic frames differ by "
+                        "stream, a --source feeds every stream. fps counts the frames of all streams, latency is a "
+                        "call's, state_bytes one stream's")
     s.add_argument("--cache", default="out", help="where registry models are exported (default out/)")
     s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     s.add_argument("--json", action="store_true")

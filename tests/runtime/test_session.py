@@ -156,6 +156,10 @@ def test_batches_refuse_bad_input_and_leave_streams_as_they_were(lm_bundles):
         sess.prefill_batch([a, a], [[1], [2]])
     with pytest.raises(ValueError, match=r"inputs: expected one per stream \(2\), got 1"):
         sess.step_batch([a, b], [1])
+    with pytest.raises(ValueError, match=r"inputs\[1\]: token: expected an id in \[0, 256\), got 999"):
+        sess.step_batch([a, b], [1, 999])
+    with pytest.raises(ValueError, match=r"inputs: expected one token id per stream, got shape \(2, 2\)"):
+        sess.step_batch([a, b], [[1, 2], [3, 4]])
     assert a.position == b.position == 0
     sched = sess.scheduler()
     for prompt, n, match in (([], 4, "prompt: expected at least one token"), ([300], 4, "tokens: expected ids"),

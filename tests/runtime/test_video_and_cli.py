@@ -68,6 +68,19 @@ def test_cli_stream_video(video, capsys):
     assert res["frames"] == 5 and res["fps"] > 0 and len(res["predictions"]) == 5
 
 
+def test_cli_stream_video_batches_cameras_as_if_alone(video, capsys):
+    assert main(["stream-video", str(video[1]), "--frames", "4", "--streams", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["streams"] == 3 and res["frames"] == 4 and len(res["predictions_by_stream"]) == 3
+    session = Session(video[1])
+    for seed, got in enumerate(res["predictions_by_stream"]):
+        stream = session.open_stream()
+        want = [int(np.argmax(stream.step(f))) for f in synthetic_frames(32, 4, seed=seed)]
+        assert got == want, seed
+    assert main(["stream-video", str(video[1]), "--streams", "0"]) == 2
+    assert "--streams: expected at least 1, got 0" in capsys.readouterr().err
+
+
 def test_cli_run_and_bench(lm_bundles, tmp_path, capsys):
     _, path = lm_bundles["tost_lm_tiny"]
     assert main(["run", str(path), "--prompt", "Hi", "--max-new-tokens", "5", "--json"]) == 0

@@ -79,12 +79,13 @@ class Session:
         if self.bundle.grows and len({s.position for s in streams}) > 1:
             raise ValueError("streams: a KV-cache model batches only streams at the same position; "
                              f"got positions {sorted({s.position for s in streams})}")
+        data = self._step_inputs(inputs)
         for s in streams:
             self.check_range(s.position, 1)
         logits = []
-        for part in self._parts(list(zip(streams, inputs))):
-            group = [s for s, _ in part]
-            feeds = {self.data_input: np.stack([np.asarray(x) for _, x in part], 0),
+        for part in self._parts(range(len(streams))):
+            group = [streams[i] for i in part]
+            feeds = {self.data_input: data[part.start:part.stop],
                      "pos": np.array([s.position for s in group], np.int64),
                      **self._state_feeds([s.state for s in group])}
             out = self.backend.run("step", feeds)
@@ -92,6 +93,25 @@ class Session:
                 s.state, s.position = st, s.position + 1
             logits.append(out["logits"].astype(np.float32))
         return np.concatenate(logits, 0)
+
+    def _step_inputs(self, inputs) -> np.ndarray:
+        """The streams' step inputs stacked and checked: token ids [N] int64, or frames [N, 3, S, S] float32."""
+        b = self.bundle
+        if b.kind == "video":
+            s = b.manifest["frame_size"]
+            frames = [np.asarray(x, np.float32) for x in inputs]
+            for i, f in enumerate(frames):
+                if f.shape != (3, s, s):
+                    raise ValueError(f"inputs[{i}]: frame: expected shape [3, {s}, {s}], got {f.shape}")
+            return np.stack(frames, 0)
+        ids = np.asarray(inputs, np.int64)
+        if ids.ndim != 1:
+            raise ValueError(f"inputs: expected one token id per stream, got shape {ids.shape}")
+        bad = (ids < 0) | (ids >= b.vocab_size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"inputs[{i}]: token: expected an id in [0, {b.vocab_size}), got {ids[i]}")
+        return ids
 
     def prefill_batch(self, streams: Sequence["Stream"], prompts) -> List[np.ndarray]:
         """Prefill many streams together: prompts[i] (ids [T_i]; frames [T_i, 3, S, S] for video) -> logits
