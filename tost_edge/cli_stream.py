@@ -92,14 +92,15 @@ def cmd_run(args) -> int:
     return 0
 
 
-def bench_bundle(bundle, positions, steps: int, backend: str = "onnxruntime", batch: int = 1) -> dict:
+def bench_bundle(bundle, positions, steps: int, backend: str = "onnxruntime", batch: int = 1,
+                 cuda_graphs: bool = True) -> dict:
     """Per-token latency of the step graph at given positions (state grown by prefill), state bytes."""
     import time
 
     import numpy as np
 
     from .runtime import Session
-    session = Session(bundle, backend=backend)
+    session = Session(bundle, backend=backend, cuda_graphs=cuda_graphs)
     b = session.bundle
     if b.kind != "lm":
         raise ValueError(f"bundle: `bench` measures token streams; this bundle is a {b.kind} model "
@@ -128,7 +129,8 @@ def bench_bundle(bundle, positions, steps: int, backend: str = "onnxruntime", ba
     session.prefill_batch(streams, prompts)            # the batch's streams together, as the scheduler does
     prefill_tps = batch * n / (time.perf_counter() - t0)
     from .runtime.stats import peak_rss_mib
-    return {"model": b.model_name, "backend": backend, "batch": batch, "providers": getattr(session.backend,
+    return {"model": b.model_name, "backend": backend, "batch": batch,
+            "cuda_graphs": bool(getattr(session.backend, "cuda_graphs", False)), "providers": getattr(session.backend,
             "providers", None), "prefill_tokens_per_s": prefill_tps, "rows": rows, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -137,7 +139,7 @@ def cmd_bench(args) -> int:
     from rich.table import Table
     console = Console()
     positions = [int(x) for x in args.positions.split(",")]
-    res = bench_bundle(args.bundle, positions, args.steps, args.backend, args.batch)
+    res = bench_bundle(args.bundle, positions, args.steps, args.backend, args.batch, not args.no_cuda_graphs)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     t = Table(title=f"{res['model']} on {res['backend']} (batch {res['batch']}): decode latency by position")
@@ -247,6 +249,8 @@ def add_commands(sub) -> None:
     s.add_argument("--steps", type=int, default=32, help="timed steps per position")
     s.add_argument("--batch", type=int, default=1, help="streams stepped together")
     s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    s.add_argument("--no-cuda-graphs", action="store_true",
+                   help="tensorrt: enqueue every step instead of replaying a CUDA graph (fixed-state models)")
     s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     s.set_defaults(func=cmd_bench)
 

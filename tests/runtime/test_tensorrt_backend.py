@@ -24,9 +24,52 @@ class _Buffer:
         self.data = types.SimpleNamespace(ptr=id(self))
         _Buffer.live[id(self)] = self
 
-    @property
-    def shape(self):
-        return self.array.shape
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+
+    def set(self, array, stream=None):
+        assert array.shape == self.array.shape and array.dtype == self.array.dtype
+        self.array[...] = array
+
+    def get(self, stream=None):
+        return self.array.copy()
+
+
+class _Stream:
+    """A CUDA stream stand-in: between begin_capture and end_capture, work is recorded into a graph, not run."""
+    by_ptr = {}
+
+    def __init__(self, non_blocking=False):
+        self.ptr, self.recording = id(self), None
+        _Stream.by_ptr[self.ptr] = self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        assert self.recording is None, "synchronize during a capture"
+
+    def begin_capture(self):
+        self.recording = []
+
+    def end_capture(self):
+        graph, self.recording = _Graph(self.recording), None
+        return graph
+
+
+class _Graph:
+    launches = 0
+
+    def __init__(self, work):
+        self.work = work
+
+    def launch(self, stream=None):
+        _Graph.launches += 1
+        for run in self.work:
+            run()
 
 
 def _fake_cupy():
@@ -35,53 +78,46 @@ def _fake_cupy():
     cp.empty = lambda shape, dtype: _Buffer(np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f"
                                             else np.zeros(shape, dtype))
     cp.asnumpy = lambda b: b.array.copy()
-
-    class Stream:
-        def __init__(self, non_blocking=False):
-            self.ptr = 1
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def synchronize(self):
-            pass
-
     props = {"name": b"Stand-in GPU", "major": 8, "minor": 7}
-    cp.cuda = types.SimpleNamespace(Stream=Stream, runtime=types.SimpleNamespace(getDeviceProperties=lambda i: props))
+    cp.cuda = types.SimpleNamespace(Stream=_Stream,
+                                    runtime=types.SimpleNamespace(getDeviceProperties=lambda i: props))
     return cp
 
 
 class _Context:
     def __init__(self, engine):
-        self.engine, self.shapes, self.addresses, self.outputs = engine, {}, {}, None
+        self.engine, self.shapes, self.addresses = engine, {}, {}
 
     def set_input_shape(self, name, shape):
         lo, _, hi = self.engine.profile.get(name, (self.engine.shapes[name],) * 3)
         ok = len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi))
         if ok:
-            self.shapes[name], self.outputs = tuple(shape), None
+            self.shapes[name] = tuple(shape)
         return ok
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
 
-    def _run(self):
-        if self.outputs is None:
-            feeds = {n: _Buffer.live[self.addresses[n]].array for n in self.engine.inputs}
-            for n, a in feeds.items():
-                assert a.shape == self.shapes[n], f"{n}: buffer {a.shape}, shape set {self.shapes[n]}"
-            self.outputs = dict(zip(self.engine.outputs, self.engine.session.run(None, feeds)))
-        return self.outputs
+    def _outputs(self):
+        feeds = {n: _Buffer.live[self.addresses[n]].array for n in self.engine.inputs}
+        for n, a in feeds.items():
+            assert a.shape == self.shapes[n], f"{n}: buffer {a.shape}, shape set {self.shapes[n]}"
+        return dict(zip(self.engine.outputs, self.engine.session.run(None, feeds)))
 
     def get_tensor_shape(self, name):
-        return self._run()[name].shape
+        return self._outputs()[name].shape
 
     def execute_async_v3(self, stream):
-        for name, value in self._run().items():
-            _Buffer.live[self.addresses[name]].array[...] = value
+        def run():                  # reads the buffers' contents when it runs, as a replayed graph does
+            self.engine.executed += 1
+            for name, value in self._outputs().items():
+                _Buffer.live[self.addresses[name]].array[...] = value
+        recording = _Stream.by_ptr[stream].recording
+        if recording is None:
+            run()
+        else:
+            self.engine.captured += 1
+            recording.append(run)
         return True
 
 
@@ -97,6 +133,7 @@ class _Engine:
         self.shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape)
                        for i in self.session.get_inputs() + self.session.get_outputs()}
         self.num_io_tensors = len(self.inputs) + len(self.outputs)
+        self.executed = self.captured = 0
 
     def get_tensor_name(self, i):
         return (self.inputs + self.outputs)[i]
@@ -195,3 +232,58 @@ def test_feeds_outside_the_engines_profile_are_refused_by_name(lm_bundles, tmp_p
         backend.run("step", {"tokens": np.zeros(3, np.int64), "pos": np.zeros(3, np.int64)})
     with pytest.raises(ValueError, match=r"prefill engine: input tokens has shape \(1, 65\), outside"):
         backend.run("prefill", {"tokens": np.zeros((1, 65), np.int64)})
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["cuda-graphs", "enqueue"])
+def test_fixed_state_steps_replay_one_cuda_graph_per_batch_size(lm_bundles, tmp_path, stand_ins, graphs):
+    import shutil
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lm_bundles["tost_lm_tiny"][1], bundle)
+    _engines(bundle)
+    trt, ort = Session(bundle, backend="tensorrt", cuda_graphs=graphs), Session(bundle)
+    step = trt.backend.engines["step"].engine
+    launches = _Graph.launches
+    a, b = trt.open_stream(), ort.open_stream()
+    a.prefill([1, 2, 3]), b.prefill([1, 2, 3])
+    for token in [4, 5, 6, 7, 8, 9]:            # one stream: the graph replays with each step's state
+        np.testing.assert_allclose(a.step(token), b.step(token), rtol=1e-5, atol=1e-6)
+    pair, twin = [a, trt.open_stream()], [b, ort.open_stream()]
+    for token in [1, 2, 3]:                     # two streams: another graph, for batch 2
+        np.testing.assert_allclose(trt.step_batch(pair, [token, 7]), ort.step_batch(twin, [token, 7]),
+                                   rtol=1e-5, atol=1e-6)
+    for k in b.state:
+        np.testing.assert_allclose(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
+    if graphs:   # a warm-up and a capture a batch size, then every step a replay
+        assert (len(trt.backend.step_graphs), step.captured, _Graph.launches - launches) == (2, 2, 9)
+        assert step.executed == 2 + 9
+    else:
+        assert (trt.backend.step_graphs, step.captured, _Graph.launches - launches, step.executed) == ({}, 0, 0, 9)
+
+
+def test_a_kv_cache_enqueues_each_step(lm_bundles, tmp_path, stand_ins):
+    import shutil
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lm_bundles["gpt_lm_tiny"][1], bundle)
+    _engines(bundle)
+    trt = Session(bundle, backend="tensorrt")
+    stream = trt.open_stream()
+    stream.prefill([1, 2])
+    for token in [3, 4, 5]:                     # the cache grows: new shapes every step
+        stream.step(token)
+    assert not trt.backend.cuda_graphs and trt.backend.step_graphs == {}
+    assert trt.backend.engines["step"].engine.executed == 3
+
+
+def test_cli_bench_on_engines_with_and_without_cuda_graphs(lm_bundles, tmp_path, stand_ins):
+    import shutil
+
+    from tost_edge.cli import main
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lm_bundles["tost_lm_tiny"][1], bundle)
+    _engines(bundle)
+    for flag, graphs in (([], True), (["--no-cuda-graphs"], False)):
+        out = tmp_path / f"bench{graphs}.json"
+        args = ["bench", str(bundle), "--backend", "tensorrt", "--positions", "0,4", "--steps", "2", "--batch", "2"]
+        assert main(args + flag + ["--json", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["cuda_graphs"] is graphs and [r["position"] for r in res["rows"]] == [0, 4]

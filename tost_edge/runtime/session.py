@@ -25,9 +25,12 @@ class PositionRangeError(ValueError):
 
 
 class Session:
-    def __init__(self, bundle_dir, backend: str = "onnxruntime", providers: Optional[List[str]] = None):
+    def __init__(self, bundle_dir, backend: str = "onnxruntime", providers: Optional[List[str]] = None,
+                 cuda_graphs: bool = True):
+        """backend: "onnxruntime" (providers: its execution providers) or "tensorrt" (engines built by `tost-edge
+        build`; cuda_graphs: fixed-shape steps replayed from CUDA graphs)."""
         self.bundle = Bundle.load(bundle_dir)
-        self.backend = make_backend(self.bundle, backend, providers)
+        self.backend = make_backend(self.bundle, backend, providers, cuda_graphs)
         self.data_input = self.bundle.data_input
 
     # -- streams ------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ class Backend(Protocol):
         """graph: "prefill" | "step"; feeds and outputs by I/O name (numpy, host memory)."""
 
 
-def make_backend(bundle, backend: str = "onnxruntime", providers=None) -> Backend:
+def make_backend(bundle, backend: str = "onnxruntime", providers=None, cuda_graphs: bool = True) -> Backend:
+    """providers: onnxruntime's execution providers (default: CUDA when installed, then CPU); cuda_graphs:
+    TensorRT replays fixed-shape steps from CUDA graphs."""
     if backend == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(bundle, providers)
     if backend == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
-        return TensorRTBackend(bundle)
+        return TensorRTBackend(bundle, cuda_graphs)
     raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")

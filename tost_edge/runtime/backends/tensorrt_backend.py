@@ -1,8 +1,11 @@
-"""TensorRT backend: runs the engines that `tost-edge build` made from a plugin-flavour bundle.
+"""TensorRT backend: runs the engines that `tost-edge build` made from a stream bundle.
 
-Device memory through cupy. Each call copies the feeds (tokens, pos, state) to the device and the outputs back,
-so streams keep their state as host numpy arrays like every other backend; state kept resident on the device
-and CUDA-graph capture of the step are not implemented yet.
+Device memory through cupy, every copy and launch on one CUDA stream. Each call copies the feeds (tokens, pos,
+state) to the device and the outputs back, so streams keep their state as host numpy arrays like every other
+backend. Where the state does not grow (ToST, linear attention: every step has the same shapes), the step engine
+runs from a CUDA graph, one per batch size, captured on first use with its own execution context and device
+buffers: a step is then the feeds' copies, one graph launch and the outputs' copies, without TensorRT's enqueue.
+A KV cache changes the step's shapes every call, so the softmax baselines enqueue each step.
 """
 from __future__ import annotations
 
@@ -52,10 +55,47 @@ def check_profile(graph: str, name: str, shape, lo, hi) -> None:
                          "--max-batch N`) or feed less at once")
 
 
+class _StepGraph:
+    """The step engine at one set of input shapes, replayed from a CUDA graph: its own execution context (the graph
+    holds the context's memory) and device buffers at fixed addresses, which each call fills and reads."""
+
+    def __init__(self, eng: _Engine, feeds: Dict[str, np.ndarray], stream):
+        import cupy as cp
+        self.context = eng.engine.create_execution_context()
+        self.inputs = {n: cp.empty(np.shape(feeds[n]), dtype=eng.dtypes[n]) for n in eng.inputs}
+        for name, buf in self.inputs.items():
+            if not self.context.set_input_shape(name, buf.shape):
+                raise RuntimeError(f"step engine: TensorRT refused shape {buf.shape} for input {name}")
+            self.context.set_tensor_address(name, buf.data.ptr)
+        self.outputs = {n: cp.empty(tuple(self.context.get_tensor_shape(n)), dtype=eng.dtypes[n])
+                        for n in eng.outputs}
+        for name, buf in self.outputs.items():
+            self.context.set_tensor_address(name, buf.data.ptr)
+        self.stream = stream
+        self._enqueue()                 # once outside the capture: TensorRT's deferred set-up happens here
+        stream.begin_capture()
+        try:
+            self._enqueue()
+        finally:
+            self.graph = stream.end_capture()
+
+    def _enqueue(self):
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise RuntimeError("TensorRT step engine failed to run")
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        for name, buf in self.inputs.items():
+            buf.set(np.ascontiguousarray(feeds[name], dtype=buf.dtype), stream=self.stream)
+        self.graph.launch(stream=self.stream)
+        out = {name: buf.get(stream=self.stream) for name, buf in self.outputs.items()}
+        self.stream.synchronize()
+        return out
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, cuda_graphs: bool = True):
         _require()
         import cupy as cp
         import tensorrt as trt
@@ -76,27 +116,34 @@ class TensorRTBackend:
         self.stream = cp.cuda.Stream(non_blocking=True)
         # Session.step_batch / prefill_batch split their streams into calls of at most this many
         self.max_batch = int(meta.get("profile", {}).get("max_batch") or 0) or None
+        self.cuda_graphs = bool(cuda_graphs) and not bundle.grows
+        self.step_graphs: Dict[tuple, _StepGraph] = {}      # by the step's input shapes (its batch size)
 
     def run(self, graph: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import cupy as cp
         eng = self.engines[graph]
-        ctx = eng.context
-        keep = []
         for name in eng.inputs:
             check_profile(graph, name, np.shape(feeds[name]), *eng.ranges[name])
-        for name in eng.inputs:
-            arr = cp.asarray(np.ascontiguousarray(feeds[name], dtype=eng.dtypes[name]))
-            keep.append(arr)
-            if not ctx.set_input_shape(name, arr.shape):
-                raise RuntimeError(f"{graph} engine: TensorRT refused shape {arr.shape} for input {name}")
-            ctx.set_tensor_address(name, arr.data.ptr)
-        outs = {}
-        for name in eng.outputs:
-            shape = tuple(ctx.get_tensor_shape(name))
-            outs[name] = cp.empty(shape, dtype=eng.dtypes[name])
-            ctx.set_tensor_address(name, outs[name].data.ptr)
-        with self.stream:
+        if graph == "step" and self.cuda_graphs:
+            key = tuple(np.shape(feeds[n]) for n in eng.inputs)
+            if key not in self.step_graphs:
+                self.step_graphs[key] = _StepGraph(eng, feeds, self.stream)
+            return self.step_graphs[key].run(feeds)
+        ctx = eng.context
+        with self.stream:   # the copies on the stream that runs the engine, so they are ordered before it
+            keep = []
+            for name in eng.inputs:
+                arr = cp.asarray(np.ascontiguousarray(feeds[name], dtype=eng.dtypes[name]))
+                keep.append(arr)
+                if not ctx.set_input_shape(name, arr.shape):
+                    raise RuntimeError(f"{graph} engine: TensorRT refused shape {arr.shape} for input {name}")
+                ctx.set_tensor_address(name, arr.data.ptr)
+            outs = {}
+            for name in eng.outputs:
+                shape = tuple(ctx.get_tensor_shape(name))
+                outs[name] = cp.empty(shape, dtype=eng.dtypes[name])
+                ctx.set_tensor_address(name, outs[name].data.ptr)
             if not ctx.execute_async_v3(self.stream.ptr):
                 raise RuntimeError(f"TensorRT {graph} engine failed to run")
-        self.stream.synchronize()
-        return {k: cp.asnumpy(v) for k, v in outs.items()}
+            self.stream.synchronize()
+            return {k: cp.asnumpy(v) for k, v in outs.items()}
