@@ -75,8 +75,8 @@ class _Graph:
 def _fake_cupy():
     cp = types.ModuleType("cupy")
     cp.asarray = lambda a: _Buffer(np.array(a))
-    cp.empty = lambda shape, dtype: _Buffer(np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f"
-                                            else np.zeros(shape, dtype))
+    # fresh device memory holds garbage: NaN, and token ids no table has (an engine run on them fails)
+    cp.empty = lambda shape, dtype: _Buffer(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 1 << 30, dtype))
     cp.asnumpy = lambda b: b.array.copy()
     props = {"name": b"Stand-in GPU", "major": 8, "minor": 7}
     cp.cuda = types.SimpleNamespace(Stream=_Stream,
@@ -98,14 +98,16 @@ class _Context:
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
 
-    def _outputs(self):
+    def _outputs(self, shapes_only=False):
         feeds = {n: _Buffer.live[self.addresses[n]].array for n in self.engine.inputs}
         for n, a in feeds.items():
             assert a.shape == self.shapes[n], f"{n}: buffer {a.shape}, shape set {self.shapes[n]}"
+            if shapes_only:         # TensorRT infers output shapes from the input shapes alone
+                feeds[n] = np.zeros_like(a)
         return dict(zip(self.engine.outputs, self.engine.session.run(None, feeds)))
 
     def get_tensor_shape(self, name):
-        return self._outputs()[name].shape
+        return self._outputs(shapes_only=True)[name].shape
 
     def execute_async_v3(self, stream):
         def run():                  # reads the buffers' contents when it runs, as a replayed graph does

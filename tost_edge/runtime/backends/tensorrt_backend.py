@@ -72,6 +72,7 @@ class _StepGraph:
         for name, buf in self.outputs.items():
             self.context.set_tensor_address(name, buf.data.ptr)
         self.stream = stream
+        self._fill(feeds)               # (the engine must not see the fresh buffers' garbage: token ids index tables)
         self._enqueue()                 # once outside the capture: TensorRT's deferred set-up happens here
         stream.begin_capture()
         try:
@@ -83,9 +84,12 @@ class _StepGraph:
         if not self.context.execute_async_v3(self.stream.ptr):
             raise RuntimeError("TensorRT step engine failed to run")
 
-    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def _fill(self, feeds: Dict[str, np.ndarray]):
         for name, buf in self.inputs.items():
             buf.set(np.ascontiguousarray(feeds[name], dtype=buf.dtype), stream=self.stream)
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self._fill(feeds)
         self.graph.launch(stream=self.stream)
         out = {name: buf.get(stream=self.stream) for name, buf in self.outputs.items()}
         self.stream.synchronize()
