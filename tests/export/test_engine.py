@@ -70,7 +70,15 @@ def test_tensorrt_build_and_run_of_a_plugin_bundle(tmp_path):
     export_onnx(model, port, graph="stream", flavor="portable", steps=4)
     meta = build_bundle_engines(plug, lib, fp16=False)
     assert json.loads((plug / "engine.json").read_text())["engines"] == meta["engines"]
-    a = Session(plug, backend="tensorrt").open_stream()
+    build_bundle_engines(port, None, fp16=False)            # standard ops only: no plugin library to load
+    a = Session(plug, backend="tensorrt").open_stream()                       # steps replayed from a CUDA graph
+    c = Session(plug, backend="tensorrt", cuda_graphs=False).open_stream()    # every step enqueued
+    d = Session(port, backend="tensorrt").open_stream()
     b = Session(port).open_stream()
-    np.testing.assert_allclose(a.prefill([1, 2, 3]), b.prefill([1, 2, 3]), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(a.step(4), b.step(4), rtol=1e-3, atol=1e-4)
+    want = b.prefill([1, 2, 3])
+    for s in (a, c, d):
+        np.testing.assert_allclose(s.prefill([1, 2, 3]), want, rtol=1e-3, atol=1e-4)
+    for token in (4, 5, 6, 7):
+        want = b.step(token)
+        for s in (a, c, d):
+            np.testing.assert_allclose(s.step(token), want, rtol=1e-3, atol=1e-4)
