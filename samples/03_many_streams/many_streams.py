@@ -22,7 +22,7 @@ def main() -> None:
     reqs = [sched.submit(rng.integers(0, 256, 3), max_new_tokens=8, temperature=0.7, top_k=20, seed=i)
             for i in range(args.streams)]
     ticks = 0
-    while sched.pending or sched.active:
+    while sched.busy:
         sched.tick()
         ticks += 1
     same = all(r.tokens == list(session.open_stream().generate(r.prompt, 8, 0.7, 20, None, r.id)) for r in reqs)

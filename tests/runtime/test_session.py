@@ -169,6 +169,31 @@ def test_batches_refuse_bad_input_and_leave_streams_as_they_were(lm_bundles):
     assert not sched.pending
 
 
+@pytest.mark.parametrize("name", ["tost_lm_tiny", "gpt_lm_tiny"])
+def test_prefill_budget_goes_in_pieces_while_others_decode(lm_bundles, name):
+    _, path = lm_bundles[name]
+    sess = Session(path)
+    sess.backend = counting = Counting(sess.backend)
+    sched = sess.scheduler(max_prefill_tokens=64)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, 256, n) for n in (120, 5, 3, 70)]
+    reqs = [sched.submit(p, 6, temperature=0.8, top_k=20, seed=i) for i, p in enumerate(prompts)]
+    fed, emitted = [], []
+    while sched.busy:
+        before = len(counting.calls)
+        emitted.append({i for i, _ in sched.tick()})
+        fed.append(sum(b * shape[1] for g, b, shape in counting.calls[before:] if g == "prefill"))
+    assert fed[:4] == [64, 64, 64, 6] and max(fed[4:]) == 0         # 120 = 64 + 56; 56 + 5 + 3; 64; 6
+    assert emitted[:4] == [set(), {0, 1, 2}, {0, 1, 2}, {0, 1, 2, 3}]  # 0, 1, 2 decode while 3 prefills
+    for i, req in enumerate(reqs):
+        solo = list(Session(path).open_stream().generate(prompts[i], 6, temperature=0.8, top_k=20, seed=i))
+        assert req.tokens == solo, i
+    with pytest.raises(PositionRangeError):                           # refused whole, not after a few pieces
+        sched.submit(np.zeros(129, np.int64), 1)
+    with pytest.raises(ValueError, match="max_prefill_tokens: expected a positive int or None, got 0"):
+        sess.scheduler(max_prefill_tokens=0)
+
+
 def test_shape_outside_an_engines_profile_is_a_clear_error():
     from tost_edge.runtime.backends.tensorrt_backend import check_profile
     check_profile("step", "tokens", (8,), (1,), (8,))

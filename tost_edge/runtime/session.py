@@ -42,9 +42,10 @@ class Session:
         stream.load_state(path)
         return stream
 
-    def scheduler(self, max_batch: int = 64):
+    def scheduler(self, max_batch: int = 64, max_prefill_tokens: Optional[int] = None):
+        """A Scheduler of many streams on this session (scheduler.py)."""
         from .scheduler import Scheduler
-        return Scheduler(self, max_batch)
+        return Scheduler(self, max_batch, max_prefill_tokens)
 
     # -- graph calls -------------------------------------------------------------------------------
     def _state_feeds(self, states: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
