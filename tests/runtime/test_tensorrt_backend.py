@@ -117,6 +117,8 @@ class _Context:
         recording = _Stream.by_ptr[stream].recording
         if recording is None:
             run()
+        elif self.engine.capture_fails:     # as TensorRT does for what a graph cannot hold
+            return False
         else:
             self.engine.captured += 1
             recording.append(run)
@@ -136,6 +138,7 @@ class _Engine:
                        for i in self.session.get_inputs() + self.session.get_outputs()}
         self.num_io_tensors = len(self.inputs) + len(self.outputs)
         self.executed = self.captured = 0
+        self.capture_fails = False
 
     def get_tensor_name(self, i):
         return (self.inputs + self.outputs)[i]
@@ -289,3 +292,17 @@ def test_cli_bench_on_engines_with_and_without_cuda_graphs(lm_bundles, tmp_path,
         assert main(args + flag + ["--json", str(out)]) == 0
         res = json.loads(out.read_text())
         assert res["cuda_graphs"] is graphs and [r["position"] for r in res["rows"]] == [0, 4]
+
+
+def test_a_step_that_cannot_be_captured_is_enqueued_with_a_warning(lm_bundles, tmp_path, stand_ins):
+    import shutil
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lm_bundles["tost_lm_tiny"][1], bundle)
+    _engines(bundle)
+    trt, ort = Session(bundle, backend="tensorrt"), Session(bundle)
+    trt.backend.engines["step"].engine.capture_fails = True
+    a, b = trt.open_stream(), ort.open_stream()
+    with pytest.warns(RuntimeWarning, match="capturing it into a CUDA graph failed .* every step is enqueued"):
+        np.testing.assert_allclose(a.step(4), b.step(4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.step(5), b.step(5), rtol=1e-5, atol=1e-6)
+    assert not trt.backend.cuda_graphs and trt.backend.step_graphs == {}

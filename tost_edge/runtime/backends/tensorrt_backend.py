@@ -10,6 +10,7 @@ A KV cache changes the step's shapes every call, so the softmax baselines enqueu
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Dict
 
 import numpy as np
@@ -131,8 +132,14 @@ class TensorRTBackend:
         if graph == "step" and self.cuda_graphs:
             key = tuple(np.shape(feeds[n]) for n in eng.inputs)
             if key not in self.step_graphs:
-                self.step_graphs[key] = _StepGraph(eng, feeds, self.stream)
-            return self.step_graphs[key].run(feeds)
+                try:
+                    self.step_graphs[key] = _StepGraph(eng, feeds, self.stream)
+                except RuntimeError as e:     # (cupy's CUDA errors are RuntimeErrors too)
+                    warnings.warn(f"TensorRT step engine: capturing it into a CUDA graph failed ({e}); every step "
+                                  "is enqueued instead", RuntimeWarning, stacklevel=2)
+                    self.cuda_graphs, self.step_graphs = False, {}
+            if self.cuda_graphs:
+                return self.step_graphs[key].run(feeds)
         ctx = eng.context
         with self.stream:   # the copies on the stream that runs the engine, so they are ordered before it
             keep = []
