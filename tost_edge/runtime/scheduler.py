@@ -54,7 +54,7 @@ class Scheduler:
         """Queue a generation; it joins the batch at the next tick. The prompt is checked here, so a bad one is
         refused before it is queued."""
         stream = stream or self.session.open_stream()
-        prompt = stream._data(prompt, step=False)
+        prompt = stream._data(prompt)
         if not len(prompt):
             raise ValueError("prompt: expected at least one token")
         if max_new_tokens < 1:

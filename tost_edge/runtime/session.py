@@ -101,12 +101,13 @@ class Session:
     def _step_inputs(self, inputs) -> np.ndarray:
         """The streams' step inputs stacked and checked: token ids [N] int64, or frames [N, 3, S, S] float32."""
         b = self.bundle
+        where = (lambda i: f"inputs[{i}]: ") if len(inputs) > 1 else (lambda i: "")
         if b.kind == "video":
             s = b.manifest["frame_size"]
             frames = [np.asarray(x, np.float32) for x in inputs]
             for i, f in enumerate(frames):
                 if f.shape != (3, s, s):
-                    raise ValueError(f"inputs[{i}]: frame: expected shape [3, {s}, {s}], got {f.shape}")
+                    raise ValueError(f"{where(i)}frame: expected shape [3, {s}, {s}], got {f.shape}")
             return np.stack(frames, 0)
         ids = np.asarray(inputs, np.int64)
         if ids.ndim != 1:
@@ -114,7 +115,7 @@ class Session:
         bad = (ids < 0) | (ids >= b.vocab_size)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"inputs[{i}]: token: expected an id in [0, {b.vocab_size}), got {ids[i]}")
+            raise ValueError(f"{where(i)}token: expected an id in [0, {b.vocab_size}), got {ids[i]}")
         return ids
 
     def prefill_batch(self, streams: Sequence["Stream"], prompts) -> List[np.ndarray]:
@@ -127,7 +128,7 @@ class Session:
         data = []
         for i, (s, p) in enumerate(zip(streams, prompts)):
             try:
-                data.append(s._data(p, step=False))
+                data.append(s._data(p))
             except ValueError as e:
                 raise ValueError(f"prompts[{i}]: {e}" if len(streams) > 1 else str(e)) from None
         for s, d in zip(streams, data):
@@ -194,20 +195,18 @@ class Stream:
         self.position = 0
         self.stats = StreamStats()
 
-    def _data(self, x, step: bool) -> np.ndarray:
+    def _data(self, x) -> np.ndarray:
+        """A prompt checked: token ids [T] int64, or frames [T, 3, S, S] float32 (a step's: Session._step_inputs)."""
         b = self.session.bundle
         if b.kind == "video":
             s = b.manifest["frame_size"]
             arr = np.asarray(x, np.float32)
-            want = (3, s, s) if step else (None, 3, s, s)
-            if arr.ndim != len(want) or any(w is not None and w != a for w, a in zip(want, arr.shape)):
-                raise ValueError(f"{'frame' if step else 'frames'}: expected shape "
-                                 f"{'[3, %d, %d]' % (s, s) if step else '[T, 3, %d, %d]' % (s, s)}, got {arr.shape}")
+            if arr.ndim != 4 or arr.shape[1:] != (3, s, s):
+                raise ValueError(f"frames: expected shape [T, 3, {s}, {s}], got {arr.shape}")
             return arr
         arr = np.asarray(x, np.int64)
-        if arr.ndim != (0 if step else 1):
-            raise ValueError(f"{'token' if step else 'tokens'}: expected {'one token id' if step else 'token ids [T]'}, "
-                             f"got shape {arr.shape}")
+        if arr.ndim != 1:
+            raise ValueError(f"tokens: expected token ids [T], got shape {arr.shape}")
         if arr.size and (arr.min() < 0 or arr.max() >= b.vocab_size):
             raise ValueError(f"tokens: expected ids in [0, {b.vocab_size}), got values {arr.min()}..{arr.max()}")
         return arr
@@ -219,9 +218,8 @@ class Stream:
 
     def step(self, token) -> np.ndarray:
         """One token id (or frame [3, S, S]) -> logits [V]."""
-        data = self._data(token, step=True)
         t0 = time.perf_counter()
-        logits = self.session.step_batch([self], [data])[0]
+        logits = self.session.step_batch([self], [token])[0]
         self.stats.step_seconds.append(time.perf_counter() - t0)
         return logits
 
