@@ -56,6 +56,24 @@ def check_profile(graph: str, name: str, shape, lo, hi) -> None:
                          "--max-batch N`) or feed less at once")
 
 
+def _bind(context, eng: _Engine, graph: str, inputs: Dict) -> Dict:
+    """Point a context at device input buffers; returns output buffers it writes, allocated at their shapes."""
+    import cupy as cp
+    for name, buf in inputs.items():
+        if not context.set_input_shape(name, buf.shape):
+            raise RuntimeError(f"{graph} engine: TensorRT refused shape {buf.shape} for input {name}")
+        context.set_tensor_address(name, buf.data.ptr)
+    outputs = {n: cp.empty(tuple(context.get_tensor_shape(n)), dtype=eng.dtypes[n]) for n in eng.outputs}
+    for name, buf in outputs.items():
+        context.set_tensor_address(name, buf.data.ptr)
+    return outputs
+
+
+def _execute(context, graph: str, stream) -> None:
+    if not context.execute_async_v3(stream.ptr):
+        raise RuntimeError(f"TensorRT {graph} engine failed to run")
+
+
 class _StepGraph:
     """The step engine at one set of input shapes, replayed from a CUDA graph: its own execution context (the graph
     holds the context's memory) and device buffers at fixed addresses, which each call fills and reads."""
@@ -64,26 +82,15 @@ class _StepGraph:
         import cupy as cp
         self.context = eng.engine.create_execution_context()
         self.inputs = {n: cp.empty(np.shape(feeds[n]), dtype=eng.dtypes[n]) for n in eng.inputs}
-        for name, buf in self.inputs.items():
-            if not self.context.set_input_shape(name, buf.shape):
-                raise RuntimeError(f"step engine: TensorRT refused shape {buf.shape} for input {name}")
-            self.context.set_tensor_address(name, buf.data.ptr)
-        self.outputs = {n: cp.empty(tuple(self.context.get_tensor_shape(n)), dtype=eng.dtypes[n])
-                        for n in eng.outputs}
-        for name, buf in self.outputs.items():
-            self.context.set_tensor_address(name, buf.data.ptr)
+        self.outputs = _bind(self.context, eng, "step", self.inputs)
         self.stream = stream
         self._fill(feeds)               # (the engine must not see the fresh buffers' garbage: token ids index tables)
-        self._enqueue()                 # once outside the capture: TensorRT's deferred set-up happens here
+        _execute(self.context, "step", stream)      # once outside the capture: TensorRT's deferred set-up
         stream.begin_capture()
         try:
-            self._enqueue()
+            _execute(self.context, "step", stream)
         finally:
             self.graph = stream.end_capture()
-
-    def _enqueue(self):
-        if not self.context.execute_async_v3(self.stream.ptr):
-            raise RuntimeError("TensorRT step engine failed to run")
 
     def _fill(self, feeds: Dict[str, np.ndarray]):
         for name, buf in self.inputs.items():
@@ -140,21 +147,9 @@ class TensorRTBackend:
                     self.cuda_graphs, self.step_graphs = False, {}
             if self.cuda_graphs:
                 return self.step_graphs[key].run(feeds)
-        ctx = eng.context
         with self.stream:   # the copies on the stream that runs the engine, so they are ordered before it
-            keep = []
-            for name in eng.inputs:
-                arr = cp.asarray(np.ascontiguousarray(feeds[name], dtype=eng.dtypes[name]))
-                keep.append(arr)
-                if not ctx.set_input_shape(name, arr.shape):
-                    raise RuntimeError(f"{graph} engine: TensorRT refused shape {arr.shape} for input {name}")
-                ctx.set_tensor_address(name, arr.data.ptr)
-            outs = {}
-            for name in eng.outputs:
-                shape = tuple(ctx.get_tensor_shape(name))
-                outs[name] = cp.empty(shape, dtype=eng.dtypes[name])
-                ctx.set_tensor_address(name, outs[name].data.ptr)
-            if not ctx.execute_async_v3(self.stream.ptr):
-                raise RuntimeError(f"TensorRT {graph} engine failed to run")
+            inputs = {n: cp.asarray(np.ascontiguousarray(feeds[n], dtype=eng.dtypes[n])) for n in eng.inputs}
+            outputs = _bind(eng.context, eng, graph, inputs)
+            _execute(eng.context, graph, self.stream)
             self.stream.synchronize()
-            return {k: cp.asnumpy(v) for k, v in outs.items()}
+            return {k: cp.asnumpy(v) for k, v in outputs.items()}
