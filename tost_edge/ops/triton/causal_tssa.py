@@ -30,10 +30,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ..causal_tssa.state import CausalTSSAState, prepare
-from ..packing import sequence_positions
+from ..packing import device_offsets, sequence_positions
 from .causal_tssa_tiles import _tile_b_walk, _tile_walk_out, _tile_walk_pi, _tile_wsum, p_channels
 from .fastmath import _rcp, _suffix_add, _suffix_split, _suffix_term, _suffix_value
-from ..packing import device_offsets
 from .utils import (alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     deterministic_algorithms, fast_fp64, first_order, join_runs, launch_options, next_pow2,
                     next_pow2_capped, on_input_device, packed_length, unspilled)

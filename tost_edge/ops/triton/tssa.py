@@ -34,11 +34,11 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import cuda as gdc   # grid dependency control (PDL)
 
+from ..packing import device_offsets
 from ..tssa.naive import check_temp, check_w
 from . import tssa_resident as resident
 from .tssa_tile import NORM_EPS_SQ, PI_EPS, _d_softmax_heads, _grad_w_anchored, _offsets, _rows, _signal, \
     _softmax_heads, _stat, _wait
-from ..packing import device_offsets
 from .utils import (FUSION, alloc, batch_groups, batch_runs, cdiv, check_available, check_dtype,
                     Tuned, first_order, interpreting, launch_options, next_pow2, on_input_device, packed_length)
 
